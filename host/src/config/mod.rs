@@ -1,0 +1,178 @@
+//! Configuration: the TOML file (`file`), parsed once and validated (`validate`) into the
+//! typed [`Config`] that the rest of weir uses. Every error names its key path and line.
+
+mod file;
+mod locate;
+pub mod units;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderName, StatusCode};
+
+pub use locate::KeyPath;
+
+/// A validated configuration. Cheap to share; built once per load or reload.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub global: Global,
+    pub frontends: Vec<Frontend>,
+    pub backends: Vec<Backend>,
+    /// The file this was read from, if any; relative paths in it were resolved against its folder.
+    pub source: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Global {
+    /// Concurrent client connections for the whole process; more wait in the kernel's backlog.
+    pub maxconn: usize,
+    /// Worker threads; 1 runs a single-threaded runtime, 0 means one per core.
+    pub threads: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct Frontend {
+    pub name: String,
+    pub binds: Vec<SocketAddr>,
+    pub default_backend: String,
+    /// Idle time allowed on the client side while weir is not waiting for a server.
+    pub timeout_client: Duration,
+    /// Time for a complete request head to arrive, also the keep-alive idle limit.
+    pub timeout_http_request: Duration,
+    pub forwardfor: bool,
+    pub max_header_size: usize,
+    pub max_headers: usize,
+    pub log_format: LogFormat,
+    pub errorfiles: ErrorFiles,
+}
+
+#[derive(Debug, Clone)]
+pub struct Backend {
+    pub name: String,
+    pub balance: Balance,
+    pub servers: Vec<Server>,
+    pub timeout_connect: Duration,
+    /// Time for the server to send its response head, and the longest silence inside its body.
+    pub timeout_server: Duration,
+    /// Idle time allowed on an upgraded (WebSocket) connection.
+    pub timeout_tunnel: Duration,
+    pub retries: u32,
+    pub redispatch: bool,
+    pub pool_max_idle: usize,
+    pub pool_idle_timeout: Duration,
+    pub errorfiles: ErrorFiles,
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub name: String,
+    pub addr: SocketAddr,
+    /// 0 to 256; a server of weight 0 gets no new traffic from the balancer.
+    pub weight: u32,
+    pub maxconn: Option<u32>,
+    pub backup: bool,
+}
+
+/// How a backend chooses among its servers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    StaticRr,
+    LeastConn,
+    Random,
+    Source,
+    Uri,
+    Hdr(HeaderName),
+    UrlParam(String),
+    First,
+}
+
+/// Replacement bodies for the responses weir generates itself, by status.
+#[derive(Debug, Clone, Default)]
+pub struct ErrorFiles(pub BTreeMap<StatusCode, ErrorPage>);
+
+#[derive(Debug, Clone)]
+pub struct ErrorPage {
+    pub body: Bytes,
+    pub content_type: &'static str,
+}
+
+impl ErrorFiles {
+    pub fn get(&self, status: StatusCode) -> Option<&ErrorPage> {
+        self.0.get(&status)
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                path: String::new(),
+                line: None,
+                message: format!("cannot read {}: {e}", path.display()),
+            }])
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut config = Self::from_toml(&text, base)?;
+        config.source = Some(path.to_path_buf());
+        Ok(config)
+    }
+
+    /// Validates config text; relative paths in it are resolved against `base_dir`.
+    pub fn from_toml(text: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
+        validate::load(text, base_dir)
+    }
+
+    pub fn backend(&self, name: &str) -> Option<&Backend> {
+        self.backends.iter().find(|b| b.name == name)
+    }
+}
+
+/// One problem in a config file: where it is and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        f.write_str(&self.message)?;
+        if let Some(line) = self.line {
+            write!(f, " (line {line})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Every problem found in one pass over a config file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,552 @@
+//! One validation pass from the file structs to the typed `Config`. It collects every
+//! problem it finds rather than stopping at the first, so `weir check` lists them all.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderName, StatusCode};
+
+use super::file::{BackendFile, File, FrontendFile, OneOrMany, ServerFile};
+use super::locate::{KeyPath, Locator};
+use super::units::Dur;
+use super::{
+    Backend, Balance, Config, ConfigError, ConfigErrors, ErrorFiles, ErrorPage, Frontend, Global,
+    LogFormat, Server,
+};
+
+/// Statuses that weir answers by itself and that `errorfiles` may therefore replace.
+const OWN_STATUSES: [u16; 5] = [400, 501, 502, 503, 504];
+const MAX_WEIGHT: i64 = 256;
+const MAX_ERRORFILE_SIZE: u64 = 64 * 1024;
+
+struct Ctx<'a> {
+    loc: Locator<'a>,
+    base: &'a Path,
+    errors: Vec<ConfigError>,
+}
+
+impl Ctx<'_> {
+    fn err(&mut self, path: &KeyPath, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            path: path.to_string(),
+            line: self.loc.line_of(path),
+            message: message.into(),
+        });
+    }
+
+    /// An integer within bounds, or an error naming the key.
+    fn int(&mut self, path: &KeyPath, value: Option<i64>, default: i64, min: i64, max: i64) -> i64 {
+        let v = value.unwrap_or(default);
+        if v < min || v > max {
+            self.err(path, format!("must be between {min} and {max}, got {v}"));
+            return default;
+        }
+        v
+    }
+
+    fn positive(&mut self, path: &KeyPath, value: Option<Dur>, inherited: Duration) -> Duration {
+        match value {
+            Some(Dur(d)) if d.is_zero() => {
+                self.err(path, "must be greater than zero");
+                inherited
+            }
+            Some(Dur(d)) => d,
+            None => inherited,
+        }
+    }
+}
+
+pub fn load(text: &str, base: &Path) -> Result<Config, ConfigErrors> {
+    let loc = Locator::new(text);
+    let file: File = match toml::from_str(text) {
+        Ok(f) => f,
+        Err(e) => {
+            let offset = e.span().map(|s| s.start);
+            return Err(ConfigErrors(vec![ConfigError {
+                path: offset
+                    .map(|o| loc.path_at(o).to_string())
+                    .unwrap_or_default(),
+                line: offset.map(|o| loc.line_of_offset(o)),
+                message: e.message().trim().to_string(),
+            }]));
+        }
+    };
+    let mut cx = Ctx {
+        loc,
+        base,
+        errors: Vec::new(),
+    };
+    let config = build(&mut cx, file);
+    if cx.errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(cx.errors))
+    }
+}
+
+/// Values inherited from `[defaults]`, already checked.
+struct Defaults {
+    connect: Duration,
+    client: Duration,
+    server: Duration,
+    http_request: Duration,
+    tunnel: Duration,
+    retries: u32,
+    redispatch: bool,
+    forwardfor: bool,
+    max_header_size: usize,
+    max_headers: usize,
+    log_format: LogFormat,
+    pool_max_idle: usize,
+    pool_idle_timeout: Duration,
+    errorfiles: ErrorFiles,
+}
+
+fn build(cx: &mut Ctx<'_>, file: File) -> Config {
+    let root = KeyPath::root();
+    let g = root.key("global");
+    let global = Global {
+        maxconn: cx.int(&g.key("maxconn"), file.global.maxconn, 4096, 1, 10_000_000) as usize,
+        threads: cx.int(&g.key("threads"), file.global.threads, 0, 0, 1024) as usize,
+    };
+    let defaults = build_defaults(cx, &file);
+    let backend_names: HashSet<&str> = file.backend.keys().map(String::as_str).collect();
+
+    if file.frontend.is_empty() {
+        cx.err(
+            &root.key("frontend"),
+            "at least one [[frontend]] is required",
+        );
+    }
+    let mut frontend_names = HashSet::new();
+    let mut all_binds: Vec<(SocketAddr, KeyPath)> = Vec::new();
+    let mut frontends = Vec::new();
+    for (i, f) in file.frontend.iter().enumerate() {
+        let path = root.key("frontend").index(i);
+        if f.name.is_empty() {
+            cx.err(&path.key("name"), "must not be empty");
+        } else if !frontend_names.insert(f.name.as_str()) {
+            cx.err(
+                &path.key("name"),
+                format!("duplicate frontend name \"{}\"", f.name),
+            );
+        }
+        frontends.push(build_frontend(
+            cx,
+            &path,
+            f,
+            &defaults,
+            &backend_names,
+            &mut all_binds,
+        ));
+    }
+
+    if file.backend.is_empty() {
+        cx.err(
+            &root.key("backend"),
+            "at least one [backend.<name>] is required",
+        );
+    }
+    let backends = file
+        .backend
+        .iter()
+        .map(|(name, b)| build_backend(cx, &root.key("backend").key(name), name, b, &defaults))
+        .collect();
+
+    Config {
+        global,
+        frontends,
+        backends,
+        source: None,
+    }
+}
+
+fn build_defaults(cx: &mut Ctx<'_>, file: &File) -> Defaults {
+    let d = &file.defaults;
+    let p = KeyPath::root().key("defaults");
+    let t = d.timeout.as_ref();
+    let tp = p.key("timeout");
+    Defaults {
+        connect: cx.positive(
+            &tp.key("connect"),
+            t.and_then(|t| t.connect),
+            Duration::from_secs(5),
+        ),
+        client: cx.positive(
+            &tp.key("client"),
+            t.and_then(|t| t.client),
+            Duration::from_secs(30),
+        ),
+        server: cx.positive(
+            &tp.key("server"),
+            t.and_then(|t| t.server),
+            Duration::from_secs(30),
+        ),
+        http_request: cx.positive(
+            &tp.key("http_request"),
+            t.and_then(|t| t.http_request),
+            Duration::from_secs(10),
+        ),
+        tunnel: cx.positive(
+            &tp.key("tunnel"),
+            t.and_then(|t| t.tunnel),
+            Duration::from_secs(3600),
+        ),
+        retries: cx.int(&p.key("retries"), d.retries, 3, 0, 100) as u32,
+        redispatch: d.redispatch.unwrap_or(true),
+        forwardfor: d.forwardfor.unwrap_or(true),
+        max_header_size: header_size(
+            cx,
+            &p.key("max_header_size"),
+            d.max_header_size.map(|s| s.0),
+            64 * 1024,
+        ),
+        max_headers: cx.int(&p.key("max_headers"), d.max_headers, 100, 1, 10_000) as usize,
+        log_format: log_format(
+            cx,
+            &p.key("log_format"),
+            d.log_format.as_deref(),
+            LogFormat::Text,
+        ),
+        pool_max_idle: cx.int(&p.key("pool_max_idle"), d.pool_max_idle, 64, 0, 100_000) as usize,
+        pool_idle_timeout: cx.positive(
+            &p.key("pool_idle_timeout"),
+            d.pool_idle_timeout,
+            Duration::from_secs(5),
+        ),
+        errorfiles: errorfiles(cx, &p.key("errorfiles"), d.errorfiles.as_ref()),
+    }
+}
+
+fn build_frontend(
+    cx: &mut Ctx<'_>,
+    path: &KeyPath,
+    f: &FrontendFile,
+    d: &Defaults,
+    backend_names: &HashSet<&str>,
+    all_binds: &mut Vec<(SocketAddr, KeyPath)>,
+) -> Frontend {
+    let binds_written: Vec<(KeyPath, &str)> = match &f.bind {
+        OneOrMany::One(s) => vec![(path.key("bind"), s.as_str())],
+        OneOrMany::Many(v) => v
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (path.key("bind").index(i), s.as_str()))
+            .collect(),
+    };
+    if binds_written.is_empty() {
+        cx.err(&path.key("bind"), "at least one bind address is required");
+    }
+    let mut binds = Vec::new();
+    for (bp, text) in binds_written {
+        match parse_addr(text, true) {
+            Ok(addr) => {
+                if addr.port() != 0 {
+                    if let Some((_, first)) = all_binds.iter().find(|(a, _)| *a == addr) {
+                        let msg = format!("{addr} is already bound by {first}");
+                        cx.err(&bp, msg);
+                    }
+                }
+                all_binds.push((addr, bp));
+                binds.push(addr);
+            }
+            Err(msg) => cx.err(&bp, msg),
+        }
+    }
+    let default_backend = match &f.default_backend {
+        Some(b) if backend_names.contains(b.as_str()) => b.clone(),
+        Some(b) => {
+            cx.err(
+                &path.key("default_backend"),
+                format!("unknown backend \"{b}\" (no [backend.{b}] section)"),
+            );
+            b.clone()
+        }
+        None => {
+            cx.err(path, "default_backend is required");
+            String::new()
+        }
+    };
+    let t = f.timeout.as_ref();
+    let tp = path.key("timeout");
+    Frontend {
+        name: f.name.clone(),
+        binds,
+        default_backend,
+        timeout_client: cx.positive(&tp.key("client"), t.and_then(|t| t.client), d.client),
+        timeout_http_request: cx.positive(
+            &tp.key("http_request"),
+            t.and_then(|t| t.http_request),
+            d.http_request,
+        ),
+        forwardfor: f.forwardfor.unwrap_or(d.forwardfor),
+        max_header_size: header_size(
+            cx,
+            &path.key("max_header_size"),
+            f.max_header_size.map(|s| s.0),
+            d.max_header_size as u64,
+        ),
+        max_headers: cx.int(
+            &path.key("max_headers"),
+            f.max_headers,
+            d.max_headers as i64,
+            1,
+            10_000,
+        ) as usize,
+        log_format: log_format(
+            cx,
+            &path.key("log_format"),
+            f.log_format.as_deref(),
+            d.log_format,
+        ),
+        errorfiles: merged(
+            &d.errorfiles,
+            errorfiles(cx, &path.key("errorfiles"), f.errorfiles.as_ref()),
+        ),
+    }
+}
+
+fn build_backend(
+    cx: &mut Ctx<'_>,
+    path: &KeyPath,
+    name: &str,
+    b: &BackendFile,
+    d: &Defaults,
+) -> Backend {
+    let balance = match &b.balance {
+        None => Balance::RoundRobin,
+        Some(text) => parse_balance(text).unwrap_or_else(|msg| {
+            cx.err(&path.key("balance"), msg);
+            Balance::RoundRobin
+        }),
+    };
+    if b.servers.is_empty() {
+        cx.err(&path.key("servers"), "at least one server is required");
+    }
+    let mut names = HashSet::new();
+    let servers: Vec<Server> = b
+        .servers
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let sp = path.key("servers").index(i);
+            if s.name.is_empty() {
+                cx.err(&sp.key("name"), "must not be empty");
+            } else if !names.insert(s.name.as_str()) {
+                cx.err(
+                    &sp.key("name"),
+                    format!("duplicate server name \"{}\" in backend \"{name}\"", s.name),
+                );
+            }
+            build_server(cx, &sp, s)
+        })
+        .collect();
+    if !servers.is_empty() && servers.iter().all(|s| s.weight == 0) {
+        cx.err(
+            &path.key("servers"),
+            "every server has weight 0, so none can receive traffic",
+        );
+    }
+    let t = b.timeout.as_ref();
+    let tp = path.key("timeout");
+    Backend {
+        name: name.to_owned(),
+        balance,
+        servers,
+        timeout_connect: cx.positive(&tp.key("connect"), t.and_then(|t| t.connect), d.connect),
+        timeout_server: cx.positive(&tp.key("server"), t.and_then(|t| t.server), d.server),
+        timeout_tunnel: cx.positive(&tp.key("tunnel"), t.and_then(|t| t.tunnel), d.tunnel),
+        retries: cx.int(&path.key("retries"), b.retries, d.retries as i64, 0, 100) as u32,
+        redispatch: b.redispatch.unwrap_or(d.redispatch),
+        pool_max_idle: cx.int(
+            &path.key("pool_max_idle"),
+            b.pool_max_idle,
+            d.pool_max_idle as i64,
+            0,
+            100_000,
+        ) as usize,
+        pool_idle_timeout: cx.positive(
+            &path.key("pool_idle_timeout"),
+            b.pool_idle_timeout,
+            d.pool_idle_timeout,
+        ),
+        // Not merged with [defaults]: a backend's own pages come first, then the frontend's
+        // (which include the defaults).
+        errorfiles: errorfiles(cx, &path.key("errorfiles"), b.errorfiles.as_ref()),
+    }
+}
+
+fn build_server(cx: &mut Ctx<'_>, path: &KeyPath, s: &ServerFile) -> Server {
+    let addr = parse_addr(&s.addr, false).unwrap_or_else(|msg| {
+        cx.err(&path.key("addr"), msg);
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    });
+    let maxconn = s
+        .maxconn
+        .map(|m| cx.int(&path.key("maxconn"), Some(m), 1, 1, 1_000_000) as u32);
+    Server {
+        name: s.name.clone(),
+        addr,
+        weight: cx.int(&path.key("weight"), s.weight, 1, 0, MAX_WEIGHT) as u32,
+        maxconn,
+        backup: s.backup.unwrap_or(false),
+    }
+}
+
+/// `ip:port`, `[v6]:port` or `host:port` (resolved now, at load time, to its first address).
+fn parse_addr(text: &str, allow_port_zero: bool) -> Result<SocketAddr, String> {
+    let invalid = |why: &str| format!("invalid address \"{text}\": {why}");
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        if addr.port() == 0 && !allow_port_zero {
+            return Err(invalid("port 0 is not a server port"));
+        }
+        return Ok(addr);
+    }
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(invalid("expected host:port"));
+    };
+    if host.is_empty() {
+        return Err(invalid("expected host:port"));
+    }
+    let port: u16 = port
+        .parse()
+        .map_err(|_| invalid("the port must be a number from 1 to 65535"))?;
+    if port == 0 && !allow_port_zero {
+        return Err(invalid("port 0 is not a server port"));
+    }
+    let host_ok = host
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
+    if !host_ok {
+        return Err(invalid(
+            "expected an IP address or a host name before the port",
+        ));
+    }
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|e| invalid(&format!("cannot resolve host: {e}")))?
+        .next()
+        .ok_or_else(|| invalid("the host name resolves to no address"))
+}
+
+fn parse_balance(text: &str) -> Result<Balance, String> {
+    Ok(match text {
+        "roundrobin" => Balance::RoundRobin,
+        "static-rr" => Balance::StaticRr,
+        "leastconn" => Balance::LeastConn,
+        "random" => Balance::Random,
+        "source" => Balance::Source,
+        "uri" => Balance::Uri,
+        "first" => Balance::First,
+        _ => {
+            if let Some(name) = text.strip_prefix("hdr:") {
+                let header = HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|_| format!("invalid header name \"{name}\" in \"{text}\""))?;
+                Balance::Hdr(header)
+            } else if let Some(name) = text.strip_prefix("url_param:") {
+                if name.is_empty() {
+                    return Err(
+                        "url_param: needs a parameter name, e.g. \"url_param:userid\"".into(),
+                    );
+                }
+                Balance::UrlParam(name.to_owned())
+            } else {
+                return Err(format!(
+                    "unknown algorithm \"{text}\" (expected roundrobin, static-rr, leastconn, random, source, uri, hdr:<name>, url_param:<name> or first)"
+                ));
+            }
+        }
+    })
+}
+
+fn header_size(cx: &mut Ctx<'_>, path: &KeyPath, value: Option<u64>, default: u64) -> usize {
+    let v = value.unwrap_or(default);
+    if !(1024..=1024 * 1024).contains(&v) {
+        cx.err(
+            path,
+            format!("must be between 1KiB and 1MiB, got {v} bytes"),
+        );
+        return default as usize;
+    }
+    v as usize
+}
+
+fn log_format(
+    cx: &mut Ctx<'_>,
+    path: &KeyPath,
+    value: Option<&str>,
+    default: LogFormat,
+) -> LogFormat {
+    match value {
+        None => default,
+        Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            cx.err(
+                path,
+                format!("unknown log format \"{other}\" (expected \"text\" or \"json\")"),
+            );
+            default
+        }
+    }
+}
+
+fn errorfiles(
+    cx: &mut Ctx<'_>,
+    path: &KeyPath,
+    map: Option<&BTreeMap<String, String>>,
+) -> ErrorFiles {
+    let mut out = ErrorFiles::default();
+    for (code, file) in map.into_iter().flatten() {
+        let p = path.key(code);
+        let status = match code.parse::<u16>() {
+            Ok(c) if OWN_STATUSES.contains(&c) => {
+                StatusCode::from_u16(c).expect("listed statuses are valid")
+            }
+            _ => {
+                cx.err(&p, format!("weir does not generate status {code} itself; errorfiles apply to {OWN_STATUSES:?}"));
+                continue;
+            }
+        };
+        let full = cx.base.join(file);
+        let body = match std::fs::metadata(&full) {
+            Ok(m) if m.len() > MAX_ERRORFILE_SIZE => {
+                cx.err(&p, format!("{} is larger than 64KiB", full.display()));
+                continue;
+            }
+            _ => match std::fs::read(&full) {
+                Ok(b) => b,
+                Err(e) => {
+                    cx.err(&p, format!("cannot read {}: {e}", full.display()));
+                    continue;
+                }
+            },
+        };
+        let html = matches!(
+            full.extension().and_then(|e| e.to_str()),
+            Some("html" | "htm")
+        );
+        let content_type = if html {
+            "text/html; charset=utf-8"
+        } else {
+            "text/plain; charset=utf-8"
+        };
+        out.0.insert(
+            status,
+            ErrorPage {
+                body: Bytes::from(body),
+                content_type,
+            },
+        );
+    }
+    out
+}
+
+fn merged(defaults: &ErrorFiles, own: ErrorFiles) -> ErrorFiles {
+    let mut all = defaults.0.clone();
+    all.extend(own.0);
+    ErrorFiles(all)
+}

@@ -1,0 +1,138 @@
+//! The `weir` command line: run, check, demo.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use weir::{AccessLog, Config};
+
+/// How long in-flight requests may take to finish on SIGINT / SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Parser)]
+#[command(
+    name = "weir",
+    version,
+    about = "A high-availability HTTP load balancer and reverse proxy"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy with a config file.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config file and exit: 0 when it is valid, 1 with every error otherwise.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Start three demo servers and the proxy on the quickstart config.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let result = match cli.command {
+        Command::Check { config } => return check(&config),
+        Command::Run { config } => load(&config).and_then(|c| run(c, false)),
+        Command::Demo => Config::from_toml(weir::demo::QUICKSTART, Path::new("examples"))
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .and_then(|c| run(c, true)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weir: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    match Config::from_file(path) {
+        Ok(_) => {
+            println!("configuration is valid");
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("{}: {e}", path.display());
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(path: &Path) -> anyhow::Result<Config> {
+    Config::from_file(path).map_err(|errors| {
+        let lines: Vec<String> = errors
+            .0
+            .iter()
+            .map(|e| format!("{}: {e}", path.display()))
+            .collect();
+        anyhow::anyhow!("invalid configuration\n{}", lines.join("\n"))
+    })
+}
+
+fn run(config: Config, demo: bool) -> anyhow::Result<()> {
+    let runtime = match config.global.threads {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        0 => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+    }
+    .context("starting the runtime")?;
+    runtime.block_on(async move {
+        if demo {
+            let servers = weir::demo::start_servers().await?;
+            tracing::info!("demo servers on {servers:?}");
+        }
+        let running = weir::start(&config, AccessLog::stderr()).await?;
+        if demo {
+            let addr = running.addr("www");
+            println!("weir demo is running. Try:");
+            println!(
+                "  curl -s http://{addr}/hello            # answered in turn by web1, web2, web3"
+            );
+            println!("  curl -s --http2-prior-knowledge http://{addr}/h2");
+            println!("  curl -s -H 'Host: example.com' http://{addr}/whoami");
+            println!("Press Ctrl-C to stop.");
+        }
+        wait_for_signal().await;
+        tracing::info!("stopping: no new connections, finishing requests in flight");
+        let left = running.shutdown(SHUTDOWN_GRACE).await;
+        if left > 0 {
+            tracing::warn!("{left} connections still open after {SHUTDOWN_GRACE:?}; closing them");
+        }
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}

@@ -1,0 +1,196 @@
+//! The two bodies weir streams: the client's request body on its way to a server, and the
+//! response body on its way to the client. Neither is ever buffered whole.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+
+use super::backend::InFlight;
+use super::log::{AccessLog, LogRecord};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The client's request body, forwarded as it arrives. Remembers whether reading it
+/// failed, because a broken chunk from the client is a 400, not a server failure.
+pub struct ClientBody {
+    inner: Incoming,
+    failed: Arc<AtomicBool>,
+}
+
+impl ClientBody {
+    pub fn new(inner: Incoming) -> (Self, Arc<AtomicBool>) {
+        let failed = Arc::new(AtomicBool::new(false));
+        (
+            Self {
+                inner,
+                failed: Arc::clone(&failed),
+            },
+            failed,
+        )
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Err(_))) = &polled {
+            self.failed.store(true, Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("server sent nothing for {0:?} in the middle of its response")]
+pub struct ServerIdle(Duration);
+
+enum Source {
+    Local(Option<Bytes>),
+    Server {
+        body: Incoming,
+        idle: Duration,
+        timer: Pin<Box<Sleep>>,
+    },
+}
+
+/// A response on its way to the client: a local one (an error page) or a server's body
+/// streamed through. When it ends, or the client goes away first, it releases the server
+/// slot and writes the access log line with the byte count and termination state.
+pub struct ResponseBody {
+    source: Source,
+    record: Option<Box<LogRecord>>,
+    log: AccessLog,
+    in_flight: Option<InFlight>,
+}
+
+impl ResponseBody {
+    pub fn local(bytes: Bytes, record: LogRecord, log: AccessLog) -> Self {
+        Self {
+            source: Source::Local(Some(bytes)),
+            record: Some(Box::new(record)),
+            log,
+            in_flight: None,
+        }
+    }
+
+    pub fn server(
+        body: Incoming,
+        idle: Duration,
+        record: LogRecord,
+        log: AccessLog,
+        in_flight: InFlight,
+    ) -> Self {
+        let timer = Box::pin(tokio::time::sleep(idle));
+        Self {
+            source: Source::Server { body, idle, timer },
+            record: Some(Box::new(record)),
+            log,
+            in_flight: Some(in_flight),
+        }
+    }
+
+    /// Releases the server slot and logs, once. `termination` overrides the record's own
+    /// (which a local error response has already set).
+    fn finish(&mut self, termination: Option<[u8; 2]>) {
+        self.in_flight = None;
+        if let Some(mut record) = self.record.take() {
+            if let Some(t) = termination {
+                record.termination = t;
+            }
+            self.log.emit(&record);
+        }
+    }
+
+    fn count(&mut self, frame: &Frame<Bytes>) {
+        if let (Some(record), Some(data)) = (self.record.as_mut(), frame.data_ref()) {
+            record.bytes += data.len() as u64;
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = match &mut this.source {
+            Source::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Source::Server { body, idle, timer } => match Pin::new(body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    timer.as_mut().reset(Instant::now() + *idle);
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    this.finish(Some(*b"SD"));
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => {
+                    if timer.as_mut().poll(cx).is_ready() {
+                        let idle = *idle;
+                        this.finish(Some(*b"sD"));
+                        return Poll::Ready(Some(Err(Box::new(ServerIdle(idle)))));
+                    }
+                    Poll::Pending
+                }
+            },
+        };
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => this.count(frame),
+            Poll::Ready(None) => this.finish(None),
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.source {
+            Source::Local(bytes) => bytes.is_none(),
+            Source::Server { body, .. } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.source {
+            Source::Local(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            Source::Server { body, .. } => body.size_hint(),
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        if self.record.is_some() {
+            // Dropped before its end: the client went away (or the connection was cut).
+            let ended = self.is_end_stream();
+            self.finish(if ended { None } else { Some(*b"CD") });
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! Header handling between client and server: hop-by-hop removal (RFC 9110 §7.6.1),
+//! the request's host (RFC 9112 §3.2), and X-Forwarded-*.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, Uri};
+use http::{Method, Version};
+
+use super::error::ProxyError;
+
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1, plus the
+/// non-standard Keep-Alive and Proxy-Connection).
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Headers that a client's `Connection` header may not strip: weir sets or needs them.
+const PROTECTED: [HeaderName; 3] = [header::HOST, header::CONTENT_LENGTH, header::CONTENT_TYPE];
+
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// True when `Connection` lists `token` (case-insensitive, comma-separated, any number of headers).
+pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Removes the hop-by-hop headers and every header that `Connection` nominates. With
+/// `upgrade`, the `Upgrade` value is kept and `Connection: upgrade` restored, so that an
+/// upgrade handshake passes through.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let upgrade_value = if upgrade {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
+    let nominated: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|n| !PROTECTED.contains(n))
+        .collect();
+    for name in nominated.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    if let Some(value) = upgrade_value {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, value);
+    }
+}
+
+/// An HTTP/1.1 request asking to switch protocols (WebSocket and the like).
+pub fn is_upgrade(version: Version, headers: &HeaderMap) -> bool {
+    version == Version::HTTP_11
+        && headers.contains_key(header::UPGRADE)
+        && connection_has(headers, "upgrade")
+}
+
+/// The host the client addressed: the authority of an absolute-form target or of an
+/// HTTP/2 request wins over the Host header (RFC 9112 §3.2.2); an HTTP/1.1 request must
+/// carry exactly one valid Host otherwise.
+pub fn request_host(
+    version: Version,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<Option<Authority>, ProxyError> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::BadRequest("More than one Host header."));
+    }
+    if let Some(authority) = uri.authority() {
+        return Ok(Some(authority.clone()));
+    }
+    match host {
+        Some(value) => Authority::try_from(value.as_bytes())
+            .map(Some)
+            .map_err(|_| ProxyError::BadRequest("Invalid Host header.")),
+        None if version == Version::HTTP_11 => Err(ProxyError::BadRequest(
+            "HTTP/1.1 requests need a Host header.",
+        )),
+        None => Ok(None),
+    }
+}
+
+/// Rewrites a client request head into the one sent to a server: origin-form target,
+/// HTTP/1.1, hop-by-hop headers removed, Host set, and X-Forwarded-* when enabled.
+pub fn prepare_request(
+    method: &Method,
+    uri: &mut Uri,
+    version: &mut Version,
+    headers: &mut HeaderMap,
+    host: Option<&Authority>,
+    upgrade: bool,
+    forwarded: Option<(IpAddr, &'static str)>,
+) {
+    if method != Method::OPTIONS || uri.path() != "*" {
+        let origin = uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
+        if uri.authority().is_some() || uri.scheme().is_some() {
+            *uri = Uri::try_from(if origin.is_empty() { "/" } else { origin })
+                .unwrap_or_else(|_| Uri::from_static("/"));
+        }
+    }
+    *version = Version::HTTP_11;
+    strip_hop_by_hop(headers, upgrade);
+    if let Some(host) = host {
+        if let Ok(v) = HeaderValue::from_str(host.as_str()) {
+            headers.insert(header::HOST, v.clone());
+            if forwarded.is_some() {
+                headers.insert(X_FORWARDED_HOST.clone(), v);
+            }
+        }
+    }
+    if let Some((client_ip, proto)) = forwarded {
+        append_forwarded_for(headers, client_ip);
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    }
+}
+
+/// Appends the client to X-Forwarded-For, folding any earlier headers into one list.
+fn append_forwarded_for(headers: &mut HeaderMap, client_ip: IpAddr) {
+    let mut list = String::new();
+    for v in headers.get_all(&X_FORWARDED_FOR).iter() {
+        if let Ok(s) = v.to_str() {
+            list.push_str(s.trim());
+            list.push_str(", ");
+        }
+    }
+    list.push_str(&client_ip.to_string());
+    if let Ok(v) = HeaderValue::from_str(&list) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn strips_hop_by_hop_and_nominated_headers() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Secret, content-length"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("proxy-connection", "keep-alive"),
+            ("content-length", "3"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, vec!["content-length", "x-kept"]);
+    }
+
+    #[test]
+    fn keeps_upgrade_for_upgrades_only() {
+        let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        assert!(is_upgrade(Version::HTTP_11, &h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.get("upgrade").unwrap(), "websocket");
+        assert_eq!(h.get("connection").unwrap(), "upgrade");
+        let mut h = map(&[("upgrade", "websocket")]);
+        assert!(!is_upgrade(Version::HTTP_11, &h));
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn absolute_form_authority_wins_over_host() {
+        let uri: Uri = "http://b.example/x".parse().unwrap();
+        let h = map(&[("host", "a.example")]);
+        let host = request_host(Version::HTTP_11, &uri, &h).unwrap().unwrap();
+        assert_eq!(host.as_str(), "b.example");
+    }
+
+    #[test]
+    fn host_rules_for_http11() {
+        let uri: Uri = "/x".parse().unwrap();
+        assert!(request_host(Version::HTTP_11, &uri, &HeaderMap::new()).is_err());
+        assert!(
+            request_host(Version::HTTP_10, &uri, &HeaderMap::new())
+                .unwrap()
+                .is_none()
+        );
+        let two = map(&[("host", "a"), ("host", "b")]);
+        assert!(request_host(Version::HTTP_11, &uri, &two).is_err());
+        let bad = map(&[("host", "a b")]);
+        assert!(request_host(Version::HTTP_11, &uri, &bad).is_err());
+    }
+
+    #[test]
+    fn forwarded_for_is_appended_to_one_list() {
+        let mut h = map(&[
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-for", "10.0.0.2"),
+        ]);
+        append_forwarded_for(&mut h, IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(
+            h.get("x-forwarded-for").unwrap(),
+            "10.0.0.1, 10.0.0.2, 127.0.0.1"
+        );
+    }
+}

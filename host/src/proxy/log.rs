@@ -1,0 +1,281 @@
+//! The access log: one line per request in the spirit of HAProxy's httplog, or JSON.
+//!
+//! Text: `client [date] frontend backend/server Tq/Tw/Tc/Tr/Tt status bytes termination retries "request"`
+//! where Tq is the wait for the request (including keep-alive idle time), Tw the time to
+//! choose a server, Tc the connect time, Tr the server's time to its response head, and
+//! Tt the total, in milliseconds; -1 marks a phase that was not reached.
+//! Lines are written by a dedicated thread so a slow stderr never stalls a request.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use http::{Method, Version};
+
+use crate::config::LogFormat;
+
+/// Lines buffered before new ones are dropped (and counted) rather than slowing requests.
+const QUEUE: usize = 16 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct LogRecord {
+    pub client: SocketAddr,
+    pub time: SystemTime,
+    pub start: Instant,
+    pub frontend: Arc<str>,
+    pub backend: Option<Arc<str>>,
+    pub server: Option<Arc<str>>,
+    pub tq: Duration,
+    pub tw: Option<Duration>,
+    pub tc: Option<Duration>,
+    pub tr: Option<Duration>,
+    pub status: u16,
+    pub bytes: u64,
+    pub termination: [u8; 2],
+    pub retries: u32,
+    pub method: Method,
+    pub uri: String,
+    pub version: Version,
+    pub format: LogFormat,
+}
+
+fn ms(d: Option<Duration>) -> i64 {
+    d.map_or(-1, |d| d.as_millis() as i64)
+}
+
+impl LogRecord {
+    pub fn line(&self) -> String {
+        let tt = self.tq + self.start.elapsed();
+        let backend = self.backend.as_deref().unwrap_or("<NOSRV>");
+        let server = self.server.as_deref().unwrap_or("<NOSRV>");
+        let termination = String::from_utf8_lossy(&self.termination);
+        match self.format {
+            LogFormat::Text => format!(
+                "{} [{}] {} {}/{} {}/{}/{}/{}/{} {} {} {} {} \"{} {} {:?}\"",
+                self.client,
+                clf_date(self.time),
+                self.frontend,
+                backend,
+                server,
+                self.tq.as_millis(),
+                ms(self.tw),
+                ms(self.tc),
+                ms(self.tr),
+                tt.as_millis(),
+                self.status,
+                self.bytes,
+                termination,
+                self.retries,
+                self.method,
+                self.uri,
+                self.version,
+            ),
+            LogFormat::Json => serde_json::json!({
+                "client": self.client.to_string(),
+                "time": iso_date(self.time),
+                "frontend": &*self.frontend,
+                "backend": backend,
+                "server": server,
+                "tq": self.tq.as_millis() as i64,
+                "tw": ms(self.tw),
+                "tc": ms(self.tc),
+                "tr": ms(self.tr),
+                "tt": tt.as_millis() as i64,
+                "status": self.status,
+                "bytes": self.bytes,
+                "termination": termination,
+                "retries": self.retries,
+                "method": self.method.as_str(),
+                "uri": &self.uri,
+                "version": format!("{:?}", self.version),
+            })
+            .to_string(),
+        }
+    }
+}
+
+/// Where access log lines go. Cloning shares the writer.
+#[derive(Clone)]
+pub struct AccessLog {
+    tx: Option<SyncSender<String>>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl AccessLog {
+    pub fn disabled() -> Self {
+        Self {
+            tx: None,
+            dropped: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    pub fn stderr() -> Self {
+        Self::to_writer(std::io::stderr())
+    }
+
+    /// Lines go to `writer` from a thread of their own, flushed whenever the queue is empty.
+    pub fn to_writer<W: Write + Send + 'static>(mut writer: W) -> Self {
+        let (tx, rx) = mpsc::sync_channel::<String>(QUEUE);
+        std::thread::Builder::new()
+            .name("weir-access-log".into())
+            .spawn(move || {
+                while let Ok(line) = rx.recv() {
+                    let _ = writeln!(writer, "{line}");
+                    while let Ok(line) = rx.try_recv() {
+                        let _ = writeln!(writer, "{line}");
+                    }
+                    let _ = writer.flush();
+                }
+            })
+            .expect("spawn the access log thread");
+        Self {
+            tx: Some(tx),
+            dropped: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    pub fn emit(&self, record: &LogRecord) {
+        let Some(tx) = &self.tx else { return };
+        if let Err(TrySendError::Full(_)) = tx.try_send(record.line()) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Lines dropped because the writer could not keep up.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+struct Parts {
+    year: i64,
+    month: u32,
+    day: u32,
+    hour: u64,
+    min: u64,
+    sec: u64,
+    millis: u32,
+}
+
+fn parts(t: SystemTime) -> Parts {
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (year, month, day) = civil((secs / 86_400) as i64);
+    let rem = secs % 86_400;
+    Parts {
+        year,
+        month,
+        day,
+        hour: rem / 3600,
+        min: rem % 3600 / 60,
+        sec: rem % 60,
+        millis: since.subsec_millis(),
+    }
+}
+
+/// `22/Nov/2026:05:30:00.123` (UTC), as HAProxy writes accept dates.
+pub fn clf_date(t: SystemTime) -> String {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let p = parts(t);
+    format!(
+        "{:02}/{}/{}:{:02}:{:02}:{:02}.{:03}",
+        p.day,
+        MONTHS[(p.month - 1) as usize],
+        p.year,
+        p.hour,
+        p.min,
+        p.sec,
+        p.millis
+    )
+}
+
+/// `2026-11-22T05:30:00.123Z`.
+pub fn iso_date(t: SystemTime) -> String {
+    let p = parts(t);
+    format!(
+        "{}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        p.year, p.month, p.day, p.hour, p.min, p.sec, p.millis
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_render_in_utc() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_795_325_400_123);
+        assert_eq!(clf_date(t), "22/Nov/2026:05:30:00.123");
+        assert_eq!(iso_date(t), "2026-11-22T05:30:00.123Z");
+        assert_eq!(
+            iso_date(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "2000-02-29T00:00:00.000Z"
+        );
+    }
+
+    fn record(format: LogFormat) -> LogRecord {
+        LogRecord {
+            client: "127.0.0.1:5000".parse().unwrap(),
+            time: UNIX_EPOCH + Duration::from_millis(1_795_325_400_123),
+            start: Instant::now(),
+            frontend: "www".into(),
+            backend: Some("app".into()),
+            server: None,
+            tq: Duration::from_millis(2),
+            tw: Some(Duration::ZERO),
+            tc: None,
+            tr: None,
+            status: 503,
+            bytes: 57,
+            termination: *b"SC",
+            retries: 3,
+            method: Method::GET,
+            uri: "/x?y=1".into(),
+            version: Version::HTTP_11,
+            format,
+        }
+    }
+
+    #[test]
+    fn text_line_follows_httplog() {
+        let line = record(LogFormat::Text).line();
+        assert!(
+            line.starts_with(
+                "127.0.0.1:5000 [22/Nov/2026:05:30:00.123] www app/<NOSRV> 2/0/-1/-1/"
+            ),
+            "{line}"
+        );
+        assert!(
+            line.ends_with(" 503 57 SC 3 \"GET /x?y=1 HTTP/1.1\""),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn json_line_has_every_field() {
+        let v: serde_json::Value = serde_json::from_str(&record(LogFormat::Json).line()).unwrap();
+        assert_eq!(v["server"], "<NOSRV>");
+        assert_eq!(v["tc"], -1);
+        assert_eq!(v["status"], 503);
+        assert_eq!(v["termination"], "SC");
+        assert_eq!(v["version"], "HTTP/1.1");
+    }
+}

@@ -1,0 +1,333 @@
+//! Listeners and client connections: bind every frontend, enforce `global.maxconn`, tell
+//! HTTP/2 prior knowledge from HTTP/1.x on the same port, apply the client-side timeouts,
+//! and shut down gracefully.
+
+pub mod io;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::proxy::log::AccessLog;
+use crate::proxy::{self, ConnInfo, FrontendRt, Proxy};
+use io::{Activity, Tracked};
+
+/// How often idle server connections past their timeout are closed.
+const POOL_SWEEP: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("frontend[{frontend}].bind{bind}: cannot listen on {addr}: {source}")]
+    Bind {
+        frontend: usize,
+        bind: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A running proxy: its listeners, and the handle to stop it.
+pub struct Running {
+    bound: Vec<(String, Vec<SocketAddr>)>,
+    proxy: Arc<Proxy>,
+    shutdown: watch::Sender<bool>,
+    connections: Arc<Connections>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct Connections {
+    open: AtomicUsize,
+    closed: Notify,
+}
+
+struct ConnGuard(Arc<Connections>);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.closed.notify_waiters();
+        }
+    }
+}
+
+impl Running {
+    /// The first address a frontend listens on (with the real port when the config said 0).
+    pub fn addr(&self, frontend: &str) -> SocketAddr {
+        self.addrs(frontend)[0]
+    }
+
+    pub fn addrs(&self, frontend: &str) -> &[SocketAddr] {
+        self.bound
+            .iter()
+            .find(|(name, _)| name == frontend)
+            .map(|(_, a)| a.as_slice())
+            .unwrap_or_else(|| panic!("no frontend named {frontend}"))
+    }
+
+    pub fn proxy(&self) -> &Arc<Proxy> {
+        &self.proxy
+    }
+
+    pub fn open_connections(&self) -> usize {
+        self.connections.open.load(Ordering::Acquire)
+    }
+
+    /// Stops accepting, asks every connection to finish its current request and close,
+    /// and waits up to `grace` for them. Returns the number still open when it gave up.
+    pub async fn shutdown(self, grace: Duration) -> usize {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            task.abort();
+            let _ = task.await;
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let closed = self.connections.closed.notified();
+            let open = self.connections.open.load(Ordering::Acquire);
+            if open == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, closed).await.is_err() {
+                return self.connections.open.load(Ordering::Acquire);
+            }
+        }
+    }
+}
+
+/// Binds every frontend and starts serving on the current tokio runtime.
+pub async fn start(config: &Config, log: AccessLog) -> Result<Running, StartError> {
+    let proxy = Arc::new(Proxy::new(config, log));
+    let mut listeners = Vec::new();
+    let mut bound = Vec::new();
+    for (fi, (fe, rt)) in config.frontends.iter().zip(&proxy.frontends).enumerate() {
+        let mut addrs = Vec::new();
+        for (bi, addr) in fe.binds.iter().enumerate() {
+            let bind = if fe.binds.len() > 1 {
+                format!("[{bi}]")
+            } else {
+                String::new()
+            };
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    frontend: fi,
+                    bind,
+                    addr: *addr,
+                    source,
+                })?;
+            addrs.push(listener.local_addr().unwrap_or(*addr));
+            listeners.push((listener, Arc::clone(rt)));
+        }
+        bound.push((fe.name.clone(), addrs));
+    }
+
+    let (shutdown, _) = watch::channel(false);
+    let connections = Arc::new(Connections::default());
+    let maxconn = Arc::new(Semaphore::new(config.global.maxconn));
+    let mut tasks: Vec<JoinHandle<()>> = listeners
+        .into_iter()
+        .map(|(listener, fe)| {
+            let server = Arc::new(FrontendServer::new(fe));
+            tokio::spawn(accept_loop(
+                listener,
+                server,
+                Arc::clone(&maxconn),
+                shutdown.subscribe(),
+                Arc::clone(&connections),
+            ))
+        })
+        .collect();
+    let sweeper = Arc::clone(&proxy);
+    let mut stop = shutdown.subscribe();
+    tasks.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(POOL_SWEEP);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => sweeper.backends.iter().for_each(|b| b.purge_idle()),
+                _ = stop.changed() => return,
+            }
+        }
+    }));
+    for (name, addrs) in &bound {
+        for a in addrs {
+            tracing::info!("frontend {name} listening on {a}");
+        }
+    }
+    Ok(Running {
+        bound,
+        proxy,
+        shutdown,
+        connections,
+        tasks,
+    })
+}
+
+/// A frontend with its connection builders, made once.
+struct FrontendServer {
+    fe: Arc<FrontendRt>,
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+}
+
+impl FrontendServer {
+    fn new(fe: Arc<FrontendRt>) -> Self {
+        let cfg = &fe.cfg;
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new())
+            .header_read_timeout(cfg.timeout_http_request)
+            .max_headers(cfg.max_headers)
+            .max_header_size(cfg.max_header_size)
+            .max_buf_size(cfg.max_header_size.max(8192) + 8192)
+            .keep_alive(true);
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .max_header_list_size(cfg.max_header_size as u32)
+            .max_concurrent_streams(256);
+        Self { fe, h1, h2 }
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    server: Arc<FrontendServer>,
+    maxconn: Arc<Semaphore>,
+    mut shutdown: watch::Receiver<bool>,
+    connections: Arc<Connections>,
+) {
+    loop {
+        // Past maxconn, new connections wait in the kernel's backlog, as with HAProxy.
+        let permit = tokio::select! {
+            p = Arc::clone(&maxconn).acquire_owned() => p.expect("the semaphore is never closed"),
+            _ = shutdown.changed() => return,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off rather than spin.
+                    tracing::warn!("accept on frontend {}: {e}", server.fe.name);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        connections.open.fetch_add(1, Ordering::AcqRel);
+        let guard = ConnGuard(Arc::clone(&connections));
+        let conn = ConnInfo::new(peer, "http", Arc::new(Activity::default()), Some(permit));
+        tokio::spawn(serve(
+            stream,
+            Arc::clone(&server),
+            conn,
+            shutdown.clone(),
+            guard,
+        ));
+    }
+}
+
+async fn serve(
+    mut stream: TcpStream,
+    server: Arc<FrontendServer>,
+    conn: ConnInfo,
+    shutdown: watch::Receiver<bool>,
+    _guard: ConnGuard,
+) {
+    let fe = &server.fe;
+    let peer = conn.peer;
+    // The first bytes decide the protocol; they must come within timeout.http_request.
+    let (prefix, is_h2) =
+        match tokio::time::timeout(fe.cfg.timeout_http_request, io::sniff_h2(&mut stream)).await {
+            Ok(Ok((prefix, _))) if prefix.is_empty() => return,
+            Ok(Ok(sniffed)) => sniffed,
+            Ok(Err(e)) => {
+                tracing::debug!("{peer}: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("{peer}: no request within timeout.http_request");
+                return;
+            }
+        };
+    let activity = Arc::clone(&conn.activity);
+    let io = TokioIo::new(Tracked::new(stream, prefix, Arc::clone(&activity)));
+    let conn = Arc::new(conn);
+    let fe_for_service = Arc::clone(fe);
+    let service = service_fn(move |req| {
+        let fe = Arc::clone(&fe_for_service);
+        let conn = Arc::clone(&conn);
+        async move { Ok::<_, Infallible>(proxy::handle(fe, conn, req).await) }
+    });
+    let client_timeout = fe.cfg.timeout_client;
+    if is_h2 {
+        let connection = server.h2.serve_connection(io, service);
+        drive(
+            connection,
+            |c| c.graceful_shutdown(),
+            &activity,
+            client_timeout,
+            shutdown,
+            peer,
+        )
+        .await;
+    } else {
+        let connection = server.h1.serve_connection(io, service).with_upgrades();
+        drive(
+            connection,
+            |c| c.graceful_shutdown(),
+            &activity,
+            client_timeout,
+            shutdown,
+            peer,
+        )
+        .await;
+    }
+}
+
+/// Runs a connection to its end; on shutdown lets it finish gracefully; closes it when the
+/// client has been idle for timeout.client while weir was not waiting on a server.
+async fn drive<C: Future<Output = Result<(), hyper::Error>>>(
+    connection: C,
+    graceful: impl Fn(Pin<&mut C>),
+    activity: &Activity,
+    client_timeout: Duration,
+    mut shutdown: watch::Receiver<bool>,
+    peer: SocketAddr,
+) {
+    let mut connection = std::pin::pin!(connection);
+    let mut draining = *shutdown.borrow();
+    if draining {
+        graceful(connection.as_mut());
+    }
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!("{peer}: {e}");
+                }
+                return;
+            }
+            _ = shutdown.changed(), if !draining => {
+                draining = true;
+                graceful(connection.as_mut());
+            }
+            _ = activity.idle_timeout(client_timeout) => {
+                tracing::debug!("{peer}: closed after timeout.client");
+                return;
+            }
+        }
+    }
+}

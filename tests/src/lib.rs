@@ -1,0 +1,1 @@
+//! Test helpers: mock servers, raw clients, and a builder that starts the real proxy.
