@@ -1,1 +1,471 @@
-//! Test helpers: mock servers, raw clients, and a builder that starts the real proxy.
+//! Test helpers: mock servers on 127.0.0.1:0, raw clients, and the real weir proxy started
+//! in-process from a TOML string.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{header, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::WebSocketStream;
+
+pub type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// Counters a mock server keeps, for tests to assert on.
+#[derive(Default)]
+pub struct Stats {
+    pub connections: AtomicUsize,
+    pub requests: AtomicUsize,
+    pub concurrent: AtomicUsize,
+    pub max_concurrent: AtomicUsize,
+}
+
+/// Hands a test control over a streaming exchange: `reached` fires when the server has
+/// got that far, `release` lets it go on.
+#[derive(Default)]
+pub struct Gate {
+    pub reached: Notify,
+    pub release: Notify,
+}
+
+/// An HTTP/1.1 server that answers with JSON describing the request it saw:
+/// `{"server", "method", "path", "query", "headers", "body_len"}`. Paths with meaning:
+/// `/status/<code>`, `/sleep/<ms>`, `/hang` (never answers), `/gate` (sends a first
+/// chunk, waits for the gate, then the rest), `/upload-gate` (reads one body chunk,
+/// opens the gate, then reads the rest); any request asking for a WebSocket upgrade
+/// gets a WebSocket echo server.
+pub struct MockServer {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub stats: Arc<Stats>,
+    pub gate: Arc<Gate>,
+    task: JoinHandle<()>,
+}
+
+impl MockServer {
+    pub async fn start(name: &str) -> MockServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(name, listener)
+    }
+
+    /// Serves on an existing listener (to come back on the same port after `stop`).
+    pub fn serve(name: &str, listener: TcpListener) -> MockServer {
+        let addr = listener.local_addr().unwrap();
+        let stats = Arc::new(Stats::default());
+        let gate = Arc::new(Gate::default());
+        let (n, s, g) = (name.to_string(), Arc::clone(&stats), Arc::clone(&gate));
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                s.connections.fetch_add(1, Ordering::SeqCst);
+                let (n, s, g) = (n.clone(), Arc::clone(&s), Arc::clone(&g));
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| {
+                        let (n, s, g) = (n.clone(), Arc::clone(&s), Arc::clone(&g));
+                        async move { Ok::<_, Infallible>(mock_handle(&n, &s, &g, req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        MockServer { name: name.to_string(), addr, stats, gate, task }
+    }
+
+    pub fn connections(&self) -> usize {
+        self.stats.connections.load(Ordering::SeqCst)
+    }
+
+    pub fn requests(&self) -> usize {
+        self.stats.requests.load(Ordering::SeqCst)
+    }
+
+    /// Stops accepting and frees the port (open connections are not cut).
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for MockServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+struct Concurrent<'a>(&'a Stats);
+
+impl<'a> Concurrent<'a> {
+    fn enter(stats: &'a Stats) -> Self {
+        let now = stats.concurrent.fetch_add(1, Ordering::SeqCst) + 1;
+        stats.max_concurrent.fetch_max(now, Ordering::SeqCst);
+        Concurrent(stats)
+    }
+}
+
+impl Drop for Concurrent<'_> {
+    fn drop(&mut self) {
+        self.0.concurrent.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()).boxed());
+    *r.status_mut() = status;
+    r
+}
+
+async fn mock_handle(name: &str, stats: &Stats, gate: &Arc<Gate>, mut req: Request<Incoming>) -> Response<Body> {
+    stats.requests.fetch_add(1, Ordering::SeqCst);
+    let _concurrent = Concurrent::enter(stats);
+    let path = req.uri().path().to_string();
+    if req.headers().contains_key(header::UPGRADE) {
+        return websocket_echo(&mut req);
+    }
+    if let Some(code) = path.strip_prefix("/status/") {
+        return full(StatusCode::from_u16(code.parse().unwrap()).unwrap(), format!("{name} {code}\n"));
+    }
+    if let Some(ms) = path.strip_prefix("/sleep/") {
+        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
+    }
+    if path == "/hang" {
+        std::future::pending::<()>().await;
+    }
+    if path == "/gate" {
+        let gate = Arc::clone(gate);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(2);
+        tokio::spawn(async move {
+            let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"first;")))).await;
+            gate.release.notified().await;
+            let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"rest")))).await;
+        });
+        let stream = tokio_stream_from(rx);
+        return Response::new(BodyExt::boxed(StreamBody::new(stream)));
+    }
+    let mut seen = BTreeMap::new();
+    for (k, v) in req.headers() {
+        seen.entry(k.as_str().to_string())
+            .and_modify(|s: &mut String| {
+                s.push_str(" | ");
+                s.push_str(v.to_str().unwrap_or("?"));
+            })
+            .or_insert_with(|| v.to_str().unwrap_or("?").to_string());
+    }
+    let method = req.method().to_string();
+    let query = req.uri().query().map(str::to_string);
+    let mut body = req.into_body();
+    let mut body_len = 0usize;
+    let mut first = true;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { return full(StatusCode::BAD_REQUEST, "bad body") };
+        if let Some(d) = frame.data_ref() {
+            body_len += d.len();
+            if first && path == "/upload-gate" {
+                first = false;
+                gate.reached.notify_one();
+            }
+        }
+    }
+    let json = serde_json::json!({
+        "server": name, "method": method, "path": path, "query": query, "headers": seen, "body_len": body_len,
+    });
+    let mut r = full(StatusCode::OK, json.to_string());
+    r.headers_mut().insert("x-server", name.parse().unwrap());
+    r.headers_mut().insert("content-type", "application/json".parse().unwrap());
+    r
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send + Sync + 'static {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+fn websocket_echo(req: &mut Request<Incoming>) -> Response<Body> {
+    let Some(key) = req.headers().get("sec-websocket-key") else {
+        return full(StatusCode::BAD_REQUEST, "no key");
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let on_upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else { return };
+        let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.is_close() {
+                break;
+            }
+            if msg.is_text() || msg.is_binary() {
+                if ws.send(msg).await.is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let mut r = full(StatusCode::SWITCHING_PROTOCOLS, Bytes::new());
+    let h = r.headers_mut();
+    h.insert(header::CONNECTION, "upgrade".parse().unwrap());
+    h.insert(header::UPGRADE, "websocket".parse().unwrap());
+    h.insert("sec-websocket-accept", accept.parse().unwrap());
+    r
+}
+
+/// What a faulty raw server does after reading a request head.
+#[derive(Clone, Copy, Debug)]
+pub enum Fault {
+    /// Closes the connection without a byte of response.
+    Close,
+    /// Answers with bytes that are not HTTP.
+    Garbage,
+    /// Keeps the connection open and never answers.
+    Hang,
+}
+
+/// A TCP server that misbehaves as told, counting the requests it read.
+pub async fn faulty_server(fault: Fault) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&seen);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else { continue };
+            let count = Arc::clone(&count);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                count.fetch_add(1, Ordering::SeqCst);
+                match fault {
+                    Fault::Close => drop(stream),
+                    Fault::Garbage => {
+                        let _ = stream.write_all(b"this is not http\r\n\r\n").await;
+                    }
+                    Fault::Hang => {
+                        let _ = stream.read(&mut chunk).await;
+                        std::future::pending::<()>().await;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// An address on which nothing listens (bound, then released).
+pub async fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
+/// The access log of a test proxy, line by line.
+#[derive(Clone, Default)]
+pub struct LogLines(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogLines {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogLines {
+    pub fn lines(&self) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).lines().map(str::to_string).collect()
+    }
+
+    /// Waits (bounded) until at least `n` lines are written, and returns them.
+    pub async fn wait_for(&self, n: usize) -> Vec<String> {
+        for _ in 0..200 {
+            let lines = self.lines();
+            if lines.len() >= n {
+                return lines;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("expected {n} access log lines, got {:?}", self.lines());
+    }
+}
+
+/// The real proxy, started in-process from config text.
+pub struct TestProxy {
+    pub running: weir::Running,
+    pub log: LogLines,
+}
+
+impl TestProxy {
+    pub async fn start(toml: &str) -> TestProxy {
+        let config = weir::Config::from_toml(toml, Path::new(".")).unwrap_or_else(|e| panic!("config: {e}\n{toml}"));
+        let log = LogLines::default();
+        let running = weir::start(&config, weir::AccessLog::to_writer(log.clone())).await.expect("start");
+        TestProxy { running, log }
+    }
+
+    /// The address of the frontend named "www".
+    pub fn addr(&self) -> SocketAddr {
+        self.running.addr("www")
+    }
+}
+
+/// A config with one frontend "www" on port 0 and one backend "app" over `servers`
+/// (`name = addr` pairs, with optional extra server keys), plus `extra` TOML appended
+/// inside `[backend.app]`.
+pub fn config(balance: &str, servers: &[(&str, SocketAddr, &str)], backend_extra: &str) -> String {
+    let list: Vec<String> = servers
+        .iter()
+        .map(|(name, addr, more)| {
+            let more = if more.is_empty() { String::new() } else { format!(", {more}") };
+            format!("  {{ name = \"{name}\", addr = \"{addr}\"{more} }},")
+        })
+        .collect();
+    format!(
+        "[[frontend]]\nname = \"www\"\nbind = \"127.0.0.1:0\"\ndefault_backend = \"app\"\n\n[backend.app]\nbalance = \"{balance}\"\n{backend_extra}\nservers = [\n{}\n]\n",
+        list.join("\n")
+    )
+}
+
+/// A response as a test reads it.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+
+    pub fn server(&self) -> String {
+        self.json()["server"].as_str().unwrap().to_string()
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// One HTTP/1.1 keep-alive connection, for sequential requests.
+pub struct Client {
+    sender: hyper::client::conn::http1::SendRequest<Body>,
+    pub local_addr: SocketAddr,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Client {
+        Self::from_stream(TcpStream::connect(addr).await.unwrap()).await
+    }
+
+    /// Connects from a chosen loopback address (127.x.y.z), to vary the client IP.
+    pub async fn connect_from(addr: SocketAddr, from: std::net::IpAddr) -> Client {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(from, 0)).unwrap();
+        Self::from_stream(socket.connect(addr).await.unwrap()).await
+    }
+
+    async fn from_stream(stream: TcpStream) -> Client {
+        let local_addr = stream.local_addr().unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        Client { sender, local_addr }
+    }
+
+    pub async fn get(&mut self, path: &str) -> Reply {
+        self.send(Request::get(path).header("host", "test.local").body(empty()).unwrap()).await
+    }
+
+    pub async fn send(&mut self, req: Request<Body>) -> Reply {
+        self.try_send(req).await.expect("request failed")
+    }
+
+    pub async fn try_send(&mut self, req: Request<Body>) -> Result<Reply, hyper::Error> {
+        self.sender.ready().await?;
+        let response = self.sender.send_request(req).await?;
+        read_reply(response).await
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.sender.is_closed()
+    }
+}
+
+pub async fn read_reply(response: Response<Incoming>) -> Result<Reply, hyper::Error> {
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await?.to_bytes();
+    Ok(Reply { status: parts.status, headers: parts.headers, body })
+}
+
+pub fn empty() -> Body {
+    Full::new(Bytes::new()).boxed()
+}
+
+pub fn body(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).boxed()
+}
+
+/// One-shot GET on a new connection.
+pub async fn get(addr: SocketAddr, path: &str) -> Reply {
+    Client::connect(addr).await.get(path).await
+}
+
+/// An HTTP/2 cleartext (prior knowledge) connection.
+pub async fn h2_client(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Body> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+/// Sends raw bytes and reads until the proxy closes the connection (or 5 s pass).
+/// Returns what was read and whether the connection was closed.
+pub async fn raw(addr: SocketAddr, request: &[u8]) -> (String, bool) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    read_until_close(&mut stream, Duration::from_secs(5)).await
+}
+
+pub async fn read_until_close(stream: &mut TcpStream, limit: Duration) -> (String, bool) {
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&out).into_owned(), true),
+            Ok(Ok(n)) => out.extend_from_slice(&chunk[..n]),
+            Err(_) => return (String::from_utf8_lossy(&out).into_owned(), false),
+        }
+    }
+}
+
+/// The status code of the first response in raw bytes.
+pub fn raw_status(response: &str) -> u16 {
+    response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no status in {response:?}"))
+}
