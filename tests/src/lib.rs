@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use http::{header, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
@@ -21,9 +21,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
-use tokio_tungstenite::WebSocketStream;
 
 pub type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
@@ -72,7 +72,9 @@ impl MockServer {
         let (n, s, g) = (name.to_string(), Arc::clone(&stats), Arc::clone(&gate));
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 s.connections.fetch_add(1, Ordering::SeqCst);
                 let (n, s, g) = (n.clone(), Arc::clone(&s), Arc::clone(&g));
                 tokio::spawn(async move {
@@ -87,7 +89,13 @@ impl MockServer {
                 });
             }
         });
-        MockServer { name: name.to_string(), addr, stats, gate, task }
+        MockServer {
+            name: name.to_string(),
+            addr,
+            stats,
+            gate,
+            task,
+        }
     }
 
     pub fn connections(&self) -> usize {
@@ -132,7 +140,12 @@ fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     r
 }
 
-async fn mock_handle(name: &str, stats: &Stats, gate: &Arc<Gate>, mut req: Request<Incoming>) -> Response<Body> {
+async fn mock_handle(
+    name: &str,
+    stats: &Stats,
+    gate: &Arc<Gate>,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
     stats.requests.fetch_add(1, Ordering::SeqCst);
     let _concurrent = Concurrent::enter(stats);
     let path = req.uri().path().to_string();
@@ -140,10 +153,23 @@ async fn mock_handle(name: &str, stats: &Stats, gate: &Arc<Gate>, mut req: Reque
         return websocket_echo(&mut req);
     }
     if let Some(code) = path.strip_prefix("/status/") {
-        return full(StatusCode::from_u16(code.parse().unwrap()).unwrap(), format!("{name} {code}\n"));
+        return full(
+            StatusCode::from_u16(code.parse().unwrap()).unwrap(),
+            format!("{name} {code}\n"),
+        );
     }
     if let Some(ms) = path.strip_prefix("/sleep/") {
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
+    }
+    if path == "/hop-response" {
+        let mut r = full(StatusCode::OK, "hop");
+        let h = r.headers_mut();
+        h.insert("connection", "x-hop".parse().unwrap());
+        h.insert("x-hop", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("proxy-connection", "keep-alive".parse().unwrap());
+        h.insert("x-kept", "1".parse().unwrap());
+        return r;
     }
     if path == "/hang" {
         std::future::pending::<()>().await;
@@ -152,7 +178,9 @@ async fn mock_handle(name: &str, stats: &Stats, gate: &Arc<Gate>, mut req: Reque
         let gate = Arc::clone(gate);
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(2);
         tokio::spawn(async move {
-            let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"first;")))).await;
+            let _ = tx
+                .send(Ok(Frame::data(Bytes::from_static(b"first;"))))
+                .await;
             gate.release.notified().await;
             let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"rest")))).await;
         });
@@ -174,7 +202,9 @@ async fn mock_handle(name: &str, stats: &Stats, gate: &Arc<Gate>, mut req: Reque
     let mut body_len = 0usize;
     let mut first = true;
     while let Some(frame) = body.frame().await {
-        let Ok(frame) = frame else { return full(StatusCode::BAD_REQUEST, "bad body") };
+        let Ok(frame) = frame else {
+            return full(StatusCode::BAD_REQUEST, "bad body");
+        };
         if let Some(d) = frame.data_ref() {
             body_len += d.len();
             if first && path == "/upload-gate" {
@@ -188,7 +218,8 @@ async fn mock_handle(name: &str, stats: &Stats, gate: &Arc<Gate>, mut req: Reque
     });
     let mut r = full(StatusCode::OK, json.to_string());
     r.headers_mut().insert("x-server", name.parse().unwrap());
-    r.headers_mut().insert("content-type", "application/json".parse().unwrap());
+    r.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
     r
 }
 
@@ -205,8 +236,11 @@ fn websocket_echo(req: &mut Request<Incoming>) -> Response<Body> {
     let accept = derive_accept_key(key.as_bytes());
     let on_upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {
-        let Ok(upgraded) = on_upgrade.await else { return };
-        let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let mut ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
         while let Some(Ok(msg)) = ws.next().await {
             if msg.is_close() {
                 break;
@@ -245,7 +279,9 @@ pub async fn faulty_server(fault: Fault) -> (SocketAddr, Arc<AtomicUsize>) {
     let count = Arc::clone(&seen);
     tokio::spawn(async move {
         loop {
-            let Ok((mut stream, _)) = listener.accept().await else { continue };
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
             let count = Arc::clone(&count);
             tokio::spawn(async move {
                 let mut buf = Vec::new();
@@ -295,7 +331,10 @@ impl Write for LogLines {
 
 impl LogLines {
     pub fn lines(&self) -> Vec<String> {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).lines().map(str::to_string).collect()
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .map(str::to_string)
+            .collect()
     }
 
     /// Waits (bounded) until at least `n` lines are written, and returns them.
@@ -319,9 +358,12 @@ pub struct TestProxy {
 
 impl TestProxy {
     pub async fn start(toml: &str) -> TestProxy {
-        let config = weir::Config::from_toml(toml, Path::new(".")).unwrap_or_else(|e| panic!("config: {e}\n{toml}"));
+        let config = weir::Config::from_toml(toml, Path::new("."))
+            .unwrap_or_else(|e| panic!("config: {e}\n{toml}"));
         let log = LogLines::default();
-        let running = weir::start(&config, weir::AccessLog::to_writer(log.clone())).await.expect("start");
+        let running = weir::start(&config, weir::AccessLog::to_writer(log.clone()))
+            .await
+            .expect("start");
         TestProxy { running, log }
     }
 
@@ -338,7 +380,11 @@ pub fn config(balance: &str, servers: &[(&str, SocketAddr, &str)], backend_extra
     let list: Vec<String> = servers
         .iter()
         .map(|(name, addr, more)| {
-            let more = if more.is_empty() { String::new() } else { format!(", {more}") };
+            let more = if more.is_empty() {
+                String::new()
+            } else {
+                format!(", {more}")
+            };
             format!("  {{ name = \"{name}\", addr = \"{addr}\"{more} }},")
         })
         .collect();
@@ -358,7 +404,8 @@ pub struct Reply {
 
 impl Reply {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
     }
 
     pub fn server(&self) -> String {
@@ -390,7 +437,9 @@ impl Client {
 
     async fn from_stream(stream: TcpStream) -> Client {
         let local_addr = stream.local_addr().unwrap();
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
         tokio::spawn(async move {
             let _ = conn.with_upgrades().await;
         });
@@ -398,7 +447,13 @@ impl Client {
     }
 
     pub async fn get(&mut self, path: &str) -> Reply {
-        self.send(Request::get(path).header("host", "test.local").body(empty()).unwrap()).await
+        self.send(
+            Request::get(path)
+                .header("host", "test.local")
+                .body(empty())
+                .unwrap(),
+        )
+        .await
     }
 
     pub async fn send(&mut self, req: Request<Body>) -> Reply {
@@ -411,6 +466,10 @@ impl Client {
         read_reply(response).await
     }
 
+    pub fn sender_mut(&mut self) -> &mut hyper::client::conn::http1::SendRequest<Body> {
+        &mut self.sender
+    }
+
     pub fn is_closed(&self) -> bool {
         self.sender.is_closed()
     }
@@ -419,7 +478,11 @@ impl Client {
 pub async fn read_reply(response: Response<Incoming>) -> Result<Reply, hyper::Error> {
     let (parts, body) = response.into_parts();
     let body = body.collect().await?.to_bytes();
-    Ok(Reply { status: parts.status, headers: parts.headers, body })
+    Ok(Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    })
 }
 
 pub fn empty() -> Body {
@@ -439,7 +502,9 @@ pub async fn get(addr: SocketAddr, path: &str) -> Reply {
 pub async fn h2_client(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Body> {
     let stream = TcpStream::connect(addr).await.unwrap();
     let (sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
     tokio::spawn(conn);
     sender
 }
@@ -467,5 +532,9 @@ pub async fn read_until_close(stream: &mut TcpStream, limit: Duration) -> (Strin
 
 /// The status code of the first response in raw bytes.
 pub fn raw_status(response: &str) -> u16 {
-    response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no status in {response:?}"))
+    response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {response:?}"))
 }

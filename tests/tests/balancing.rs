@@ -5,19 +5,26 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use http::Request;
-use weir_tests::{config, empty, Client, MockServer, TestProxy};
+use weir_tests::{Client, MockServer, TestProxy, config, empty};
 
 const N: usize = 10_000;
 const WEIGHTS: [u32; 3] = [1, 2, 3];
 
 async fn three_servers() -> Vec<MockServer> {
-    vec![MockServer::start("s1").await, MockServer::start("s2").await, MockServer::start("s3").await]
+    vec![
+        MockServer::start("s1").await,
+        MockServer::start("s2").await,
+        MockServer::start("s3").await,
+    ]
 }
 
 async fn weighted_proxy(balance: &str, servers: &[MockServer]) -> TestProxy {
     let weights: Vec<String> = WEIGHTS.iter().map(|w| format!("weight = {w}")).collect();
-    let list: Vec<(&str, SocketAddr, &str)> =
-        servers.iter().zip(&weights).map(|(s, w)| (s.name.as_str(), s.addr, w.as_str())).collect();
+    let list: Vec<(&str, SocketAddr, &str)> = servers
+        .iter()
+        .zip(&weights)
+        .map(|(s, w)| (s.name.as_str(), s.addr, w.as_str()))
+        .collect();
     TestProxy::start(&config(balance, &list, "")).await
 }
 
@@ -56,15 +63,25 @@ fn assert_weighted(counts: &HashMap<String, usize>) {
         let name = format!("s{}", i + 1);
         let share = *counts.get(&name).unwrap_or(&0) as f64 / N as f64;
         let expected = f64::from(*w) / f64::from(sum);
-        assert!((share - expected).abs() < 0.02, "{name}: share {share:.4}, expected {expected:.4}; {counts:?}");
+        assert!(
+            (share - expected).abs() < 0.02,
+            "{name}: share {share:.4}, expected {expected:.4}; {counts:?}"
+        );
     }
 }
 
 fn get(path: String) -> Request<weir_tests::Body> {
-    Request::get(path).header("host", "test.local").body(empty()).unwrap()
+    Request::get(path)
+        .header("host", "test.local")
+        .body(empty())
+        .unwrap()
 }
 
-async fn check_weights(balance: &str, parallel: usize, make: impl Fn(usize) -> Request<weir_tests::Body> + Send + Sync + 'static) {
+async fn check_weights(
+    balance: &str,
+    parallel: usize,
+    make: impl Fn(usize) -> Request<weir_tests::Body> + Send + Sync + 'static,
+) {
     let servers = three_servers().await;
     let proxy = weighted_proxy(balance, &servers).await;
     let counts = spread(proxy.addr(), parallel, make).await;
@@ -99,14 +116,21 @@ async fn uri_hash_follows_weights() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hdr_hash_follows_weights() {
     check_weights("hdr:x-user", 4, |i| {
-        Request::get("/").header("host", "t").header("x-user", format!("user-{i}")).body(empty()).unwrap()
+        Request::get("/")
+            .header("host", "t")
+            .header("x-user", format!("user-{i}"))
+            .body(empty())
+            .unwrap()
     })
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn url_param_hash_follows_weights() {
-    check_weights("url_param:user", 4, |i| get(format!("/cart?lang=en&user={i}"))).await;
+    check_weights("url_param:user", 4, |i| {
+        get(format!("/cart?lang=en&user={i}"))
+    })
+    .await;
 }
 
 fn loopback(i: usize) -> IpAddr {
@@ -150,34 +174,65 @@ async fn source_hash_pins_a_client_to_one_server() {
     let servers = three_servers().await;
     let proxy = weighted_proxy("source", &servers).await;
     for i in 0..20 {
-        let first = Client::connect_from(proxy.addr(), loopback(i)).await.get("/").await.server();
+        let first = Client::connect_from(proxy.addr(), loopback(i))
+            .await
+            .get("/")
+            .await
+            .server();
         for _ in 0..3 {
-            assert_eq!(Client::connect_from(proxy.addr(), loopback(i)).await.get("/").await.server(), first);
+            assert_eq!(
+                Client::connect_from(proxy.addr(), loopback(i))
+                    .await
+                    .get("/")
+                    .await
+                    .server(),
+                first
+            );
         }
     }
 }
 
 /// Four servers, then the same config without s3: keys move only off s3.
-async fn consistency(balance: &str, keys: usize, route: impl AsyncFn(SocketAddr) -> HashMap<usize, String>) {
+async fn consistency(
+    balance: &str,
+    keys: usize,
+    route: impl AsyncFn(SocketAddr) -> HashMap<usize, String>,
+) {
     let servers = vec![
         MockServer::start("s1").await,
         MockServer::start("s2").await,
         MockServer::start("s3").await,
         MockServer::start("s4").await,
     ];
-    let all: Vec<(&str, SocketAddr, &str)> = servers.iter().map(|s| (s.name.as_str(), s.addr, "")).collect();
-    let without_s3: Vec<(&str, SocketAddr, &str)> = all.iter().copied().filter(|s| s.0 != "s3").collect();
+    let all: Vec<(&str, SocketAddr, &str)> = servers
+        .iter()
+        .map(|s| (s.name.as_str(), s.addr, ""))
+        .collect();
+    let without_s3: Vec<(&str, SocketAddr, &str)> =
+        all.iter().copied().filter(|s| s.0 != "s3").collect();
     let before = route(TestProxy::start(&config(balance, &all, "")).await.addr()).await;
-    let after = route(TestProxy::start(&config(balance, &without_s3, "")).await.addr()).await;
+    let after = route(
+        TestProxy::start(&config(balance, &without_s3, ""))
+            .await
+            .addr(),
+    )
+    .await;
     let mut moved = 0;
     for k in 0..keys {
         if before[&k] != after[&k] {
-            assert_eq!(before[&k], "s3", "key {k} moved from {} though that server stayed", before[&k]);
+            assert_eq!(
+                before[&k], "s3",
+                "key {k} moved from {} though that server stayed",
+                before[&k]
+            );
             moved += 1;
         }
     }
     let limit = 1.5 * keys as f64 / 4.0;
-    assert!((moved as f64) <= limit, "{moved} of {keys} keys moved, more than 1.5/N");
+    assert!(
+        (moved as f64) <= limit,
+        "{moved} of {keys} keys moved, more than 1.5/N"
+    );
     assert!(moved > 0, "the removed server held no keys");
 }
 
@@ -202,13 +257,31 @@ async fn source_hash_is_consistent_when_a_server_is_removed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leastconn_avoids_a_busy_server() {
     let servers = vec![MockServer::start("s1").await, MockServer::start("s2").await];
-    let list: Vec<(&str, SocketAddr, &str)> = servers.iter().map(|s| (s.name.as_str(), s.addr, "")).collect();
+    let list: Vec<(&str, SocketAddr, &str)> = servers
+        .iter()
+        .map(|s| (s.name.as_str(), s.addr, ""))
+        .collect();
     let proxy = TestProxy::start(&config("leastconn", &list, "")).await;
     let addr = proxy.addr();
     // Occupy one server with a slow request.
-    let slow = tokio::spawn(async move { Client::connect(addr).await.get("/sleep/1500").await.server() });
+    let slow = tokio::spawn(async move {
+        Client::connect(addr)
+            .await
+            .get("/sleep/1500")
+            .await
+            .server()
+    });
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let busy = if servers[0].stats.concurrent.load(std::sync::atomic::Ordering::SeqCst) == 1 { "s1" } else { "s2" };
+    let busy = if servers[0]
+        .stats
+        .concurrent
+        .load(std::sync::atomic::Ordering::SeqCst)
+        == 1
+    {
+        "s1"
+    } else {
+        "s2"
+    };
     let mut client = Client::connect(addr).await;
     for _ in 0..10 {
         assert_ne!(client.get("/").await.server(), busy);
@@ -219,7 +292,10 @@ async fn leastconn_avoids_a_busy_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_fills_servers_in_order() {
     let servers = vec![MockServer::start("s1").await, MockServer::start("s2").await];
-    let list = vec![("s1", servers[0].addr, "maxconn = 1"), ("s2", servers[1].addr, "maxconn = 1")];
+    let list = vec![
+        ("s1", servers[0].addr, "maxconn = 1"),
+        ("s2", servers[1].addr, "maxconn = 1"),
+    ];
     let proxy = TestProxy::start(&config("first", &list, "")).await;
     let addr = proxy.addr();
     let mut client = Client::connect(addr).await;
@@ -227,7 +303,8 @@ async fn first_fills_servers_in_order() {
         assert_eq!(client.get("/").await.server(), "s1");
     }
     // While s1 holds its one connection, the next request spills over to s2.
-    let slow = tokio::spawn(async move { Client::connect(addr).await.get("/sleep/800").await.server() });
+    let slow =
+        tokio::spawn(async move { Client::connect(addr).await.get("/sleep/800").await.server() });
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     assert_eq!(client.get("/").await.server(), "s2");
     assert_eq!(slow.await.unwrap(), "s1");

@@ -1,0 +1,403 @@
+//! Errors as a client sees them, each produced by a real faulty server or a raw request.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use weir_tests::{
+    Client, Fault, MockServer, TestProxy, closed_port, config, faulty_server, get, raw, raw_status,
+    read_until_close,
+};
+
+fn with_timeouts(toml: String, timeouts: &str) -> String {
+    format!("[defaults]\ntimeout = {{ {timeouts} }}\n\n{toml}")
+}
+
+async fn proxy_to(addr: SocketAddr, timeouts: &str) -> TestProxy {
+    TestProxy::start(&with_timeouts(
+        config("roundrobin", &[("s1", addr, "")], ""),
+        timeouts,
+    ))
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_chunked_body_from_the_client_is_400_not_502() {
+    let server = MockServer::start("s1").await;
+    let proxy = proxy_to(server.addr, "").await;
+    let (response, closed) = raw(
+        proxy.addr(),
+        b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nZZ\r\nxx\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&response), 400, "{response}");
+    assert!(
+        closed,
+        "the connection must be closed after a malformed body"
+    );
+    let lines = proxy.log.wait_for(1).await;
+    assert!(
+        lines[0].contains(" 400 ") && lines[0].contains(" CD "),
+        "{lines:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http11_request_without_host_is_400_and_never_forwarded() {
+    let server = MockServer::start("s1").await;
+    let proxy = proxy_to(server.addr, "").await;
+    let (response, closed) = raw(proxy.addr(), b"GET / HTTP/1.1\r\n\r\n").await;
+    assert_eq!(raw_status(&response), 400, "{response}");
+    assert!(closed);
+    let (response, _) = raw(
+        proxy.addr(),
+        b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&response), 400, "{response}");
+    assert_eq!(server.requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_request_line_is_400_and_never_forwarded() {
+    let server = MockServer::start("s1").await;
+    let proxy = proxy_to(server.addr, "").await;
+    let (response, closed) = raw(proxy.addr(), b"GET\x01 / HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert_eq!(raw_status(&response), 400, "{response}");
+    assert!(closed);
+    assert_eq!(server.requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_method_is_501() {
+    let server = MockServer::start("s1").await;
+    let proxy = proxy_to(server.addr, "").await;
+    let (response, _) = raw(
+        proxy.addr(),
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&response), 501, "{response}");
+    assert_eq!(server.requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_head_over_64_kib_is_431() {
+    let server = MockServer::start("s1").await;
+    let proxy = proxy_to(server.addr, "").await;
+    let big = "a".repeat(70 * 1024);
+    let request = format!("GET / HTTP/1.1\r\nHost: a\r\nX-Big: {big}\r\n\r\n");
+    let (response, _) = raw(proxy.addr(), request.as_bytes()).await;
+    assert_eq!(
+        raw_status(&response),
+        431,
+        "{}",
+        &response[..response.len().min(200)]
+    );
+    // Just under the limit passes.
+    let fits = "a".repeat(60 * 1024);
+    let request =
+        format!("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\nX-Big: {fits}\r\n\r\n");
+    let (response, _) = raw(proxy.addr(), request.as_bytes()).await;
+    assert_eq!(raw_status(&response), 200);
+    assert_eq!(server.requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_than_100_headers_is_431() {
+    let server = MockServer::start("s1").await;
+    let proxy = proxy_to(server.addr, "").await;
+    let headers: String = (0..101).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let (response, _) = raw(
+        proxy.addr(),
+        format!("GET / HTTP/1.1\r\nHost: a\r\n{headers}\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(raw_status(&response), 431, "{response}");
+    assert_eq!(server.requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_limits_are_configurable() {
+    let server = MockServer::start("s1").await;
+    let toml = config("roundrobin", &[("s1", server.addr, "")], "").replacen(
+        "default_backend = \"app\"\n",
+        "default_backend = \"app\"\nmax_headers = 10\nmax_header_size = \"2KiB\"\n",
+        1,
+    );
+    let proxy = TestProxy::start(&toml).await;
+    let headers: String = (0..10).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let (response, _) = raw(
+        proxy.addr(),
+        format!("GET / HTTP/1.1\r\nHost: a\r\n{headers}\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(
+        raw_status(&response),
+        431,
+        "11 headers with max_headers = 10"
+    );
+    let big = "a".repeat(3000);
+    let (response, _) = raw(
+        proxy.addr(),
+        format!("GET / HTTP/1.1\r\nHost: a\r\nX: {big}\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(
+        raw_status(&response),
+        431,
+        "a 3 KB head with max_header_size = 2KiB"
+    );
+    assert_eq!(server.requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_closing_without_a_response_is_502() {
+    let (addr, seen) = faulty_server(Fault::Close).await;
+    let proxy = proxy_to(addr, "").await;
+    let reply = get(proxy.addr(), "/").await;
+    assert_eq!(reply.status, 502);
+    assert!(
+        reply.text().starts_with("502 Bad Gateway"),
+        "{}",
+        reply.text()
+    );
+    assert!(seen.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    let lines = proxy.log.wait_for(1).await;
+    assert!(
+        lines[0].contains(" 502 ") && lines[0].contains(" SH "),
+        "{lines:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_answering_garbage_is_502() {
+    let (addr, _) = faulty_server(Fault::Garbage).await;
+    let proxy = proxy_to(addr, "").await;
+    assert_eq!(get(proxy.addr(), "/").await.status, 502);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_reachable_server_is_503_after_retries() {
+    let (a, b) = (closed_port().await, closed_port().await);
+    let toml = config("roundrobin", &[("s1", a, ""), ("s2", b, "")], "retries = 2");
+    let proxy = TestProxy::start(&toml).await;
+    let started = Instant::now();
+    let reply = get(proxy.addr(), "/").await;
+    assert_eq!(reply.status, 503);
+    assert!(
+        reply.text().contains("No server is available"),
+        "{}",
+        reply.text()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "refused connections must fail fast"
+    );
+    let lines = proxy.log.wait_for(1).await;
+    assert!(
+        lines[0].contains(" 503 ") && lines[0].contains(" SC 2 "),
+        "{lines:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_failures_are_retried_on_another_server() {
+    let good = MockServer::start("good").await;
+    let dead = closed_port().await;
+    let toml = config(
+        "roundrobin",
+        &[("dead", dead, ""), ("good", good.addr, "")],
+        "retries = 1",
+    );
+    let proxy = TestProxy::start(&toml).await;
+    let mut client = Client::connect(proxy.addr()).await;
+    for _ in 0..20 {
+        let reply = client.get("/").await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.server(), "good");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_server_is_504_within_the_timeout_and_the_client_connection_stays_usable() {
+    let server = MockServer::start("s1").await;
+    let proxy = proxy_to(server.addr, "server = \"400ms\"").await;
+    let mut client = Client::connect(proxy.addr()).await;
+    let started = Instant::now();
+    let reply = client.get("/hang").await;
+    let took = started.elapsed();
+    assert_eq!(reply.status, 504);
+    assert!(
+        took >= Duration::from_millis(400) && took <= Duration::from_millis(440 + 200),
+        "504 after {took:?}"
+    );
+    let reply = client.get("/").await;
+    assert_eq!(
+        reply.status, 200,
+        "the same client connection serves the next request"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_silent_mid_body_cuts_the_response_rather_than_completing_it() {
+    let server = MockServer::start("s1").await;
+    let proxy = proxy_to(server.addr, "server = \"300ms\"").await;
+    let mut client = Client::connect(proxy.addr()).await;
+    // /gate sends one chunk and then nothing until released, which never happens here.
+    let result = client
+        .try_send(
+            http::Request::get("/gate")
+                .header("host", "a")
+                .body(weir_tests::empty())
+                .unwrap(),
+        )
+        .await;
+    assert!(
+        result.is_err(),
+        "a cut response must not look complete: {result:?}"
+    );
+    let lines = proxy.log.wait_for(1).await;
+    assert!(lines[0].contains(" sD "), "{lines:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errorfiles_replace_the_default_bodies() {
+    let dir = std::env::temp_dir().join(format!("weir-errorfiles-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("503.html"), "<h1>We'll be right back</h1>").unwrap();
+    std::fs::write(dir.join("fe-503.txt"), "frontend page").unwrap();
+    let dead = closed_port().await;
+    let toml = config(
+        "roundrobin",
+        &[("s1", dead, "")],
+        &format!(
+            "errorfiles = {{ 503 = \"{}\" }}",
+            dir.join("503.html").display()
+        ),
+    );
+    let reply = get(TestProxy::start(&toml).await.addr(), "/").await;
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.text(), "<h1>We'll be right back</h1>");
+    assert_eq!(reply.headers["content-type"], "text/html; charset=utf-8");
+
+    // Without a backend page, the frontend's applies.
+    let toml = config("roundrobin", &[("s1", dead, "")], "").replacen(
+        "default_backend = \"app\"\n",
+        &format!(
+            "default_backend = \"app\"\nerrorfiles = {{ 503 = \"{}\" }}\n",
+            dir.join("fe-503.txt").display()
+        ),
+        1,
+    );
+    let reply = get(TestProxy::start(&toml).await.addr(), "/").await;
+    assert_eq!(reply.text(), "frontend page");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_connections_are_closed_after_timeout_http_request() {
+    let server = MockServer::start("s1").await;
+    let proxy = proxy_to(server.addr, "http_request = \"500ms\"").await;
+    let mut stream = TcpStream::connect(proxy.addr()).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut closed_after = None;
+    for i in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if stream
+            .write_all(format!("X-Slow-{i}: 1\r\n").as_bytes())
+            .await
+            .is_err()
+        {
+            closed_after = Some(started.elapsed());
+            break;
+        }
+        if let (_, true) = read_until_close(&mut stream, Duration::from_millis(1)).await {
+            closed_after = Some(started.elapsed());
+            break;
+        }
+    }
+    let closed_after = closed_after.expect("the slow client was never cut off");
+    assert!(
+        closed_after < Duration::from_millis(1500),
+        "closed after {closed_after:?}"
+    );
+    assert_eq!(server.requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connections_are_closed_after_timeout_client() {
+    let server = MockServer::start("s1").await;
+    let proxy = proxy_to(server.addr, "client = \"300ms\", http_request = \"10s\"").await;
+    let mut stream = TcpStream::connect(proxy.addr()).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let (response, closed) = read_until_close(&mut stream, Duration::from_secs(3)).await;
+    assert_eq!(raw_status(&response), 200);
+    assert!(closed, "an idle client connection must be closed");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_millis(1500),
+        "closed after {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_server_is_not_cut_by_the_client_timeout() {
+    let server = MockServer::start("s1").await;
+    let proxy = proxy_to(server.addr, "client = \"200ms\", server = \"5s\"").await;
+    let reply = get(proxy.addr(), "/sleep/600").await;
+    assert_eq!(reply.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn global_maxconn_holds_extra_connections_until_one_closes() {
+    let server = MockServer::start("s1").await;
+    let toml = format!(
+        "[global]\nmaxconn = 1\n\n{}",
+        config("roundrobin", &[("s1", server.addr, "")], "")
+    );
+    let proxy = TestProxy::start(&toml).await;
+    let mut first = Client::connect(proxy.addr()).await;
+    assert_eq!(first.get("/").await.status, 200);
+    let addr = proxy.addr();
+    let second = tokio::spawn(async move { get(addr, "/second").await.status });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        !second.is_finished(),
+        "a second connection was served past maxconn = 1"
+    );
+    assert_eq!(server.requests(), 1);
+    drop(first);
+    let status = tokio::time::timeout(Duration::from_secs(5), second)
+        .await
+        .expect("served once a slot freed");
+    assert_eq!(status.unwrap(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bind_address_in_use_is_a_clear_startup_error() {
+    let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = taken.local_addr().unwrap();
+    let toml = config("roundrobin", &[("s1", closed_port().await, "")], "")
+        .replace("127.0.0.1:0", &addr.to_string());
+    let config = weir::Config::from_toml(&toml, std::path::Path::new(".")).unwrap();
+    let err = weir::start(&config, weir::AccessLog::disabled())
+        .await
+        .err()
+        .expect("bind must fail");
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with(&format!("frontend[0].bind: cannot listen on {addr}: ")),
+        "{msg}"
+    );
+    assert!(msg.to_lowercase().contains("in use"), "{msg}");
+}

@@ -1,0 +1,283 @@
+//! What the proxy does to a request on its way to a server and back.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use weir_tests::{
+    Client, MockServer, TestProxy, body, config, empty, get, h2_client, raw, read_reply,
+};
+
+async fn one_server(extra_frontend: &str) -> (MockServer, TestProxy) {
+    let server = MockServer::start("s1").await;
+    let mut toml = config("roundrobin", &[("s1", server.addr, "")], "");
+    toml = toml.replacen(
+        "default_backend = \"app\"\n",
+        &format!("default_backend = \"app\"\n{extra_frontend}\n"),
+        1,
+    );
+    let proxy = TestProxy::start(&toml).await;
+    (server, proxy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_sequential_requests_reuse_server_connections() {
+    let (server, proxy) = one_server("").await;
+    let mut client = Client::connect(proxy.addr()).await;
+    for _ in 0..1000 {
+        assert_eq!(client.get("/").await.status, 200);
+    }
+    assert_eq!(server.requests(), 1000);
+    assert!(
+        server.connections() <= 2,
+        "{} server connections for 1000 requests",
+        server.connections()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_connections_are_shared_across_client_connections() {
+    let (server, proxy) = one_server("").await;
+    for _ in 0..200 {
+        assert_eq!(get(proxy.addr(), "/").await.status, 200);
+    }
+    assert!(
+        server.connections() <= 2,
+        "{} server connections for 200 clients",
+        server.connections()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x_forwarded_headers_are_set() {
+    let (_server, proxy) = one_server("").await;
+    let mut client = Client::connect(proxy.addr()).await;
+    let req = Request::get("/x")
+        .header("host", "shop.example:8080")
+        .header("x-forwarded-for", "10.1.1.1")
+        .header("x-forwarded-proto", "https")
+        .body(empty())
+        .unwrap();
+    let seen = client.send(req).await.json();
+    let h = &seen["headers"];
+    assert_eq!(h["x-forwarded-for"], "10.1.1.1, 127.0.0.1");
+    assert_eq!(
+        h["x-forwarded-proto"], "http",
+        "a client must not choose the proto"
+    );
+    assert_eq!(h["x-forwarded-host"], "shop.example:8080");
+    assert_eq!(h["host"], "shop.example:8080");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwardfor_false_adds_no_x_forwarded_headers() {
+    let (_server, proxy) = one_server("forwardfor = false").await;
+    let seen = get(proxy.addr(), "/").await.json();
+    let h = seen["headers"].as_object().unwrap();
+    assert!(
+        !h.contains_key("x-forwarded-for") && !h.contains_key("x-forwarded-proto"),
+        "{h:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_headers_are_removed_both_ways() {
+    let (_server, proxy) = one_server("").await;
+    let mut client = Client::connect(proxy.addr()).await;
+    let req = Request::get("/")
+        .header("host", "a")
+        .header("connection", "keep-alive, x-hop")
+        .header("x-hop", "1")
+        .header("keep-alive", "timeout=5")
+        .header("proxy-connection", "keep-alive")
+        .header("te", "trailers")
+        .header("trailer", "x-checksum")
+        .header("upgrade", "h2c")
+        .header("x-end-to-end", "1")
+        .body(empty())
+        .unwrap();
+    let seen = client.send(req).await.json();
+    let h = seen["headers"].as_object().unwrap();
+    for name in [
+        "x-hop",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+        "transfer-encoding",
+    ] {
+        assert!(!h.contains_key(name), "{name} reached the server: {h:?}");
+    }
+    assert_eq!(h["x-end-to-end"], "1");
+
+    let reply = client.get("/hop-response").await;
+    for name in ["x-hop", "keep-alive", "proxy-connection"] {
+        assert!(
+            !reply.headers.contains_key(name),
+            "{name} reached the client: {:?}",
+            reply.headers
+        );
+    }
+    assert_eq!(reply.headers["x-kept"], "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absolute_form_target_takes_host_from_the_target() {
+    let (_server, proxy) = one_server("").await;
+    let (response, _) = raw(
+        proxy.addr(),
+        b"GET http://b.example/path?q=1 HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let json: serde_json::Value =
+        serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(json["headers"]["host"], "b.example");
+    assert_eq!(json["path"], "/path");
+    assert_eq!(json["query"], "q=1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_client_reaches_an_http1_server() {
+    let (server, proxy) = one_server("").await;
+    let sender = h2_client(proxy.addr()).await;
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let mut sender = sender.clone();
+        let addr = proxy.addr();
+        tasks.push(tokio::spawn(async move {
+            let req = Request::post(format!("http://{addr}/h2/{i}"))
+                .body(body(vec![b'x'; 1000]))
+                .unwrap();
+            let reply = read_reply(sender.send_request(req).await.unwrap())
+                .await
+                .unwrap();
+            assert_eq!(reply.status, 200);
+            assert_eq!(reply.headers["x-server"], "s1");
+            let json = reply.json();
+            assert_eq!(json["path"], format!("/h2/{i}"));
+            assert_eq!(json["method"], "POST");
+            assert_eq!(json["body_len"], 1000);
+            assert_eq!(json["headers"]["host"], addr.to_string());
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(server.requests(), 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_bodies_are_streamed_not_buffered() {
+    let (server, proxy) = one_server("").await;
+    let mut client = Client::connect(proxy.addr()).await;
+    let req = Request::get("/gate")
+        .header("host", "a")
+        .body(empty())
+        .unwrap();
+    let mut sender_side = client_sender(&mut client);
+    let response = sender_side.send_request(req).await.unwrap();
+    let mut body = response.into_body();
+    // The first chunk arrives while the server still holds back the rest.
+    let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
+        .await
+        .expect("first chunk streamed");
+    assert_eq!(
+        first.unwrap().unwrap().into_data().unwrap(),
+        Bytes::from_static(b"first;")
+    );
+    server.gate.release.notify_one();
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!(rest, Bytes::from_static(b"rest"));
+}
+
+fn client_sender(
+    client: &mut Client,
+) -> &mut hyper::client::conn::http1::SendRequest<weir_tests::Body> {
+    client.sender_mut()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_are_streamed_not_buffered() {
+    let (server, proxy) = one_server("").await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(2);
+    let stream =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
+    let req = Request::post("/upload-gate")
+        .header("host", "a")
+        .body(StreamBody::new(stream).boxed())
+        .unwrap();
+    let mut client = Client::connect(proxy.addr()).await;
+    let reply = tokio::spawn(async move { client.send(req).await });
+    tx.send(Ok(Frame::data(Bytes::from(vec![b'a'; 1000]))))
+        .await
+        .unwrap();
+    // The server sees the first chunk before the client has sent the rest.
+    tokio::time::timeout(Duration::from_secs(5), server.gate.reached.notified())
+        .await
+        .expect("first chunk streamed");
+    tx.send(Ok(Frame::data(Bytes::from(vec![b'b'; 500]))))
+        .await
+        .unwrap();
+    drop(tx);
+    let reply = reply.await.unwrap();
+    assert_eq!(reply.json()["body_len"], 1500);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_uploads_arrive_whole_with_either_framing() {
+    let (_server, proxy) = one_server("").await;
+    let mut client = Client::connect(proxy.addr()).await;
+    let big = vec![7u8; 1 << 20];
+    let req = Request::post("/up")
+        .header("host", "a")
+        .body(body(big.clone()))
+        .unwrap();
+    assert_eq!(client.send(req).await.json()["body_len"], 1 << 20);
+    let stream = futures_util::stream::iter(
+        big.chunks(64 * 1024)
+            .map(|c| Ok::<_, std::convert::Infallible>(Frame::data(Bytes::copy_from_slice(c))))
+            .collect::<Vec<_>>(),
+    );
+    let req = Request::post("/up")
+        .header("host", "a")
+        .body(StreamBody::new(stream).boxed())
+        .unwrap();
+    assert_eq!(client.send(req).await.json()["body_len"], 1 << 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_gets_an_access_log_line() {
+    let (_server, proxy) = one_server("").await;
+    let mut client = Client::connect(proxy.addr()).await;
+    client.get("/logged?x=1").await;
+    let lines = proxy.log.wait_for(1).await;
+    let line = &lines[0];
+    let client_addr: SocketAddr = client.local_addr;
+    assert!(line.starts_with(&format!("{client_addr} [")), "{line}");
+    assert!(line.contains("] www app/s1 "), "{line}");
+    assert!(line.contains(" 200 "), "{line}");
+    assert!(
+        line.ends_with(" -- 0 \"GET /logged?x=1 HTTP/1.1\""),
+        "{line}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_format_json_writes_one_json_object_per_request() {
+    let (_server, proxy) = one_server("log_format = \"json\"").await;
+    get(proxy.addr(), "/j").await;
+    let lines = proxy.log.wait_for(1).await;
+    let v: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(v["frontend"], "www");
+    assert_eq!(v["backend"], "app");
+    assert_eq!(v["server"], "s1");
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["uri"], "/j");
+    assert_eq!(v["termination"], "--");
+    assert!(v["bytes"].as_u64().unwrap() > 0);
+}
