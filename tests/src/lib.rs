@@ -245,10 +245,8 @@ fn websocket_echo(req: &mut Request<Incoming>) -> Response<Body> {
             if msg.is_close() {
                 break;
             }
-            if msg.is_text() || msg.is_binary() {
-                if ws.send(msg).await.is_err() {
-                    break;
-                }
+            if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                break;
             }
         }
     });

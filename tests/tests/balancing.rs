@@ -198,7 +198,7 @@ async fn consistency(
     keys: usize,
     route: impl AsyncFn(SocketAddr) -> HashMap<usize, String>,
 ) {
-    let servers = vec![
+    let servers = [
         MockServer::start("s1").await,
         MockServer::start("s2").await,
         MockServer::start("s3").await,
@@ -256,7 +256,7 @@ async fn source_hash_is_consistent_when_a_server_is_removed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leastconn_avoids_a_busy_server() {
-    let servers = vec![MockServer::start("s1").await, MockServer::start("s2").await];
+    let servers = [MockServer::start("s1").await, MockServer::start("s2").await];
     let list: Vec<(&str, SocketAddr, &str)> = servers
         .iter()
         .map(|s| (s.name.as_str(), s.addr, ""))
@@ -291,7 +291,7 @@ async fn leastconn_avoids_a_busy_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_fills_servers_in_order() {
-    let servers = vec![MockServer::start("s1").await, MockServer::start("s2").await];
+    let servers = [MockServer::start("s1").await, MockServer::start("s2").await];
     let list = vec![
         ("s1", servers[0].addr, "maxconn = 1"),
         ("s2", servers[1].addr, "maxconn = 1"),

@@ -179,8 +179,7 @@ async fn response_bodies_are_streamed_not_buffered() {
         .header("host", "a")
         .body(empty())
         .unwrap();
-    let mut sender_side = client_sender(&mut client);
-    let response = sender_side.send_request(req).await.unwrap();
+    let response = client.sender_mut().send_request(req).await.unwrap();
     let mut body = response.into_body();
     // The first chunk arrives while the server still holds back the rest.
     let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
@@ -193,12 +192,6 @@ async fn response_bodies_are_streamed_not_buffered() {
     server.gate.release.notify_one();
     let rest = body.collect().await.unwrap().to_bytes();
     assert_eq!(rest, Bytes::from_static(b"rest"));
-}
-
-fn client_sender(
-    client: &mut Client,
-) -> &mut hyper::client::conn::http1::SendRequest<weir_tests::Body> {
-    client.sender_mut()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

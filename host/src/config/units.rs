@@ -6,13 +6,13 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
-/// A duration written as a string with a unit: `us`, `ms`, `s`, `m`, `h` or `d`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Dur(pub Duration);
+/// A duration as written (`"250ms"`), parsed by validation so that its error joins the others.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dur(pub String);
 
-/// A size in bytes written as a string with a unit: `B`, `KiB`, `MiB`, `GiB` (or `kB`, `MB`, `GB`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Size(pub u64);
+/// A size as written (`"16MiB"`), parsed by validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Size(pub String);
 
 /// Parses `"250ms"`, `"1.5s"`, `"2m"`. Zero is allowed here; callers that need a positive
 /// duration say so with the key path.
@@ -40,7 +40,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         }
     };
     let seconds = value * seconds_per_unit;
-    if !seconds.is_finite() || seconds < 0.0 || seconds > 10.0 * 365.0 * 86400.0 {
+    if !seconds.is_finite() || !(0.0..=10.0 * 365.0 * 86400.0).contains(&seconds) {
         return Err(format!("invalid duration \"{text}\": out of range"));
     }
     Ok(Duration::from_secs_f64(seconds))
@@ -84,36 +84,35 @@ fn split_number(text: &str) -> (&str, &str) {
     (&text[..split], text[split..].trim())
 }
 
-struct StrVisitor<F>(&'static str, F);
+/// Accepts only strings, and says what was meant when given a bare number.
+struct Text(&'static str, &'static str);
 
-impl<'de, T, F: Fn(&str) -> Result<T, String>> Visitor<'de> for StrVisitor<F> {
-    type Value = T;
+impl Visitor<'_> for Text {
+    type Value = String;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str(self.0)
+        write!(f, "{} as a string with a unit, e.g. \"{}\"", self.0, self.1)
     }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
-        (self.1)(v).map_err(E::custom)
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
+        Ok(v.to_owned())
     }
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<String, E> {
         Err(E::custom(format!(
             "expected {} as a string with a unit, e.g. \"{v}{}\"",
             self.0,
-            if self.0.contains("size") { "KiB" } else { "s" }
+            self.1.trim_start_matches(char::is_numeric)
         )))
     }
 }
 
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(StrVisitor("a duration", |s: &str| {
-            parse_duration(s).map(Dur)
-        }))
+        d.deserialize_any(Text("a duration", "5s")).map(Dur)
     }
 }
 
 impl<'de> Deserialize<'de> for Size {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(StrVisitor("a size", |s: &str| parse_size(s).map(Size)))
+        d.deserialize_any(Text("a size", "64KiB")).map(Size)
     }
 }
 

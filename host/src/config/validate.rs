@@ -11,7 +11,7 @@ use http::{HeaderName, StatusCode};
 
 use super::file::{BackendFile, File, FrontendFile, OneOrMany, ServerFile};
 use super::locate::{KeyPath, Locator};
-use super::units::Dur;
+use super::units::{Dur, Size, parse_duration, parse_size};
 use super::{
     Backend, Balance, Config, ConfigError, ConfigErrors, ErrorFiles, ErrorPage, Frontend, Global,
     LogFormat, Server,
@@ -47,15 +47,27 @@ impl Ctx<'_> {
         v
     }
 
-    fn positive(&mut self, path: &KeyPath, value: Option<Dur>, inherited: Duration) -> Duration {
-        match value {
-            Some(Dur(d)) if d.is_zero() => {
+    /// A duration greater than zero, or the inherited one when not written.
+    fn positive(&mut self, path: &KeyPath, value: Option<&Dur>, inherited: Duration) -> Duration {
+        let Some(Dur(text)) = value else {
+            return inherited;
+        };
+        match parse_duration(text) {
+            Ok(d) if d.is_zero() => {
                 self.err(path, "must be greater than zero");
                 inherited
             }
-            Some(Dur(d)) => d,
-            None => inherited,
+            Ok(d) => d,
+            Err(msg) => {
+                self.err(path, msg);
+                inherited
+            }
         }
+    }
+
+    fn size(&mut self, path: &KeyPath, value: Option<&Size>) -> Option<u64> {
+        let Size(text) = value?;
+        parse_size(text).map_err(|msg| self.err(path, msg)).ok()
     }
 }
 
@@ -172,27 +184,27 @@ fn build_defaults(cx: &mut Ctx<'_>, file: &File) -> Defaults {
     Defaults {
         connect: cx.positive(
             &tp.key("connect"),
-            t.and_then(|t| t.connect),
+            t.and_then(|t| t.connect.as_ref()),
             Duration::from_secs(5),
         ),
         client: cx.positive(
             &tp.key("client"),
-            t.and_then(|t| t.client),
+            t.and_then(|t| t.client.as_ref()),
             Duration::from_secs(30),
         ),
         server: cx.positive(
             &tp.key("server"),
-            t.and_then(|t| t.server),
+            t.and_then(|t| t.server.as_ref()),
             Duration::from_secs(30),
         ),
         http_request: cx.positive(
             &tp.key("http_request"),
-            t.and_then(|t| t.http_request),
+            t.and_then(|t| t.http_request.as_ref()),
             Duration::from_secs(10),
         ),
         tunnel: cx.positive(
             &tp.key("tunnel"),
-            t.and_then(|t| t.tunnel),
+            t.and_then(|t| t.tunnel.as_ref()),
             Duration::from_secs(3600),
         ),
         retries: cx.int(&p.key("retries"), d.retries, 3, 0, 100) as u32,
@@ -201,7 +213,7 @@ fn build_defaults(cx: &mut Ctx<'_>, file: &File) -> Defaults {
         max_header_size: header_size(
             cx,
             &p.key("max_header_size"),
-            d.max_header_size.map(|s| s.0),
+            d.max_header_size.as_ref(),
             64 * 1024,
         ),
         max_headers: cx.int(&p.key("max_headers"), d.max_headers, 100, 1, 10_000) as usize,
@@ -214,7 +226,7 @@ fn build_defaults(cx: &mut Ctx<'_>, file: &File) -> Defaults {
         pool_max_idle: cx.int(&p.key("pool_max_idle"), d.pool_max_idle, 64, 0, 100_000) as usize,
         pool_idle_timeout: cx.positive(
             &p.key("pool_idle_timeout"),
-            d.pool_idle_timeout,
+            d.pool_idle_timeout.as_ref(),
             Duration::from_secs(5),
         ),
         errorfiles: errorfiles(cx, &p.key("errorfiles"), d.errorfiles.as_ref()),
@@ -244,11 +256,12 @@ fn build_frontend(
     for (bp, text) in binds_written {
         match parse_addr(text, true) {
             Ok(addr) => {
-                if addr.port() != 0 {
-                    if let Some((_, first)) = all_binds.iter().find(|(a, _)| *a == addr) {
-                        let msg = format!("{addr} is already bound by {first}");
-                        cx.err(&bp, msg);
-                    }
+                // Port 0 asks the system for any free port, so it can never clash.
+                if addr.port() != 0
+                    && let Some((_, first)) = all_binds.iter().find(|(a, _)| *a == addr)
+                {
+                    let msg = format!("{addr} is already bound by {first}");
+                    cx.err(&bp, msg);
                 }
                 all_binds.push((addr, bp));
                 binds.push(addr);
@@ -276,17 +289,21 @@ fn build_frontend(
         name: f.name.clone(),
         binds,
         default_backend,
-        timeout_client: cx.positive(&tp.key("client"), t.and_then(|t| t.client), d.client),
+        timeout_client: cx.positive(
+            &tp.key("client"),
+            t.and_then(|t| t.client.as_ref()),
+            d.client,
+        ),
         timeout_http_request: cx.positive(
             &tp.key("http_request"),
-            t.and_then(|t| t.http_request),
+            t.and_then(|t| t.http_request.as_ref()),
             d.http_request,
         ),
         forwardfor: f.forwardfor.unwrap_or(d.forwardfor),
         max_header_size: header_size(
             cx,
             &path.key("max_header_size"),
-            f.max_header_size.map(|s| s.0),
+            f.max_header_size.as_ref(),
             d.max_header_size as u64,
         ),
         max_headers: cx.int(
@@ -356,9 +373,21 @@ fn build_backend(
         name: name.to_owned(),
         balance,
         servers,
-        timeout_connect: cx.positive(&tp.key("connect"), t.and_then(|t| t.connect), d.connect),
-        timeout_server: cx.positive(&tp.key("server"), t.and_then(|t| t.server), d.server),
-        timeout_tunnel: cx.positive(&tp.key("tunnel"), t.and_then(|t| t.tunnel), d.tunnel),
+        timeout_connect: cx.positive(
+            &tp.key("connect"),
+            t.and_then(|t| t.connect.as_ref()),
+            d.connect,
+        ),
+        timeout_server: cx.positive(
+            &tp.key("server"),
+            t.and_then(|t| t.server.as_ref()),
+            d.server,
+        ),
+        timeout_tunnel: cx.positive(
+            &tp.key("tunnel"),
+            t.and_then(|t| t.tunnel.as_ref()),
+            d.tunnel,
+        ),
         retries: cx.int(&path.key("retries"), b.retries, d.retries as i64, 0, 100) as u32,
         redispatch: b.redispatch.unwrap_or(d.redispatch),
         pool_max_idle: cx.int(
@@ -370,7 +399,7 @@ fn build_backend(
         ) as usize,
         pool_idle_timeout: cx.positive(
             &path.key("pool_idle_timeout"),
-            b.pool_idle_timeout,
+            b.pool_idle_timeout.as_ref(),
             d.pool_idle_timeout,
         ),
         // Not merged with [defaults]: a backend's own pages come first, then the frontend's
@@ -462,8 +491,8 @@ fn parse_balance(text: &str) -> Result<Balance, String> {
     })
 }
 
-fn header_size(cx: &mut Ctx<'_>, path: &KeyPath, value: Option<u64>, default: u64) -> usize {
-    let v = value.unwrap_or(default);
+fn header_size(cx: &mut Ctx<'_>, path: &KeyPath, value: Option<&Size>, default: u64) -> usize {
+    let v = cx.size(path, value).unwrap_or(default);
     if !(1024..=1024 * 1024).contains(&v) {
         cx.err(
             path,

@@ -118,12 +118,12 @@ pub fn prepare_request(
     }
     *version = Version::HTTP_11;
     strip_hop_by_hop(headers, upgrade);
-    if let Some(host) = host {
-        if let Ok(v) = HeaderValue::from_str(host.as_str()) {
-            headers.insert(header::HOST, v.clone());
-            if forwarded.is_some() {
-                headers.insert(X_FORWARDED_HOST.clone(), v);
-            }
+    if let Some(host) = host
+        && let Ok(v) = HeaderValue::from_str(host.as_str())
+    {
+        headers.insert(header::HOST, v.clone());
+        if forwarded.is_some() {
+            headers.insert(X_FORWARDED_HOST.clone(), v);
         }
     }
     if let Some((client_ip, proto)) = forwarded {

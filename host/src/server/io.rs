@@ -119,10 +119,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write(cx, data);
-        if let Poll::Ready(Ok(n)) = &polled {
-            if *n > 0 {
-                self.activity.touch();
-            }
+        if let Poll::Ready(Ok(n)) = &polled
+            && *n > 0
+        {
+            self.activity.touch();
         }
         polled
     }
@@ -133,10 +133,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = &polled {
-            if *n > 0 {
-                self.activity.touch();
-            }
+        if let Poll::Ready(Ok(n)) = &polled
+            && *n > 0
+        {
+            self.activity.touch();
         }
         polled
     }

@@ -1,0 +1,163 @@
+//! The `weir` command line, run as a user runs it.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const WEIR: &str = env!("CARGO_BIN_EXE_weir");
+
+fn write_config(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("weir-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn config(bind: &str, extra_global: &str) -> String {
+    format!(
+        "[global]\n{extra_global}\n\n[[frontend]]\nname = \"www\"\nbind = \"{bind}\"\ndefault_backend = \"app\"\n\n[backend.app]\nservers = [{{ name = \"a\", addr = \"127.0.0.1:9\" }}]\n"
+    )
+}
+
+#[test]
+fn check_accepts_a_valid_config_with_exit_0() {
+    let path = write_config("valid.toml", &config("127.0.0.1:0", ""));
+    let out = Command::new(WEIR)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "configuration is valid"
+    );
+}
+
+#[test]
+fn check_rejects_an_invalid_config_with_exit_1_and_the_key_path() {
+    let text = config("127.0.0.1:0", "maxconn = -1").replace("127.0.0.1:9", "127.0.0.1:99999");
+    let path = write_config("invalid.toml", &text);
+    let out = Command::new(WEIR)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("global.maxconn: must be between 1 and 10000000, got -1 (line 2)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("backend.app.servers[0].addr: invalid address \"127.0.0.1:99999\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_reports_a_missing_file() {
+    let out = Command::new(WEIR)
+        .args(["check", "--config", "/nonexistent/weir.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read /nonexistent/weir.toml"));
+}
+
+#[test]
+fn version_and_help() {
+    let out = Command::new(WEIR).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("weir {}", env!("CARGO_PKG_VERSION"))
+    );
+    let out = Command::new(WEIR).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for word in ["run", "check", "demo"] {
+        assert!(help.contains(word), "{help}");
+    }
+}
+
+#[test]
+fn run_fails_clearly_when_the_bind_address_is_in_use() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let path = write_config("in-use.toml", &config(&addr.to_string(), ""));
+    let out = Command::new(WEIR)
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("frontend[0].bind: cannot listen on {addr}")),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+/// Starts `weir run`, reads the bound address from its log, and stops it with SIGTERM.
+#[test]
+fn run_serves_on_a_single_thread_and_stops_on_sigterm() {
+    let path = write_config("run.toml", &config("127.0.0.1:0", "threads = 1"));
+    let mut child = Command::new(WEIR)
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut addr = None;
+    for _ in 0..50 {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        if let Some(a) = line.trim().split("listening on ").nth(1) {
+            addr = Some(a.to_string());
+            break;
+        }
+    }
+    let addr = addr.expect("weir logged its listening address");
+    let mut stream = TcpStream::connect(&addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    // Nothing listens on the server's port: the proxy answers 503 by itself.
+    assert!(response.starts_with("HTTP/1.1 503"), "{response}");
+
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let mut status = None;
+    for _ in 0..100 {
+        if let Some(s) = child.try_wait().unwrap() {
+            status = Some(s);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = status.unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("weir did not stop on SIGTERM")
+    });
+    assert!(status.success(), "{status:?}");
+    let mut rest = String::new();
+    let _ = stderr.read_to_string(&mut rest);
+    assert!(
+        rest.contains("\"GET / HTTP/1.1\""),
+        "the access log line goes to stderr: {rest}"
+    );
+}

@@ -1,0 +1,249 @@
+//! Config errors name the key path and the line; valid configs load with their defaults.
+
+use std::path::Path;
+use std::time::Duration;
+
+use weir::config::{Balance, Config, ConfigError};
+
+fn errors(toml: &str) -> Vec<ConfigError> {
+    Config::from_toml(toml, Path::new("."))
+        .expect_err("config must be rejected")
+        .0
+}
+
+fn one_error(toml: &str) -> String {
+    let e = errors(toml);
+    assert_eq!(e.len(), 1, "{e:?}");
+    e[0].to_string()
+}
+
+const VALID: &str = r#"
+[[frontend]]
+name = "www"
+bind = "127.0.0.1:8080"
+default_backend = "app"
+
+[backend.app]
+servers = [{ name = "a", addr = "127.0.0.1:9001" }]
+"#;
+
+#[test]
+fn an_invalid_server_address_names_its_path_and_line() {
+    let toml = r#"[[frontend]]
+name = "www"
+bind = ["127.0.0.1:8080"]
+default_backend = "app"
+
+[backend.app]
+servers = [
+  { name = "web1", addr = "127.0.0.1:9001" },
+  { name = "web2", addr = "127.0.0.1:99999" },
+]
+"#;
+    let e = one_error(toml);
+    assert!(
+        e.starts_with("backend.app.servers[1].addr: invalid address \"127.0.0.1:99999\""),
+        "{e}"
+    );
+    assert!(e.ends_with("(line 9)"), "{e}");
+}
+
+#[test]
+fn unknown_keys_are_errors_with_path_and_line() {
+    let toml = VALID.replace(
+        "default_backend = \"app\"",
+        "default_backend = \"app\"\ncolour = \"blue\"",
+    );
+    let e = one_error(&toml);
+    assert!(
+        e.starts_with("frontend[0].colour: unknown field `colour`"),
+        "{e}"
+    );
+    assert!(e.ends_with("(line 6)"), "{e}");
+    let toml = VALID.replace(
+        "addr = \"127.0.0.1:9001\"",
+        "addr = \"127.0.0.1:9001\", wieght = 2",
+    );
+    let e = one_error(&toml);
+    assert!(
+        e.starts_with("backend.app.servers[0].wieght: unknown field"),
+        "{e}"
+    );
+    let e = one_error(&format!(
+        "[defaults]\ntimeout = {{ conect = \"1s\" }}\n{VALID}"
+    ));
+    assert!(
+        e.starts_with("defaults.timeout.conect: unknown field"),
+        "{e}"
+    );
+    assert!(e.ends_with("(line 2)"), "{e}");
+}
+
+#[test]
+fn every_problem_is_reported_in_one_pass() {
+    let toml = r#"[[frontend]]
+name = "www"
+bind = "127.0.0.1:8080"
+default_backend = "api"
+
+[[frontend]]
+name = "www"
+bind = "127.0.0.1:8080"
+default_backend = "app"
+
+[backend.app]
+balance = "fastest"
+timeout = { connect = "5x", server = "0s" }
+servers = [
+  { name = "a", addr = "127.0.0.1:1", weight = 0 },
+  { name = "a", addr = "nowhere", weight = 0 },
+]
+
+[backend.empty]
+servers = []
+"#;
+    let found: Vec<String> = errors(toml).iter().map(|e| e.to_string()).collect();
+    let expect = [
+        "frontend[0].default_backend: unknown backend \"api\" (no [backend.api] section) (line 4)",
+        "frontend[1].name: duplicate frontend name \"www\" (line 7)",
+        "frontend[1].bind: 127.0.0.1:8080 is already bound by frontend[0].bind (line 8)",
+        "backend.app.balance: unknown algorithm \"fastest\"",
+        "backend.app.servers[1].name: duplicate server name \"a\" in backend \"app\" (line 16)",
+        "backend.app.servers[1].addr: invalid address \"nowhere\": expected host:port (line 16)",
+        "backend.app.servers: every server has weight 0, so none can receive traffic (line 14)",
+        "backend.app.timeout.connect: invalid duration \"5x\": unknown unit \"x\"",
+        "backend.app.timeout.server: must be greater than zero (line 13)",
+        "backend.empty.servers: at least one server is required (line 20)",
+    ];
+    for e in expect {
+        assert!(
+            found.iter().any(|f| f.starts_with(e)),
+            "missing {e:?} in\n{}",
+            found.join("\n")
+        );
+    }
+    assert_eq!(found.len(), expect.len(), "{}", found.join("\n"));
+}
+
+#[test]
+fn bad_values_are_named() {
+    let e = one_error(&format!("[global]\nmaxconn = 0\n{VALID}"));
+    assert_eq!(
+        e,
+        "global.maxconn: must be between 1 and 10000000, got 0 (line 2)"
+    );
+    let e = one_error(&format!("[defaults]\nmax_header_size = \"64\"\n{VALID}"));
+    assert!(
+        e.starts_with("defaults.max_header_size: invalid size \"64\": a unit is required"),
+        "{e}"
+    );
+    let e = one_error(&format!("[defaults]\ntimeout = {{ client = 30 }}\n{VALID}"));
+    assert!(
+        e.starts_with(
+            "defaults.timeout.client: expected a duration as a string with a unit, e.g. \"30s\""
+        ),
+        "{e}"
+    );
+    let e = one_error(&VALID.replace("[backend.app]", "[backend.app]\nbalance = \"hdr:\""));
+    assert!(
+        e.starts_with("backend.app.balance: invalid header name"),
+        "{e}"
+    );
+    let e = one_error(&VALID.replace(
+        "[backend.app]",
+        "[backend.app]\nerrorfiles = { 404 = \"x.html\" }",
+    ));
+    assert!(
+        e.starts_with("backend.app.errorfiles.404: weir does not generate status 404"),
+        "{e}"
+    );
+    let e = one_error(&VALID.replace(
+        "[backend.app]",
+        "[backend.app]\nerrorfiles = { 503 = \"/nonexistent/503.html\" }",
+    ));
+    assert!(
+        e.starts_with("backend.app.errorfiles.503: cannot read /nonexistent/503.html"),
+        "{e}"
+    );
+    let e = one_error(&VALID.replace("name = \"www\"", "name = \"www\"\nlog_format = \"xml\""));
+    assert_eq!(
+        e,
+        "frontend[0].log_format: unknown log format \"xml\" (expected \"text\" or \"json\") (line 4)"
+    );
+}
+
+#[test]
+fn syntax_errors_give_the_line() {
+    let e = one_error("[[frontend]]\nname = \"www\"\nbind = \n");
+    assert!(e.ends_with("(line 3)"), "{e}");
+}
+
+#[test]
+fn a_config_needs_a_frontend_and_a_backend() {
+    let found: Vec<String> = errors("").iter().map(|e| e.to_string()).collect();
+    assert!(
+        found.contains(&"frontend: at least one [[frontend]] is required".to_string()),
+        "{found:?}"
+    );
+    assert!(
+        found.contains(&"backend: at least one [backend.<name>] is required".to_string()),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn defaults_are_inherited_and_overridden() {
+    let toml = r#"
+[global]
+threads = 1
+
+[defaults]
+timeout = { connect = "2s", server = "7s", client = "11s" }
+retries = 1
+log_format = "json"
+
+[[frontend]]
+name = "www"
+bind = ["127.0.0.1:8080", "[::1]:8080"]
+default_backend = "app"
+timeout = { client = "3s" }
+
+[backend.app]
+balance = "url_param:user"
+timeout = { server = "1m" }
+redispatch = false
+servers = [
+  { name = "a", addr = "localhost:9001", weight = 5, maxconn = 10 },
+  { name = "b", addr = "127.0.0.1:9002", backup = true },
+]
+"#;
+    let c = Config::from_toml(toml, Path::new(".")).unwrap();
+    assert_eq!(c.global.threads, 1);
+    assert_eq!(c.global.maxconn, 4096);
+    let f = &c.frontends[0];
+    assert_eq!(f.binds.len(), 2);
+    assert_eq!(f.timeout_client, Duration::from_secs(3));
+    assert_eq!(f.timeout_http_request, Duration::from_secs(10));
+    assert_eq!(f.log_format, weir::config::LogFormat::Json);
+    assert!(f.forwardfor);
+    assert_eq!((f.max_header_size, f.max_headers), (64 * 1024, 100));
+    let b = &c.backends[0];
+    assert_eq!(b.balance, Balance::UrlParam("user".into()));
+    assert_eq!(b.timeout_connect, Duration::from_secs(2));
+    assert_eq!(b.timeout_server, Duration::from_secs(60));
+    assert_eq!(b.timeout_tunnel, Duration::from_secs(3600));
+    assert_eq!((b.retries, b.redispatch), (1, false));
+    assert_eq!(
+        b.servers[0].addr.port(),
+        9001,
+        "host names resolve at load time"
+    );
+    assert_eq!((b.servers[0].weight, b.servers[0].maxconn), (5, Some(10)));
+    assert!(b.servers[1].backup);
+}
+
+#[test]
+fn the_quickstart_example_is_valid() {
+    Config::from_file(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart.toml"))
+        .unwrap();
+}
