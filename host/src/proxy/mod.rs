@@ -303,8 +303,9 @@ async fn forward(
 }
 
 /// Chooses a server and gets a connection to it: a pooled one, or a new one within
-/// `timeout.connect`. A failed connect is retried up to `retries` times, on another
-/// server when `redispatch` is on, else on the same one.
+/// `timeout.connect`. A failed connect is retried up to `retries` times: with
+/// `redispatch`, on a server not tried yet (or any, once all have failed); without, on
+/// the same server.
 async fn connect(
     backend: &BackendRt,
     key: &RequestKey<'_>,
@@ -317,7 +318,14 @@ async fn connect(
     loop {
         let slot = match pinned {
             Some(i) => backend.claim(i),
-            None => backend.acquire(key, &mut excluded),
+            None => backend.acquire(key, &mut excluded).or_else(|| {
+                // Every server failed once and retries remain: try them again.
+                if excluded.is_empty() {
+                    return None;
+                }
+                excluded.clear();
+                backend.acquire(key, &mut excluded)
+            }),
         };
         let Some(slot) = slot else {
             return Err(last_error.unwrap_or(ProxyError::NoServer));
