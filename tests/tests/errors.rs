@@ -406,7 +406,9 @@ async fn a_bind_address_in_use_is_a_clear_startup_error() {
 /// hangs as it would to a host that does not answer.
 fn unresponsive_server() -> (std::net::TcpListener, Vec<std::net::TcpStream>, SocketAddr) {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+    socket
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
     socket.listen(0).unwrap();
     let listener: std::net::TcpListener = socket.into();
     let addr = listener.local_addr().unwrap();
@@ -423,14 +425,20 @@ fn unresponsive_server() -> (std::net::TcpListener, Vec<std::net::TcpStream>, So
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_timeout_gives_503_in_time() {
     let (_listener, _fillers, addr) = unresponsive_server();
-    let toml = with_timeouts(config("roundrobin", &[("s1", addr, "")], "retries = 1"), "connect = \"300ms\"");
+    let toml = with_timeouts(
+        config("roundrobin", &[("s1", addr, "")], "retries = 1"),
+        "connect = \"300ms\"",
+    );
     let proxy = TestProxy::start(&toml).await;
     let started = Instant::now();
     let reply = get(proxy.addr(), "/").await;
     let took = started.elapsed();
     assert_eq!(reply.status, 503);
     // Two attempts (one retry) of 300 ms each.
-    assert!(took >= Duration::from_millis(600) && took < Duration::from_millis(1500), "503 after {took:?}");
+    assert!(
+        took >= Duration::from_millis(600) && took < Duration::from_millis(1500),
+        "503 after {took:?}"
+    );
     let lines = proxy.log.wait_for(1).await;
     assert!(lines[0].contains(" SC 1 "), "{lines:?}");
 }

@@ -278,8 +278,10 @@ async fn log_format_json_writes_one_json_object_per_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bind_address_of_a_frontend_serves() {
     let server = MockServer::start("s1").await;
-    let toml = config("roundrobin", &[("s1", server.addr, "")], "")
-        .replace("bind = \"127.0.0.1:0\"", "bind = [\"127.0.0.1:0\", \"127.0.0.2:0\"]");
+    let toml = config("roundrobin", &[("s1", server.addr, "")], "").replace(
+        "bind = \"127.0.0.1:0\"",
+        "bind = [\"127.0.0.1:0\", \"127.0.0.2:0\"]",
+    );
     let proxy = TestProxy::start(&toml).await;
     let addrs = proxy.running.addrs("www").to_vec();
     assert_eq!(addrs.len(), 2);
@@ -291,7 +293,11 @@ async fn every_bind_address_of_a_frontend_serves() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_server_connections_close_after_pool_idle_timeout() {
     let server = MockServer::start("s1").await;
-    let toml = config("roundrobin", &[("s1", server.addr, "")], "pool_idle_timeout = \"200ms\"");
+    let toml = config(
+        "roundrobin",
+        &[("s1", server.addr, "")],
+        "pool_idle_timeout = \"200ms\"",
+    );
     let proxy = TestProxy::start(&toml).await;
     let mut client = Client::connect(proxy.addr()).await;
     client.get("/").await;
@@ -299,17 +305,38 @@ async fn idle_server_connections_close_after_pool_idle_timeout() {
     assert_eq!(server.connections(), 1);
     tokio::time::sleep(Duration::from_millis(400)).await;
     client.get("/").await;
-    assert_eq!(server.connections(), 2, "an expired idle connection must not be reused");
+    assert_eq!(
+        server.connections(),
+        2,
+        "an expired idle connection must not be reused"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_max_idle_zero_opens_a_connection_per_request() {
     let server = MockServer::start("s1").await;
-    let toml = config("roundrobin", &[("s1", server.addr, "")], "pool_max_idle = 0");
+    let toml = config(
+        "roundrobin",
+        &[("s1", server.addr, "")],
+        "pool_max_idle = 0",
+    );
     let proxy = TestProxy::start(&toml).await;
     let mut client = Client::connect(proxy.addr()).await;
     for _ in 0..5 {
         client.get("/").await;
     }
     assert_eq!(server.connections(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http10_clients_are_served_and_closed() {
+    let (server, proxy) = one_server("").await;
+    let (response, closed) = raw(proxy.addr(), b"GET /old HTTP/1.0\r\n\r\n").await;
+    assert!(response.starts_with("HTTP/1.0 200"), "{response}");
+    assert!(
+        closed,
+        "HTTP/1.0 without keep-alive closes after the response"
+    );
+    assert!(response.contains("\"path\":\"/old\""), "{response}");
+    assert_eq!(server.requests(), 1);
 }

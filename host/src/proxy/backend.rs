@@ -2,7 +2,7 @@
 //! and the choice of a server for one request.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::balance::{self, Balancer, RequestKey, Servers};
 use crate::config::{Backend, Server};
@@ -16,7 +16,6 @@ pub struct ServerRt {
     /// Effective weight; the balancer reads it on every pick.
     pub weight: AtomicU32,
     pub in_flight: AtomicU32,
-    pub requests: AtomicU64,
     pub pool: Arc<Pool>,
 }
 
@@ -62,7 +61,6 @@ impl BackendRt {
                     id_hash: balance::hash_bytes(s.name.as_bytes()),
                     weight: AtomicU32::new(s.weight),
                     in_flight: AtomicU32::new(0),
-                    requests: AtomicU64::new(0),
                     pool: Arc::new(Pool::new(cfg.pool_max_idle, cfg.pool_idle_timeout)),
                     cfg: s.clone(),
                 })
@@ -103,7 +101,6 @@ impl BackendRt {
         if server.weight.load(Ordering::Relaxed) == 0 || !claim(server) {
             return None;
         }
-        server.requests.fetch_add(1, Ordering::Relaxed);
         Some(InFlight {
             server: Arc::clone(server),
             index: i,

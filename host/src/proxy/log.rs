@@ -17,7 +17,7 @@ use http::{Method, Version};
 
 use crate::config::LogFormat;
 
-/// Lines buffered before new ones are dropped (and counted) rather than slowing requests.
+/// Lines buffered before new ones are dropped (with a warning) rather than slowing requests.
 const QUEUE: usize = 16 * 1024;
 
 #[derive(Debug, Clone)]
@@ -140,13 +140,14 @@ impl AccessLog {
     pub fn emit(&self, record: &LogRecord) {
         let Some(tx) = &self.tx else { return };
         if let Err(TrySendError::Full(_)) = tx.try_send(record.line()) {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed);
+            if dropped % 1000 == 0 {
+                tracing::warn!(
+                    "the access log cannot keep up: {} lines dropped so far",
+                    dropped + 1
+                );
+            }
         }
-    }
-
-    /// Lines dropped because the writer could not keep up.
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
     }
 }
 

@@ -3,7 +3,6 @@
 //! ones are closed after `pool_idle_timeout` or beyond `pool_max_idle`.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,8 +18,6 @@ pub struct Pool {
     idle: Mutex<Vec<Idle>>,
     max_idle: usize,
     idle_timeout: Duration,
-    /// Connections opened to this server since start.
-    pub opened: AtomicU64,
 }
 
 struct Idle {
@@ -44,7 +41,6 @@ impl Pool {
             idle: Mutex::new(Vec::new()),
             max_idle,
             idle_timeout,
-            opened: AtomicU64::new(0),
         }
     }
 
@@ -86,10 +82,6 @@ impl Pool {
         idle.retain(|c| now.duration_since(c.since) < timeout && !c.sender.is_closed());
     }
 
-    pub fn idle_count(&self) -> usize {
-        self.lock().len()
-    }
-
     /// Returns `sender` to the pool once its current response has been read to the end.
     /// A connection whose response was abandoned or upgraded never becomes ready and is dropped.
     pub fn recycle(self: &Arc<Self>, mut sender: Sender) {
@@ -120,7 +112,6 @@ impl Pool {
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| ConnectError::Handshake(addr, e))?;
-        self.opened.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!("server connection to {addr} ended: {e}");

@@ -41,7 +41,6 @@ pub enum StartError {
 /// A running proxy: its listeners, and the handle to stop it.
 pub struct Running {
     bound: Vec<(String, Vec<SocketAddr>)>,
-    proxy: Arc<Proxy>,
     shutdown: watch::Sender<bool>,
     connections: Arc<Connections>,
     tasks: Vec<JoinHandle<()>>,
@@ -75,14 +74,6 @@ impl Running {
             .find(|(name, _)| name == frontend)
             .map(|(_, a)| a.as_slice())
             .unwrap_or_else(|| panic!("no frontend named {frontend}"))
-    }
-
-    pub fn proxy(&self) -> &Arc<Proxy> {
-        &self.proxy
-    }
-
-    pub fn open_connections(&self) -> usize {
-        self.connections.open.load(Ordering::Acquire)
     }
 
     /// Stops accepting, asks every connection to finish its current request and close,
@@ -168,7 +159,6 @@ pub async fn start(config: &Config, log: AccessLog) -> Result<Running, StartErro
     }
     Ok(Running {
         bound,
-        proxy,
         shutdown,
         connections,
         tasks,
