@@ -141,7 +141,7 @@ impl AccessLog {
         let Some(tx) = &self.tx else { return };
         if let Err(TrySendError::Full(_)) = tx.try_send(record.line()) {
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed);
-            if dropped % 1000 == 0 {
+            if dropped.is_multiple_of(1000) {
                 tracing::warn!(
                     "the access log cannot keep up: {} lines dropped so far",
                     dropped + 1
