@@ -17,7 +17,9 @@ use http::HeaderMap;
 
 use crate::config::Balance;
 
-pub use hash::{hash_bytes, mix64};
+pub use hash::hash_bytes;
+pub use random::random_unit;
+pub use roundrobin::SmoothRoundRobin as RoundRobin;
 
 /// The servers of one backend as a balancer sees them at the moment of a pick.
 pub trait Servers {

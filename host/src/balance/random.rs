@@ -28,6 +28,11 @@ fn next_u64() -> u64 {
     })
 }
 
+/// A uniform random number in [0, 1), for jitter.
+pub fn random_unit() -> f64 {
+    (next_u64() >> 11) as f64 / (1u64 << 53) as f64
+}
+
 fn weighted_draw(servers: &dyn Servers, total: u64) -> Option<usize> {
     let mut r = next_u64() % total;
     for i in 0..servers.count() {

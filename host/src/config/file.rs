@@ -33,6 +33,7 @@ pub struct DefaultsFile {
     pub timeout: Option<TimeoutsFile>,
     pub retries: Option<i64>,
     pub redispatch: Option<bool>,
+    pub retry_on: Option<Vec<String>>,
     pub forwardfor: Option<bool>,
     pub max_header_size: Option<Size>,
     pub max_headers: Option<i64>,
@@ -49,6 +50,7 @@ pub struct TimeoutsFile {
     pub client: Option<Dur>,
     pub server: Option<Dur>,
     pub http_request: Option<Dur>,
+    pub queue: Option<Dur>,
     pub tunnel: Option<Dur>,
 }
 
@@ -64,6 +66,7 @@ pub struct FrontendTimeoutsFile {
 pub struct BackendTimeoutsFile {
     pub connect: Option<Dur>,
     pub server: Option<Dur>,
+    pub queue: Option<Dur>,
     pub tunnel: Option<Dur>,
 }
 
@@ -97,6 +100,11 @@ pub struct BackendFile {
     pub timeout: Option<BackendTimeoutsFile>,
     pub retries: Option<i64>,
     pub redispatch: Option<bool>,
+    pub retry_on: Option<Vec<String>>,
+    pub health: Option<HealthFile>,
+    pub allbackups: Option<bool>,
+    pub maxqueue: Option<i64>,
+    pub slowstart: Option<Dur>,
     pub errorfiles: Option<BTreeMap<String, String>>,
     pub pool_max_idle: Option<i64>,
     pub pool_idle_timeout: Option<Dur>,
@@ -110,4 +118,63 @@ pub struct ServerFile {
     pub weight: Option<i64>,
     pub maxconn: Option<i64>,
     pub backup: Option<bool>,
+    pub slowstart: Option<Dur>,
+    /// Keys here override the backend's `health` for this server.
+    pub health: Option<HealthFile>,
+}
+
+/// A health check as written; every key optional so a server can override a few.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthFile {
+    pub method: Option<String>,
+    pub path: Option<String>,
+    pub host: Option<String>,
+    pub headers: Option<BTreeMap<String, String>>,
+    pub expect_status: Option<ExpectStatusFile>,
+    pub expect_body: Option<String>,
+    pub interval: Option<Dur>,
+    pub fastinter: Option<Dur>,
+    pub downinter: Option<Dur>,
+    pub timeout: Option<Dur>,
+    pub rise: Option<i64>,
+    pub fall: Option<i64>,
+    pub observe: Option<String>,
+    pub error_limit: Option<i64>,
+    pub on_error: Option<String>,
+}
+
+impl HealthFile {
+    /// These keys, falling back to `base` for the ones not written here.
+    pub fn over(&self, base: &HealthFile) -> HealthFile {
+        fn pick<T: Clone>(a: &Option<T>, b: &Option<T>) -> Option<T> {
+            a.clone().or_else(|| b.clone())
+        }
+        HealthFile {
+            method: pick(&self.method, &base.method),
+            path: pick(&self.path, &base.path),
+            host: pick(&self.host, &base.host),
+            headers: pick(&self.headers, &base.headers),
+            expect_status: pick(&self.expect_status, &base.expect_status),
+            expect_body: pick(&self.expect_body, &base.expect_body),
+            interval: pick(&self.interval, &base.interval),
+            fastinter: pick(&self.fastinter, &base.fastinter),
+            downinter: pick(&self.downinter, &base.downinter),
+            timeout: pick(&self.timeout, &base.timeout),
+            rise: pick(&self.rise, &base.rise),
+            fall: pick(&self.fall, &base.fall),
+            observe: pick(&self.observe, &base.observe),
+            error_limit: pick(&self.error_limit, &base.error_limit),
+            on_error: pick(&self.on_error, &base.on_error),
+        }
+    }
+}
+
+/// `200`, `[200, 204]` or `"2xx"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ExpectStatusFile {
+    Code(i64),
+    Codes(Vec<i64>),
+    Class(String),
 }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderName, StatusCode};
+use http::{HeaderName, HeaderValue, Method, StatusCode};
 
 pub use locate::KeyPath;
 
@@ -67,8 +67,15 @@ pub struct Backend {
     pub timeout_server: Duration,
     /// Idle time allowed on an upgraded (WebSocket) connection.
     pub timeout_tunnel: Duration,
+    /// How long a request may wait for a free server slot when every server is at its maxconn.
+    pub timeout_queue: Duration,
     pub retries: u32,
     pub redispatch: bool,
+    pub retry_on: RetryOn,
+    /// With no usable primary server, spread over every backup instead of the first one.
+    pub allbackups: bool,
+    /// Most requests waiting in the queue; more get 503 at once. None: no limit.
+    pub maxqueue: Option<usize>,
     pub pool_max_idle: usize,
     pub pool_idle_timeout: Duration,
     pub errorfiles: ErrorFiles,
@@ -82,6 +89,95 @@ pub struct Server {
     pub weight: u32,
     pub maxconn: Option<u32>,
     pub backup: bool,
+    /// A server coming back UP ramps its weight linearly over this time.
+    pub slowstart: Option<Duration>,
+    /// Active health check; None when the backend and server configure none.
+    pub health: Option<HealthCheck>,
+}
+
+/// When a request is tried again on another attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryOn {
+    /// The connection to the server could not be opened (always safe: nothing was sent).
+    pub conn_failure: bool,
+    /// The server closed the connection without a response.
+    pub empty_response: bool,
+    /// The server did not answer within timeout.server.
+    pub response_timeout: bool,
+    /// The server answered with one of these statuses.
+    pub statuses: Vec<u16>,
+}
+
+impl RetryOn {
+    /// Any condition that is only known after the request was sent.
+    pub fn after_send(&self) -> bool {
+        self.empty_response || self.response_timeout || !self.statuses.is_empty()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthCheck {
+    pub kind: CheckKind,
+    pub interval: Duration,
+    /// Interval while a state change is in progress (UP going down, DOWN going up).
+    pub fastinter: Duration,
+    /// Interval while DOWN.
+    pub downinter: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+    /// Passive observation of live traffic.
+    pub observe: Option<Observe>,
+    pub error_limit: u32,
+    pub on_error: OnError,
+}
+
+#[derive(Debug, Clone)]
+pub enum CheckKind {
+    /// A TCP connect.
+    Tcp,
+    Http(HttpCheck),
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpCheck {
+    pub method: Method,
+    pub path: String,
+    /// Host header; the server's address when None.
+    pub host: Option<String>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub expect_status: StatusMatch,
+    /// A substring the response body must contain (within its first 16 KiB).
+    pub expect_body: Option<String>,
+}
+
+/// Accepted statuses as inclusive ranges: a code is `(c, c)`, a class `2xx` is `(200, 299)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusMatch(pub Vec<(u16, u16)>);
+
+impl StatusMatch {
+    pub fn matches(&self, code: u16) -> bool {
+        self.0.iter().any(|&(lo, hi)| (lo..=hi).contains(&code))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Observe {
+    /// Connection failures count as errors.
+    Layer4,
+    /// Connection failures, 5xx responses, bad or missing responses and timeouts count.
+    Layer7,
+}
+
+/// What `error_limit` consecutive observed errors do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    /// Count as one failed check.
+    FailCheck,
+    /// Check at `fastinter` until the checks decide.
+    FastInter,
+    /// Mark the server DOWN at once; checks bring it back.
+    MarkDown,
 }
 
 /// How a backend chooses among its servers.

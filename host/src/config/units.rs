@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
 /// A duration as written (`"250ms"`), parsed by validation so that its error joins the others.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Dur(pub String);
 
 /// A size as written (`"16MiB"`), parsed by validation.

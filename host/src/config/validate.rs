@@ -7,14 +7,17 @@ use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderName, StatusCode};
+use http::{HeaderName, HeaderValue, Method, StatusCode};
 
-use super::file::{BackendFile, File, FrontendFile, OneOrMany, ServerFile};
+use super::file::{
+    BackendFile, ExpectStatusFile, File, FrontendFile, HealthFile, OneOrMany, ServerFile,
+};
 use super::locate::{KeyPath, Locator};
 use super::units::{Dur, Size, parse_duration, parse_size};
 use super::{
-    Backend, Balance, Config, ConfigError, ConfigErrors, ErrorFiles, ErrorPage, Frontend, Global,
-    LogFormat, Server,
+    Backend, Balance, CheckKind, Config, ConfigError, ConfigErrors, ErrorFiles, ErrorPage,
+    Frontend, Global, HealthCheck, HttpCheck, LogFormat, Observe, OnError, RetryOn, Server,
+    StatusMatch,
 };
 
 /// Statuses that weir answers by itself and that `errorfiles` may therefore replace.
@@ -30,11 +33,15 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn err(&mut self, path: &KeyPath, message: impl Into<String>) {
-        self.errors.push(ConfigError {
+        let e = ConfigError {
             path: path.to_string(),
             line: self.loc.line_of(path),
             message: message.into(),
-        });
+        };
+        // A backend's health check is checked once per server; say each problem once.
+        if !self.errors.contains(&e) {
+            self.errors.push(e);
+        }
     }
 
     /// An integer within bounds, or an error naming the key.
@@ -106,8 +113,10 @@ struct Defaults {
     server: Duration,
     http_request: Duration,
     tunnel: Duration,
+    queue: Duration,
     retries: u32,
     redispatch: bool,
+    retry_on: RetryOn,
     forwardfor: bool,
     max_header_size: usize,
     max_headers: usize,
@@ -208,7 +217,18 @@ fn build_defaults(cx: &mut Ctx<'_>, file: &File) -> Defaults {
             Duration::from_secs(3600),
         ),
         retries: cx.int(&p.key("retries"), d.retries, 3, 0, 100) as u32,
+        queue: cx.positive(
+            &tp.key("queue"),
+            t.and_then(|t| t.queue.as_ref()),
+            Duration::from_secs(5),
+        ),
         redispatch: d.redispatch.unwrap_or(true),
+        retry_on: retry_on(cx, &p.key("retry_on"), d.retry_on.as_deref()).unwrap_or(RetryOn {
+            conn_failure: true,
+            empty_response: false,
+            response_timeout: false,
+            statuses: Vec::new(),
+        }),
         forwardfor: d.forwardfor.unwrap_or(true),
         max_header_size: header_size(
             cx,
@@ -358,7 +378,7 @@ fn build_backend(
                     format!("duplicate server name \"{}\" in backend \"{name}\"", s.name),
                 );
             }
-            build_server(cx, &sp, s)
+            build_server(cx, path, &sp, s, b)
         })
         .collect();
     if !servers.is_empty() && servers.iter().all(|s| s.weight == 0) {
@@ -388,8 +408,15 @@ fn build_backend(
             t.and_then(|t| t.tunnel.as_ref()),
             d.tunnel,
         ),
+        timeout_queue: cx.positive(&tp.key("queue"), t.and_then(|t| t.queue.as_ref()), d.queue),
         retries: cx.int(&path.key("retries"), b.retries, d.retries as i64, 0, 100) as u32,
         redispatch: b.redispatch.unwrap_or(d.redispatch),
+        retry_on: retry_on(cx, &path.key("retry_on"), b.retry_on.as_deref())
+            .unwrap_or_else(|| d.retry_on.clone()),
+        allbackups: b.allbackups.unwrap_or(false),
+        maxqueue: b
+            .maxqueue
+            .map(|m| cx.int(&path.key("maxqueue"), Some(m), 0, 0, 10_000_000) as usize),
         pool_max_idle: cx.int(
             &path.key("pool_max_idle"),
             b.pool_max_idle,
@@ -408,7 +435,13 @@ fn build_backend(
     }
 }
 
-fn build_server(cx: &mut Ctx<'_>, path: &KeyPath, s: &ServerFile) -> Server {
+fn build_server(
+    cx: &mut Ctx<'_>,
+    backend_path: &KeyPath,
+    path: &KeyPath,
+    s: &ServerFile,
+    b: &BackendFile,
+) -> Server {
     let addr = parse_addr(&s.addr, false).unwrap_or_else(|msg| {
         cx.err(&path.key("addr"), msg);
         SocketAddr::from(([0, 0, 0, 0], 0))
@@ -422,7 +455,206 @@ fn build_server(cx: &mut Ctx<'_>, path: &KeyPath, s: &ServerFile) -> Server {
         weight: cx.int(&path.key("weight"), s.weight, 1, 0, MAX_WEIGHT) as u32,
         maxconn,
         backup: s.backup.unwrap_or(false),
+        slowstart: match s.slowstart.as_ref() {
+            Some(v) => Some(cx.positive(&path.key("slowstart"), Some(v), Duration::ZERO)),
+            None => b
+                .slowstart
+                .as_ref()
+                .map(|v| cx.positive(&backend_path.key("slowstart"), Some(v), Duration::ZERO)),
+        },
+        health: health_check(cx, backend_path, b.health.as_ref(), path, s.health.as_ref()),
     }
+}
+
+/// A server's health check: the backend's `health` with the server's keys over it. Each
+/// error names the table the offending key was written in.
+fn health_check(
+    cx: &mut Ctx<'_>,
+    backend_path: &KeyPath,
+    backend: Option<&HealthFile>,
+    server_path: &KeyPath,
+    server: Option<&HealthFile>,
+) -> Option<HealthCheck> {
+    let empty = HealthFile::default();
+    let merged = match (backend, server) {
+        (None, None) => return None,
+        (b, s) => s.unwrap_or(&empty).over(b.unwrap_or(&empty)),
+    };
+    let written_by_server = |key: &str| -> bool {
+        let Some(s) = server else { return false };
+        match key {
+            "method" => s.method.is_some(),
+            "path" => s.path.is_some(),
+            "host" => s.host.is_some(),
+            "headers" => s.headers.is_some(),
+            "expect_status" => s.expect_status.is_some(),
+            "expect_body" => s.expect_body.is_some(),
+            "interval" => s.interval.is_some(),
+            "fastinter" => s.fastinter.is_some(),
+            "downinter" => s.downinter.is_some(),
+            "timeout" => s.timeout.is_some(),
+            "rise" => s.rise.is_some(),
+            "fall" => s.fall.is_some(),
+            "observe" => s.observe.is_some(),
+            "error_limit" => s.error_limit.is_some(),
+            "on_error" => s.on_error.is_some(),
+            _ => false,
+        }
+    };
+    let at = |key: &str| -> KeyPath {
+        let base = if written_by_server(key) {
+            server_path
+        } else {
+            backend_path
+        };
+        base.key("health").key(key)
+    };
+    let h = &merged;
+    let interval = cx.positive(&at("interval"), h.interval.as_ref(), Duration::from_secs(2));
+    let check = HealthCheck {
+        kind: CheckKind::Tcp,
+        interval,
+        fastinter: cx.positive(&at("fastinter"), h.fastinter.as_ref(), interval),
+        downinter: cx.positive(&at("downinter"), h.downinter.as_ref(), interval),
+        timeout: cx.positive(
+            &at("timeout"),
+            h.timeout.as_ref(),
+            interval.min(Duration::from_secs(1)),
+        ),
+        rise: cx.int(&at("rise"), h.rise, 2, 1, 1000) as u32,
+        fall: cx.int(&at("fall"), h.fall, 3, 1, 1000) as u32,
+        observe: match h.observe.as_deref() {
+            None => None,
+            Some("layer4") => Some(Observe::Layer4),
+            Some("layer7") => Some(Observe::Layer7),
+            Some(other) => {
+                cx.err(
+                    &at("observe"),
+                    format!("unknown mode \"{other}\" (expected \"layer4\" or \"layer7\")"),
+                );
+                None
+            }
+        },
+        error_limit: cx.int(&at("error_limit"), h.error_limit, 10, 1, 1_000_000) as u32,
+        on_error: match h.on_error.as_deref() {
+            None | Some("fail-check") => OnError::FailCheck,
+            Some("fastinter") => OnError::FastInter,
+            Some("mark-down") => OnError::MarkDown,
+            Some(other) => {
+                cx.err(
+                    &at("on_error"),
+                    format!("unknown action \"{other}\" (expected \"fail-check\", \"fastinter\" or \"mark-down\")"),
+                );
+                OnError::FailCheck
+            }
+        },
+    };
+    let Some(path) = h.path.clone() else {
+        for key in ["method", "host", "headers", "expect_status", "expect_body"] {
+            let written = match key {
+                "method" => h.method.is_some(),
+                "host" => h.host.is_some(),
+                "headers" => h.headers.is_some(),
+                "expect_status" => h.expect_status.is_some(),
+                _ => h.expect_body.is_some(),
+            };
+            if written {
+                cx.err(&at(key), "applies to HTTP checks only: set health.path too");
+            }
+        }
+        return Some(check);
+    };
+    if !path.starts_with('/') {
+        cx.err(
+            &at("path"),
+            format!("must start with \"/\", got \"{path}\""),
+        );
+    }
+    let method = match h.method.as_deref() {
+        None => Method::GET,
+        Some(m) => Method::from_bytes(m.as_bytes()).unwrap_or_else(|_| {
+            cx.err(&at("method"), format!("invalid method \"{m}\""));
+            Method::GET
+        }),
+    };
+    let mut headers = Vec::new();
+    for (name, value) in h.headers.iter().flatten() {
+        match (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            (Ok(n), Ok(v)) => headers.push((n, v)),
+            _ => cx.err(&at("headers").key(name), "invalid header name or value"),
+        }
+    }
+    let expect_status = match &h.expect_status {
+        None => StatusMatch(vec![(200, 399)]),
+        Some(e) => expect_status(cx, &at("expect_status"), e),
+    };
+    Some(HealthCheck {
+        kind: CheckKind::Http(HttpCheck {
+            method,
+            path,
+            host: h.host.clone(),
+            headers,
+            expect_status,
+            expect_body: h.expect_body.clone(),
+        }),
+        ..check
+    })
+}
+
+fn expect_status(cx: &mut Ctx<'_>, path: &KeyPath, e: &ExpectStatusFile) -> StatusMatch {
+    let code = |cx: &mut Ctx<'_>, c: i64| -> Option<(u16, u16)> {
+        if (100..=599).contains(&c) {
+            Some((c as u16, c as u16))
+        } else {
+            cx.err(path, format!("{c} is not an HTTP status"));
+            None
+        }
+    };
+    let ranges = match e {
+        ExpectStatusFile::Code(c) => code(cx, *c).into_iter().collect(),
+        ExpectStatusFile::Codes(list) => list.iter().filter_map(|c| code(cx, *c)).collect(),
+        ExpectStatusFile::Class(class) => {
+            let b = class.as_bytes();
+            if b.len() == 3 && (b'1'..=b'5').contains(&b[0]) && b[1..].eq_ignore_ascii_case(b"xx") {
+                let lo = u16::from(b[0] - b'0') * 100;
+                vec![(lo, lo + 99)]
+            } else {
+                cx.err(
+                    path,
+                    format!("invalid status class \"{class}\" (expected e.g. \"2xx\")"),
+                );
+                Vec::new()
+            }
+        }
+    };
+    StatusMatch(ranges)
+}
+
+/// `["conn-failure", "empty-response", "response-timeout", "502", "503", "504"]`.
+fn retry_on(cx: &mut Ctx<'_>, path: &KeyPath, list: Option<&[String]>) -> Option<RetryOn> {
+    let list = list?;
+    let mut r = RetryOn {
+        conn_failure: false,
+        empty_response: false,
+        response_timeout: false,
+        statuses: Vec::new(),
+    };
+    for (i, item) in list.iter().enumerate() {
+        match item.as_str() {
+            "conn-failure" => r.conn_failure = true,
+            "empty-response" => r.empty_response = true,
+            "response-timeout" => r.response_timeout = true,
+            "502" | "503" | "504" => r.statuses.push(item.parse().expect("listed codes parse")),
+            other => cx.err(
+                &path.index(i),
+                format!("unknown condition \"{other}\" (expected conn-failure, empty-response, response-timeout, 502, 503 or 504)"),
+            ),
+        }
+    }
+    Some(r)
 }
 
 /// `ip:port`, `[v6]:port` or `host:port` (resolved now, at load time, to its first address).

@@ -1,22 +1,181 @@
-//! Backends and servers at run time: live weights, in-flight counts, connection pools,
-//! and the choice of a server for one request.
+//! Backends and servers at run time: health, admin state, live weights, in-flight counts,
+//! connection pools, the queue, and the choice of a server for one request.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
-use crate::balance::{self, Balancer, RequestKey, Servers};
-use crate::config::{Backend, Server};
+use tokio::sync::oneshot;
+
+use crate::balance::{self, Balancer, RequestKey, RoundRobin, Servers};
+use crate::config::{Backend, Observe, Server};
+use crate::health::{Health, Observed, Transition};
 
 use super::pool::Pool;
+
+/// An operator's say over a server, beside what health checks decide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminState {
+    /// Takes traffic when healthy.
+    Ready,
+    /// Takes no new traffic; requests in flight finish. Checks go on.
+    Drain,
+    /// Out of service; checks stop.
+    Maint,
+}
+
+impl AdminState {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => AdminState::Drain,
+            2 => AdminState::Maint,
+            _ => AdminState::Ready,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AdminError {
+    #[error("backend {backend} has no server named {server}")]
+    UnknownServer { backend: String, server: String },
+    #[error("weight must be between 0 and 256, got {0}")]
+    BadWeight(u32),
+}
 
 pub struct ServerRt {
     pub cfg: Server,
     pub name: Arc<str>,
     id_hash: u64,
-    /// Effective weight; the balancer reads it on every pick.
+    /// Weight as configured or set at run time; slowstart scales it down for a while.
     pub weight: AtomicU32,
     pub in_flight: AtomicU32,
+    pub health: Health,
+    admin: AtomicU8,
     pub pool: Arc<Pool>,
+    queue: Arc<Queue>,
+}
+
+impl ServerRt {
+    pub fn admin(&self) -> AdminState {
+        AdminState::from_u8(self.admin.load(Ordering::Acquire))
+    }
+
+    /// May receive new requests: UP, ready, weight above 0.
+    pub fn available(&self) -> bool {
+        self.health.is_up()
+            && self.admin() == AdminState::Ready
+            && self.weight.load(Ordering::Relaxed) > 0
+    }
+
+    /// The weight the balancer uses now: the set weight, ramped up during slowstart.
+    pub fn effective_weight(&self) -> u32 {
+        let w = self.weight.load(Ordering::Relaxed);
+        let ramp = self.health.ramp(self.cfg.slowstart);
+        if ramp >= 1.0 || w == 0 {
+            w
+        } else {
+            ((f64::from(w) * ramp).ceil() as u32).max(1)
+        }
+    }
+
+    fn has_room(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) < self.cfg.maxconn.unwrap_or(u32::MAX)
+    }
+
+    /// Takes a slot unless the server is at its maxconn.
+    fn claim(&self) -> bool {
+        let limit = self.cfg.maxconn.unwrap_or(u32::MAX);
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .is_ok()
+    }
+}
+
+/// Requests waiting for a server slot, first come first served. A slot freed while
+/// requests wait is handed to the first of them directly, so maxconn is never exceeded
+/// and newcomers cannot overtake the queue.
+struct Queue {
+    waiters: Mutex<VecDeque<oneshot::Sender<InFlight>>>,
+    backend: Weak<BackendRt>,
+    /// Most requests ever waiting at once.
+    max_seen: AtomicUsize,
+}
+
+impl Queue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<oneshot::Sender<InFlight>>> {
+        self.waiters.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A request's claim on a server slot; released (or handed to a waiting request) when the
+/// response ends.
+pub struct InFlight {
+    server: Option<Arc<ServerRt>>,
+    index: usize,
+}
+
+impl InFlight {
+    pub fn server(&self) -> &Arc<ServerRt> {
+        self.server.as_ref().expect("a live slot has its server")
+    }
+
+    /// The server's position in its backend.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// Takes the server out without releasing the slot (it is being handed over).
+    fn defuse(mut self) -> Arc<ServerRt> {
+        self.server.take().expect("a live slot has its server")
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let Some(server) = self.server.take() else {
+            return;
+        };
+        let index = self.index;
+        let mut waiters = server.queue.lock();
+        if server.available() {
+            while let Some(waiter) = waiters.pop_front() {
+                match waiter.send(InFlight {
+                    server: Some(Arc::clone(&server)),
+                    index,
+                }) {
+                    Ok(()) => return,
+                    // That request gave up waiting: take the slot back, offer it to the next.
+                    Err(slot) => drop(slot.defuse()),
+                }
+            }
+        }
+        let others_wait = !waiters.is_empty();
+        drop(waiters);
+        server.in_flight.fetch_sub(1, Ordering::AcqRel);
+        // This server cannot take the queue's next request, but another one may.
+        if others_wait && let Some(backend) = server.queue.backend.upgrade() {
+            backend.dispatch_queue();
+        }
+    }
+}
+
+/// Why no slot was granted right away.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NoSlot {
+    /// No server can take traffic at all (down, drained, in maintenance): 503 at once.
+    NoServer,
+    /// Servers are up but all at their maxconn: the request may wait in the queue.
+    Full,
+}
+
+/// Why a queued request got no slot.
+#[derive(Debug, PartialEq, Eq)]
+pub enum QueueError {
+    NoServer,
+    QueueFull,
+    Timeout,
 }
 
 pub struct BackendRt {
@@ -24,85 +183,166 @@ pub struct BackendRt {
     pub name: Arc<str>,
     pub servers: Vec<Arc<ServerRt>>,
     balancer: Box<dyn Balancer>,
-}
-
-/// A request's claim on a server slot; released when the response ends.
-pub struct InFlight {
-    server: Arc<ServerRt>,
-    index: usize,
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.server.in_flight.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-impl InFlight {
-    pub fn server(&self) -> &Arc<ServerRt> {
-        &self.server
-    }
-
-    /// The server's position in its backend.
-    pub fn index(&self) -> usize {
-        self.index
-    }
+    /// Hands queued requests to servers that free up: no request key is at hand then.
+    dequeue: RoundRobin,
+    queue: Arc<Queue>,
 }
 
 impl BackendRt {
-    pub fn new(cfg: Backend) -> Self {
-        let weights: Vec<u32> = cfg.servers.iter().map(|s| s.weight).collect();
-        let servers = cfg
-            .servers
-            .iter()
-            .map(|s| {
-                Arc::new(ServerRt {
-                    name: s.name.as_str().into(),
-                    id_hash: balance::hash_bytes(s.name.as_bytes()),
-                    weight: AtomicU32::new(s.weight),
-                    in_flight: AtomicU32::new(0),
-                    pool: Arc::new(Pool::new(cfg.pool_max_idle, cfg.pool_idle_timeout)),
-                    cfg: s.clone(),
+    pub fn new(cfg: Backend) -> Arc<Self> {
+        Arc::new_cyclic(|me: &Weak<BackendRt>| {
+            let queue = Arc::new(Queue {
+                waiters: Mutex::new(VecDeque::new()),
+                backend: me.clone(),
+                max_seen: AtomicUsize::new(0),
+            });
+            let weights: Vec<u32> = cfg.servers.iter().map(|s| s.weight).collect();
+            let servers = cfg
+                .servers
+                .iter()
+                .map(|s| {
+                    Arc::new(ServerRt {
+                        name: s.name.as_str().into(),
+                        id_hash: balance::hash_bytes(s.name.as_bytes()),
+                        weight: AtomicU32::new(s.weight),
+                        in_flight: AtomicU32::new(0),
+                        health: Health::default(),
+                        admin: AtomicU8::new(0),
+                        pool: Arc::new(Pool::new(cfg.pool_max_idle, cfg.pool_idle_timeout)),
+                        queue: Arc::clone(&queue),
+                        cfg: s.clone(),
+                    })
                 })
-            })
-            .collect();
-        Self {
-            balancer: balance::build(&cfg.balance, &weights),
-            name: cfg.name.as_str().into(),
-            servers,
-            cfg,
-        }
+                .collect();
+            BackendRt {
+                balancer: balance::build(&cfg.balance, &weights),
+                dequeue: RoundRobin::new(weights.len()),
+                name: cfg.name.as_str().into(),
+                servers,
+                queue,
+                cfg,
+            }
+        })
     }
 
-    /// Picks a server and claims a slot on it, skipping `excluded` ones. Backup servers
-    /// are used only when no other server can take the request.
-    pub fn acquire(&self, key: &RequestKey<'_>, excluded: &mut Vec<usize>) -> Option<InFlight> {
-        loop {
-            let view = |backup| View {
+    /// Which servers may be chosen: the primaries while any is available, else the
+    /// backups (all of them with `allbackups`, else the first available one).
+    fn view<'a>(&'a self, excluded: &'a [usize]) -> Option<View<'a>> {
+        let available = |i: usize| self.servers[i].available() && !excluded.contains(&i);
+        if (0..self.servers.len()).any(|i| !self.servers[i].cfg.backup && available(i)) {
+            return Some(View {
                 backend: self,
                 excluded,
-                backup,
-            };
-            let i = self
-                .balancer
-                .pick(&view(false), key)
-                .or_else(|| self.balancer.pick(&view(true), key))?;
+                set: Set::Primaries,
+            });
+        }
+        if self.cfg.allbackups {
+            let any = (0..self.servers.len()).any(|i| self.servers[i].cfg.backup && available(i));
+            return any.then_some(View {
+                backend: self,
+                excluded,
+                set: Set::Backups,
+            });
+        }
+        (0..self.servers.len())
+            .find(|&i| self.servers[i].cfg.backup && available(i))
+            .map(|i| View {
+                backend: self,
+                excluded,
+                set: Set::Only(i),
+            })
+    }
+
+    /// Picks a server and claims a slot on it, skipping `excluded` ones.
+    pub fn acquire(
+        &self,
+        key: &RequestKey<'_>,
+        excluded: &mut Vec<usize>,
+    ) -> Result<InFlight, NoSlot> {
+        loop {
+            let view = self.view(excluded).ok_or(NoSlot::NoServer)?;
+            let i = self.balancer.pick(&view, key).ok_or(NoSlot::Full)?;
             if let Some(slot) = self.claim(i) {
-                return Some(slot);
+                return Ok(slot);
             }
             // It filled up between the pick and the claim: look again without it.
             excluded.push(i);
         }
     }
 
-    /// Claims a slot on server `i` itself, unless it is at its maxconn or has weight 0.
+    /// Like `acquire`, but when every server is at its maxconn, waits in the backend's
+    /// queue up to `timeout.queue` (behind the requests already waiting).
+    pub async fn acquire_queued(
+        &self,
+        key: &RequestKey<'_>,
+        excluded: &mut Vec<usize>,
+    ) -> Result<InFlight, QueueError> {
+        let receiver = {
+            let mut waiters = self.queue.lock();
+            if waiters.is_empty() {
+                match self.acquire(key, excluded) {
+                    Ok(slot) => return Ok(slot),
+                    Err(NoSlot::NoServer) => return Err(QueueError::NoServer),
+                    Err(NoSlot::Full) => {}
+                }
+            } else if self.view(excluded).is_none() {
+                return Err(QueueError::NoServer);
+            }
+            if self.cfg.maxqueue.is_some_and(|max| waiters.len() >= max) {
+                return Err(QueueError::QueueFull);
+            }
+            let (tx, rx) = oneshot::channel();
+            waiters.push_back(tx);
+            self.queue
+                .max_seen
+                .fetch_max(waiters.len(), Ordering::Relaxed);
+            rx
+        };
+        match tokio::time::timeout(self.cfg.timeout_queue, receiver).await {
+            Ok(Ok(slot)) => Ok(slot),
+            // Dropping the receiver withdraws from the queue: a slot sent to it is passed on.
+            Ok(Err(_)) | Err(_) => Err(QueueError::Timeout),
+        }
+    }
+
+    /// Hands queued requests to servers with room, as long as there are both.
+    pub fn dispatch_queue(&self) {
+        let mut waiters = self.queue.lock();
+        while !waiters.is_empty() {
+            let Some(view) = self.view(&[]) else { return };
+            let Some(i) = self.dequeue.pick_where(&view, |i| view.usable(i)) else {
+                return;
+            };
+            let Some(slot) = self.claim(i) else { return };
+            let mut slot = Some(slot);
+            while let Some(waiter) = waiters.pop_front() {
+                match waiter.send(slot.take().expect("a slot to hand over")) {
+                    Ok(()) => break,
+                    Err(back) => slot = Some(back),
+                }
+            }
+            if let Some(unused) = slot {
+                // Nobody left to take it.
+                unused.server().in_flight.fetch_sub(1, Ordering::AcqRel);
+                drop(unused.defuse());
+                return;
+            }
+        }
+    }
+
+    /// Requests waiting now, and the most ever waiting at once.
+    pub fn queue_len(&self) -> (usize, usize) {
+        (
+            self.queue.lock().len(),
+            self.queue.max_seen.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Claims a slot on server `i` itself, unless it cannot take new traffic or is full.
     pub fn claim(&self, i: usize) -> Option<InFlight> {
         let server = &self.servers[i];
-        if server.weight.load(Ordering::Relaxed) == 0 || !claim(server) {
-            return None;
-        }
-        Some(InFlight {
-            server: Arc::clone(server),
+        (server.available() && server.claim()).then(|| InFlight {
+            server: Some(Arc::clone(server)),
             index: i,
         })
     }
@@ -112,23 +352,105 @@ impl BackendRt {
             s.pool.purge();
         }
     }
+
+    pub fn server_index(&self, name: &str) -> Result<usize, AdminError> {
+        self.servers
+            .iter()
+            .position(|s| &*s.name == name)
+            .ok_or_else(|| AdminError::UnknownServer {
+                backend: self.cfg.name.clone(),
+                server: name.to_owned(),
+            })
+    }
+
+    /// ready / drain / maint, at run time.
+    pub fn set_admin(&self, server: &str, state: AdminState) -> Result<(), AdminError> {
+        let s = &self.servers[self.server_index(server)?];
+        let before = s.admin.swap(state as u8, Ordering::AcqRel);
+        if AdminState::from_u8(before) != state {
+            tracing::warn!(
+                "server {}/{} is now {state:?} (set by an operator)",
+                self.name,
+                s.name
+            );
+            s.health.wake.notify_one();
+            self.dispatch_queue();
+        }
+        Ok(())
+    }
+
+    /// The server's weight, at run time (0 to 256).
+    pub fn set_weight(&self, server: &str, weight: u32) -> Result<(), AdminError> {
+        if weight > 256 {
+            return Err(AdminError::BadWeight(weight));
+        }
+        let s = &self.servers[self.server_index(server)?];
+        s.weight.store(weight, Ordering::Release);
+        self.dispatch_queue();
+        Ok(())
+    }
+
+    /// Servers taking traffic, as the transition log counts them.
+    pub fn active_count(&self) -> usize {
+        self.servers
+            .iter()
+            .filter(|s| !s.cfg.backup && s.available())
+            .count()
+    }
+
+    /// Logs a health transition the way HAProxy does, and lets the queue move on one UP.
+    pub fn on_transition(&self, i: usize, transition: Transition, reason: &str) {
+        let s = &self.servers[i];
+        let active = self.active_count();
+        match transition {
+            Transition::Down => tracing::warn!(
+                "server {}/{} is DOWN, {reason}, {active} active servers left",
+                self.name,
+                s.name
+            ),
+            Transition::Up => {
+                tracing::warn!(
+                    "server {}/{} is UP, {reason}, {active} active servers online",
+                    self.name,
+                    s.name
+                );
+                self.dispatch_queue();
+            }
+        }
+    }
+
+    /// Counts the outcome of a request on server `i` when the server observes live traffic.
+    /// `layer7` marks errors only layer-7 observation counts (bad responses, 5xx, timeouts).
+    pub fn observe(&self, i: usize, error: bool, layer7: bool) {
+        let s = &self.servers[i];
+        let Some(check) = &s.cfg.health else { return };
+        let Some(mode) = check.observe else { return };
+        if layer7 && mode == Observe::Layer4 {
+            return;
+        }
+        if let Observed::Changed(t) = s.health.observe(error, check) {
+            let reason = s
+                .health
+                .snapshot()
+                .last_check
+                .map(|r| r.to_string())
+                .unwrap_or_default();
+            self.on_transition(i, t, &reason);
+        }
+    }
 }
 
-/// Takes a slot unless the server is at its maxconn.
-fn claim(server: &ServerRt) -> bool {
-    let limit = server.cfg.maxconn.unwrap_or(u32::MAX);
-    server
-        .in_flight
-        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-            (n < limit).then_some(n + 1)
-        })
-        .is_ok()
+#[derive(Clone, Copy)]
+enum Set {
+    Primaries,
+    Backups,
+    Only(usize),
 }
 
 struct View<'a> {
     backend: &'a BackendRt,
     excluded: &'a [usize],
-    backup: bool,
+    set: Set,
 }
 
 impl Servers for View<'_> {
@@ -137,13 +459,15 @@ impl Servers for View<'_> {
     }
     fn usable(&self, i: usize) -> bool {
         let s = &self.backend.servers[i];
-        s.cfg.backup == self.backup
-            && s.weight.load(Ordering::Relaxed) > 0
-            && s.in_flight.load(Ordering::Relaxed) < s.cfg.maxconn.unwrap_or(u32::MAX)
-            && !self.excluded.contains(&i)
+        let in_set = match self.set {
+            Set::Primaries => !s.cfg.backup,
+            Set::Backups => s.cfg.backup,
+            Set::Only(only) => i == only,
+        };
+        in_set && s.available() && s.has_room() && !self.excluded.contains(&i)
     }
     fn weight(&self, i: usize) -> u32 {
-        self.backend.servers[i].weight.load(Ordering::Relaxed)
+        self.backend.servers[i].effective_weight()
     }
     fn in_flight(&self, i: usize) -> u32 {
         self.backend.servers[i].in_flight.load(Ordering::Relaxed)

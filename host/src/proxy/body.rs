@@ -20,20 +20,27 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The client's request body, forwarded as it arrives. Remembers whether reading it
 /// failed, because a broken chunk from the client is a 400, not a server failure.
 pub struct ClientBody {
-    inner: Incoming,
+    /// None for a bodiless request sent again.
+    inner: Option<Incoming>,
     failed: Arc<AtomicBool>,
 }
 
 impl ClientBody {
     pub fn new(inner: Incoming) -> (Self, Arc<AtomicBool>) {
         let failed = Arc::new(AtomicBool::new(false));
-        (
-            Self {
-                inner,
-                failed: Arc::clone(&failed),
-            },
-            failed,
-        )
+        let body = Self {
+            inner: Some(inner),
+            failed: Arc::clone(&failed),
+        };
+        (body, failed)
+    }
+
+    /// The body of a bodiless request sent again.
+    pub fn empty() -> Self {
+        Self {
+            inner: None,
+            failed: Arc::new(AtomicBool::new(false)),
+        }
     }
 }
 
@@ -45,7 +52,10 @@ impl Body for ClientBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(inner).poll_frame(cx);
         if let Poll::Ready(Some(Err(_))) = &polled {
             self.failed.store(true, Ordering::Release);
         }
@@ -53,11 +63,13 @@ impl Body for ClientBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint())
     }
 }
 

@@ -12,6 +12,10 @@ pub enum ProxyError {
     NotImplemented(&'static str),
     #[error("no server is available to handle this request")]
     NoServer,
+    #[error("every server is at its maxconn and the queue is full")]
+    QueueFull,
+    #[error("no server slot freed up within timeout.queue")]
+    QueueTimeout,
     #[error("could not connect to any server: {0}")]
     ConnectFailed(String),
     #[error("the server did not answer within timeout.server")]
@@ -26,7 +30,10 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) | ProxyError::ClientBody => StatusCode::BAD_REQUEST,
             ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
-            ProxyError::NoServer | ProxyError::ConnectFailed(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoServer
+            | ProxyError::QueueFull
+            | ProxyError::QueueTimeout
+            | ProxyError::ConnectFailed(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ServerTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::ServerFailed(_) => StatusCode::BAD_GATEWAY,
         }
@@ -39,6 +46,8 @@ impl ProxyError {
             ProxyError::BadRequest(_) | ProxyError::NotImplemented(_) => *b"PR",
             ProxyError::ClientBody => *b"CD",
             ProxyError::NoServer | ProxyError::ConnectFailed(_) => *b"SC",
+            ProxyError::QueueFull => *b"PQ",
+            ProxyError::QueueTimeout => *b"sQ",
             ProxyError::ServerTimeout => *b"sH",
             ProxyError::ServerFailed(_) => *b"SH",
         }
@@ -59,9 +68,10 @@ impl ProxyError {
             ProxyError::BadRequest(why) => why,
             ProxyError::ClientBody => "The request body was malformed.",
             ProxyError::NotImplemented(_) => "This method is not supported.",
-            ProxyError::NoServer | ProxyError::ConnectFailed(_) => {
-                "No server is available to handle this request."
-            }
+            ProxyError::NoServer
+            | ProxyError::QueueFull
+            | ProxyError::QueueTimeout
+            | ProxyError::ConnectFailed(_) => "No server is available to handle this request.",
             ProxyError::ServerTimeout => "The server didn't respond in time.",
             ProxyError::ServerFailed(_) => "The server returned an invalid or incomplete response.",
         };

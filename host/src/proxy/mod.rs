@@ -14,7 +14,7 @@ mod tunnel;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -25,7 +25,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use crate::balance::RequestKey;
 use crate::config::{Config, Frontend};
 use crate::server::io::Activity;
-use backend::{BackendRt, InFlight};
+use backend::{BackendRt, InFlight, QueueError, ServerRt};
 use body::{ClientBody, ResponseBody};
 pub use error::ProxyError;
 use log::{AccessLog, LogRecord};
@@ -48,7 +48,7 @@ impl Proxy {
         let backends: Vec<Arc<BackendRt>> = config
             .backends
             .iter()
-            .map(|b| Arc::new(BackendRt::new(b.clone())))
+            .map(|b| BackendRt::new(b.clone()))
             .collect();
         let frontends = config
             .frontends
@@ -208,16 +208,6 @@ async fn forward(
     let upgrade = headers::is_upgrade(req.version(), req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-
-    let key = RequestKey {
-        client_ip: conn.peer.ip(),
-        path: parts.uri.path(),
-        query: parts.uri.query(),
-        headers: &parts.headers,
-    };
-    let (slot, mut sender, mut reused) = connect(backend, &key, record).await?;
-
-    let (client_body, client_failed) = ClientBody::new(body);
     let forwarded = fe.cfg.forwardfor.then_some((conn.peer.ip(), conn.proto));
     headers::prepare_request(
         &parts.method,
@@ -228,137 +218,238 @@ async fn forward(
         upgrade,
         forwarded,
     );
-    let mut upstream = Request::from_parts(parts, client_body);
 
-    let sent_at = Instant::now();
-    let waiting = conn.activity.awaiting_server();
-    let mut response = loop {
-        let attempt = tokio::time::timeout(
-            backend.cfg.timeout_server,
-            sender.try_send_request(upstream),
-        )
-        .await;
-        match attempt {
-            Err(_) => return Err(ProxyError::ServerTimeout),
-            Ok(Ok(response)) => break response,
-            Ok(Err(mut e)) => {
-                if client_failed.load(Ordering::Acquire) {
-                    return Err(ProxyError::ClientBody);
-                }
-                match e.take_message() {
-                    // A pooled connection closed before the request was written: nothing
-                    // reached the server, so a fresh connection may carry it.
-                    Some(unsent) if reused => {
-                        let server = slot.server();
-                        sender = server
-                            .pool
-                            .connect(server.cfg.addr, backend.cfg.timeout_connect)
-                            .await
-                            .map_err(|e| ProxyError::ConnectFailed(e.to_string()))?;
-                        reused = false;
-                        upstream = unsent;
-                    }
-                    _ => return Err(ProxyError::ServerFailed(e.into_error().to_string())),
-                }
-            }
-        }
-    };
-    drop(waiting);
-    record.tr = Some(sent_at.elapsed());
-    record.status = response.status().as_u16();
-
-    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let Some(client_upgrade) = client_upgrade else {
-            return Err(ProxyError::ServerFailed(
-                "101 Switching Protocols to a request that asked for no upgrade".into(),
-            ));
-        };
-        let server_upgrade = hyper::upgrade::on(&mut response);
-        let (mut head, _) = response.into_parts();
-        headers::strip_hop_by_hop(&mut head.headers, true);
-        tokio::spawn(tunnel::run(
-            client_upgrade,
-            server_upgrade,
-            backend.cfg.timeout_tunnel,
-            Arc::clone(conn),
-            slot,
-        ));
-        return Ok(Response::from_parts(
-            head,
-            ResponseBody::local(Bytes::new(), record.clone(), fe.log.clone()),
-        ));
-    }
-
-    slot.server().pool.recycle(sender);
-    let (mut head, body) = response.into_parts();
-    headers::strip_hop_by_hop(&mut head.headers, false);
-    let body = ResponseBody::server(
-        body,
-        backend.cfg.timeout_server,
-        record.clone(),
-        fe.log.clone(),
-        slot,
-    );
-    Ok(Response::from_parts(head, body))
-}
-
-/// Chooses a server and gets a connection to it: a pooled one, or a new one within
-/// `timeout.connect`. A failed connect is retried up to `retries` times: with
-/// `redispatch`, on a server not tried yet (or any, once all have failed); without, on
-/// the same server.
-async fn connect(
-    backend: &BackendRt,
-    key: &RequestKey<'_>,
-    record: &mut LogRecord,
-) -> Result<(InFlight, pool::Sender, bool), ProxyError> {
-    let started = Instant::now();
+    let retry_on = &backend.cfg.retry_on;
+    // A request can be sent again after reaching a server only if repeating it is safe
+    // and nothing of it is lost: an idempotent method without a body.
+    let replay = (retry_on.after_send()
+        && http_body::Body::is_end_stream(&body)
+        && is_idempotent(&parts.method)
+        && !upgrade)
+        .then(|| parts.clone());
+    let (client_body, client_failed) = ClientBody::new(body);
+    let mut pending = Some(Request::from_parts(parts, client_body));
     let mut excluded = Vec::new();
-    let mut pinned: Option<usize> = None;
-    let mut last_error = None;
+    let mut pinned = None;
+    let started = Instant::now();
+
     loop {
-        let slot = match pinned {
-            Some(i) => backend.claim(i),
-            None => backend.acquire(key, &mut excluded).or_else(|| {
-                // Every server failed once and retries remain: try them again.
-                if excluded.is_empty() {
-                    return None;
-                }
-                excluded.clear();
-                backend.acquire(key, &mut excluded)
-            }),
+        let request = match (pending.take(), &replay) {
+            (Some(r), _) => r,
+            (None, Some(parts)) => Request::from_parts(parts.clone(), ClientBody::empty()),
+            (None, None) => unreachable!("a retry after sending needs a replayable request"),
         };
-        let Some(slot) = slot else {
-            return Err(last_error.unwrap_or(ProxyError::NoServer));
-        };
+        let can_retry = record.retries < backend.cfg.retries;
+        let slot = choose(backend, &request, conn.peer.ip(), &mut excluded, pinned).await?;
         record.tw.get_or_insert_with(|| started.elapsed());
         let server = Arc::clone(slot.server());
+        let index = slot.index();
         record.server = Some(Arc::clone(&server.name));
-        if let Some(sender) = server.pool.take() {
-            record.tc = Some(Duration::ZERO);
-            return Ok((slot, sender, true));
+        // The next attempt goes elsewhere with redispatch, else to this server again.
+        let mut next_attempt = |record: &mut LogRecord| {
+            record.retries += 1;
+            if backend.cfg.redispatch {
+                excluded.push(index);
+            } else {
+                pinned = Some(index);
+            }
+        };
+
+        let (sender, reused) = match server.pool.take() {
+            Some(sender) => {
+                record.tc = Some(Duration::ZERO);
+                (sender, true)
+            }
+            None => {
+                let connect_start = Instant::now();
+                match server
+                    .pool
+                    .connect(server.cfg.addr, backend.cfg.timeout_connect)
+                    .await
+                {
+                    Ok(sender) => {
+                        record.tc = Some(connect_start.elapsed());
+                        (sender, false)
+                    }
+                    Err(e) => {
+                        tracing::warn!("{}/{}: {e}", backend.name, server.name);
+                        backend.observe(index, true, false);
+                        if retry_on.conn_failure && can_retry {
+                            next_attempt(record);
+                            pending = Some(request);
+                            continue;
+                        }
+                        return Err(ProxyError::ConnectFailed(e.to_string()));
+                    }
+                }
+            }
+        };
+
+        let sent_at = Instant::now();
+        let waiting = conn.activity.awaiting_server();
+        let sent = send(backend, &server, sender, reused, request, &client_failed).await;
+        drop(waiting);
+        match sent {
+            Outcome::Unsent(request, e) => {
+                backend.observe(index, true, false);
+                if retry_on.conn_failure && can_retry {
+                    next_attempt(record);
+                    pending = Some(request);
+                    continue;
+                }
+                return Err(e);
+            }
+            Outcome::ClientBody => return Err(ProxyError::ClientBody),
+            Outcome::Timeout => {
+                backend.observe(index, true, true);
+                if retry_on.response_timeout && replay.is_some() && can_retry {
+                    next_attempt(record);
+                    continue;
+                }
+                return Err(ProxyError::ServerTimeout);
+            }
+            Outcome::Failed(why) => {
+                backend.observe(index, true, true);
+                if retry_on.empty_response && replay.is_some() && can_retry {
+                    next_attempt(record);
+                    continue;
+                }
+                return Err(ProxyError::ServerFailed(why));
+            }
+            Outcome::Response(mut response, sender) => {
+                let status = response.status().as_u16();
+                backend.observe(index, status >= 500 && status != 501 && status != 505, true);
+                if retry_on.statuses.contains(&status) && replay.is_some() && can_retry {
+                    next_attempt(record);
+                    continue;
+                }
+                record.tr = Some(sent_at.elapsed());
+                record.status = status;
+                if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    let Some(client_upgrade) = client_upgrade else {
+                        return Err(ProxyError::ServerFailed(
+                            "101 Switching Protocols to a request that asked for no upgrade".into(),
+                        ));
+                    };
+                    let server_upgrade = hyper::upgrade::on(&mut response);
+                    let (mut head, _) = response.into_parts();
+                    headers::strip_hop_by_hop(&mut head.headers, true);
+                    tokio::spawn(tunnel::run(
+                        client_upgrade,
+                        server_upgrade,
+                        backend.cfg.timeout_tunnel,
+                        Arc::clone(conn),
+                        slot,
+                    ));
+                    let body = ResponseBody::local(Bytes::new(), record.clone(), fe.log.clone());
+                    return Ok(Response::from_parts(head, body));
+                }
+                server.pool.recycle(sender);
+                let (mut head, body) = response.into_parts();
+                headers::strip_hop_by_hop(&mut head.headers, false);
+                let body = ResponseBody::server(
+                    body,
+                    backend.cfg.timeout_server,
+                    record.clone(),
+                    fe.log.clone(),
+                    slot,
+                );
+                return Ok(Response::from_parts(head, body));
+            }
         }
-        let connect_start = Instant::now();
-        match server
-            .pool
-            .connect(server.cfg.addr, backend.cfg.timeout_connect)
+    }
+}
+
+/// Methods whose repetition has the same effect as one request (RFC 9110 §9.2.2).
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// A server slot for this attempt: the pinned server when it can take it, else the
+/// balancer's pick, waiting in the queue when every server is full. Once every server
+/// has been excluded by failed attempts, any server may be tried again.
+async fn choose(
+    backend: &BackendRt,
+    request: &Request<ClientBody>,
+    client_ip: std::net::IpAddr,
+    excluded: &mut Vec<usize>,
+    pinned: Option<usize>,
+) -> Result<InFlight, ProxyError> {
+    if let Some(slot) = pinned.and_then(|i| backend.claim(i)) {
+        return Ok(slot);
+    }
+    let key = RequestKey {
+        client_ip,
+        path: request.uri().path(),
+        query: request.uri().query(),
+        headers: request.headers(),
+    };
+    let mut result = backend.acquire_queued(&key, excluded).await;
+    if result.as_ref().err() == Some(&QueueError::NoServer) && !excluded.is_empty() {
+        excluded.clear();
+        result = backend.acquire_queued(&key, excluded).await;
+    }
+    result.map_err(|e| match e {
+        QueueError::NoServer => ProxyError::NoServer,
+        QueueError::QueueFull => ProxyError::QueueFull,
+        QueueError::Timeout => ProxyError::QueueTimeout,
+    })
+}
+
+enum Outcome {
+    Response(Response<Incoming>, pool::Sender),
+    /// Nothing reached the server; the request comes back for another attempt.
+    Unsent(Request<ClientBody>, ProxyError),
+    Timeout,
+    Failed(String),
+    ClientBody,
+}
+
+/// Sends one request within `timeout.server`. A pooled connection that turns out closed
+/// before the request was written gets one fresh connection to the same server.
+async fn send(
+    backend: &BackendRt,
+    server: &ServerRt,
+    mut sender: pool::Sender,
+    mut reused: bool,
+    mut request: Request<ClientBody>,
+    client_failed: &AtomicBool,
+) -> Outcome {
+    loop {
+        match tokio::time::timeout(backend.cfg.timeout_server, sender.try_send_request(request))
             .await
         {
-            Ok(sender) => {
-                record.tc = Some(connect_start.elapsed());
-                return Ok((slot, sender, false));
-            }
-            Err(e) => {
-                tracing::warn!("{}/{}: {e}", backend.name, server.name);
-                last_error = Some(ProxyError::ConnectFailed(e.to_string()));
-                if record.retries >= backend.cfg.retries {
-                    return Err(last_error.unwrap_or(ProxyError::NoServer));
+            Err(_) => return Outcome::Timeout,
+            Ok(Ok(response)) => return Outcome::Response(response, sender),
+            Ok(Err(mut e)) => {
+                if client_failed.load(Ordering::Acquire) {
+                    return Outcome::ClientBody;
                 }
-                record.retries += 1;
-                let index = slot.index();
-                if backend.cfg.redispatch {
-                    excluded.push(index);
-                } else {
-                    pinned = Some(index);
+                let Some(unsent) = e.take_message() else {
+                    return Outcome::Failed(e.into_error().to_string());
+                };
+                if !reused {
+                    return Outcome::Unsent(
+                        unsent,
+                        ProxyError::ServerFailed(e.into_error().to_string()),
+                    );
+                }
+                match server
+                    .pool
+                    .connect(server.cfg.addr, backend.cfg.timeout_connect)
+                    .await
+                {
+                    Ok(fresh) => {
+                        sender = fresh;
+                        reused = false;
+                        request = unsent;
+                    }
+                    Err(ce) => {
+                        return Outcome::Unsent(unsent, ProxyError::ConnectFailed(ce.to_string()));
+                    }
                 }
             }
         }

@@ -20,6 +20,8 @@ use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::health;
+use crate::proxy::backend::BackendRt;
 use crate::proxy::log::AccessLog;
 use crate::proxy::{self, ConnInfo, FrontendRt, Proxy};
 use io::{Activity, Tracked};
@@ -41,6 +43,7 @@ pub enum StartError {
 /// A running proxy: its listeners, and the handle to stop it.
 pub struct Running {
     bound: Vec<(String, Vec<SocketAddr>)>,
+    proxy: Arc<Proxy>,
     shutdown: watch::Sender<bool>,
     connections: Arc<Connections>,
     tasks: Vec<JoinHandle<()>>,
@@ -74,6 +77,11 @@ impl Running {
             .find(|(name, _)| name == frontend)
             .map(|(_, a)| a.as_slice())
             .unwrap_or_else(|| panic!("no frontend named {frontend}"))
+    }
+
+    /// A backend, for the run-time controls: server state (ready / drain / maint) and weight.
+    pub fn backend(&self, name: &str) -> Option<&Arc<BackendRt>> {
+        self.proxy.backends.iter().find(|b| &*b.name == name)
     }
 
     /// Stops accepting, asks every connection to finish its current request and close,
@@ -152,6 +160,10 @@ pub async fn start(config: &Config, log: AccessLog) -> Result<Running, StartErro
             }
         }
     }));
+    tasks.extend(health::checker::spawn_all(
+        &proxy.backends,
+        &shutdown.subscribe(),
+    ));
     for (name, addrs) in &bound {
         for a in addrs {
             tracing::info!("frontend {name} listening on {a}");
@@ -159,6 +171,7 @@ pub async fn start(config: &Config, log: AccessLog) -> Result<Running, StartErro
     }
     Ok(Running {
         bound,
+        proxy,
         shutdown,
         connections,
         tasks,

@@ -1,0 +1,71 @@
+//! The check loop of one server: probe, feed the state machine, log transitions, sleep.
+//! Checks run on their own tasks, never on the request path.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::probe;
+use crate::balance::random_unit;
+use crate::proxy::backend::{AdminState, BackendRt};
+
+/// Starts a check loop for every server that has a health check, spread over the first
+/// interval so that checks do not all fire at once.
+pub fn spawn_all(
+    backends: &[Arc<BackendRt>],
+    shutdown: &watch::Receiver<bool>,
+) -> Vec<JoinHandle<()>> {
+    let checked: Vec<(Arc<BackendRt>, usize)> = backends
+        .iter()
+        .flat_map(|b| {
+            (0..b.servers.len())
+                .filter(|&i| b.servers[i].cfg.health.is_some())
+                .map(move |i| (Arc::clone(b), i))
+        })
+        .collect();
+    let total = checked.len();
+    checked
+        .into_iter()
+        .enumerate()
+        .map(|(position, (backend, i))| {
+            let interval = backend.servers[i]
+                .cfg
+                .health
+                .as_ref()
+                .map_or(Duration::ZERO, |c| c.interval);
+            let delay = interval.mul_f64(position as f64 / total as f64);
+            let mut stop = shutdown.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = check_loop(backend, i, delay) => {}
+                    _ = stop.changed() => {}
+                }
+            })
+        })
+        .collect()
+}
+
+async fn check_loop(backend: Arc<BackendRt>, i: usize, first_delay: Duration) {
+    let server = Arc::clone(&backend.servers[i]);
+    let Some(check) = server.cfg.health.clone() else {
+        return;
+    };
+    tokio::time::sleep(first_delay).await;
+    loop {
+        if server.admin() != AdminState::Maint {
+            let result = probe::run(&check, server.cfg.addr).await;
+            let reason = result.to_string();
+            if let Some(transition) = server.health.record(result, check.rise, check.fall) {
+                backend.on_transition(i, transition, &reason);
+            }
+        }
+        let detail = server.health.snapshot();
+        let delay = probe::next_delay(&check, detail.up, detail.changing(), random_unit());
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = server.health.wake.notified() => {}
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! One active check against one server: a TCP connect, or an HTTP request on a fresh
+//! connection. Reading the response and judging it are separate steps, so the verdict can
+//! later be delegated (to a plugin's `on-health-check`) without touching the probing.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue, Request, StatusCode, header};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::{CheckResult, CheckStatus};
+use crate::config::{CheckKind, HealthCheck, HttpCheck};
+
+/// How much of a check response body is kept for `expect_body` (and, later, plugins).
+pub const BODY_PREFIX: usize = 16 * 1024;
+
+/// What an HTTP check got back.
+#[derive(Debug, Clone)]
+pub struct ProbeResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body_prefix: Bytes,
+}
+
+/// Runs one check within its timeout.
+pub async fn run(check: &HealthCheck, addr: SocketAddr) -> CheckResult {
+    let started = Instant::now();
+    let connected = AtomicBool::new(false);
+    let outcome = tokio::time::timeout(check.timeout, attempt(check, addr, &connected)).await;
+    let duration = started.elapsed();
+    let (status, code, detail) = match outcome {
+        Ok(r) => r,
+        Err(_) if connected.load(Ordering::Acquire) => (
+            CheckStatus::L7Timeout,
+            None,
+            format!("no response within {:?}", check.timeout),
+        ),
+        Err(_) => (
+            CheckStatus::L4Timeout,
+            None,
+            format!("no connection within {:?}", check.timeout),
+        ),
+    };
+    CheckResult {
+        status,
+        code,
+        duration,
+        detail,
+    }
+}
+
+type Outcome = (CheckStatus, Option<u16>, String);
+
+async fn attempt(check: &HealthCheck, addr: SocketAddr, connected: &AtomicBool) -> Outcome {
+    let stream = match TcpStream::connect(addr).await {
+        Ok(s) => s,
+        Err(e) => return (CheckStatus::L4Conn, None, e.to_string()),
+    };
+    connected.store(true, Ordering::Release);
+    match &check.kind {
+        CheckKind::Tcp => (CheckStatus::L4Ok, None, String::new()),
+        CheckKind::Http(http) => match http_probe(http, addr, stream).await {
+            Ok(response) => verdict(http, &response),
+            Err(detail) => (CheckStatus::L7Response, None, detail),
+        },
+    }
+}
+
+async fn http_probe(
+    check: &HttpCheck,
+    addr: SocketAddr,
+    stream: TcpStream,
+) -> Result<ProbeResponse, String> {
+    let _ = stream.set_nodelay(true);
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let host = check.host.clone().unwrap_or_else(|| addr.to_string());
+    let mut request = Request::builder()
+        .method(check.method.clone())
+        .uri(&check.path)
+        .body(Empty::new())
+        .map_err(|e| e.to_string())?;
+    let h = request.headers_mut();
+    for (name, value) in &check.headers {
+        h.append(name.clone(), value.clone());
+    }
+    h.insert(
+        header::HOST,
+        HeaderValue::from_str(&host).map_err(|e| e.to_string())?,
+    );
+    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    h.entry(header::USER_AGENT)
+        .or_insert(HeaderValue::from_static("weir-health-check"));
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (parts, mut body) = response.into_parts();
+    let mut prefix = BytesMut::new();
+    while prefix.len() < BODY_PREFIX {
+        match body.frame().await {
+            None => break,
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    let room = BODY_PREFIX - prefix.len();
+                    prefix.extend_from_slice(&data[..data.len().min(room)]);
+                }
+            }
+            Some(Err(e)) => return Err(e.to_string()),
+        }
+    }
+    Ok(ProbeResponse {
+        status: parts.status,
+        headers: parts.headers,
+        body_prefix: prefix.freeze(),
+    })
+}
+
+/// Judges an HTTP check response by the configured expectations.
+pub fn verdict(check: &HttpCheck, response: &ProbeResponse) -> Outcome {
+    let code = response.status.as_u16();
+    if !check.expect_status.matches(code) {
+        return (CheckStatus::L7Status, Some(code), String::new());
+    }
+    if let Some(needle) = &check.expect_body {
+        let found = response
+            .body_prefix
+            .windows(needle.len().max(1))
+            .any(|w| w == needle.as_bytes());
+        if !found {
+            return (
+                CheckStatus::L7Response,
+                Some(code),
+                format!("body lacks \"{needle}\""),
+            );
+        }
+    }
+    (CheckStatus::L7Ok, Some(code), String::new())
+}
+
+/// The time before the next check: `interval` when settled UP, `fastinter` while a change
+/// is in progress, `downinter` while DOWN; shortened by up to 10% of jitter so that checks
+/// on many servers drift apart instead of firing together.
+pub fn next_delay(check: &HealthCheck, up: bool, changing: bool, jitter: f64) -> Duration {
+    let base = if changing {
+        check.fastinter
+    } else if up {
+        check.interval
+    } else {
+        check.downinter
+    };
+    base.mul_f64(1.0 - 0.1 * jitter.clamp(0.0, 1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::StatusMatch;
+
+    fn http(expect: Vec<(u16, u16)>, body: Option<&str>) -> HttpCheck {
+        HttpCheck {
+            method: http::Method::GET,
+            path: "/health".into(),
+            host: None,
+            headers: Vec::new(),
+            expect_status: StatusMatch(expect),
+            expect_body: body.map(str::to_string),
+        }
+    }
+
+    fn response(code: u16, body: &'static str) -> ProbeResponse {
+        ProbeResponse {
+            status: StatusCode::from_u16(code).unwrap(),
+            headers: HeaderMap::new(),
+            body_prefix: Bytes::from_static(body.as_bytes()),
+        }
+    }
+
+    #[test]
+    fn status_and_body_expectations() {
+        let c = http(vec![(200, 299)], Some("healthy"));
+        assert_eq!(
+            verdict(&c, &response(204, "all healthy")).0,
+            CheckStatus::L7Ok
+        );
+        assert_eq!(
+            verdict(&c, &response(503, "healthy")).0,
+            CheckStatus::L7Status
+        );
+        assert_eq!(
+            verdict(&c, &response(200, "degraded")).0,
+            CheckStatus::L7Response
+        );
+        let c = http(vec![(200, 200), (418, 418)], None);
+        assert_eq!(verdict(&c, &response(418, "")).0, CheckStatus::L7Ok);
+        assert_eq!(verdict(&c, &response(201, "")).0, CheckStatus::L7Status);
+    }
+}
