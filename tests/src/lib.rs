@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,7 +20,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
@@ -34,6 +33,12 @@ pub struct Stats {
     pub requests: AtomicUsize,
     pub concurrent: AtomicUsize,
     pub max_concurrent: AtomicUsize,
+    /// Requests to /health.
+    pub health_checks: AtomicUsize,
+    /// The status /health answers (200 when 0).
+    pub health_status: AtomicU16,
+    /// When not 0, every other request is answered with this status.
+    pub fail_status: AtomicU16,
 }
 
 /// Hands a test control over a streaming exchange: `reached` fires when the server has
@@ -45,6 +50,7 @@ pub struct Gate {
 }
 
 /// An HTTP/1.1 server that answers with JSON describing the request it saw:
+/// `/health` answers `healthy` with `stats.health_status` (200 by default);
 /// `{"server", "method", "path", "query", "headers", "body_len"}`. Paths with meaning:
 /// `/status/<code>`, `/sleep/<ms>`, `/hang` (never answers), `/gate` (sends a first
 /// chunk, waits for the gate, then the rest), `/upload-gate` (reads one body chunk,
@@ -55,7 +61,7 @@ pub struct MockServer {
     pub addr: SocketAddr,
     pub stats: Arc<Stats>,
     pub gate: Arc<Gate>,
-    task: JoinHandle<()>,
+    tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
 impl MockServer {
@@ -66,18 +72,32 @@ impl MockServer {
 
     /// Serves on an existing listener (to come back on the same port after `stop`).
     pub fn serve(name: &str, listener: TcpListener) -> MockServer {
-        let addr = listener.local_addr().unwrap();
-        let stats = Arc::new(Stats::default());
-        let gate = Arc::new(Gate::default());
-        let (n, s, g) = (name.to_string(), Arc::clone(&stats), Arc::clone(&gate));
-        let task = tokio::spawn(async move {
+        let server = MockServer {
+            name: name.to_string(),
+            addr: listener.local_addr().unwrap(),
+            stats: Arc::new(Stats::default()),
+            gate: Arc::new(Gate::default()),
+            tasks: Arc::new(Mutex::new(Vec::new())),
+        };
+        server.accept_on(listener);
+        server
+    }
+
+    fn accept_on(&self, listener: TcpListener) {
+        let (n, s, g) = (
+            self.name.clone(),
+            Arc::clone(&self.stats),
+            Arc::clone(&self.gate),
+        );
+        let tasks = Arc::clone(&self.tasks);
+        let accept = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
                 s.connections.fetch_add(1, Ordering::SeqCst);
                 let (n, s, g) = (n.clone(), Arc::clone(&s), Arc::clone(&g));
-                tokio::spawn(async move {
+                let conn = tokio::spawn(async move {
                     let service = service_fn(move |req| {
                         let (n, s, g) = (n.clone(), Arc::clone(&s), Arc::clone(&g));
                         async move { Ok::<_, Infallible>(mock_handle(&n, &s, &g, req).await) }
@@ -87,15 +107,10 @@ impl MockServer {
                         .with_upgrades()
                         .await;
                 });
+                tasks.lock().unwrap().push(conn.abort_handle());
             }
         });
-        MockServer {
-            name: name.to_string(),
-            addr,
-            stats,
-            gate,
-            task,
-        }
+        self.tasks.lock().unwrap().push(accept.abort_handle());
     }
 
     pub fn connections(&self) -> usize {
@@ -106,15 +121,38 @@ impl MockServer {
         self.stats.requests.load(Ordering::SeqCst)
     }
 
-    /// Stops accepting and frees the port (open connections are not cut).
-    pub fn stop(&self) {
-        self.task.abort();
+    /// Kills the server: the port is freed and every open connection is cut.
+    pub fn kill(&self) {
+        for task in self.tasks.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+
+    /// Serves again on the same port after `kill`.
+    pub async fn restart(&self) {
+        for _ in 0..100 {
+            if let Ok(listener) = TcpListener::bind(self.addr).await {
+                self.accept_on(listener);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("could not bind {} again", self.addr);
+    }
+
+    pub fn set_health(&self, status: u16) {
+        self.stats.health_status.store(status, Ordering::SeqCst);
+    }
+
+    /// Every request but /health gets `status` (0 to answer normally again).
+    pub fn fail_with(&self, status: u16) {
+        self.stats.fail_status.store(status, Ordering::SeqCst);
     }
 }
 
 impl Drop for MockServer {
     fn drop(&mut self) {
-        self.task.abort();
+        self.kill();
     }
 }
 
@@ -146,9 +184,24 @@ async fn mock_handle(
     gate: &Arc<Gate>,
     mut req: Request<Incoming>,
 ) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    if path == "/health" {
+        stats.health_checks.fetch_add(1, Ordering::SeqCst);
+        let status = match stats.health_status.load(Ordering::SeqCst) {
+            0 => 200,
+            s => s,
+        };
+        return full(StatusCode::from_u16(status).unwrap(), "healthy");
+    }
     stats.requests.fetch_add(1, Ordering::SeqCst);
     let _concurrent = Concurrent::enter(stats);
-    let path = req.uri().path().to_string();
+    let fail = stats.fail_status.load(Ordering::SeqCst);
+    if fail != 0 {
+        return full(
+            StatusCode::from_u16(fail).unwrap(),
+            format!("{name} failing\n"),
+        );
+    }
     if req.headers().contains_key(header::UPGRADE) {
         return websocket_echo(&mut req);
     }
@@ -535,4 +588,31 @@ pub fn raw_status(response: &str) -> u16 {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no status in {response:?}"))
+}
+
+/// Polls `condition` every 5 ms for up to `limit`; returns how long it took to hold.
+pub async fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> Option<Duration> {
+    let started = tokio::time::Instant::now();
+    while started.elapsed() < limit {
+        if condition() {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    condition().then(|| started.elapsed())
+}
+
+/// Which servers answered `n` sequential GETs of `path`, by name.
+pub async fn servers_seen(
+    client: &mut Client,
+    path: &str,
+    n: usize,
+) -> std::collections::HashMap<String, usize> {
+    let mut seen = std::collections::HashMap::new();
+    for _ in 0..n {
+        let reply = client.get(path).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        *seen.entry(reply.server()).or_insert(0) += 1;
+    }
+    seen
 }

@@ -247,3 +247,101 @@ fn the_quickstart_example_is_valid() {
     Config::from_file(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart.toml"))
         .unwrap();
 }
+
+#[test]
+fn invalid_health_check_parameters_name_their_key() {
+    let with = |backend_extra: &str, server_extra: &str| {
+        VALID
+            .replace("[backend.app]", &format!("[backend.app]\n{backend_extra}"))
+            .replace(
+                "addr = \"127.0.0.1:9001\"",
+                &format!("addr = \"127.0.0.1:9001\"{server_extra}"),
+            )
+    };
+    let found: Vec<String> = errors(&with(
+        r#"health = { path = "health", interval = "0s", fall = 0, rise = 0, observe = "layer9", expect_status = "6xx" }"#,
+        "",
+    ))
+    .iter()
+    .map(|e| e.to_string())
+    .collect();
+    for expected in [
+        "backend.app.health.interval: must be greater than zero (line 8)",
+        "backend.app.health.fall: must be between 1 and 1000, got 0 (line 8)",
+        "backend.app.health.rise: must be between 1 and 1000, got 0 (line 8)",
+        "backend.app.health.observe: unknown mode \"layer9\"",
+        "backend.app.health.path: must start with \"/\", got \"health\" (line 8)",
+        "backend.app.health.expect_status: invalid status class \"6xx\"",
+    ] {
+        assert!(
+            found.iter().any(|f| f.starts_with(expected)),
+            "missing {expected:?} in\n{}",
+            found.join("\n")
+        );
+    }
+
+    // A server's own override is named at the server.
+    let e = one_error(&with(
+        r#"health = { interval = "1s" }"#,
+        r#", health = { fall = 0 }"#,
+    ));
+    assert_eq!(
+        e,
+        "backend.app.servers[0].health.fall: must be between 1 and 1000, got 0 (line 9)"
+    );
+    let e = one_error(&with(r#"health = { expect_body = "ok" }"#, ""));
+    assert!(
+        e.starts_with("backend.app.health.expect_body: applies to HTTP checks only"),
+        "{e}"
+    );
+    let e = one_error(&with(r#"retry_on = ["conn-failure", "500"]"#, ""));
+    assert!(
+        e.starts_with("backend.app.retry_on[1]: unknown condition \"500\""),
+        "{e}"
+    );
+    let e = one_error(&with("", r#", slowstart = "0s""#));
+    assert!(
+        e.starts_with("backend.app.servers[0].slowstart: must be greater than zero"),
+        "{e}"
+    );
+}
+
+#[test]
+fn health_and_resilience_keys_load_with_their_defaults() {
+    let toml = VALID.replace(
+        "[backend.app]",
+        "[backend.app]\nhealth = { path = \"/health\" }\nmaxqueue = 10\nretry_on = [\"conn-failure\", \"503\"]",
+    );
+    let c = Config::from_toml(&toml, Path::new(".")).unwrap();
+    let b = &c.backends[0];
+    assert_eq!(b.maxqueue, Some(10));
+    assert_eq!(b.timeout_queue, Duration::from_secs(5));
+    assert!(
+        b.retry_on.conn_failure && !b.retry_on.empty_response && b.retry_on.statuses == vec![503]
+    );
+    let h = b.servers[0].health.as_ref().unwrap();
+    assert_eq!(
+        (h.interval, h.fastinter, h.downinter, h.timeout),
+        (
+            Duration::from_secs(2),
+            Duration::from_secs(2),
+            Duration::from_secs(2),
+            Duration::from_secs(1)
+        )
+    );
+    assert_eq!((h.rise, h.fall, h.error_limit), (2, 3, 10));
+    let weir::config::CheckKind::Http(http) = &h.kind else {
+        panic!("an HTTP check")
+    };
+    assert!(
+        http.expect_status.matches(200)
+            && http.expect_status.matches(302)
+            && !http.expect_status.matches(404)
+    );
+    let plain = Config::from_toml(VALID, Path::new(".")).unwrap();
+    assert!(
+        plain.backends[0].servers[0].health.is_none(),
+        "no health table, no checks"
+    );
+    assert!(plain.backends[0].retry_on.conn_failure && !plain.backends[0].retry_on.after_send());
+}
