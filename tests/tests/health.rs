@@ -291,7 +291,7 @@ async fn slowstart_ramps_a_returning_server_up_gradually() {
         .unwrap_or(0);
     assert!(early < 50, "right after coming back s2 took {early} of 200");
     assert!(
-        late >= 90 && late <= 110,
+        (90..=110).contains(&late),
         "after the ramp s2 took {late} of 200"
     );
 }
