@@ -395,3 +395,65 @@ async fn weights_change_at_run_time() {
         Err(AdminError::UnknownServer { .. })
     ));
 }
+
+/// The process's log, captured once for every test of this file.
+fn captured_log() -> weir_tests::LogLines {
+    static LOG: std::sync::OnceLock<weir_tests::LogLines> = std::sync::OnceLock::new();
+    LOG.get_or_init(|| {
+        let lines = weir_tests::LogLines::default();
+        let writer = lines.clone();
+        tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .init();
+        lines
+    })
+    .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_transition_is_logged_with_its_reason() {
+    let log = captured_log();
+    let servers = [
+        MockServer::start("web1").await,
+        MockServer::start("web2").await,
+        MockServer::start("web3").await,
+    ];
+    let list: Vec<(&str, SocketAddr, &str)> = servers
+        .iter()
+        .map(|s| (s.name.as_str(), s.addr, ""))
+        .collect();
+    let check = r#"health = { path = "/health", interval = "50ms", fall = 1, rise = 1 }"#;
+    let proxy = TestProxy::start(&config("roundrobin", &list, check)).await;
+    let b = backend(&proxy);
+    servers[1].set_health(503);
+    wait_until(Duration::from_secs(2), || !b.servers[1].health.is_up())
+        .await
+        .unwrap();
+    servers[1].set_health(200);
+    wait_until(Duration::from_secs(2), || b.servers[1].health.is_up())
+        .await
+        .unwrap();
+    let lines = log.lines();
+    let down = lines
+        .iter()
+        .find(|l| l.contains("server app/web2 is DOWN"))
+        .expect("a DOWN line");
+    assert!(
+        down.contains(
+            "server app/web2 is DOWN, reason: Layer7 wrong status, code: 503, check duration: "
+        ),
+        "{down}"
+    );
+    assert!(down.ends_with("ms, 2 active servers left"), "{down}");
+    let up = lines
+        .iter()
+        .find(|l| l.contains("server app/web2 is UP"))
+        .expect("an UP line");
+    assert!(
+        up.contains("reason: Layer7 check passed, code: 200"),
+        "{up}"
+    );
+    assert!(up.ends_with("3 active servers online"), "{up}");
+}
