@@ -39,6 +39,10 @@ pub struct Stats {
     pub health_status: AtomicU16,
     /// When not 0, every other request is answered with this status.
     pub fail_status: AtomicU16,
+    /// Method and headers of the last /health request.
+    pub last_health: Mutex<Option<(http::Method, http::HeaderMap)>>,
+    /// Paths in the order requests arrived.
+    pub arrivals: Mutex<Vec<String>>,
 }
 
 /// Hands a test control over a streaming exchange: `reached` fires when the server has
@@ -187,6 +191,7 @@ async fn mock_handle(
     let path = req.uri().path().to_string();
     if path == "/health" {
         stats.health_checks.fetch_add(1, Ordering::SeqCst);
+        *stats.last_health.lock().unwrap() = Some((req.method().clone(), req.headers().clone()));
         let status = match stats.health_status.load(Ordering::SeqCst) {
             0 => 200,
             s => s,
@@ -194,6 +199,7 @@ async fn mock_handle(
         return full(StatusCode::from_u16(status).unwrap(), "healthy");
     }
     stats.requests.fetch_add(1, Ordering::SeqCst);
+    stats.arrivals.lock().unwrap().push(path.clone());
     let _concurrent = Concurrent::enter(stats);
     let fail = stats.fail_status.load(Ordering::SeqCst);
     if fail != 0 {

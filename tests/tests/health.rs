@@ -457,3 +457,71 @@ async fn every_transition_is_logged_with_its_reason() {
     );
     assert!(up.ends_with("3 active servers online"), "{up}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_checks_send_the_configured_method_host_and_headers() {
+    let check = r#"health = { path = "/health", method = "HEAD", host = "status.internal", headers = { Authorization = "Bearer k" }, interval = "50ms" }"#;
+    let (servers, _proxy) = two(check).await;
+    wait_until(Duration::from_secs(2), || {
+        servers[0].stats.last_health.lock().unwrap().is_some()
+    })
+    .await
+    .unwrap();
+    let (method, headers) = servers[0]
+        .stats
+        .last_health
+        .lock()
+        .unwrap()
+        .clone()
+        .unwrap();
+    assert_eq!(method, http::Method::HEAD);
+    assert_eq!(headers["host"], "status.internal");
+    assert_eq!(headers["authorization"], "Bearer k");
+    assert_eq!(headers["user-agent"], "weir-health-check");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fastinter_speeds_up_a_change_and_downinter_slows_checks_while_down() {
+    let check = r#"health = { path = "/health", interval = "2s", fastinter = "50ms", downinter = "400ms", fall = 3, rise = 1 }"#;
+    let (servers, proxy) = two(check).await;
+    let b = backend(&proxy);
+    wait_until(Duration::from_secs(3), || {
+        servers[1].stats.health_checks.load(Ordering::SeqCst) >= 1
+    })
+    .await
+    .unwrap();
+    servers[1].set_health(503);
+    // One failure at the next regular check (within 2 s), then two more at fastinter.
+    let down = wait_until(Duration::from_secs(4), || !b.servers[1].health.is_up())
+        .await
+        .expect("went down");
+    assert!(
+        down < Duration::from_millis(2000 + 300),
+        "down after {down:?}: fastinter was not used"
+    );
+    let checks = servers[1].stats.health_checks.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let while_down = servers[1].stats.health_checks.load(Ordering::SeqCst) - checks;
+    assert!(
+        (2..=3).contains(&while_down),
+        "{while_down} checks in 1 s at downinter 400ms"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_error_fastinter_makes_checks_decide_quickly() {
+    let check = r#"health = { path = "/health", interval = "10s", fastinter = "50ms", fall = 2, rise = 1, observe = "layer7", error_limit = 2, on_error = "fastinter" }"#;
+    let (servers, proxy) = two(check).await;
+    let b = backend(&proxy);
+    servers[1].fail_with(500);
+    servers[1].set_health(503);
+    let mut client = Client::connect(proxy.addr()).await;
+    for _ in 0..4 {
+        client.get("/").await;
+    }
+    // Without fastinter the next check would be 10 s away.
+    let down = wait_until(Duration::from_secs(2), || !b.servers[1].health.is_up())
+        .await
+        .expect("checks ran at fastinter");
+    assert!(down < Duration::from_millis(500), "down after {down:?}");
+}

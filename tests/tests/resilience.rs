@@ -238,3 +238,33 @@ async fn without_redispatch_retries_stay_on_the_same_server() {
         "{lines:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_is_first_come_first_served() {
+    let s1 = MockServer::start("s1").await;
+    let toml = config(
+        "roundrobin",
+        &[("s1", s1.addr, "maxconn = 1")],
+        "timeout = { queue = \"10s\" }",
+    );
+    let proxy = TestProxy::start(&toml).await;
+    let addr = proxy.addr();
+    let first = tokio::spawn(async move { get(addr, "/sleep/300").await.status });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut waiting = Vec::new();
+    for i in 0..6 {
+        waiting.push(tokio::spawn(async move {
+            get(addr, &format!("/sleep/{}", 10 + i)).await.status
+        }));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(first.await.unwrap(), 200);
+    for w in waiting {
+        assert_eq!(w.await.unwrap(), 200);
+    }
+    let arrivals = s1.stats.arrivals.lock().unwrap().clone();
+    let expected: Vec<String> = std::iter::once("/sleep/300".to_string())
+        .chain((0..6).map(|i| format!("/sleep/{}", 10 + i)))
+        .collect();
+    assert_eq!(arrivals, expected);
+}

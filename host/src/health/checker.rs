@@ -52,7 +52,10 @@ async fn check_loop(backend: Arc<BackendRt>, i: usize, first_delay: Duration) {
     let Some(check) = server.cfg.health.clone() else {
         return;
     };
-    tokio::time::sleep(first_delay).await;
+    tokio::select! {
+        _ = tokio::time::sleep(first_delay) => {}
+        _ = server.health.wake.notified() => {}
+    }
     loop {
         if server.admin() != AdminState::Maint {
             let result = probe::run(&check, server.cfg.addr).await;
