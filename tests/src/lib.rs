@@ -39,6 +39,8 @@ pub struct Stats {
     pub health_status: AtomicU16,
     /// When not 0, every other request is answered with this status.
     pub fail_status: AtomicU16,
+    /// When the first /health request came.
+    pub first_health: Mutex<Option<std::time::Instant>>,
     /// Method and headers of the last /health request.
     pub last_health: Mutex<Option<(http::Method, http::HeaderMap)>>,
     /// Paths in the order requests arrived.
@@ -191,6 +193,11 @@ async fn mock_handle(
     let path = req.uri().path().to_string();
     if path == "/health" {
         stats.health_checks.fetch_add(1, Ordering::SeqCst);
+        stats
+            .first_health
+            .lock()
+            .unwrap()
+            .get_or_insert_with(std::time::Instant::now);
         *stats.last_health.lock().unwrap() = Some((req.method().clone(), req.headers().clone()));
         let status = match stats.health_status.load(Ordering::SeqCst) {
             0 => 200,

@@ -525,3 +525,43 @@ async fn on_error_fastinter_makes_checks_decide_quickly() {
         .expect("checks ran at fastinter");
     assert!(down < Duration::from_millis(500), "down after {down:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_checks_are_spread_over_the_interval() {
+    let servers = [
+        MockServer::start("a").await,
+        MockServer::start("b").await,
+        MockServer::start("c").await,
+        MockServer::start("d").await,
+    ];
+    let list: Vec<(&str, SocketAddr, &str)> = servers
+        .iter()
+        .map(|s| (s.name.as_str(), s.addr, ""))
+        .collect();
+    let proxy = TestProxy::start(&config(
+        "roundrobin",
+        &list,
+        r#"health = { path = "/health", interval = "800ms" }"#,
+    ))
+    .await;
+    let firsts = || {
+        servers
+            .iter()
+            .filter_map(|s| *s.stats.first_health.lock().unwrap())
+            .collect::<Vec<_>>()
+    };
+    wait_until(Duration::from_secs(3), || firsts().len() == 4)
+        .await
+        .expect("every server checked");
+    let mut at = firsts();
+    at.sort();
+    // Four servers over 800 ms: first checks about 200 ms apart, not all at once.
+    for pair in at.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(
+            gap >= Duration::from_millis(120),
+            "first checks {gap:?} apart"
+        );
+    }
+    drop(proxy);
+}

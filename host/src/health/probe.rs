@@ -184,6 +184,42 @@ mod tests {
     }
 
     #[test]
+    fn the_next_check_follows_the_state_with_up_to_ten_percent_jitter() {
+        let check = HealthCheck {
+            kind: CheckKind::Tcp,
+            interval: Duration::from_millis(1000),
+            fastinter: Duration::from_millis(100),
+            downinter: Duration::from_millis(5000),
+            timeout: Duration::from_millis(500),
+            rise: 2,
+            fall: 3,
+            observe: None,
+            error_limit: 10,
+            on_error: crate::config::OnError::FailCheck,
+        };
+        assert_eq!(
+            next_delay(&check, true, false, 0.0),
+            Duration::from_millis(1000)
+        );
+        assert_eq!(
+            next_delay(&check, true, false, 1.0),
+            Duration::from_millis(900)
+        );
+        assert_eq!(
+            next_delay(&check, true, true, 0.0),
+            Duration::from_millis(100)
+        );
+        assert_eq!(
+            next_delay(&check, false, true, 0.0),
+            Duration::from_millis(100)
+        );
+        assert_eq!(
+            next_delay(&check, false, false, 0.5),
+            Duration::from_millis(4750)
+        );
+    }
+
+    #[test]
     fn status_and_body_expectations() {
         let c = http(vec![(200, 299)], Some("healthy"));
         assert_eq!(
