@@ -7,9 +7,20 @@ pub mod balance;
 pub mod config;
 pub mod demo;
 pub mod health;
+pub mod plugin;
 pub mod proxy;
 pub mod server;
+pub mod state;
 
 pub use config::Config;
 pub use proxy::log::AccessLog;
 pub use server::{Running, StartError, start};
+
+/// Everything `weir check` proves beyond parsing: every plugin loads, checks out and
+/// accepts its config. Nothing is bound.
+pub async fn check(config: &Config) -> Result<(), String> {
+    proxy::Proxy::new(config, AccessLog::disabled())
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
+}

@@ -65,10 +65,22 @@ fn main() -> ExitCode {
 
 fn check(path: &Path) -> ExitCode {
     match Config::from_file(path) {
-        Ok(_) => {
-            println!("configuration is valid");
-            ExitCode::SUCCESS
-        }
+        // Loading and configuring every plugin is part of the check.
+        Ok(config) => match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())
+            .and_then(|rt| rt.block_on(weir::check(&config)))
+        {
+            Ok(_) => {
+                println!("configuration is valid");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", path.display());
+                ExitCode::FAILURE
+            }
+        },
         Err(errors) => {
             for e in &errors.0 {
                 eprintln!("{}: {e}", path.display());

@@ -629,3 +629,33 @@ pub async fn servers_seen(
     }
     seen
 }
+
+/// The test plugin component: behaviour chosen by `config.mode`.
+pub const FIXTURE_WASM: &str = env!("WEIR_FIXTURE_WASM");
+/// The example canary plugin component.
+pub const CANARY_WASM: &str = env!("WEIR_CANARY_WASM");
+
+/// A `[plugin.<name>]` section for the fixture in `mode`, with extra keys.
+pub fn fixture_plugin(name: &str, mode: &str, extra: &str) -> String {
+    format!(
+        "[plugin.{name}]\nwasm = \"{FIXTURE_WASM}\"\n{extra}\nconfig = {{ mode = \"{mode}\", tag = \"{name}\" }}\n"
+    )
+}
+
+/// `config(...)` with a plugin chain on the frontend and plugin sections appended.
+pub fn with_plugins(toml: String, chain: &[&str], sections: &[String]) -> String {
+    let list: Vec<String> = chain.iter().map(|c| format!("\"{c}\"")).collect();
+    let mut t = toml.replacen(
+        "default_backend = \"app\"\n",
+        &format!(
+            "default_backend = \"app\"\nplugins = [{}]\n",
+            list.join(", ")
+        ),
+        1,
+    );
+    for s in sections {
+        t.push('\n');
+        t.push_str(s);
+    }
+    t
+}

@@ -18,6 +18,19 @@ pub struct File {
     pub frontend: Vec<FrontendFile>,
     #[serde(default)]
     pub backend: BTreeMap<String, BackendFile>,
+    #[serde(default)]
+    pub plugin: BTreeMap<String, PluginFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginFile {
+    pub wasm: String,
+    pub sha256: Option<String>,
+    pub on_error: Option<String>,
+    pub timeout: Option<Dur>,
+    pub memory: Option<Size>,
+    pub config: Option<toml::Table>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -83,6 +96,8 @@ pub struct FrontendFile {
     pub name: String,
     pub bind: OneOrMany,
     pub default_backend: Option<String>,
+    #[serde(default)]
+    pub plugins: Vec<String>,
     pub timeout: Option<FrontendTimeoutsFile>,
     pub forwardfor: Option<bool>,
     pub max_header_size: Option<Size>,

@@ -23,6 +23,8 @@ pub struct Config {
     pub global: Global,
     pub frontends: Vec<Frontend>,
     pub backends: Vec<Backend>,
+    /// Every `[plugin.<name>]` section, by name.
+    pub plugins: Vec<PluginConfig>,
     /// The file this was read from, if any; relative paths in it were resolved against its folder.
     pub source: Option<PathBuf>,
 }
@@ -46,6 +48,8 @@ pub struct Frontend {
     pub name: String,
     pub binds: Vec<SocketAddr>,
     pub default_backend: String,
+    /// The plugin chain, in order: names of `[plugin.<name>]` sections.
+    pub plugins: Vec<String>,
     /// Idle time allowed on the client side while weir is not waiting for a server.
     pub timeout_client: Duration,
     /// Time for a complete request head to arrive, also the keep-alive idle limit.
@@ -93,6 +97,32 @@ pub struct Server {
     pub slowstart: Option<Duration>,
     /// Active health check; None when the backend and server configure none.
     pub health: Option<HealthCheck>,
+}
+
+/// A `[plugin.<name>]` section: where the component is and how it is confined.
+#[derive(Debug, Clone)]
+pub struct PluginConfig {
+    pub name: String,
+    /// The component file.
+    pub wasm: PathBuf,
+    /// When set, the file must have this SHA-256 (lower-case hex).
+    pub sha256: Option<String>,
+    pub on_error: FailPolicy,
+    /// CPU deadline per hook call.
+    pub timeout: Duration,
+    /// Linear memory cap per instance, in bytes.
+    pub memory: u64,
+    /// The `config` table, as the JSON text handed to the plugin's `configure`.
+    pub config_json: String,
+}
+
+/// What a plugin that traps, overruns its deadline or returns invalid output costs the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailPolicy {
+    /// A generic 503; the plugin is named in the log, never in the body.
+    Closed,
+    /// The request goes on as if the plugin were absent.
+    Open,
 }
 
 /// When a request is tried again on another attempt.

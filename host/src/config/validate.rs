@@ -16,8 +16,8 @@ use super::locate::{KeyPath, Locator};
 use super::units::{Dur, Size, parse_duration, parse_size};
 use super::{
     Backend, Balance, CheckKind, Config, ConfigError, ConfigErrors, ErrorFiles, ErrorPage,
-    Frontend, Global, HealthCheck, HttpCheck, LogFormat, Observe, OnError, RetryOn, Server,
-    StatusMatch,
+    FailPolicy, Frontend, Global, HealthCheck, HttpCheck, LogFormat, Observe, OnError,
+    PluginConfig, RetryOn, Server, StatusMatch,
 };
 
 /// Statuses that weir answers by itself and that `errorfiles` may therefore replace.
@@ -177,10 +177,22 @@ fn build(cx: &mut Ctx<'_>, file: File) -> Config {
         .map(|(name, b)| build_backend(cx, &root.key("backend").key(name), name, b, &defaults))
         .collect();
 
+    let plugins = build_plugins(cx, &file);
+    for (i, f) in file.frontend.iter().enumerate() {
+        for (j, name) in f.plugins.iter().enumerate() {
+            if !file.plugin.contains_key(name) {
+                cx.err(
+                    &root.key("frontend").index(i).key("plugins").index(j),
+                    format!("unknown plugin \"{name}\" (no [plugin.{name}] section)"),
+                );
+            }
+        }
+    }
     Config {
         global,
         frontends,
         backends,
+        plugins,
         source: None,
     }
 }
@@ -309,6 +321,7 @@ fn build_frontend(
         name: f.name.clone(),
         binds,
         default_backend,
+        plugins: f.plugins.clone(),
         timeout_client: cx.positive(
             &tp.key("client"),
             t.and_then(|t| t.client.as_ref()),
@@ -655,6 +668,57 @@ fn retry_on(cx: &mut Ctx<'_>, path: &KeyPath, list: Option<&[String]>) -> Option
         }
     }
     Some(r)
+}
+
+/// Most memory a plugin instance may be given.
+const MAX_PLUGIN_MEMORY: u64 = 256 << 20;
+
+fn build_plugins(cx: &mut Ctx<'_>, file: &File) -> Vec<PluginConfig> {
+    file.plugin
+        .iter()
+        .map(|(name, p)| {
+            let path = KeyPath::root().key("plugin").key(name);
+            let sha256 = p.sha256.as_ref().map(|h| h.to_ascii_lowercase());
+            if let Some(h) = &sha256
+                && (h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()))
+            {
+                cx.err(&path.key("sha256"), "must be 64 hexadecimal digits");
+            }
+            let memory = cx
+                .size(&path.key("memory"), p.memory.as_ref())
+                .unwrap_or(16 << 20);
+            if !(1 << 20..=MAX_PLUGIN_MEMORY).contains(&memory) {
+                cx.err(&path.key("memory"), "must be between 1MiB and 256MiB");
+            }
+            let on_error = match p.on_error.as_deref() {
+                None | Some("fail-closed") => FailPolicy::Closed,
+                Some("fail-open") => FailPolicy::Open,
+                Some(other) => {
+                    cx.err(
+                        &path.key("on_error"),
+                        format!(
+                            "unknown policy \"{other}\" (expected \"fail-closed\" or \"fail-open\")"
+                        ),
+                    );
+                    FailPolicy::Closed
+                }
+            };
+            let config = p.config.clone().unwrap_or_default();
+            PluginConfig {
+                name: name.clone(),
+                wasm: cx.base.join(&p.wasm),
+                sha256,
+                on_error,
+                timeout: cx.positive(
+                    &path.key("timeout"),
+                    p.timeout.as_ref(),
+                    Duration::from_millis(10),
+                ),
+                memory,
+                config_json: serde_json::to_string(&config).unwrap_or_else(|_| "{}".into()),
+            }
+        })
+        .collect()
 }
 
 /// `ip:port`, `[v6]:port` or `host:port` (resolved now, at load time, to its first address).

@@ -22,6 +22,8 @@ pub enum ProxyError {
     ServerTimeout,
     #[error("the server failed to send a valid response: {0}")]
     ServerFailed(String),
+    #[error("a plugin failed (fail-closed)")]
+    PluginFailed,
 }
 
 impl ProxyError {
@@ -33,6 +35,7 @@ impl ProxyError {
             ProxyError::NoServer
             | ProxyError::QueueFull
             | ProxyError::QueueTimeout
+            | ProxyError::PluginFailed
             | ProxyError::ConnectFailed(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ServerTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::ServerFailed(_) => StatusCode::BAD_GATEWAY,
@@ -48,6 +51,7 @@ impl ProxyError {
             ProxyError::NoServer | ProxyError::ConnectFailed(_) => *b"SC",
             ProxyError::QueueFull => *b"PQ",
             ProxyError::QueueTimeout => *b"sQ",
+            ProxyError::PluginFailed => *b"PI",
             ProxyError::ServerTimeout => *b"sH",
             ProxyError::ServerFailed(_) => *b"SH",
         }
@@ -72,6 +76,7 @@ impl ProxyError {
             | ProxyError::QueueFull
             | ProxyError::QueueTimeout
             | ProxyError::ConnectFailed(_) => "No server is available to handle this request.",
+            ProxyError::PluginFailed => "The service is temporarily unavailable.",
             ProxyError::ServerTimeout => "The server didn't respond in time.",
             ProxyError::ServerFailed(_) => "The server returned an invalid or incomplete response.",
         };

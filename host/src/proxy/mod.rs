@@ -6,6 +6,7 @@
 
 pub mod backend;
 pub mod body;
+mod chain;
 mod error;
 pub mod headers;
 pub mod log;
@@ -24,6 +25,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::balance::RequestKey;
 use crate::config::{Config, Frontend};
+use crate::plugin::{self, LoadError, Plugin};
 use crate::server::io::Activity;
 use backend::{BackendRt, InFlight, QueueError, ServerRt};
 use body::{ClientBody, ResponseBody};
@@ -34,22 +36,48 @@ use log::{AccessLog, LogRecord};
 pub struct Proxy {
     pub frontends: Vec<Arc<FrontendRt>>,
     pub backends: Vec<Arc<BackendRt>>,
+    pub plugins: Vec<Arc<Plugin>>,
 }
 
 pub struct FrontendRt {
     pub cfg: Frontend,
     pub name: Arc<str>,
     pub backend: Arc<BackendRt>,
+    /// The plugin chain, in order.
+    pub plugins: Vec<Arc<Plugin>>,
+    /// Every backend, for plugins that route.
+    pub backends: Arc<[Arc<BackendRt>]>,
     pub log: AccessLog,
 }
 
+/// A plugin that could not be loaded: the config is refused.
+#[derive(Debug, thiserror::Error)]
+#[error("plugin.{name}: {error}")]
+pub struct PluginLoadError {
+    pub name: String,
+    pub error: LoadError,
+}
+
 impl Proxy {
-    pub fn new(config: &Config, log: AccessLog) -> Self {
+    /// Builds a generation: backends, and every plugin loaded and configured.
+    pub async fn new(config: &Config, log: AccessLog) -> Result<Self, PluginLoadError> {
         let backends: Vec<Arc<BackendRt>> = config
             .backends
             .iter()
             .map(|b| BackendRt::new(b.clone()))
             .collect();
+        let shared: Arc<[Arc<BackendRt>]> = backends.clone().into();
+        let plugins = plugin::load_all(&config.plugins, Arc::clone(&shared))
+            .await
+            .map_err(|(name, error)| PluginLoadError { name, error })?;
+        let by_name = |name: &String| {
+            let i = config
+                .plugins
+                .iter()
+                .position(|p| p.name == *name)
+                .expect("validation checked plugin names");
+            Arc::clone(&plugins[i])
+        };
         let frontends = config
             .frontends
             .iter()
@@ -62,14 +90,17 @@ impl Proxy {
                     cfg: f.clone(),
                     name: f.name.as_str().into(),
                     backend: Arc::clone(backend),
+                    plugins: f.plugins.iter().map(by_name).collect(),
+                    backends: Arc::clone(&shared),
                     log: log.clone(),
                 })
             })
             .collect();
-        Self {
+        Ok(Self {
             frontends,
             backends,
-        }
+            plugins,
+        })
     }
 }
 
@@ -203,8 +234,6 @@ async fn forward(
         return Err(ProxyError::NotImplemented("CONNECT"));
     }
     let host = headers::request_host(req.version(), req.uri(), req.headers())?;
-    let backend = &fe.backend;
-    record.backend = Some(Arc::clone(&backend.name));
     let upgrade = headers::is_upgrade(req.version(), req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
@@ -219,6 +248,44 @@ async fn forward(
         forwarded,
     );
 
+    // The plugin chain: edits, a route, or a response of its own.
+    let client = chain::Client {
+        ip: conn.peer.ip(),
+        frontend: &fe.name,
+        scheme: conn.proto,
+    };
+    let mut ran = Vec::new();
+    let mut routed: Option<Arc<BackendRt>> = None;
+    let mut pinned = None;
+    if !fe.plugins.is_empty() {
+        let decision = chain::on_request(
+            &fe.plugins,
+            &fe.backends,
+            &mut parts,
+            host.as_ref().map(|h| h.as_str()),
+            client,
+            &mut ran,
+        )
+        .await
+        .map_err(|_| ProxyError::PluginFailed)?;
+        match decision {
+            chain::Decision::Proceed {
+                backend: chosen,
+                prefer,
+            } => {
+                routed = chosen;
+                pinned = prefer;
+            }
+            chain::Decision::Respond(local) => {
+                record.termination = *b"LR";
+                return plugin_response(fe, client, &parts, &ran, local, record).await;
+            }
+        }
+    }
+    let backend = routed.as_ref().unwrap_or(&fe.backend);
+    record.backend = Some(Arc::clone(&backend.name));
+    let (method, path) = (parts.method.to_string(), parts.uri.path().to_owned());
+
     let retry_on = &backend.cfg.retry_on;
     // A request can be sent again after reaching a server only if repeating it is safe
     // and nothing of it is lost: an idempotent method without a body.
@@ -230,7 +297,6 @@ async fn forward(
     let (client_body, client_failed) = ClientBody::new(body);
     let mut pending = Some(Request::from_parts(parts, client_body));
     let mut excluded = Vec::new();
-    let mut pinned = None;
     let started = Instant::now();
 
     loop {
@@ -344,9 +410,36 @@ async fn forward(
                     let body = ResponseBody::local(Bytes::new(), record.clone(), fe.log.clone());
                     return Ok(Response::from_parts(head, body));
                 }
-                server.pool.recycle(sender);
                 let (mut head, body) = response.into_parts();
                 headers::strip_hop_by_hop(&mut head.headers, false);
+                if !ran.is_empty() {
+                    let change = chain::on_response(
+                        &fe.plugins,
+                        &ran,
+                        &mut head.status,
+                        &mut head.headers,
+                        &chain::Answered {
+                            method: &method,
+                            path: &path,
+                            client,
+                            backend: Some(&backend.name),
+                            server: Some(&server.name),
+                        },
+                    )
+                    .await
+                    .map_err(|_| ProxyError::PluginFailed)?;
+                    record.status = head.status.as_u16();
+                    if let chain::ResponseChange::Replace(replaced) = change {
+                        // The server's body is dropped unread; its connection is not reused.
+                        drop(body);
+                        drop(slot);
+                        head.headers.remove(http::header::CONTENT_LENGTH);
+                        head.headers.remove(http::header::TRANSFER_ENCODING);
+                        let local = ResponseBody::local(replaced, record.clone(), fe.log.clone());
+                        return Ok(Response::from_parts(head, local));
+                    }
+                }
+                server.pool.recycle(sender);
                 let body = ResponseBody::server(
                     body,
                     backend.cfg.timeout_server,
@@ -358,6 +451,41 @@ async fn forward(
             }
         }
     }
+}
+
+/// A response a plugin made: it passes back through the plugins that ran before it.
+async fn plugin_response(
+    fe: &FrontendRt,
+    client: chain::Client<'_>,
+    parts: &http::request::Parts,
+    ran: &[usize],
+    local: chain::Local,
+    record: &mut LogRecord,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let (mut status, mut head_headers, mut body) = (local.status, local.headers, local.body);
+    let change = chain::on_response(
+        &fe.plugins,
+        ran,
+        &mut status,
+        &mut head_headers,
+        &chain::Answered {
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            client,
+            backend: None,
+            server: None,
+        },
+    )
+    .await
+    .map_err(|_| ProxyError::PluginFailed)?;
+    if let chain::ResponseChange::Replace(replaced) = change {
+        body = replaced;
+    }
+    record.status = status.as_u16();
+    let mut response = Response::new(ResponseBody::local(body, record.clone(), fe.log.clone()));
+    *response.status_mut() = status;
+    *response.headers_mut() = head_headers;
+    Ok(response)
 }
 
 /// Methods whose repetition has the same effect as one request (RFC 9110 §9.2.2).

@@ -31,6 +31,8 @@ const POOL_SWEEP: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error(transparent)]
+    Plugin(#[from] crate::proxy::PluginLoadError),
     #[error("frontend[{frontend}].bind{bind}: cannot listen on {addr}: {source}")]
     Bind {
         frontend: usize,
@@ -84,6 +86,11 @@ impl Running {
         self.proxy.backends.iter().find(|b| &*b.name == name)
     }
 
+    /// The loaded plugins, in config order.
+    pub fn plugins(&self) -> &[Arc<crate::plugin::Plugin>] {
+        &self.proxy.plugins
+    }
+
     /// Stops accepting, asks every connection to finish its current request and close,
     /// and waits up to `grace` for them. Returns the number still open when it gave up.
     pub async fn shutdown(self, grace: Duration) -> usize {
@@ -108,7 +115,7 @@ impl Running {
 
 /// Binds every frontend and starts serving on the current tokio runtime.
 pub async fn start(config: &Config, log: AccessLog) -> Result<Running, StartError> {
-    let proxy = Arc::new(Proxy::new(config, log));
+    let proxy = Arc::new(Proxy::new(config, log).await?);
     let mut listeners = Vec::new();
     let mut bound = Vec::new();
     for (fi, (fe, rt)) in config.frontends.iter().zip(&proxy.frontends).enumerate() {

@@ -1,0 +1,94 @@
+//! The host side of the imports a plugin sees: log, clock, counters, kv, backends.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::StoreState;
+use super::bindings::weir::plugin::{backends, clock, counters, kv, log, types};
+use crate::proxy::backend::AdminState;
+
+/// Longest log message kept from a plugin.
+const MAX_LOG: usize = 4096;
+
+impl types::Host for StoreState {}
+
+impl log::Host for StoreState {
+    fn write(&mut self, level: log::Level, message: String) {
+        let mut message = message;
+        if message.len() > MAX_LOG {
+            let mut cut = MAX_LOG;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+        }
+        let plugin = &*self.plugin;
+        match level {
+            log::Level::Debug => tracing::debug!(plugin, "{message}"),
+            log::Level::Info => tracing::info!(plugin, "{message}"),
+            log::Level::Warn => tracing::warn!(plugin, "{message}"),
+            log::Level::Error => tracing::error!(plugin, "{message}"),
+        }
+    }
+}
+
+impl clock::Host for StoreState {
+    fn now_ms(&mut self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+}
+
+impl counters::Host for StoreState {
+    fn add(&mut self, key: String, delta: i64, window_ms: u64) -> i64 {
+        self.state
+            .counter_add(&key, delta, Duration::from_millis(window_ms))
+    }
+
+    fn get(&mut self, key: String) -> i64 {
+        self.state.counter_get(&key)
+    }
+
+    fn remaining_ms(&mut self, key: String) -> u64 {
+        self.state.counter_remaining(&key).as_millis() as u64
+    }
+}
+
+impl kv::Host for StoreState {
+    fn get(&mut self, key: String) -> Option<Vec<u8>> {
+        self.state.kv_get(&key)
+    }
+
+    fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<(), String> {
+        self.state
+            .kv_set(&key, &value, ttl_ms.map(Duration::from_millis))
+    }
+
+    fn delete(&mut self, key: String) {
+        self.state.kv_delete(&key)
+    }
+}
+
+impl backends::Host for StoreState {
+    fn servers(&mut self, backend: String) -> Vec<backends::ServerInfo> {
+        let Some(b) = self.backends.iter().find(|b| *b.name == *backend) else {
+            return Vec::new();
+        };
+        b.servers
+            .iter()
+            .map(|s| backends::ServerInfo {
+                name: s.name.to_string(),
+                state: match (s.admin(), s.health.is_up()) {
+                    (AdminState::Maint, _) => backends::ServerState::Maint,
+                    (AdminState::Drain, _) => backends::ServerState::Drain,
+                    (AdminState::Ready, true) => backends::ServerState::Up,
+                    (AdminState::Ready, false) => backends::ServerState::Down,
+                },
+                weight: s.weight.load(Ordering::Relaxed),
+                in_flight: s.in_flight.load(Ordering::Relaxed),
+                backup: s.cfg.backup,
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,408 @@
+//! The plugin runtime: WebAssembly components against the `weir:plugin` world.
+//!
+//! One wasmtime engine for the process (pooling allocator, epoch interruption, a 1 ms
+//! epoch ticker). Each configured plugin is compiled and pre-instantiated once; a pool of
+//! configured instances serves its hook calls. Every call has a CPU deadline (the
+//! plugin's `timeout`, enforced to within one tick) and every instance a memory cap; an
+//! instance whose call failed in any way is dropped, never reused. WASI grants nothing:
+//! no files, environment, arguments or sockets.
+
+mod host;
+pub mod validate;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::config::{FailPolicy, PluginConfig};
+use crate::proxy::backend::BackendRt;
+use crate::state::PluginState;
+
+pub use bindings::weir::plugin::types;
+
+#[allow(clippy::all)]
+mod bindings {
+    // Exports are called asynchronously, so that WASI's stream functions (a plugin that
+    // prints or panics) never block a tokio worker; weir's own imports stay synchronous.
+    wasmtime::component::bindgen!({
+        world: "plugin",
+        path: "../wit",
+        exports: { default: async },
+    });
+}
+
+/// One epoch tick: the granularity of plugin deadlines.
+pub const TICK: Duration = Duration::from_millis(1);
+/// Instances kept ready per plugin.
+const POOL_MAX: usize = 64;
+
+/// The process's engine, and the thread that advances its epoch.
+fn engine() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        let mut pooling = wasmtime::PoolingAllocationConfig::default();
+        pooling
+            .total_component_instances(2_000)
+            .total_memories(2_000)
+            .total_tables(2_000)
+            .total_core_instances(10_000)
+            .max_memory_size(validate::MAX_MEMORY as usize);
+        let mut config = wasmtime::Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .memory_reservation(validate::MAX_MEMORY)
+            .allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pooling));
+        let engine = Engine::new(&config).expect("a valid engine configuration");
+        let ticking = engine.weak();
+        std::thread::Builder::new()
+            .name("weir-plugin-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = ticking.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(TICK);
+                }
+            })
+            .expect("spawn the epoch thread");
+        engine
+    })
+}
+
+fn linker() -> &'static Linker<StoreState> {
+    static LINKER: OnceLock<Linker<StoreState>> = OnceLock::new();
+    LINKER.get_or_init(|| {
+        let mut linker = Linker::new(engine());
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).expect("WASI links");
+        bindings::Plugin::add_to_linker::<StoreState, wasmtime::component::HasSelf<StoreState>>(
+            &mut linker,
+            |s| s,
+        )
+        .expect("weir imports link");
+        linker
+    })
+}
+
+/// Compiles a component, or takes it from the process's cache of compiled components
+/// (by SHA-256), so a reload does not recompile the plugins that did not change.
+fn compile(bytes: &[u8], sha256: &str) -> Result<Component, LoadError> {
+    static CACHE: OnceLock<Mutex<HashMap<String, Component>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(c) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(sha256) {
+        return Ok(c.clone());
+    }
+    let component = Component::from_binary(engine(), bytes)
+        .map_err(|e| LoadError::Component(format!("{e:#}")))?;
+    let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+    if cache.len() >= 256 {
+        cache.clear();
+    }
+    cache.insert(sha256.to_owned(), component.clone());
+    Ok(component)
+}
+
+/// What an instance's store holds: WASI (granting nothing), its memory cap, and the
+/// host state its imports reach.
+pub struct StoreState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    plugin: Arc<str>,
+    state: Arc<PluginState>,
+    backends: Arc<[Arc<BackendRt>]>,
+}
+
+impl WasiView for StoreState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// WASI that grants nothing: no files, environment, arguments, sockets or stdin; what a
+/// plugin prints is discarded (plugins log through the `log` import).
+fn sandbox() -> WasiCtx {
+    use wasmtime_wasi::p2::pipe::{ClosedInputStream, SinkOutputStream};
+    let mut builder = WasiCtx::builder();
+    builder
+        .stdin(ClosedInputStream)
+        .stdout(SinkOutputStream)
+        .stderr(SinkOutputStream);
+    builder.build()
+}
+
+/// Why a plugin could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("sha256 mismatch: the file has {actual}, the config pins {expected}")]
+    Sha256 { expected: String, actual: String },
+    #[error("not a weir plugin component: {0}")]
+    Component(String),
+    #[error("configure failed: {0}")]
+    Configure(String),
+}
+
+/// Why a hook call produced no usable action.
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    #[error("trapped: {0}")]
+    Trap(String),
+    #[error("ran past its {0:?} deadline")]
+    Timeout(Duration),
+    #[error("returned invalid output: {0}")]
+    Invalid(String),
+}
+
+/// Call statistics of one plugin, for the admin surface and the log.
+#[derive(Default)]
+pub struct PluginStats {
+    pub calls: AtomicU64,
+    pub traps: AtomicU64,
+    pub timeouts: AtomicU64,
+    pub invalid: AtomicU64,
+}
+
+struct Instance {
+    store: Store<StoreState>,
+    bindings: bindings::Plugin,
+}
+
+/// A configured plugin, ready to serve hook calls.
+pub struct Plugin {
+    pub name: Arc<str>,
+    pub info: types::Info,
+    pub on_error: FailPolicy,
+    /// SHA-256 of the component file, lower-case hex.
+    pub sha256: String,
+    pub stats: PluginStats,
+    timeout: Duration,
+    memory: usize,
+    config_json: String,
+    pre: bindings::PluginPre<StoreState>,
+    state: Arc<PluginState>,
+    backends: Arc<[Arc<BackendRt>]>,
+    pool: Mutex<Vec<Instance>>,
+}
+
+impl Plugin {
+    /// Reads, checks, compiles and configures a plugin: everything that can fail at load.
+    pub async fn load(
+        cfg: &PluginConfig,
+        backends: Arc<[Arc<BackendRt>]>,
+    ) -> Result<Plugin, LoadError> {
+        let bytes = std::fs::read(&cfg.wasm).map_err(|source| LoadError::Read {
+            path: cfg.wasm.display().to_string(),
+            source,
+        })?;
+        Self::from_bytes(cfg, &bytes, backends).await
+    }
+
+    pub async fn from_bytes(
+        cfg: &PluginConfig,
+        bytes: &[u8],
+        backends: Arc<[Arc<BackendRt>]>,
+    ) -> Result<Plugin, LoadError> {
+        let sha256 = validate::sha256_hex(bytes);
+        if let Some(expected) = &cfg.sha256
+            && *expected != sha256
+        {
+            return Err(LoadError::Sha256 {
+                expected: expected.clone(),
+                actual: sha256,
+            });
+        }
+        let component = compile(bytes, &sha256)?;
+        let pre = linker()
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::Component(format!("{e:#}")))?;
+        let pre =
+            bindings::PluginPre::new(pre).map_err(|e| LoadError::Component(format!("{e:#}")))?;
+        let mut plugin = Plugin {
+            name: cfg.name.as_str().into(),
+            info: types::Info {
+                name: String::new(),
+                version: String::new(),
+                hooks: types::Hooks::empty(),
+            },
+            on_error: cfg.on_error,
+            sha256,
+            stats: PluginStats::default(),
+            timeout: cfg.timeout,
+            memory: cfg.memory as usize,
+            config_json: cfg.config_json.clone(),
+            pre,
+            state: PluginState::for_plugin(&cfg.name),
+            backends,
+            pool: Mutex::new(Vec::new()),
+        };
+        // A first instance proves the plugin instantiates, describes itself and accepts its
+        // config; it then serves the first calls.
+        let (instance, info) = plugin.instantiate().await.map_err(|e| match e {
+            Instantiate::Configure(msg) => LoadError::Configure(msg),
+            Instantiate::Failed(msg) => LoadError::Component(msg),
+        })?;
+        plugin.info = info;
+        plugin
+            .pool
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(instance);
+        Ok(plugin)
+    }
+
+    pub fn hooks(&self) -> types::Hooks {
+        self.info.hooks
+    }
+
+    fn new_store(&self) -> Store<StoreState> {
+        let state = StoreState {
+            wasi: sandbox(),
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(self.memory)
+                .instances(16)
+                .tables(64)
+                .build(),
+            plugin: Arc::clone(&self.name),
+            state: Arc::clone(&self.state),
+            backends: Arc::clone(&self.backends),
+        };
+        let mut store = Store::new(engine(), state);
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_trap();
+        store
+    }
+
+    fn deadline_ticks(&self) -> u64 {
+        (self.timeout.as_micros() as u64)
+            .div_ceil(TICK.as_micros() as u64)
+            .max(1)
+    }
+
+    /// A fresh instance, described and configured.
+    async fn instantiate(&self) -> Result<(Instance, types::Info), Instantiate> {
+        let mut store = self.new_store();
+        // Instantiation and configure may take longer than a hook; allow them 1 s.
+        store.set_epoch_deadline(1000);
+        let bindings = self
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| Instantiate::Failed(format!("{e:#}")))?;
+        let info = bindings
+            .call_describe(&mut store)
+            .await
+            .map_err(|e| Instantiate::Failed(format!("describe: {e:#}")))?;
+        match bindings.call_configure(&mut store, &self.config_json).await {
+            Ok(Ok(())) => Ok((Instance { store, bindings }, info)),
+            Ok(Err(msg)) => Err(Instantiate::Configure(msg)),
+            Err(e) => Err(Instantiate::Configure(format!("trapped: {e:#}"))),
+        }
+    }
+
+    /// A pooled instance, or a fresh one, armed with the call deadline.
+    async fn take(&self) -> Result<Instance, HookError> {
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        let pooled = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut instance = match pooled {
+            Some(i) => i,
+            None => self.instantiate().await.map(|(i, _)| i).map_err(|e| {
+                self.stats.traps.fetch_add(1, Ordering::Relaxed);
+                HookError::Trap(e.to_string())
+            })?,
+        };
+        instance.store.set_epoch_deadline(self.deadline_ticks());
+        Ok(instance)
+    }
+
+    /// Returns a healthy instance to the pool. An instance whose call failed is dropped:
+    /// after a trap its state cannot be trusted.
+    fn finish<R>(&self, instance: Instance, result: wasmtime::Result<R>) -> Result<R, HookError> {
+        match result {
+            Ok(r) => {
+                let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+                if pool.len() < POOL_MAX {
+                    pool.push(instance);
+                }
+                Ok(r)
+            }
+            Err(e) if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) => {
+                self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                Err(HookError::Timeout(self.timeout))
+            }
+            Err(e) => {
+                self.stats.traps.fetch_add(1, Ordering::Relaxed);
+                Err(HookError::Trap(format!("{e:#}")))
+            }
+        }
+    }
+
+    pub async fn on_request(
+        &self,
+        request: &types::Request,
+    ) -> Result<types::RequestAction, HookError> {
+        let mut i = self.take().await?;
+        let result = i.bindings.call_on_request(&mut i.store, request).await;
+        self.finish(i, result)
+    }
+
+    pub async fn on_response(
+        &self,
+        response: &types::Response,
+    ) -> Result<types::ResponseAction, HookError> {
+        let mut i = self.take().await?;
+        let result = i.bindings.call_on_response(&mut i.store, response).await;
+        self.finish(i, result)
+    }
+
+    pub async fn on_health_check(&self, probe: &types::Probe) -> Result<types::Verdict, HookError> {
+        let mut i = self.take().await?;
+        let result = i.bindings.call_on_health_check(&mut i.store, probe).await;
+        self.finish(i, result)
+    }
+
+    /// Counts invalid output, which the caller found, like a failure of the call.
+    pub fn note_invalid(&self) {
+        self.stats.invalid.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Instances ready in the pool.
+    pub fn pooled(&self) -> usize {
+        self.pool.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum Instantiate {
+    #[error("{0}")]
+    Failed(String),
+    #[error("configure failed: {0}")]
+    Configure(String),
+}
+
+/// Every plugin of a config, loaded: what `weir check` proves and what the proxy runs.
+pub async fn load_all(
+    configs: &[PluginConfig],
+    backends: Arc<[Arc<BackendRt>]>,
+) -> Result<Vec<Arc<Plugin>>, (String, LoadError)> {
+    let mut plugins = Vec::with_capacity(configs.len());
+    for cfg in configs {
+        let plugin = Plugin::load(cfg, Arc::clone(&backends))
+            .await
+            .map_err(|e| (cfg.name.clone(), e))?;
+        plugins.push(Arc::new(plugin));
+    }
+    Ok(plugins)
+}

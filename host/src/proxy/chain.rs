@@ -1,0 +1,258 @@
+//! The plugin chain of a frontend: `on-request` in config order, the first local response
+//! stopping it; `on-response` in reverse order over the plugins that ran (so a local
+//! response from plugin k passes back through k-1 … 0).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{HeaderMap, StatusCode, Uri};
+
+use super::backend::BackendRt;
+use crate::config::FailPolicy;
+use crate::plugin::{HookError, Plugin, types, validate};
+
+/// Where the chain leaves a request.
+pub enum Decision {
+    /// Go on, to this backend, preferring this server.
+    Proceed {
+        backend: Option<Arc<BackendRt>>,
+        prefer: Option<usize>,
+    },
+    /// Answer with this response (it still passes back through `ran`).
+    Respond(Local),
+}
+
+/// A response made by a plugin, validated.
+pub struct Local {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// Who sent the request, as plugins see it.
+#[derive(Clone, Copy)]
+pub struct Client<'a> {
+    pub ip: IpAddr,
+    pub frontend: &'a str,
+    /// "http" or "https".
+    pub scheme: &'static str,
+}
+
+/// A fail-closed plugin failed: the request gets a generic 503.
+#[derive(Debug)]
+pub struct Failed;
+
+fn headers_of(map: &HeaderMap) -> Vec<types::Header> {
+    map.iter()
+        .filter_map(|(n, v)| {
+            v.to_str().ok().map(|v| types::Header {
+                name: n.as_str().to_owned(),
+                value: v.to_owned(),
+            })
+        })
+        .collect()
+}
+
+fn local(r: types::LocalResponse) -> Result<Local, String> {
+    validate::local_response(&r)?;
+    let mut headers = HeaderMap::new();
+    for h in &r.headers {
+        let (n, v) = validate::header(h)?;
+        headers.append(n, v);
+    }
+    Ok(Local {
+        status: validate::status(r.status)?,
+        headers,
+        body: Bytes::from(r.body),
+    })
+}
+
+/// Handles a failed call according to the plugin's policy: `Ok(())` to skip the plugin.
+fn on_failure(plugin: &Plugin, hook: &str, err: &HookError) -> Result<(), Failed> {
+    let calls = plugin
+        .stats
+        .calls
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let failures = plugin
+        .stats
+        .traps
+        .load(std::sync::atomic::Ordering::Relaxed)
+        + plugin
+            .stats
+            .timeouts
+            .load(std::sync::atomic::Ordering::Relaxed)
+        + plugin
+            .stats
+            .invalid
+            .load(std::sync::atomic::Ordering::Relaxed);
+    let policy = match plugin.on_error {
+        FailPolicy::Closed => "fail-closed: 503",
+        FailPolicy::Open => "fail-open: skipped",
+    };
+    tracing::error!(
+        "plugin {} failed in {hook}: {err} ({policy}; {failures} failures in {calls} calls)",
+        plugin.name
+    );
+    match plugin.on_error {
+        FailPolicy::Closed => Err(Failed),
+        FailPolicy::Open => Ok(()),
+    }
+}
+
+/// Runs `on-request` over the chain, applying edits to `parts`. `ran` collects the
+/// plugins whose `on-response` must see the answer.
+pub async fn on_request(
+    plugins: &[Arc<Plugin>],
+    backends: &[Arc<BackendRt>],
+    parts: &mut Parts,
+    host: Option<&str>,
+    client: Client<'_>,
+    ran: &mut Vec<usize>,
+) -> Result<Decision, Failed> {
+    let mut backend: Option<Arc<BackendRt>> = None;
+    let mut prefer = None;
+    for (i, plugin) in plugins.iter().enumerate() {
+        if !plugin.hooks().contains(types::Hooks::ON_REQUEST) {
+            ran.push(i);
+            continue;
+        }
+        let request = types::Request {
+            method: parts.method.as_str().to_owned(),
+            path: parts.uri.path().to_owned(),
+            query: parts.uri.query().map(str::to_owned),
+            host: host.map(str::to_owned),
+            headers: headers_of(&parts.headers),
+            client_ip: client.ip.to_string(),
+            frontend: client.frontend.to_owned(),
+            scheme: client.scheme.to_owned(),
+        };
+        let action = match plugin.on_request(&request).await {
+            Ok(a) => a,
+            Err(e) => {
+                on_failure(plugin, "on-request", &e)?;
+                continue;
+            }
+        };
+        let applied = match action {
+            types::RequestAction::Respond(r) => match local(r) {
+                Ok(l) => return Ok(Decision::Respond(l)),
+                Err(e) => Err(e),
+            },
+            types::RequestAction::Proceed(p) => {
+                apply(p, parts, backends, &mut backend, &mut prefer)
+            }
+        };
+        match applied {
+            Ok(()) => ran.push(i),
+            Err(why) => {
+                plugin.note_invalid();
+                on_failure(plugin, "on-request", &HookError::Invalid(why))?;
+            }
+        }
+    }
+    Ok(Decision::Proceed { backend, prefer })
+}
+
+/// Checks a `proceed` whole, then applies it: nothing changes when any part is invalid.
+fn apply(
+    p: types::Proceed,
+    parts: &mut Parts,
+    backends: &[Arc<BackendRt>],
+    backend: &mut Option<Arc<BackendRt>>,
+    prefer: &mut Option<usize>,
+) -> Result<(), String> {
+    validate::edits(&p.edits)?;
+    let path = p.set_path.as_deref().map(validate::path).transpose()?;
+    let chosen = match &p.backend {
+        Some(name) => Some(
+            backends
+                .iter()
+                .find(|b| *b.name == **name)
+                .cloned()
+                .ok_or_else(|| format!("unknown backend {name:?}"))?,
+        ),
+        None => None,
+    };
+    let server = match (&p.server, chosen.as_ref().or(backend.as_ref())) {
+        (Some(name), Some(b)) => Some(b.server_index(name).map_err(|e| e.to_string())?),
+        (Some(name), None) => return Err(format!("server {name:?} named without a backend")),
+        (None, _) => None,
+    };
+    validate::apply(&p.edits, &mut parts.headers)?;
+    if let Some(pq) = path {
+        parts.uri = Uri::from(pq);
+    }
+    if let Some(b) = chosen {
+        *backend = Some(b);
+        *prefer = None;
+    }
+    if server.is_some() {
+        *prefer = server;
+    }
+    Ok(())
+}
+
+/// What `on-response` asks of a response.
+pub enum ResponseChange {
+    Keep,
+    /// A plugin replaced the response: `status` and `headers` were set, this is the body.
+    Replace(Bytes),
+}
+
+/// The request a response answers, and who answered it (none for a local response).
+pub struct Answered<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub client: Client<'a>,
+    pub backend: Option<&'a str>,
+    pub server: Option<&'a str>,
+}
+
+/// Runs `on-response` over the plugins that ran, in reverse order, editing `headers`.
+/// A replacement replaces the whole response; the plugins before it still see it.
+pub async fn on_response(
+    plugins: &[Arc<Plugin>],
+    ran: &[usize],
+    status: &mut StatusCode,
+    headers: &mut HeaderMap,
+    answered: &Answered<'_>,
+) -> Result<ResponseChange, Failed> {
+    let mut change = ResponseChange::Keep;
+    for &i in ran.iter().rev() {
+        let plugin = &plugins[i];
+        if !plugin.hooks().contains(types::Hooks::ON_RESPONSE) {
+            continue;
+        }
+        let response = types::Response {
+            status: status.as_u16(),
+            headers: headers_of(headers),
+            backend: answered.backend.map(str::to_owned),
+            server: answered.server.map(str::to_owned),
+            method: answered.method.to_owned(),
+            path: answered.path.to_owned(),
+            client_ip: answered.client.ip.to_string(),
+            scheme: answered.client.scheme.to_owned(),
+        };
+        let result = match plugin.on_response(&response).await {
+            Ok(types::ResponseAction::Proceed(ops)) => {
+                validate::edits(&ops).and_then(|()| validate::apply(&ops, headers))
+            }
+            Ok(types::ResponseAction::Replace(r)) => local(r).map(|l| {
+                *status = l.status;
+                *headers = l.headers;
+                change = ResponseChange::Replace(l.body);
+            }),
+            Err(e) => {
+                on_failure(plugin, "on-response", &e)?;
+                continue;
+            }
+        };
+        if let Err(why) = result {
+            plugin.note_invalid();
+            on_failure(plugin, "on-response", &HookError::Invalid(why))?;
+        }
+    }
+    Ok(change)
+}

@@ -1,0 +1,152 @@
+//! State the host keeps for plugins, namespaced per configured plugin: windowed counters
+//! and a small key-value store with TTLs. It lives outside instances, so it survives
+//! instance recycling; held per plugin name by the process, it survives reloads too.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Most keys a plugin may keep in kv, and the largest value.
+pub const KV_MAX_KEYS: usize = 100_000;
+pub const KV_MAX_VALUE: usize = 64 * 1024;
+/// Most counters a plugin may keep; expired ones are dropped first.
+pub const MAX_COUNTERS: usize = 1_000_000;
+
+/// A kv value and when it expires.
+type Entry = (Vec<u8>, Option<Instant>);
+
+#[derive(Default)]
+pub struct PluginState {
+    counters: Mutex<HashMap<String, Counter>>,
+    kv: Mutex<HashMap<String, Entry>>,
+}
+
+struct Counter {
+    start: Instant,
+    window: Duration,
+    count: i64,
+}
+
+impl Counter {
+    fn live(&self, now: Instant) -> bool {
+        now < self.start + self.window
+    }
+}
+
+impl PluginState {
+    /// The state of the configured plugin `name`, shared by all its instances and kept
+    /// across reloads.
+    pub fn for_plugin(name: &str) -> Arc<PluginState> {
+        static ALL: OnceLock<Mutex<HashMap<String, Arc<PluginState>>>> = OnceLock::new();
+        let mut all = ALL
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        Arc::clone(all.entry(name.to_owned()).or_default())
+    }
+
+    pub fn counter_add(&self, key: &str, delta: i64, window: Duration) -> i64 {
+        let now = Instant::now();
+        let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        if counters.len() >= MAX_COUNTERS && !counters.contains_key(key) {
+            counters.retain(|_, c| c.live(now));
+        }
+        let c = counters.entry(key.to_owned()).or_insert(Counter {
+            start: now,
+            window,
+            count: 0,
+        });
+        if !c.live(now) {
+            *c = Counter {
+                start: now,
+                window,
+                count: 0,
+            };
+        }
+        c.count = c.count.saturating_add(delta);
+        c.count
+    }
+
+    fn live_counter<R>(&self, key: &str, f: impl FnOnce(&Counter, Instant) -> R) -> Option<R> {
+        let now = Instant::now();
+        let counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        counters.get(key).filter(|c| c.live(now)).map(|c| f(c, now))
+    }
+
+    pub fn counter_get(&self, key: &str) -> i64 {
+        self.live_counter(key, |c, _| c.count).unwrap_or(0)
+    }
+
+    pub fn counter_remaining(&self, key: &str) -> Duration {
+        self.live_counter(key, |c, now| c.start + c.window - now)
+            .unwrap_or_default()
+    }
+
+    pub fn kv_get(&self, key: &str) -> Option<Vec<u8>> {
+        let kv = self.kv.lock().unwrap_or_else(|p| p.into_inner());
+        let (value, expires) = kv.get(key)?;
+        expires
+            .is_none_or(|e| Instant::now() < e)
+            .then(|| value.clone())
+    }
+
+    pub fn kv_set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), String> {
+        if value.len() > KV_MAX_VALUE {
+            return Err(format!(
+                "value of {} bytes is over the {KV_MAX_VALUE}-byte limit",
+                value.len()
+            ));
+        }
+        let now = Instant::now();
+        let mut kv = self.kv.lock().unwrap_or_else(|p| p.into_inner());
+        if kv.len() >= KV_MAX_KEYS && !kv.contains_key(key) {
+            kv.retain(|_, (_, e)| e.is_none_or(|e| now < e));
+            if kv.len() >= KV_MAX_KEYS {
+                return Err(format!("the store is full ({KV_MAX_KEYS} keys)"));
+            }
+        }
+        kv.insert(key.to_owned(), (value.to_vec(), ttl.map(|t| now + t)));
+        Ok(())
+    }
+
+    pub fn kv_delete(&self, key: &str) {
+        self.kv
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_windowed() {
+        let s = PluginState::default();
+        assert_eq!(s.counter_add("a", 1, Duration::from_millis(50)), 1);
+        assert_eq!(s.counter_add("a", 1, Duration::from_millis(50)), 2);
+        assert_eq!(s.counter_get("a"), 2);
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(s.counter_get("a"), 0);
+        assert_eq!(s.counter_add("a", 1, Duration::from_millis(50)), 1);
+    }
+
+    #[test]
+    fn kv_expires_and_caps_values() {
+        let s = PluginState::default();
+        s.kv_set("k", b"v", Some(Duration::from_millis(20)))
+            .unwrap();
+        assert_eq!(s.kv_get("k"), Some(b"v".to_vec()));
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(s.kv_get("k"), None);
+        assert!(s.kv_set("big", &vec![0; KV_MAX_VALUE + 1], None).is_err());
+    }
+
+    #[test]
+    fn state_is_shared_per_plugin_name() {
+        PluginState::for_plugin("x").counter_add("hits", 5, Duration::from_secs(60));
+        assert_eq!(PluginState::for_plugin("x").counter_get("hits"), 5);
+        assert_eq!(PluginState::for_plugin("y").counter_get("hits"), 0);
+    }
+}

@@ -1,0 +1,222 @@
+//! Write weir plugins in Rust.
+//!
+//! A plugin is a type implementing [`Plugin`], exported with [`export_plugin!`]:
+//!
+//! ```ignore
+//! use weir_sdk::{export_plugin, Plugin, Request, RequestAction, Proceed, Hooks};
+//!
+//! #[derive(serde::Deserialize)]
+//! struct Config { header: String }
+//!
+//! struct Tag(Config);
+//!
+//! impl Plugin for Tag {
+//!     type Config = Config;
+//!     const NAME: &'static str = "tag";
+//!     const VERSION: &'static str = "0.1.0";
+//!     const HOOKS: Hooks = Hooks::ON_REQUEST;
+//!     fn configure(config: Config) -> Result<Self, String> { Ok(Tag(config)) }
+//!     fn on_request(&self, _req: Request) -> RequestAction {
+//!         RequestAction::Proceed(Proceed::unchanged().set_header(&self.0.header, "1"))
+//!     }
+//! }
+//!
+//! export_plugin!(Tag);
+//! ```
+//!
+//! Build it with `cargo build --release --target wasm32-wasip2` and point weir at the
+//! `.wasm` file. The same crate builds natively too, so its logic is unit-tested with
+//! [`testing::FakeHost`] standing in for weir.
+
+pub mod host;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testing;
+
+#[doc(hidden)]
+#[allow(unsafe_code, clippy::all)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        world: "plugin",
+        path: "../wit",
+        pub_export_macro: true,
+        export_macro_name: "__export_plugin_world",
+        default_bindings_module: "weir_sdk::bindings",
+    });
+}
+
+pub use bindings::weir::plugin::backends::{ServerInfo, ServerState};
+pub use bindings::weir::plugin::log::Level;
+pub use bindings::weir::plugin::types::{
+    Header, HeaderOp, Hooks, Info, LocalResponse, Probe, Proceed, Request, RequestAction, Response,
+    ResponseAction, Verdict,
+};
+#[doc(hidden)]
+pub use serde_json;
+
+/// A weir plugin. Every hook has a safe default; declare the hooks you implement in
+/// `HOOKS`, since weir calls no others.
+pub trait Plugin: Sized + 'static {
+    /// The plugin's `config` table, deserialized from JSON.
+    type Config: serde::de::DeserializeOwned;
+    const NAME: &'static str;
+    const VERSION: &'static str;
+    const HOOKS: Hooks;
+
+    /// Builds the plugin from its config. An error should name the field at fault.
+    fn configure(config: Self::Config) -> Result<Self, String>;
+
+    /// Decides what happens to a request. Default: it goes on unchanged.
+    fn on_request(&self, _request: Request) -> RequestAction {
+        RequestAction::Proceed(Proceed::unchanged())
+    }
+
+    /// Edits or replaces a response. Default: unchanged.
+    fn on_response(&self, _response: Response) -> ResponseAction {
+        ResponseAction::Proceed(Vec::new())
+    }
+
+    /// Judges a health check response. Default: up.
+    fn on_health_check(&self, _probe: Probe) -> Verdict {
+        Verdict::Up(None)
+    }
+}
+
+/// Parses the JSON config weir hands over into the plugin's `Config`, naming the field at
+/// fault on error.
+pub fn parse_config<P: Plugin>(json: &str) -> Result<P, String> {
+    let config: P::Config = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    P::configure(config)
+}
+
+impl Proceed {
+    /// Go on as the request is.
+    pub fn unchanged() -> Self {
+        Proceed {
+            edits: Vec::new(),
+            set_path: None,
+            backend: None,
+            server: None,
+        }
+    }
+
+    pub fn set_header(mut self, name: &str, value: &str) -> Self {
+        self.edits.push(HeaderOp::Set(Header {
+            name: name.to_ascii_lowercase(),
+            value: value.to_owned(),
+        }));
+        self
+    }
+
+    pub fn append_header(mut self, name: &str, value: &str) -> Self {
+        self.edits.push(HeaderOp::Append(Header {
+            name: name.to_ascii_lowercase(),
+            value: value.to_owned(),
+        }));
+        self
+    }
+
+    pub fn remove_header(mut self, name: &str) -> Self {
+        self.edits.push(HeaderOp::Remove(name.to_ascii_lowercase()));
+        self
+    }
+
+    pub fn backend(mut self, backend: &str) -> Self {
+        self.backend = Some(backend.to_owned());
+        self
+    }
+
+    pub fn server(mut self, server: &str) -> Self {
+        self.server = Some(server.to_owned());
+        self
+    }
+
+    pub fn path(mut self, path: &str) -> Self {
+        self.set_path = Some(path.to_owned());
+        self
+    }
+}
+
+impl LocalResponse {
+    /// A plain-text response.
+    pub fn text(status: u16, body: &str) -> Self {
+        LocalResponse {
+            status,
+            headers: vec![Header {
+                name: "content-type".into(),
+                value: "text/plain; charset=utf-8".into(),
+            }],
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push(Header {
+            name: name.to_ascii_lowercase(),
+            value: value.to_owned(),
+        });
+        self
+    }
+}
+
+impl Request {
+    /// The first value of a header (names are matched case-insensitively).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value.as_str())
+    }
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value.as_str())
+    }
+}
+
+/// Exports a [`Plugin`] as the component's `weir:plugin` world. On targets other than
+/// wasm32 it expands to nothing, so plugin crates also build (and test) natively.
+#[macro_export]
+macro_rules! export_plugin {
+    ($plugin:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        #[allow(unsafe_code)]
+        const _: () = {
+            use $crate::bindings::weir::plugin::types as __types;
+            struct __WeirExport;
+            ::std::thread_local! {
+                static __PLUGIN: ::std::cell::RefCell<Option<$plugin>> = const { ::std::cell::RefCell::new(None) };
+            }
+            fn __with<R>(f: impl FnOnce(&$plugin) -> R) -> R {
+                __PLUGIN.with(|p| f(p.borrow().as_ref().expect("a hook called before a successful configure")))
+            }
+            impl $crate::bindings::Guest for __WeirExport {
+                fn describe() -> __types::Info {
+                    __types::Info {
+                        name: <$plugin as $crate::Plugin>::NAME.into(),
+                        version: <$plugin as $crate::Plugin>::VERSION.into(),
+                        hooks: <$plugin as $crate::Plugin>::HOOKS,
+                    }
+                }
+                fn configure(config: String) -> Result<(), String> {
+                    let plugin = $crate::parse_config::<$plugin>(&config)?;
+                    __PLUGIN.with(|p| *p.borrow_mut() = Some(plugin));
+                    Ok(())
+                }
+                fn on_request(request: __types::Request) -> __types::RequestAction {
+                    __with(|p| $crate::Plugin::on_request(p, request))
+                }
+                fn on_response(response: __types::Response) -> __types::ResponseAction {
+                    __with(|p| $crate::Plugin::on_response(p, response))
+                }
+                fn on_health_check(probe: __types::Probe) -> __types::Verdict {
+                    __with(|p| $crate::Plugin::on_health_check(p, probe))
+                }
+            }
+            $crate::bindings::__export_plugin_world!(__WeirExport with_types_in $crate::bindings);
+        };
+    };
+}

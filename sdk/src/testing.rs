@@ -1,0 +1,181 @@
+//! A stand-in for weir in native unit tests of plugin logic: a manual clock, in-memory
+//! counters and kv with the host's semantics, captured logs, and backends you describe.
+//!
+//! ```ignore
+//! let host = FakeHost::install();
+//! host.set_now_ms(1_000);
+//! let plugin = weir_sdk::parse_config::<MyPlugin>(r#"{"requests": 2}"#).unwrap();
+//! // ... call plugin.on_request(...) and assert on the action, host.logs(), ...
+//! host.advance_ms(10_000);
+//! ```
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use crate::{Level, ServerInfo};
+
+#[derive(Default)]
+struct State {
+    now_ms: u64,
+    counters: HashMap<String, (u64, u64, i64)>,
+    kv: HashMap<String, (Vec<u8>, Option<u64>)>,
+    logs: Vec<(Level, String)>,
+    backends: HashMap<String, Vec<ServerInfo>>,
+}
+
+/// The fake host of the current thread; cloning shares it.
+#[derive(Clone, Default)]
+pub struct FakeHost(Rc<RefCell<State>>);
+
+thread_local! {
+    static CURRENT: RefCell<Option<FakeHost>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` against the installed fake host. Panics when a test forgot to install one.
+pub(crate) fn with_host<R>(f: impl FnOnce(&FakeHost) -> R) -> R {
+    CURRENT.with(|c| {
+        f(c.borrow()
+            .as_ref()
+            .expect("install a weir_sdk::testing::FakeHost first"))
+    })
+}
+
+impl FakeHost {
+    /// A fresh host for this thread, replacing any earlier one. The clock starts at 0.
+    pub fn install() -> FakeHost {
+        let host = FakeHost::default();
+        CURRENT.with(|c| *c.borrow_mut() = Some(host.clone()));
+        host
+    }
+
+    pub fn set_now_ms(&self, now: u64) {
+        self.0.borrow_mut().now_ms = now;
+    }
+
+    pub fn advance_ms(&self, ms: u64) {
+        self.0.borrow_mut().now_ms += ms;
+    }
+
+    /// Everything logged so far.
+    pub fn logs(&self) -> Vec<(Level, String)> {
+        self.0.borrow().logs.clone()
+    }
+
+    /// Describes a backend for `host::servers`.
+    pub fn set_servers(&self, backend: &str, servers: Vec<ServerInfo>) {
+        self.0
+            .borrow_mut()
+            .backends
+            .insert(backend.to_owned(), servers);
+    }
+
+    pub(crate) fn log(&self, level: Level, message: &str) {
+        self.0.borrow_mut().logs.push((level, message.to_owned()));
+    }
+
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.0.borrow().now_ms
+    }
+
+    pub(crate) fn counter_add(&self, key: &str, delta: i64, window_ms: u64) -> i64 {
+        let mut s = self.0.borrow_mut();
+        let now = s.now_ms;
+        let entry = s
+            .counters
+            .entry(key.to_owned())
+            .or_insert((now, window_ms, 0));
+        if now >= entry.0 + entry.1 {
+            *entry = (now, window_ms, 0);
+        }
+        entry.2 += delta;
+        entry.2
+    }
+
+    fn live_counter(&self, key: &str) -> Option<(u64, u64, i64)> {
+        let s = self.0.borrow();
+        s.counters
+            .get(key)
+            .copied()
+            .filter(|(start, window, _)| s.now_ms < start + window)
+    }
+
+    pub(crate) fn counter_get(&self, key: &str) -> i64 {
+        self.live_counter(key).map_or(0, |c| c.2)
+    }
+
+    pub(crate) fn counter_remaining_ms(&self, key: &str) -> u64 {
+        let now = self.now_ms();
+        self.live_counter(key)
+            .map_or(0, |(start, window, _)| start + window - now)
+    }
+
+    pub(crate) fn kv_get(&self, key: &str) -> Option<Vec<u8>> {
+        let s = self.0.borrow();
+        let (value, expires) = s.kv.get(key)?;
+        expires.is_none_or(|e| s.now_ms < e).then(|| value.clone())
+    }
+
+    pub(crate) fn kv_set(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl_ms: Option<u64>,
+    ) -> Result<(), String> {
+        let mut s = self.0.borrow_mut();
+        let expires = ttl_ms.map(|t| s.now_ms + t);
+        s.kv.insert(key.to_owned(), (value.to_vec(), expires));
+        Ok(())
+    }
+
+    pub(crate) fn kv_delete(&self, key: &str) {
+        self.0.borrow_mut().kv.remove(key);
+    }
+
+    pub(crate) fn servers(&self, backend: &str) -> Vec<ServerInfo> {
+        self.0
+            .borrow()
+            .backends
+            .get(backend)
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host;
+
+    #[test]
+    fn counters_start_again_after_their_window() {
+        let h = FakeHost::install();
+        assert_eq!(host::counter_add("k", 1, 1000), 1);
+        assert_eq!(host::counter_add("k", 2, 1000), 3);
+        h.advance_ms(400);
+        assert_eq!(host::counter_remaining_ms("k"), 600);
+        h.advance_ms(600);
+        assert_eq!(host::counter_get("k"), 0);
+        assert_eq!(host::counter_add("k", 1, 1000), 1);
+    }
+
+    #[test]
+    fn kv_values_expire() {
+        let h = FakeHost::install();
+        host::kv_set("a", b"1", Some(100)).unwrap();
+        host::kv_set("b", b"2", None).unwrap();
+        h.advance_ms(100);
+        assert_eq!(host::kv_get("a"), None);
+        assert_eq!(host::kv_get("b"), Some(b"2".to_vec()));
+        host::kv_delete("b");
+        assert_eq!(host::kv_get("b"), None);
+    }
+
+    #[test]
+    fn logs_are_captured() {
+        let h = FakeHost::install();
+        host::log(Level::Warn, "careful");
+        assert_eq!(h.logs().len(), 1);
+        assert_eq!(h.logs()[0].1, "careful");
+    }
+}

@@ -1,0 +1,355 @@
+//! The plugin runtime through the real proxy, with real compiled components.
+
+use std::time::{Duration, Instant};
+
+use weir_tests::{Client, MockServer, TestProxy, config, fixture_plugin, with_plugins};
+
+async fn proxy_with(chain: &[&str], sections: &[String]) -> (MockServer, TestProxy) {
+    let server = MockServer::start("s1").await;
+    let toml = with_plugins(
+        config("roundrobin", &[("s1", server.addr, "")], ""),
+        chain,
+        sections,
+    );
+    let proxy = TestProxy::start(&toml).await;
+    (server, proxy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chain_runs_in_order_and_responses_come_back_in_reverse() {
+    let (_server, proxy) = proxy_with(
+        &["a", "b"],
+        &[
+            fixture_plugin("a", "tag", ""),
+            fixture_plugin("b", "tag", ""),
+        ],
+    )
+    .await;
+    let reply = Client::connect(proxy.addr()).await.get("/").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json()["headers"]["x-chain"], "a | b");
+    let back: Vec<&str> = reply
+        .headers
+        .get_all("x-chain-back")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(back, vec!["b", "a"]);
+}
+
+fn section(name: &str, config: &str, extra: &str) -> String {
+    format!(
+        "[plugin.{name}]\nwasm = \"{}\"\n{extra}\nconfig = {config}\n",
+        weir_tests::FIXTURE_WASM
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_response_stops_the_chain_and_passes_back_through_earlier_plugins() {
+    let (server, proxy) = proxy_with(
+        &["a", "deny", "c"],
+        &[
+            fixture_plugin("a", "tag", ""),
+            section(
+                "deny",
+                r#"{ mode = "respond", status = 403, tag = "deny" }"#,
+                "",
+            ),
+            fixture_plugin("c", "tag", ""),
+        ],
+    )
+    .await;
+    let reply = Client::connect(proxy.addr()).await.get("/").await;
+    assert_eq!(reply.status, 403);
+    assert_eq!(reply.text(), "answered by deny\n");
+    let back: Vec<&str> = reply
+        .headers
+        .get_all("x-chain-back")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(
+        back,
+        vec!["a"],
+        "only the plugins before the one that answered see the response"
+    );
+    assert_eq!(server.requests(), 0);
+    let lines = proxy.log.wait_for(1).await;
+    assert!(
+        lines[0].contains(" 403 ") && lines[0].contains(" LR "),
+        "{lines:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_route_to_a_backend_and_prefer_a_server() {
+    let main = MockServer::start("main").await;
+    let (v2a, v2b) = (
+        MockServer::start("v2a").await,
+        MockServer::start("v2b").await,
+    );
+    let toml = with_plugins(
+        config("roundrobin", &[("main", main.addr, "")], ""),
+        &["route"],
+        &[section(
+            "route",
+            r#"{ mode = "route", backend = "v2", server = "v2b" }"#,
+            "",
+        )],
+    ) + &format!(
+        "\n[backend.v2]\nservers = [{{ name = \"v2a\", addr = \"{}\" }}, {{ name = \"v2b\", addr = \"{}\" }}]\n",
+        v2a.addr, v2b.addr
+    );
+    let proxy = TestProxy::start(&toml).await;
+    let mut client = Client::connect(proxy.addr()).await;
+    for _ in 0..6 {
+        assert_eq!(client.get("/").await.server(), "v2b");
+    }
+    assert_eq!(main.requests() + v2a.requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_rewrite_the_path_and_replace_responses() {
+    let (_server, proxy) =
+        proxy_with(&["rewrite"], &[fixture_plugin("rewrite", "rewrite", "")]).await;
+    let reply = Client::connect(proxy.addr()).await.get("/x?y=1").await;
+    assert_eq!(reply.json()["path"], "/rewritten/x");
+
+    let (_server, proxy) =
+        proxy_with(&["replace"], &[fixture_plugin("replace", "replace", "")]).await;
+    let reply = Client::connect(proxy.addr()).await.get("/status/500").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text(), "replaced a 500 from s1\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_counters_outlive_instances() {
+    let (_server, proxy) =
+        proxy_with(&["count-a"], &[fixture_plugin("count-a", "count", "")]).await;
+    let addr = proxy.addr();
+    // Concurrent requests use several instances; the count is the host's, so it never repeats.
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            tokio::spawn(async move {
+                Client::connect(addr).await.get("/").await.json()["headers"]["x-count"].clone()
+            })
+        })
+        .collect();
+    let mut counts = Vec::new();
+    for t in tasks {
+        counts.push(t.await.unwrap().as_str().unwrap().parse::<u32>().unwrap());
+    }
+    counts.sort();
+    assert_eq!(counts, (1..=8).collect::<Vec<_>>());
+}
+
+/// One hostile behaviour under both policies: fail-closed answers a generic 503 without
+/// reaching a server; fail-open serves as if the plugin were absent.
+async fn hostile(mode: &str, extra: &str) {
+    let name = format!("bad-{mode}");
+    let (server, proxy) = proxy_with(&[&name], &[fixture_plugin(&name, mode, extra)]).await;
+    let mut client = Client::connect(proxy.addr()).await;
+    for _ in 0..3 {
+        let reply = client.get("/").await;
+        assert_eq!(reply.status, 503, "{mode}: {}", reply.text());
+        assert!(
+            !reply.text().contains(&name) && !reply.text().contains("plugin"),
+            "{mode}: {}",
+            reply.text()
+        );
+    }
+    assert_eq!(
+        server.requests(),
+        0,
+        "{mode}: nothing reaches a server when failing closed"
+    );
+    let plugin = &proxy.running.plugins()[0];
+    let failures = plugin
+        .stats
+        .traps
+        .load(std::sync::atomic::Ordering::Relaxed)
+        + plugin
+            .stats
+            .timeouts
+            .load(std::sync::atomic::Ordering::Relaxed)
+        + plugin
+            .stats
+            .invalid
+            .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(failures, 3, "{mode}: each failure is counted once");
+
+    let open = format!("{extra}\non_error = \"fail-open\"");
+    let (server, proxy) = proxy_with(&[&name], &[fixture_plugin(&name, mode, &open)]).await;
+    let mut client = Client::connect(proxy.addr()).await;
+    for _ in 0..3 {
+        let reply = client.get("/").await;
+        assert_eq!(reply.status, 200, "{mode}: fail-open serves");
+        assert!(
+            reply.json()["headers"].get("x-evil").is_none(),
+            "{mode}: nothing of the plugin's output applies"
+        );
+    }
+    assert_eq!(server.requests(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trapping_plugin_follows_its_policy() {
+    hostile("trap", "").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_plugin_follows_its_policy() {
+    hostile("panic", "").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_growing_past_its_memory_cap_follows_its_policy() {
+    hostile("grow", "memory = \"4MiB\"").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_recursing_without_end_follows_its_policy() {
+    hostile("recurse", "").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_returning_crlf_in_a_header_follows_its_policy() {
+    hostile("crlf", "").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_naming_an_unknown_backend_follows_its_policy() {
+    hostile("bad-backend", "").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_loop_is_cut_at_the_deadline_while_another_frontend_keeps_serving() {
+    let server = MockServer::start("s1").await;
+    let mut toml = with_plugins(
+        config("roundrobin", &[("s1", server.addr, "")], ""),
+        &["spin"],
+        &[fixture_plugin("spin", "loop", "timeout = \"20ms\"")],
+    );
+    toml.push_str(
+        "\n[[frontend]]\nname = \"other\"\nbind = \"127.0.0.1:0\"\ndefault_backend = \"app\"\n",
+    );
+    let proxy = TestProxy::start(&toml).await;
+    let (spin_addr, other_addr) = (proxy.addr(), proxy.running.addr("other"));
+
+    let spinning = tokio::spawn(async move {
+        let mut client = Client::connect(spin_addr).await;
+        let mut took = Vec::new();
+        for _ in 0..10 {
+            let started = Instant::now();
+            assert_eq!(client.get("/").await.status, 503);
+            took.push(started.elapsed());
+        }
+        took
+    });
+    let mut client = Client::connect(other_addr).await;
+    let mut other = Vec::new();
+    while !spinning.is_finished() {
+        let started = Instant::now();
+        assert_eq!(client.get("/").await.status, 200);
+        other.push(started.elapsed());
+    }
+    for t in spinning.await.unwrap() {
+        // The deadline plus one 1 ms epoch tick, plus the request's own way through the proxy.
+        assert!(
+            t >= Duration::from_millis(20) && t < Duration::from_millis(20 + 1 + 15),
+            "answered after {t:?}"
+        );
+    }
+    other.sort();
+    let p99 = other[other.len() * 99 / 100];
+    assert!(
+        p99 < Duration::from_millis(25),
+        "the other frontend's p99 was {p99:?} over {} requests",
+        other.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sha256_pin_that_does_not_match_is_refused_at_load() {
+    let server = MockServer::start("s1").await;
+    let pin = format!("sha256 = \"{}\"", "0".repeat(64));
+    let toml = with_plugins(
+        config("roundrobin", &[("s1", server.addr, "")], ""),
+        &["p"],
+        &[fixture_plugin("p", "tag", &pin)],
+    );
+    let loaded = weir::Config::from_toml(&toml, std::path::Path::new(".")).unwrap();
+    let err = weir::start(&loaded, weir::AccessLog::disabled())
+        .await
+        .err()
+        .expect("a mismatched pin must be refused");
+    assert!(
+        err.to_string()
+            .starts_with("plugin.p: sha256 mismatch: the file has "),
+        "{err}"
+    );
+
+    let actual =
+        weir::plugin::validate::sha256_hex(&std::fs::read(weir_tests::FIXTURE_WASM).unwrap());
+    let pin = format!("sha256 = \"{actual}\"");
+    let toml = with_plugins(
+        config("roundrobin", &[("s1", server.addr, "")], ""),
+        &["p"],
+        &[fixture_plugin("p", "tag", &pin)],
+    );
+    TestProxy::start(&toml).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_config_error_names_the_plugin_and_the_field() {
+    let server = MockServer::start("s1").await;
+    let toml = with_plugins(
+        config("roundrobin", &[("s1", server.addr, "")], ""),
+        &["needy"],
+        &[fixture_plugin("needy", "require", "")],
+    );
+    let config = weir::Config::from_toml(&toml, std::path::Path::new(".")).unwrap();
+    let err = weir::check(&config).await.expect_err("configure must fail");
+    assert_eq!(
+        err,
+        "plugin.needy: configure failed: missing field `required`"
+    );
+    let toml = toml.replace("mode = \"require\"", "mode = \"tag\", colour = \"red\"");
+    let config = weir::Config::from_toml(&toml, std::path::Path::new(".")).unwrap();
+    let err = weir::check(&config)
+        .await
+        .expect_err("an unknown field must fail");
+    assert!(
+        err.starts_with("plugin.needy: configure failed: unknown field `colour`"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_canary_plugin_routes_by_header() {
+    let (main, canary) = (
+        MockServer::start("main").await,
+        MockServer::start("canary").await,
+    );
+    let section = format!(
+        "[plugin.canary]\nwasm = \"{}\"\nconfig = {{ backend = \"v2\", percent = 0, header = \"x-canary\" }}\n",
+        weir_tests::CANARY_WASM
+    );
+    let toml = with_plugins(
+        config("roundrobin", &[("main", main.addr, "")], ""),
+        &["canary"],
+        &[section],
+    ) + &format!(
+        "\n[backend.v2]\nservers = [{{ name = \"canary\", addr = \"{}\" }}]\n",
+        canary.addr
+    );
+    let proxy = TestProxy::start(&toml).await;
+    let mut client = Client::connect(proxy.addr()).await;
+    assert_eq!(client.get("/").await.server(), "main");
+    let req = http::Request::get("/")
+        .header("host", "a")
+        .header("x-canary", "1")
+        .body(weir_tests::empty())
+        .unwrap();
+    assert_eq!(client.send(req).await.server(), "canary");
+}
