@@ -157,6 +157,8 @@ pub struct HealthFile {
     pub observe: Option<String>,
     pub error_limit: Option<i64>,
     pub on_error: Option<String>,
+    /// A plugin whose `on-health-check` judges the response.
+    pub plugin: Option<String>,
 }
 
 impl HealthFile {
@@ -181,6 +183,7 @@ impl HealthFile {
             observe: pick(&self.observe, &base.observe),
             error_limit: pick(&self.error_limit, &base.error_limit),
             on_error: pick(&self.on_error, &base.on_error),
+            plugin: pick(&self.plugin, &base.plugin),
         }
     }
 }

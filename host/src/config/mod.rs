@@ -179,6 +179,8 @@ pub struct HttpCheck {
     pub expect_status: StatusMatch,
     /// A substring the response body must contain (within its first 16 KiB).
     pub expect_body: Option<String>,
+    /// A plugin whose `on-health-check` judges the response instead of the expectations.
+    pub plugin: Option<String>,
 }
 
 /// Accepted statuses as inclusive ranges: a code is `(c, c)`, a class `2xx` is `(200, 299)`.

@@ -178,6 +178,27 @@ fn build(cx: &mut Ctx<'_>, file: File) -> Config {
         .collect();
 
     let plugins = build_plugins(cx, &file);
+    for (name, b) in &file.backend {
+        let named = |h: &Option<HealthFile>| h.as_ref().and_then(|h| h.plugin.clone());
+        let bp = root.key("backend").key(name);
+        let mut refs = vec![(bp.key("health").key("plugin"), named(&b.health))];
+        for (i, s) in b.servers.iter().enumerate() {
+            refs.push((
+                bp.key("servers").index(i).key("health").key("plugin"),
+                named(&s.health),
+            ));
+        }
+        for (path, plugin) in refs {
+            if let Some(p) = plugin
+                && !file.plugin.contains_key(&p)
+            {
+                cx.err(
+                    &path,
+                    format!("unknown plugin \"{p}\" (no [plugin.{p}] section)"),
+                );
+            }
+        }
+    }
     for (i, f) in file.frontend.iter().enumerate() {
         for (j, name) in f.plugins.iter().enumerate() {
             if !file.plugin.contains_key(name) {
@@ -511,6 +532,7 @@ fn health_check(
             "observe" => s.observe.is_some(),
             "error_limit" => s.error_limit.is_some(),
             "on_error" => s.on_error.is_some(),
+            "plugin" => s.plugin.is_some(),
             _ => false,
         }
     };
@@ -563,12 +585,20 @@ fn health_check(
         },
     };
     let Some(path) = h.path.clone() else {
-        for key in ["method", "host", "headers", "expect_status", "expect_body"] {
+        for key in [
+            "method",
+            "host",
+            "headers",
+            "expect_status",
+            "expect_body",
+            "plugin",
+        ] {
             let written = match key {
                 "method" => h.method.is_some(),
                 "host" => h.host.is_some(),
                 "headers" => h.headers.is_some(),
                 "expect_status" => h.expect_status.is_some(),
+                "plugin" => h.plugin.is_some(),
                 _ => h.expect_body.is_some(),
             };
             if written {
@@ -612,6 +642,7 @@ fn health_check(
             headers,
             expect_status,
             expect_body: h.expect_body.clone(),
+            plugin: h.plugin.clone(),
         }),
         ..check
     })

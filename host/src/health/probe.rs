@@ -3,6 +3,7 @@
 //! later be delegated (to a plugin's `on-health-check`) without touching the probing.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -13,7 +14,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::{CheckResult, CheckStatus};
-use crate::config::{CheckKind, HealthCheck, HttpCheck};
+use crate::config::{CheckKind, FailPolicy, HealthCheck, HttpCheck};
+use crate::plugin::{Plugin, types};
 
 /// How much of a check response body is kept for `expect_body` (and, later, plugins).
 pub const BODY_PREFIX: usize = 16 * 1024;
@@ -26,11 +28,37 @@ pub struct ProbeResponse {
     pub body_prefix: Bytes,
 }
 
+/// A plugin that judges HTTP check responses through its `on-health-check`.
+#[derive(Clone, Copy)]
+pub struct Judge<'a> {
+    pub plugin: &'a Arc<Plugin>,
+    pub backend: &'a str,
+    pub server: &'a str,
+}
+
+/// One check's result, and the weight a judging plugin asked for: `Some(None)` for up
+/// at the configured weight, `Some(Some(w))` for up at weight `w`.
+pub struct Checked {
+    pub result: CheckResult,
+    pub weight: Option<Option<u32>>,
+}
+
 /// Runs one check within its timeout.
 pub async fn run(check: &HealthCheck, addr: SocketAddr) -> CheckResult {
+    run_judged(check, addr, None).await.result
+}
+
+/// Runs one check, letting `judge` decide on an HTTP response when given.
+pub async fn run_judged(
+    check: &HealthCheck,
+    addr: SocketAddr,
+    judge: Option<Judge<'_>>,
+) -> Checked {
     let started = Instant::now();
     let connected = AtomicBool::new(false);
-    let outcome = tokio::time::timeout(check.timeout, attempt(check, addr, &connected)).await;
+    let mut weight = None;
+    let attempt = attempt(check, addr, &connected, judge, &mut weight);
+    let outcome = tokio::time::timeout(check.timeout, attempt).await;
     let duration = started.elapsed();
     let (status, code, detail) = match outcome {
         Ok(r) => r,
@@ -45,17 +73,26 @@ pub async fn run(check: &HealthCheck, addr: SocketAddr) -> CheckResult {
             format!("no connection within {:?}", check.timeout),
         ),
     };
-    CheckResult {
-        status,
-        code,
-        duration,
-        detail,
+    Checked {
+        result: CheckResult {
+            status,
+            code,
+            duration,
+            detail,
+        },
+        weight,
     }
 }
 
 type Outcome = (CheckStatus, Option<u16>, String);
 
-async fn attempt(check: &HealthCheck, addr: SocketAddr, connected: &AtomicBool) -> Outcome {
+async fn attempt(
+    check: &HealthCheck,
+    addr: SocketAddr,
+    connected: &AtomicBool,
+    judge: Option<Judge<'_>>,
+    weight: &mut Option<Option<u32>>,
+) -> Outcome {
     let stream = match TcpStream::connect(addr).await {
         Ok(s) => s,
         Err(e) => return (CheckStatus::L4Conn, None, e.to_string()),
@@ -64,7 +101,10 @@ async fn attempt(check: &HealthCheck, addr: SocketAddr, connected: &AtomicBool) 
     match &check.kind {
         CheckKind::Tcp => (CheckStatus::L4Ok, None, String::new()),
         CheckKind::Http(http) => match http_probe(http, addr, stream).await {
-            Ok(response) => verdict(http, &response),
+            Ok(response) => match judge {
+                Some(j) => plugin_verdict(http, j, &response, weight).await,
+                None => verdict(http, &response),
+            },
             Err(detail) => (CheckStatus::L7Response, None, detail),
         },
     }
@@ -123,6 +163,58 @@ async fn http_probe(
     })
 }
 
+/// Asks the plugin. If its call fails, a fail-open plugin leaves the verdict to the
+/// configured expectations; a fail-closed one fails the check.
+async fn plugin_verdict(
+    check: &HttpCheck,
+    judge: Judge<'_>,
+    response: &ProbeResponse,
+    weight: &mut Option<Option<u32>>,
+) -> Outcome {
+    let code = response.status.as_u16();
+    let probe = types::Probe {
+        backend: judge.backend.to_owned(),
+        server: judge.server.to_owned(),
+        status: code,
+        headers: response
+            .headers
+            .iter()
+            .filter_map(|(n, v)| {
+                v.to_str().ok().map(|v| types::Header {
+                    name: n.to_string(),
+                    value: v.to_owned(),
+                })
+            })
+            .collect(),
+        body_prefix: response.body_prefix.to_vec(),
+    };
+    match judge.plugin.on_health_check(&probe).await {
+        Ok(types::Verdict::Up(w)) => {
+            *weight = Some(w.map(|w| w.min(256)));
+            (CheckStatus::L7Ok, Some(code), String::new())
+        }
+        Ok(types::Verdict::Down(reason)) => (
+            CheckStatus::L7Response,
+            Some(code),
+            format!("plugin: {reason}"),
+        ),
+        Err(e) => {
+            tracing::error!(
+                "plugin {} failed in on-health-check: {e}",
+                judge.plugin.name
+            );
+            match judge.plugin.on_error {
+                FailPolicy::Open => verdict(check, response),
+                FailPolicy::Closed => (
+                    CheckStatus::L7Response,
+                    Some(code),
+                    format!("plugin failed: {e}"),
+                ),
+            }
+        }
+    }
+}
+
 /// Judges an HTTP check response by the configured expectations.
 pub fn verdict(check: &HttpCheck, response: &ProbeResponse) -> Outcome {
     let code = response.status.as_u16();
@@ -172,6 +264,7 @@ mod tests {
             headers: Vec::new(),
             expect_status: StatusMatch(expect),
             expect_body: body.map(str::to_string),
+            plugin: None,
         }
     }
 

@@ -152,6 +152,8 @@ pub enum LoadError {
     Component(String),
     #[error("configure failed: {0}")]
     Configure(String),
+    #[error("{0}")]
+    Misused(String),
 }
 
 /// Why a hook call produced no usable action.
@@ -327,9 +329,17 @@ impl Plugin {
         Ok(instance)
     }
 
-    /// Returns a healthy instance to the pool. An instance whose call failed is dropped:
-    /// after a trap its state cannot be trusted.
-    fn finish<R>(&self, instance: Instance, result: wasmtime::Result<R>) -> Result<R, HookError> {
+    /// Returns a healthy instance to the pool. An instance whose call failed is dropped
+    /// (after a trap its state cannot be trusted) and a replacement is built in the
+    /// background, so the next request does not wait for it.
+    fn finish<R>(
+        self: &Arc<Self>,
+        instance: Instance,
+        result: wasmtime::Result<R>,
+    ) -> Result<R, HookError> {
+        if result.is_err() {
+            self.replenish();
+        }
         match result {
             Ok(r) => {
                 let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
@@ -349,8 +359,20 @@ impl Plugin {
         }
     }
 
+    fn replenish(self: &Arc<Self>) {
+        let plugin = Arc::clone(self);
+        tokio::spawn(async move {
+            if let Ok((instance, _)) = plugin.instantiate().await {
+                let mut pool = plugin.pool.lock().unwrap_or_else(|p| p.into_inner());
+                if pool.len() < POOL_MAX {
+                    pool.push(instance);
+                }
+            }
+        });
+    }
+
     pub async fn on_request(
-        &self,
+        self: &Arc<Self>,
         request: &types::Request,
     ) -> Result<types::RequestAction, HookError> {
         let mut i = self.take().await?;
@@ -359,7 +381,7 @@ impl Plugin {
     }
 
     pub async fn on_response(
-        &self,
+        self: &Arc<Self>,
         response: &types::Response,
     ) -> Result<types::ResponseAction, HookError> {
         let mut i = self.take().await?;
@@ -367,7 +389,10 @@ impl Plugin {
         self.finish(i, result)
     }
 
-    pub async fn on_health_check(&self, probe: &types::Probe) -> Result<types::Verdict, HookError> {
+    pub async fn on_health_check(
+        self: &Arc<Self>,
+        probe: &types::Probe,
+    ) -> Result<types::Verdict, HookError> {
         let mut i = self.take().await?;
         let result = i.bindings.call_on_health_check(&mut i.store, probe).await;
         self.finish(i, result)

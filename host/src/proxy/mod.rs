@@ -70,6 +70,29 @@ impl Proxy {
         let plugins = plugin::load_all(&config.plugins, Arc::clone(&shared))
             .await
             .map_err(|(name, error)| PluginLoadError { name, error })?;
+        for b in &config.backends {
+            for s in &b.servers {
+                let judge = s.health.as_ref().and_then(|h| match &h.kind {
+                    crate::config::CheckKind::Http(http) => http.plugin.as_deref(),
+                    crate::config::CheckKind::Tcp => None,
+                });
+                let Some(name) = judge else { continue };
+                let p = plugins
+                    .iter()
+                    .find(|p| &*p.name == name)
+                    .expect("validation checked plugin names");
+                if !p.hooks().contains(plugin::types::Hooks::ON_HEALTH_CHECK) {
+                    let why = format!(
+                        "backend {}: its health check names a plugin without on-health-check",
+                        b.name
+                    );
+                    return Err(PluginLoadError {
+                        name: name.to_owned(),
+                        error: LoadError::Misused(why),
+                    });
+                }
+            }
+        }
         let by_name = |name: &String| {
             let i = config
                 .plugins

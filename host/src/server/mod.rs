@@ -169,6 +169,7 @@ pub async fn start(config: &Config, log: AccessLog) -> Result<Running, StartErro
     }));
     tasks.extend(health::checker::spawn_all(
         &proxy.backends,
+        &proxy.plugins,
         &shutdown.subscribe(),
     ));
     for (name, addrs) in &bound {

@@ -1,0 +1,53 @@
+//! The CPU deadline of a plugin call, alone in its test binary: its timing is measured
+//! with nothing else of the suite running beside it.
+
+use std::time::{Duration, Instant};
+
+use weir_tests::{Client, MockServer, TestProxy, config, fixture_plugin, with_plugins};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_loop_is_cut_at_the_deadline_while_another_frontend_keeps_serving() {
+    let server = MockServer::start("s1").await;
+    let mut toml = with_plugins(
+        config("roundrobin", &[("s1", server.addr, "")], ""),
+        &["spin"],
+        &[fixture_plugin("spin", "loop", "timeout = \"20ms\"")],
+    );
+    toml.push_str(
+        "\n[[frontend]]\nname = \"other\"\nbind = \"127.0.0.1:0\"\ndefault_backend = \"app\"\n",
+    );
+    let proxy = TestProxy::start(&toml).await;
+    let (spin_addr, other_addr) = (proxy.addr(), proxy.running.addr("other"));
+
+    let spinning = tokio::spawn(async move {
+        let mut client = Client::connect(spin_addr).await;
+        let mut took = Vec::new();
+        for _ in 0..10 {
+            let started = Instant::now();
+            assert_eq!(client.get("/").await.status, 503);
+            took.push(started.elapsed());
+        }
+        took
+    });
+    let mut client = Client::connect(other_addr).await;
+    let mut other = Vec::new();
+    while !spinning.is_finished() {
+        let started = Instant::now();
+        assert_eq!(client.get("/").await.status, 200);
+        other.push(started.elapsed());
+    }
+    for t in spinning.await.unwrap() {
+        // The deadline plus one 1 ms epoch tick, plus the request's own way through the proxy.
+        assert!(
+            t >= Duration::from_millis(20) && t < Duration::from_millis(20 + 1 + 15),
+            "answered after {t:?}"
+        );
+    }
+    other.sort();
+    let p99 = other[other.len() * 99 / 100];
+    assert!(
+        p99 < Duration::from_millis(25),
+        "the other frontend's p99 was {p99:?} over {} requests",
+        other.len()
+    );
+}
