@@ -164,18 +164,7 @@ async fn hostile(mode: &str, extra: &str) {
         "{mode}: nothing reaches a server when failing closed"
     );
     let plugin = &proxy.running.plugins()[0];
-    let failures = plugin
-        .stats
-        .traps
-        .load(std::sync::atomic::Ordering::Relaxed)
-        + plugin
-            .stats
-            .timeouts
-            .load(std::sync::atomic::Ordering::Relaxed)
-        + plugin
-            .stats
-            .invalid
-            .load(std::sync::atomic::Ordering::Relaxed);
+    let failures = plugin.stats.failures();
     assert_eq!(failures, 3, "{mode}: each failure is counted once");
 
     let open = format!("{extra}\non_error = \"fail-open\"");

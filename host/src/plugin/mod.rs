@@ -176,6 +176,15 @@ pub struct PluginStats {
     pub invalid: AtomicU64,
 }
 
+impl PluginStats {
+    /// Calls that failed: traps, timeouts and invalid output.
+    pub fn failures(&self) -> u64 {
+        self.traps.load(Ordering::Relaxed)
+            + self.timeouts.load(Ordering::Relaxed)
+            + self.invalid.load(Ordering::Relaxed)
+    }
+}
+
 struct Instance {
     store: Store<StoreState>,
     bindings: bindings::Plugin,

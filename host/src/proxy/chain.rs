@@ -75,18 +75,7 @@ fn on_failure(plugin: &Plugin, hook: &str, err: &HookError) -> Result<(), Failed
         .stats
         .calls
         .load(std::sync::atomic::Ordering::Relaxed);
-    let failures = plugin
-        .stats
-        .traps
-        .load(std::sync::atomic::Ordering::Relaxed)
-        + plugin
-            .stats
-            .timeouts
-            .load(std::sync::atomic::Ordering::Relaxed)
-        + plugin
-            .stats
-            .invalid
-            .load(std::sync::atomic::Ordering::Relaxed);
+    let failures = plugin.stats.failures();
     let policy = match plugin.on_error {
         FailPolicy::Closed => "fail-closed: 503",
         FailPolicy::Open => "fail-open: skipped",
