@@ -41,6 +41,19 @@ pub const TICK: Duration = Duration::from_millis(1);
 /// Instances kept ready per plugin.
 const POOL_MAX: usize = 64;
 
+/// The engine's epoch as the ticker last advanced it (it starts at 0 with the engine).
+static EPOCH: AtomicU64 = AtomicU64::new(0);
+
+/// Ticks of real time since the engine started: what the epoch should be now.
+fn ticks_since_start() -> u64 {
+    static STARTED: OnceLock<std::time::Instant> = OnceLock::new();
+    (STARTED
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_micros()
+        / TICK.as_micros()) as u64
+}
+
 /// The process's engine, and the thread that advances its epoch.
 fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
@@ -52,6 +65,7 @@ fn engine() -> &'static Engine {
             .total_tables(2_000)
             .total_core_instances(10_000)
             .max_memory_size(validate::MAX_MEMORY as usize);
+        ticks_since_start();
         let mut config = wasmtime::Config::new();
         config
             .wasm_component_model(true)
@@ -63,8 +77,14 @@ fn engine() -> &'static Engine {
         std::thread::Builder::new()
             .name("weir-plugin-epoch".into())
             .spawn(move || {
+                // The epoch follows the clock, not the count of wake-ups: a late wake-up
+                // (a busy machine) catches up, so a deadline holds to about one tick.
                 while let Some(engine) = ticking.upgrade() {
-                    engine.increment_epoch();
+                    let due = ticks_since_start();
+                    while EPOCH.load(Ordering::Acquire) < due {
+                        engine.increment_epoch();
+                        EPOCH.fetch_add(1, Ordering::AcqRel);
+                    }
                     drop(engine);
                     std::thread::sleep(TICK);
                 }
@@ -296,10 +316,13 @@ impl Plugin {
         store
     }
 
+    /// The call deadline in ticks beyond the engine's current epoch. The current tick is
+    /// partly over, so one more; and when the ticker runs late (a busy machine) the epoch
+    /// lags real time, so the lag is added: the deadline falls between `timeout` and
+    /// `timeout` plus one tick of real time either way.
     fn deadline_ticks(&self) -> u64 {
-        (self.timeout.as_micros() as u64)
-            .div_ceil(TICK.as_micros() as u64)
-            .max(1)
+        let lag = ticks_since_start().saturating_sub(EPOCH.load(Ordering::Acquire));
+        (self.timeout.as_micros() as u64).div_ceil(TICK.as_micros() as u64) + 1 + lag
     }
 
     /// A fresh instance, described and configured.
