@@ -359,3 +359,26 @@ async fn a_health_check_naming_a_plugin_without_the_hook_is_refused() {
         "plugin.canary: backend app: its health check names a plugin without on-health-check"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preferred_server_that_refuses_is_left_on_redispatch() {
+    let good = MockServer::start("good").await;
+    let dead = weir_tests::closed_port().await;
+    let toml = with_plugins(
+        config(
+            "roundrobin",
+            &[("dead", dead, ""), ("good", good.addr, "")],
+            "retries = 2",
+        ),
+        &["prefer"],
+        &[section(
+            "prefer",
+            r#"{ mode = "route", server = "dead" }"#,
+            "",
+        )],
+    );
+    let proxy = TestProxy::start(&toml).await;
+    let reply = Client::connect(proxy.addr()).await.get("/").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.server(), "good");
+}

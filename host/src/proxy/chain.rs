@@ -95,6 +95,7 @@ fn on_failure(plugin: &Plugin, hook: &str, err: &HookError) -> Result<(), Failed
 pub async fn on_request(
     plugins: &[Arc<Plugin>],
     backends: &[Arc<BackendRt>],
+    default: &Arc<BackendRt>,
     parts: &mut Parts,
     host: Option<&str>,
     client: Client<'_>,
@@ -130,7 +131,7 @@ pub async fn on_request(
                 Err(e) => Err(e),
             },
             types::RequestAction::Proceed(p) => {
-                apply(p, parts, backends, &mut backend, &mut prefer)
+                apply(p, parts, backends, default, &mut backend, &mut prefer)
             }
         };
         match applied {
@@ -149,6 +150,7 @@ fn apply(
     p: types::Proceed,
     parts: &mut Parts,
     backends: &[Arc<BackendRt>],
+    default: &Arc<BackendRt>,
     backend: &mut Option<Arc<BackendRt>>,
     prefer: &mut Option<usize>,
 ) -> Result<(), String> {
@@ -164,10 +166,11 @@ fn apply(
         ),
         None => None,
     };
-    let server = match (&p.server, chosen.as_ref().or(backend.as_ref())) {
-        (Some(name), Some(b)) => Some(b.server_index(name).map_err(|e| e.to_string())?),
-        (Some(name), None) => return Err(format!("server {name:?} named without a backend")),
-        (None, _) => None,
+    // A server is looked up in the backend the request is going to.
+    let target = chosen.as_ref().or(backend.as_ref()).unwrap_or(default);
+    let server = match &p.server {
+        Some(name) => Some(target.server_index(name).map_err(|e| e.to_string())?),
+        None => None,
     };
     validate::apply(&p.edits, &mut parts.headers)?;
     if let Some(pq) = path {

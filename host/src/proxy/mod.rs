@@ -284,6 +284,7 @@ async fn forward(
         let decision = chain::on_request(
             &fe.plugins,
             &fe.backends,
+            &fe.backend,
             &mut parts,
             host.as_ref().map(|h| h.as_str()),
             client,
@@ -334,11 +335,13 @@ async fn forward(
         let server = Arc::clone(slot.server());
         let index = slot.index();
         record.server = Some(Arc::clone(&server.name));
-        // The next attempt goes elsewhere with redispatch, else to this server again.
+        // The next attempt goes elsewhere with redispatch (even from a server a plugin
+        // preferred), else to this server again.
         let mut next_attempt = |record: &mut LogRecord| {
             record.retries += 1;
             if backend.cfg.redispatch {
                 excluded.push(index);
+                pinned = None;
             } else {
                 pinned = Some(index);
             }
