@@ -14,7 +14,7 @@ pub mod state;
 
 pub use config::Config;
 pub use proxy::log::AccessLog;
-pub use server::{Running, StartError, start};
+pub use server::{ReloadError, Running, StartError, start};
 
 /// Everything `weir check` proves beyond parsing: every plugin loads, checks out and
 /// accepts its config. Nothing is bound.

@@ -49,10 +49,10 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Check { config } => return check(&config),
-        Command::Run { config } => load(&config).and_then(|c| run(c, false)),
+        Command::Run { config: path } => load(&path).and_then(|c| run(c, Some(path))),
         Command::Demo => Config::from_toml(weir::demo::QUICKSTART, Path::new("examples"))
             .map_err(|e| anyhow::anyhow!("{e}"))
-            .and_then(|c| run(c, true)),
+            .and_then(|c| run(c, None)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -101,7 +101,9 @@ fn load(path: &Path) -> anyhow::Result<Config> {
     })
 }
 
-fn run(config: Config, demo: bool) -> anyhow::Result<()> {
+/// Runs the proxy; with a config file (not the demo), SIGHUP reloads it.
+fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
+    let demo = file.is_none();
     let runtime = match config.global.threads {
         1 => tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -131,7 +133,24 @@ fn run(config: Config, demo: bool) -> anyhow::Result<()> {
             println!("  curl -s -H 'Host: example.com' http://{addr}/whoami");
             println!("Press Ctrl-C to stop.");
         }
-        wait_for_signal().await;
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        let stop = wait_for_signal();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                _ = hup.recv(), if file.is_some() => {
+                    let path = file.as_deref().expect("checked above");
+                    match load(path) {
+                        Ok(new) => match running.reload(&new).await {
+                            Ok(_) => {}
+                            Err(e) => tracing::error!("reload refused, the running configuration stays: {e}"),
+                        },
+                        Err(e) => tracing::error!("reload refused, the running configuration stays: {e:#}"),
+                    }
+                }
+            }
+        }
         tracing::info!("stopping: no new connections, finishing requests in flight");
         let left = running.shutdown(SHUTDOWN_GRACE).await;
         if left > 0 {

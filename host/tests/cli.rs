@@ -161,3 +161,92 @@ fn run_serves_on_a_single_thread_and_stops_on_sigterm() {
         "the access log line goes to stderr: {rest}"
     );
 }
+
+fn get_body(addr: &str) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Polls until `addr` answers with `body` (a reload takes effect asynchronously).
+fn wait_for_body(addr: &str, body: &str) -> bool {
+    (0..100).any(|_| {
+        let found = get_body(addr) == body;
+        if !found {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        found
+    })
+}
+
+#[test]
+fn sighup_reloads_the_config_file_and_keeps_the_old_one_when_the_new_is_invalid() {
+    let dir = std::env::temp_dir().join(format!("weir-cli-hup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("sorry.txt"), "back soon\n").unwrap();
+    let path = dir.join("weir.toml");
+    std::fs::write(&path, config("127.0.0.1:0", "")).unwrap();
+    let mut child = Command::new(WEIR)
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut addr = None;
+    for _ in 0..50 {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        if let Some(a) = line.trim().split("listening on ").nth(1) {
+            addr = Some(a.to_string());
+            break;
+        }
+    }
+    let addr = addr.expect("weir logged its listening address");
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    assert!(get_body(&addr).starts_with("503 Service Unavailable"));
+
+    // The same frontend (binds as configured), now with an error page for 503.
+    let reloaded = config("127.0.0.1:0", "").replace(
+        "[backend.app]",
+        "[backend.app]\nerrorfiles = { 503 = \"sorry.txt\" }",
+    );
+    std::fs::write(&path, reloaded).unwrap();
+    Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let reloaded = wait_for_body(&addr, "back soon\n");
+
+    std::fs::write(&path, "this is not toml [").unwrap();
+    Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let still_serving = get_body(&addr);
+    let alive = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(reloaded, "SIGHUP did not apply the new config");
+    assert!(alive, "an invalid config on SIGHUP must not stop weir");
+    assert_eq!(
+        still_serving, "back soon\n",
+        "the last good config keeps serving"
+    );
+}

@@ -20,7 +20,7 @@ async fn two(check: &str) -> ([MockServer; 2], TestProxy) {
     (servers, proxy)
 }
 
-fn backend(proxy: &TestProxy) -> &BackendRt {
+fn backend(proxy: &TestProxy) -> std::sync::Arc<BackendRt> {
     proxy.running.backend("app").expect("backend app")
 }
 

@@ -45,10 +45,52 @@ pub enum StartError {
 /// A running proxy: its listeners, and the handle to stop it.
 pub struct Running {
     bound: Vec<(String, Vec<SocketAddr>)>,
-    proxy: Arc<Proxy>,
+    /// The configured bind addresses, which a reload may not change.
+    binds: Vec<(String, Vec<SocketAddr>)>,
+    current: Current,
+    generation: std::sync::Mutex<Generation>,
+    log: AccessLog,
     shutdown: watch::Sender<bool>,
     connections: Arc<Connections>,
     tasks: Vec<JoinHandle<()>>,
+}
+
+/// The generation requests use now: looked up per request, swapped by a reload.
+type Current = Arc<std::sync::RwLock<Arc<Proxy>>>;
+
+/// A generation's own tasks (health checks, pool sweeping), stopped when it is replaced.
+struct Generation {
+    number: u64,
+    stop: watch::Sender<bool>,
+}
+
+fn current(c: &Current) -> Arc<Proxy> {
+    Arc::clone(&c.read().unwrap_or_else(|p| p.into_inner()))
+}
+
+/// Starts a generation's background tasks; they end when `stop` fires.
+fn spawn_generation(proxy: &Arc<Proxy>, stop: &watch::Sender<bool>) {
+    let sweeper = Arc::clone(proxy);
+    let mut stopped = stop.subscribe();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(POOL_SWEEP);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => sweeper.backends.iter().for_each(|b| b.purge_idle()),
+                _ = stopped.changed() => return,
+            }
+        }
+    });
+    health::checker::spawn_all(&proxy.backends, &proxy.plugins, &stop.subscribe());
+}
+
+/// Why a reload was refused; the running generation keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("{0}")]
+    Plugin(#[from] crate::proxy::PluginLoadError),
+    #[error("frontends and their bind addresses cannot change on reload; restart weir for that")]
+    Frontends,
 }
 
 #[derive(Default)]
@@ -82,19 +124,58 @@ impl Running {
     }
 
     /// A backend, for the run-time controls: server state (ready / drain / maint) and weight.
-    pub fn backend(&self, name: &str) -> Option<&Arc<BackendRt>> {
-        self.proxy.backends.iter().find(|b| &*b.name == name)
+    pub fn backend(&self, name: &str) -> Option<Arc<BackendRt>> {
+        current(&self.current)
+            .backends
+            .iter()
+            .find(|b| &*b.name == name)
+            .cloned()
     }
 
     /// The loaded plugins, in config order.
-    pub fn plugins(&self) -> &[Arc<crate::plugin::Plugin>] {
-        &self.proxy.plugins
+    pub fn plugins(&self) -> Vec<Arc<crate::plugin::Plugin>> {
+        current(&self.current).plugins.clone()
+    }
+
+    /// The configuration generation serving now: 1 at start, one more per reload.
+    pub fn generation(&self) -> u64 {
+        self.generation
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .number
+    }
+
+    /// Loads `config` as a new generation (every plugin loaded and configured first) and
+    /// swaps it in: the next request uses it, requests in flight finish on the old one.
+    /// On any error nothing changes. Frontends and binds stay as started; the rest
+    /// (backends, servers, plugins, timeouts of backends) is taken from `config`, with
+    /// fresh server state, as an HAProxy reload starts fresh.
+    pub async fn reload(&self, config: &Config) -> Result<u64, ReloadError> {
+        if bind_list(config) != self.binds {
+            return Err(ReloadError::Frontends);
+        }
+        let proxy = Arc::new(Proxy::new(config, self.log.clone()).await?);
+        let (stop, _) = watch::channel(false);
+        spawn_generation(&proxy, &stop);
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = proxy;
+        let mut generation = self.generation.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = generation.stop.send(true);
+        generation.stop = stop;
+        generation.number += 1;
+        tracing::info!("configuration reloaded: generation {}", generation.number);
+        Ok(generation.number)
     }
 
     /// Stops accepting, asks every connection to finish its current request and close,
     /// and waits up to `grace` for them. Returns the number still open when it gave up.
     pub async fn shutdown(self, grace: Duration) -> usize {
         let _ = self.shutdown.send(true);
+        let _ = self
+            .generation
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .stop
+            .send(true);
         for task in self.tasks {
             task.abort();
             let _ = task.await;
@@ -113,9 +194,18 @@ impl Running {
     }
 }
 
+fn bind_list(config: &Config) -> Vec<(String, Vec<SocketAddr>)> {
+    config
+        .frontends
+        .iter()
+        .map(|f| (f.name.clone(), f.binds.clone()))
+        .collect()
+}
+
 /// Binds every frontend and starts serving on the current tokio runtime.
 pub async fn start(config: &Config, log: AccessLog) -> Result<Running, StartError> {
-    let proxy = Arc::new(Proxy::new(config, log).await?);
+    let proxy = Arc::new(Proxy::new(config, log.clone()).await?);
+    let live: Current = Arc::new(std::sync::RwLock::new(Arc::clone(&proxy)));
     let mut listeners = Vec::new();
     let mut bound = Vec::new();
     for (fi, (fe, rt)) in config.frontends.iter().zip(&proxy.frontends).enumerate() {
@@ -135,7 +225,7 @@ pub async fn start(config: &Config, log: AccessLog) -> Result<Running, StartErro
                     source,
                 })?;
             addrs.push(listener.local_addr().unwrap_or(*addr));
-            listeners.push((listener, Arc::clone(rt)));
+            listeners.push((listener, Arc::clone(rt), fi));
         }
         bound.push((fe.name.clone(), addrs));
     }
@@ -143,10 +233,10 @@ pub async fn start(config: &Config, log: AccessLog) -> Result<Running, StartErro
     let (shutdown, _) = watch::channel(false);
     let connections = Arc::new(Connections::default());
     let maxconn = Arc::new(Semaphore::new(config.global.maxconn));
-    let mut tasks: Vec<JoinHandle<()>> = listeners
+    let tasks: Vec<JoinHandle<()>> = listeners
         .into_iter()
-        .map(|(listener, fe)| {
-            let server = Arc::new(FrontendServer::new(fe));
+        .map(|(listener, fe, index)| {
+            let server = Arc::new(FrontendServer::new(fe, index, Arc::clone(&live)));
             tokio::spawn(accept_loop(
                 listener,
                 server,
@@ -156,22 +246,8 @@ pub async fn start(config: &Config, log: AccessLog) -> Result<Running, StartErro
             ))
         })
         .collect();
-    let sweeper = Arc::clone(&proxy);
-    let mut stop = shutdown.subscribe();
-    tasks.push(tokio::spawn(async move {
-        let mut tick = tokio::time::interval(POOL_SWEEP);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => sweeper.backends.iter().for_each(|b| b.purge_idle()),
-                _ = stop.changed() => return,
-            }
-        }
-    }));
-    tasks.extend(health::checker::spawn_all(
-        &proxy.backends,
-        &proxy.plugins,
-        &shutdown.subscribe(),
-    ));
+    let (stop, _) = watch::channel(false);
+    spawn_generation(&proxy, &stop);
     for (name, addrs) in &bound {
         for a in addrs {
             tracing::info!("frontend {name} listening on {a}");
@@ -179,22 +255,29 @@ pub async fn start(config: &Config, log: AccessLog) -> Result<Running, StartErro
     }
     Ok(Running {
         bound,
-        proxy,
+        binds: bind_list(config),
+        current: live,
+        generation: std::sync::Mutex::new(Generation { number: 1, stop }),
+        log,
         shutdown,
         connections,
         tasks,
     })
 }
 
-/// A frontend with its connection builders, made once.
+/// A frontend's listener side: its connection builders, made once at start (so its
+/// connection-level timeouts and limits change on restart), and where to find the
+/// frontend of the current generation for each request.
 struct FrontendServer {
     fe: Arc<FrontendRt>,
+    index: usize,
+    live: Current,
     h1: http1::Builder,
     h2: http2::Builder<TokioExecutor>,
 }
 
 impl FrontendServer {
-    fn new(fe: Arc<FrontendRt>) -> Self {
+    fn new(fe: Arc<FrontendRt>, index: usize, live: Current) -> Self {
         let cfg = &fe.cfg;
         let mut h1 = http1::Builder::new();
         h1.timer(TokioTimer::new())
@@ -207,7 +290,13 @@ impl FrontendServer {
         h2.timer(TokioTimer::new())
             .max_header_list_size(cfg.max_header_size as u32)
             .max_concurrent_streams(256);
-        Self { fe, h1, h2 }
+        Self {
+            fe,
+            index,
+            live,
+            h1,
+            h2,
+        }
     }
 }
 
@@ -276,9 +365,10 @@ async fn serve(
     let activity = Arc::clone(&conn.activity);
     let io = TokioIo::new(Tracked::new(stream, prefix, Arc::clone(&activity)));
     let conn = Arc::new(conn);
-    let fe_for_service = Arc::clone(fe);
+    let server_for_service = Arc::clone(&server);
     let service = service_fn(move |req| {
-        let fe = Arc::clone(&fe_for_service);
+        // Each request takes the frontend of the generation serving now.
+        let fe = Arc::clone(&current(&server_for_service.live).frontends[server_for_service.index]);
         let conn = Arc::clone(&conn);
         async move { Ok::<_, Infallible>(proxy::handle(fe, conn, req).await) }
     });

@@ -1,0 +1,140 @@
+//! Reloading the configuration while requests flow: plugins swapped, none lost.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use weir_tests::{Client, MockServer, TestProxy, config, fixture_plugin, with_plugins};
+
+fn tagged(server: &MockServer, tag: &str) -> String {
+    let section =
+        fixture_plugin("p", "tag", "").replace("tag = \"p\"", &format!("tag = \"{tag}\""));
+    with_plugins(
+        config("roundrobin", &[("s1", server.addr, "")], ""),
+        &["p"],
+        &[section],
+    )
+}
+
+fn load(toml: &str) -> weir::Config {
+    weir::Config::from_toml(toml, Path::new(".")).expect("valid config")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_reloads_under_a_keep_alive_loop_lose_no_request() {
+    let server = MockServer::start("s1").await;
+    let proxy = TestProxy::start(&tagged(&server, "v0")).await;
+    let addr = proxy.addr();
+    let done = Arc::new(AtomicBool::new(false));
+    let looping = {
+        let done = Arc::clone(&done);
+        tokio::spawn(async move {
+            let mut client = Client::connect(addr).await;
+            let (mut ok, mut failed, mut last) = (0, 0, String::new());
+            while !done.load(Ordering::SeqCst) {
+                match client
+                    .try_send(
+                        http::Request::get("/")
+                            .header("host", "a")
+                            .body(weir_tests::empty())
+                            .unwrap(),
+                    )
+                    .await
+                {
+                    Ok(r) if r.status == 200 => {
+                        ok += 1;
+                        last = r.json()["headers"]["x-chain"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string();
+                    }
+                    _ => failed += 1,
+                }
+            }
+            (ok, failed, last)
+        })
+    };
+    for i in 1..=20 {
+        tokio::time::sleep(Duration::from_millis(15)).await;
+        let generation = proxy
+            .running
+            .reload(&load(&tagged(&server, &format!("v{i}"))))
+            .await
+            .expect("reload");
+        assert_eq!(generation, i + 1);
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    done.store(true, Ordering::SeqCst);
+    let (ok, failed, last) = looping.await.unwrap();
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed across 20 reloads",
+        ok + failed
+    );
+    assert!(ok > 40, "only {ok} requests went through");
+    assert_eq!(
+        last, "v20",
+        "the keep-alive connection uses the newest plugins"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_plugin_is_refused_at_reload_and_the_old_generation_keeps_serving() {
+    let server = MockServer::start("s1").await;
+    let proxy = TestProxy::start(&tagged(&server, "good")).await;
+    let broken = tagged(&server, "x").replace("mode = \"tag\"", "mode = \"require\"");
+    let err = proxy
+        .running
+        .reload(&load(&broken))
+        .await
+        .expect_err("configure fails");
+    assert_eq!(
+        err.to_string(),
+        "plugin.p: configure failed: missing field `required`"
+    );
+    assert_eq!(proxy.running.generation(), 1);
+    let reply = Client::connect(proxy.addr()).await.get("/").await;
+    assert_eq!(reply.json()["headers"]["x-chain"], "good");
+
+    let moved = tagged(&server, "x").replace("127.0.0.1:0", "127.0.0.1:1");
+    assert!(matches!(
+        proxy.running.reload(&load(&moved)).await,
+        Err(weir::ReloadError::Frontends)
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replacing_the_wasm_file_and_reloading_changes_the_next_request() {
+    let (app, v2) = (
+        MockServer::start("app").await,
+        MockServer::start("v2").await,
+    );
+    let dir = std::env::temp_dir().join(format!("weir-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let wasm = dir.join("plugin.wasm");
+    std::fs::copy(weir_tests::CANARY_WASM, &wasm).unwrap();
+    // Both components accept this config: the canary (no header, 0 %) sends nothing to
+    // v2; the fixture (mode `route` by default) sends everything there.
+    let section = format!(
+        "[plugin.p]\nwasm = \"{}\"\nconfig = {{ backend = \"v2\" }}\n",
+        wasm.display()
+    );
+    let toml = with_plugins(
+        config("roundrobin", &[("app", app.addr, "")], ""),
+        &["p"],
+        &[section],
+    ) + &format!(
+        "\n[backend.v2]\nservers = [{{ name = \"v2\", addr = \"{}\" }}]\n",
+        v2.addr
+    );
+    let proxy = TestProxy::start(&toml).await;
+    let mut client = Client::connect(proxy.addr()).await;
+    assert_eq!(client.get("/").await.server(), "app");
+
+    std::fs::copy(weir_tests::FIXTURE_WASM, &wasm).unwrap();
+    proxy.running.reload(&load(&toml)).await.expect("reload");
+    assert_eq!(client.get("/").await.server(), "v2");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
