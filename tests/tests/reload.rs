@@ -138,3 +138,23 @@ async fn replacing_the_wasm_file_and_reloading_changes_the_next_request() {
     assert_eq!(client.get("/").await.server(), "v2");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_releases_the_old_generation() {
+    let server = MockServer::start("s1").await;
+    let proxy = TestProxy::start(&tagged(&server, "old")).await;
+    let mut client = Client::connect(proxy.addr()).await;
+    assert_eq!(client.get("/").await.json()["headers"]["x-chain"], "old");
+    let old = Arc::downgrade(&proxy.running.plugins()[0]);
+    proxy
+        .running
+        .reload(&load(&tagged(&server, "new")))
+        .await
+        .expect("reload");
+    assert_eq!(client.get("/").await.json()["headers"]["x-chain"], "new");
+    let released = weir_tests::wait_until(Duration::from_secs(2), || old.upgrade().is_none()).await;
+    assert!(
+        released.is_some(),
+        "the old generation's plugin (and its instances) is still held"
+    );
+}

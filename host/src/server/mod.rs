@@ -19,11 +19,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinHandle;
 
-use crate::config::Config;
+use crate::config::{Config, Frontend};
 use crate::health;
 use crate::proxy::backend::BackendRt;
 use crate::proxy::log::AccessLog;
-use crate::proxy::{self, ConnInfo, FrontendRt, Proxy};
+use crate::proxy::{self, ConnInfo, Proxy};
 use io::{Activity, Tracked};
 
 /// How often idle server connections past their timeout are closed.
@@ -208,7 +208,7 @@ pub async fn start(config: &Config, log: AccessLog) -> Result<Running, StartErro
     let live: Current = Arc::new(std::sync::RwLock::new(Arc::clone(&proxy)));
     let mut listeners = Vec::new();
     let mut bound = Vec::new();
-    for (fi, (fe, rt)) in config.frontends.iter().zip(&proxy.frontends).enumerate() {
+    for (fi, fe) in config.frontends.iter().enumerate() {
         let mut addrs = Vec::new();
         for (bi, addr) in fe.binds.iter().enumerate() {
             let bind = if fe.binds.len() > 1 {
@@ -225,7 +225,7 @@ pub async fn start(config: &Config, log: AccessLog) -> Result<Running, StartErro
                     source,
                 })?;
             addrs.push(listener.local_addr().unwrap_or(*addr));
-            listeners.push((listener, Arc::clone(rt), fi));
+            listeners.push((listener, fe.clone(), fi));
         }
         bound.push((fe.name.clone(), addrs));
     }
@@ -269,7 +269,9 @@ pub async fn start(config: &Config, log: AccessLog) -> Result<Running, StartErro
 /// connection-level timeouts and limits change on restart), and where to find the
 /// frontend of the current generation for each request.
 struct FrontendServer {
-    fe: Arc<FrontendRt>,
+    /// The frontend's config as started; the generation itself is looked up per request,
+    /// so that a reload releases the old one.
+    cfg: Frontend,
     index: usize,
     live: Current,
     h1: http1::Builder,
@@ -277,8 +279,7 @@ struct FrontendServer {
 }
 
 impl FrontendServer {
-    fn new(fe: Arc<FrontendRt>, index: usize, live: Current) -> Self {
-        let cfg = &fe.cfg;
+    fn new(cfg: Frontend, index: usize, live: Current) -> Self {
         let mut h1 = http1::Builder::new();
         h1.timer(TokioTimer::new())
             .header_read_timeout(cfg.timeout_http_request)
@@ -291,7 +292,7 @@ impl FrontendServer {
             .max_header_list_size(cfg.max_header_size as u32)
             .max_concurrent_streams(256);
         Self {
-            fe,
+            cfg,
             index,
             live,
             h1,
@@ -318,7 +319,7 @@ async fn accept_loop(
                 Ok(pair) => pair,
                 Err(e) => {
                     // Out of file descriptors and the like: back off rather than spin.
-                    tracing::warn!("accept on frontend {}: {e}", server.fe.name);
+                    tracing::warn!("accept on frontend {}: {e}", server.cfg.name);
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -346,11 +347,11 @@ async fn serve(
     shutdown: watch::Receiver<bool>,
     _guard: ConnGuard,
 ) {
-    let fe = &server.fe;
+    let cfg = &server.cfg;
     let peer = conn.peer;
     // The first bytes decide the protocol; they must come within timeout.http_request.
     let (prefix, is_h2) =
-        match tokio::time::timeout(fe.cfg.timeout_http_request, io::sniff_h2(&mut stream)).await {
+        match tokio::time::timeout(cfg.timeout_http_request, io::sniff_h2(&mut stream)).await {
             Ok(Ok((prefix, _))) if prefix.is_empty() => return,
             Ok(Ok(sniffed)) => sniffed,
             Ok(Err(e)) => {
@@ -372,7 +373,7 @@ async fn serve(
         let conn = Arc::clone(&conn);
         async move { Ok::<_, Infallible>(proxy::handle(fe, conn, req).await) }
     });
-    let client_timeout = fe.cfg.timeout_client;
+    let client_timeout = cfg.timeout_client;
     if is_h2 {
         let connection = server.h2.serve_connection(io, service);
         drive(
