@@ -2,7 +2,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStderr, Command, Stdio};
 use std::time::Duration;
 
 const WEIR: &str = env!("CARGO_BIN_EXE_weir");
@@ -101,13 +101,11 @@ fn run_fails_clearly_when_the_bind_address_is_in_use() {
     assert!(!err.contains("panicked"), "{err}");
 }
 
-/// Starts `weir run`, reads the bound address from its log, and stops it with SIGTERM.
-#[test]
-fn run_serves_on_a_single_thread_and_stops_on_sigterm() {
-    let path = write_config("run.toml", &config("127.0.0.1:0", "threads = 1"));
+/// Starts `weir run` on a config and reads the address it listens on from its log.
+fn spawn_run(path: &std::path::Path) -> (Child, String, BufReader<ChildStderr>) {
     let mut child = Command::new(WEIR)
         .args(["run", "--config"])
-        .arg(&path)
+        .arg(path)
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .spawn()
@@ -124,7 +122,18 @@ fn run_serves_on_a_single_thread_and_stops_on_sigterm() {
             break;
         }
     }
-    let addr = addr.expect("weir logged its listening address");
+    (
+        child,
+        addr.expect("weir logged its listening address"),
+        stderr,
+    )
+}
+
+/// Starts `weir run`, reads the bound address from its log, and stops it with SIGTERM.
+#[test]
+fn run_serves_on_a_single_thread_and_stops_on_sigterm() {
+    let path = write_config("run.toml", &config("127.0.0.1:0", "threads = 1"));
+    let (mut child, addr, mut stderr) = spawn_run(&path);
     let mut stream = TcpStream::connect(&addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -197,26 +206,7 @@ fn sighup_reloads_the_config_file_and_keeps_the_old_one_when_the_new_is_invalid(
     std::fs::write(dir.join("sorry.txt"), "back soon\n").unwrap();
     let path = dir.join("weir.toml");
     std::fs::write(&path, config("127.0.0.1:0", "")).unwrap();
-    let mut child = Command::new(WEIR)
-        .args(["run", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut addr = None;
-    for _ in 0..50 {
-        let mut line = String::new();
-        if stderr.read_line(&mut line).unwrap() == 0 {
-            break;
-        }
-        if let Some(a) = line.trim().split("listening on ").nth(1) {
-            addr = Some(a.to_string());
-            break;
-        }
-    }
-    let addr = addr.expect("weir logged its listening address");
+    let (mut child, addr, mut stderr) = spawn_run(&path);
     std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
     assert!(get_body(&addr).starts_with("503 Service Unavailable"));
 
