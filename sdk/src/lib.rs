@@ -31,6 +31,7 @@
 pub mod host;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
+pub mod util;
 
 #[doc(hidden)]
 #[allow(unsafe_code, clippy::all)]
@@ -84,7 +85,21 @@ pub trait Plugin: Sized + 'static {
 /// Parses the JSON config weir hands over into the plugin's `Config`, naming the field at
 /// fault on error.
 pub fn parse_config<P: Plugin>(json: &str) -> Result<P, String> {
-    let config: P::Config = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    let de = &mut serde_json::Deserializer::from_str(json);
+    let config: P::Config = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        // The position is in the JSON weir made from the TOML: no help to the user.
+        let inner = e.into_inner().to_string();
+        let inner = match inner.rfind(" at line ") {
+            Some(at) => inner[..at].to_owned(),
+            None => inner,
+        };
+        if path.is_empty() || path == "." {
+            inner
+        } else {
+            format!("{path}: {inner}")
+        }
+    })?;
     P::configure(config)
 }
 
@@ -96,7 +111,14 @@ impl Proceed {
             set_path: None,
             backend: None,
             server: None,
+            note: None,
         }
+    }
+
+    /// Leaves a note for this plugin's `on-response` to this request.
+    pub fn note(mut self, note: impl Into<String>) -> Self {
+        self.note = Some(note.into());
+        self
     }
 
     pub fn set_header(mut self, name: &str, value: &str) -> Self {

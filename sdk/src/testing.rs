@@ -142,6 +142,101 @@ impl FakeHost {
     }
 }
 
+/// A request as weir would hand it to `on-request`: `GET`-style defaults (client
+/// 192.0.2.1 on frontend "www", plain http, backend "app"), changed with the builder
+/// methods.
+pub fn request(method: &str, path_and_query: &str) -> crate::Request {
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
+        None => (path_and_query.to_owned(), None),
+    };
+    crate::Request {
+        method: method.to_owned(),
+        path,
+        query,
+        host: None,
+        headers: Vec::new(),
+        client_ip: "192.0.2.1".into(),
+        frontend: "www".into(),
+        scheme: "http".into(),
+        backend: "app".into(),
+        id: 1,
+    }
+}
+
+/// A response as weir would hand it to `on-response`: from server "s1" of backend "app",
+/// answering `GET /` from 192.0.2.1 on frontend "www" over plain http.
+pub fn response(status: u16) -> crate::Response {
+    crate::Response {
+        status,
+        headers: Vec::new(),
+        backend: Some("app".into()),
+        server: Some("s1".into()),
+        method: "GET".into(),
+        path: "/".into(),
+        client_ip: "192.0.2.1".into(),
+        scheme: "http".into(),
+        frontend: "www".into(),
+        id: 1,
+        note: None,
+    }
+}
+
+impl crate::Request {
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push(crate::Header {
+            name: name.to_ascii_lowercase(),
+            value: value.to_owned(),
+        });
+        self
+    }
+
+    pub fn with_host(mut self, host: &str) -> Self {
+        self.host = Some(host.to_owned());
+        self
+    }
+
+    pub fn from_ip(mut self, ip: &str) -> Self {
+        self.client_ip = ip.to_owned();
+        self
+    }
+
+    pub fn over_https(mut self) -> Self {
+        self.scheme = "https".into();
+        self
+    }
+
+    pub fn to_backend(mut self, backend: &str) -> Self {
+        self.backend = backend.to_owned();
+        self
+    }
+}
+
+impl crate::Response {
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push(crate::Header {
+            name: name.to_ascii_lowercase(),
+            value: value.to_owned(),
+        });
+        self
+    }
+
+    pub fn with_note(mut self, note: &str) -> Self {
+        self.note = Some(note.to_owned());
+        self
+    }
+
+    pub fn from_server(mut self, server: &str) -> Self {
+        self.server = Some(server.to_owned());
+        self
+    }
+
+    pub fn over_https(mut self) -> Self {
+        self.scheme = "https".into();
+        self
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -65,6 +65,17 @@ pub fn local_response(r: &types::LocalResponse) -> Result<(), String> {
     r.headers.iter().try_for_each(|h| header(h).map(|_| ()))
 }
 
+/// Longest note a plugin may leave with a request.
+pub const MAX_NOTE: usize = 4 * 1024;
+
+/// A note kept with the request for the plugin's `on-response`.
+pub fn note(n: &str) -> Result<(), String> {
+    if n.len() > MAX_NOTE {
+        return Err(format!("a note of {} bytes, more than {MAX_NOTE}", n.len()));
+    }
+    Ok(())
+}
+
 /// A new path: origin-form, a valid URI path and query.
 pub fn path(p: &str) -> Result<http::uri::PathAndQuery, String> {
     if !p.starts_with('/') {

@@ -347,6 +347,18 @@ impl BackendRt {
         })
     }
 
+    /// A slot on a server a plugin asked for (a sticky session): as [`Self::claim`], but a
+    /// draining or zero-weight server that is up still takes it, as HAProxy's drain lets
+    /// persistent sessions through.
+    pub fn claim_preferred(&self, i: usize) -> Option<InFlight> {
+        let server = &self.servers[i];
+        let usable = server.health.is_up() && server.admin() != AdminState::Maint;
+        (usable && server.claim()).then(|| InFlight {
+            server: Some(Arc::clone(server)),
+            index: i,
+        })
+    }
+
     pub fn purge_idle(&self) {
         for s in &self.servers {
             s.pool.purge();

@@ -38,6 +38,20 @@ pub struct Client<'a> {
     pub frontend: &'a str,
     /// "http" or "https".
     pub scheme: &'static str,
+    /// The request's number within the process.
+    pub id: u64,
+}
+
+/// A plugin whose `on-response` must see the answer, and the note its `on-request` left.
+pub struct Ran {
+    index: usize,
+    note: Option<String>,
+}
+
+/// The next request number: unique within the process.
+pub fn next_request_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// A fail-closed plugin failed: the request gets a generic 503.
@@ -99,13 +113,16 @@ pub async fn on_request(
     parts: &mut Parts,
     host: Option<&str>,
     client: Client<'_>,
-    ran: &mut Vec<usize>,
+    ran: &mut Vec<Ran>,
 ) -> Result<Decision, Failed> {
     let mut backend: Option<Arc<BackendRt>> = None;
     let mut prefer = None;
     for (i, plugin) in plugins.iter().enumerate() {
         if !plugin.hooks().contains(types::Hooks::ON_REQUEST) {
-            ran.push(i);
+            ran.push(Ran {
+                index: i,
+                note: None,
+            });
             continue;
         }
         let request = types::Request {
@@ -117,6 +134,8 @@ pub async fn on_request(
             client_ip: client.ip.to_string(),
             frontend: client.frontend.to_owned(),
             scheme: client.scheme.to_owned(),
+            backend: backend.as_ref().unwrap_or(default).name.to_string(),
+            id: client.id,
         };
         let action = match plugin.on_request(&request).await {
             Ok(a) => a,
@@ -130,12 +149,13 @@ pub async fn on_request(
                 Ok(l) => return Ok(Decision::Respond(l)),
                 Err(e) => Err(e),
             },
-            types::RequestAction::Proceed(p) => {
-                apply(p, parts, backends, default, &mut backend, &mut prefer)
+            types::RequestAction::Proceed(mut p) => {
+                let note = p.note.take();
+                apply(p, parts, backends, default, &mut backend, &mut prefer).map(|()| note)
             }
         };
         match applied {
-            Ok(()) => ran.push(i),
+            Ok(note) => ran.push(Ran { index: i, note }),
             Err(why) => {
                 plugin.note_invalid();
                 on_failure(plugin, "on-request", &HookError::Invalid(why))?;
@@ -155,7 +175,16 @@ fn apply(
     prefer: &mut Option<usize>,
 ) -> Result<(), String> {
     validate::edits(&p.edits)?;
-    let path = p.set_path.as_deref().map(validate::path).transpose()?;
+    if let Some(note) = &p.note {
+        validate::note(note)?;
+    }
+    // A new path without a query keeps the request's query, as HAProxy's set-path does.
+    let path = match (p.set_path.as_deref(), parts.uri.query()) {
+        (Some(new), Some(query)) if !new.contains('?') => {
+            Some(validate::path(&format!("{new}?{query}"))?)
+        }
+        (new, _) => new.map(validate::path).transpose()?,
+    };
     let chosen = match &p.backend {
         Some(name) => Some(
             backends
@@ -206,14 +235,14 @@ pub struct Answered<'a> {
 /// A replacement replaces the whole response; the plugins before it still see it.
 pub async fn on_response(
     plugins: &[Arc<Plugin>],
-    ran: &[usize],
+    ran: &mut [Ran],
     status: &mut StatusCode,
     headers: &mut HeaderMap,
     answered: &Answered<'_>,
 ) -> Result<ResponseChange, Failed> {
     let mut change = ResponseChange::Keep;
-    for &i in ran.iter().rev() {
-        let plugin = &plugins[i];
+    for ran in ran.iter_mut().rev() {
+        let plugin = &plugins[ran.index];
         if !plugin.hooks().contains(types::Hooks::ON_RESPONSE) {
             continue;
         }
@@ -226,6 +255,9 @@ pub async fn on_response(
             path: answered.path.to_owned(),
             client_ip: answered.client.ip.to_string(),
             scheme: answered.client.scheme.to_owned(),
+            frontend: answered.client.frontend.to_owned(),
+            id: answered.client.id,
+            note: ran.note.take(),
         };
         let result = match plugin.on_response(&response).await {
             Ok(types::ResponseAction::Proceed(ops)) => {

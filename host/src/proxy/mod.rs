@@ -276,6 +276,7 @@ async fn forward(
         ip: conn.peer.ip(),
         frontend: &fe.name,
         scheme: conn.proto,
+        id: chain::next_request_id(),
     };
     let mut ran = Vec::new();
     let mut routed: Option<Arc<BackendRt>> = None;
@@ -302,7 +303,7 @@ async fn forward(
             }
             chain::Decision::Respond(local) => {
                 record.termination = *b"LR";
-                return plugin_response(fe, client, &parts, &ran, local, record).await;
+                return plugin_response(fe, client, &parts, &mut ran, local, record).await;
             }
         }
     }
@@ -441,7 +442,7 @@ async fn forward(
                 if !ran.is_empty() {
                     let change = chain::on_response(
                         &fe.plugins,
-                        &ran,
+                        &mut ran,
                         &mut head.status,
                         &mut head.headers,
                         &chain::Answered {
@@ -484,7 +485,7 @@ async fn plugin_response(
     fe: &FrontendRt,
     client: chain::Client<'_>,
     parts: &http::request::Parts,
-    ran: &[usize],
+    ran: &mut [chain::Ran],
     local: chain::Local,
     record: &mut LogRecord,
 ) -> Result<Response<ResponseBody>, ProxyError> {
@@ -532,7 +533,7 @@ async fn choose(
     excluded: &mut Vec<usize>,
     pinned: Option<usize>,
 ) -> Result<InFlight, ProxyError> {
-    if let Some(slot) = pinned.and_then(|i| backend.claim(i)) {
+    if let Some(slot) = pinned.and_then(|i| backend.claim_preferred(i)) {
         return Ok(slot);
     }
     let key = RequestKey {

@@ -79,14 +79,8 @@ mod tests {
 
     fn request(ip: &str, headers: Vec<Header>) -> Request {
         Request {
-            method: "GET".into(),
-            path: "/".into(),
-            query: None,
-            host: None,
             headers,
-            client_ip: ip.into(),
-            frontend: "www".into(),
-            scheme: "http".into(),
+            ..weir_sdk::testing::request("GET", "/").from_ip(ip)
         }
     }
 
