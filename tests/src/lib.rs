@@ -45,6 +45,8 @@ pub struct Stats {
     pub last_health: Mutex<Option<(http::Method, http::HeaderMap)>>,
     /// Paths in the order requests arrived.
     pub arrivals: Mutex<Vec<String>>,
+    /// The body /health answers with ("healthy" when None).
+    pub health_body: Mutex<Option<String>>,
 }
 
 /// Hands a test control over a streaming exchange: `reached` fires when the server has
@@ -58,7 +60,8 @@ pub struct Gate {
 /// An HTTP/1.1 server that answers with JSON describing the request it saw:
 /// `/health` answers `healthy` with `stats.health_status` (200 by default);
 /// `{"server", "method", "path", "query", "headers", "body_len"}`. Paths with meaning:
-/// `/status/<code>`, `/sleep/<ms>`, `/hang` (never answers), `/gate` (sends a first
+/// `/status/<code>`, `/sleep/<ms>`, `.../headers?name=value&...` (the usual JSON, with
+/// those response headers), `/hang` (never answers), `/gate` (sends a first
 /// chunk, waits for the gate, then the rest), `/upload-gate` (reads one body chunk,
 /// opens the gate, then reads the rest); any request asking for a WebSocket upgrade
 /// gets a WebSocket echo server.
@@ -150,6 +153,11 @@ impl MockServer {
         self.stats.health_status.store(status, Ordering::SeqCst);
     }
 
+    /// What /health answers with from now on.
+    pub fn set_health_body(&self, body: &str) {
+        *self.stats.health_body.lock().unwrap() = Some(body.to_owned());
+    }
+
     /// Every request but /health gets `status` (0 to answer normally again).
     pub fn fail_with(&self, status: u16) {
         self.stats.fail_status.store(status, Ordering::SeqCst);
@@ -203,7 +211,11 @@ async fn mock_handle(
             0 => 200,
             s => s,
         };
-        return full(StatusCode::from_u16(status).unwrap(), "healthy");
+        let body = stats.health_body.lock().unwrap().clone();
+        return full(
+            StatusCode::from_u16(status).unwrap(),
+            body.unwrap_or_else(|| "healthy".into()),
+        );
     }
     stats.requests.fetch_add(1, Ordering::SeqCst);
     stats.arrivals.lock().unwrap().push(path.clone());
@@ -283,6 +295,17 @@ async fn mock_handle(
         "server": name, "method": method, "path": path, "query": query, "headers": seen, "body_len": body_len,
     });
     let mut r = full(StatusCode::OK, json.to_string());
+    if path.ends_with("/headers") {
+        for pair in query.as_deref().unwrap_or("").split('&') {
+            if let Some((k, v)) = pair.split_once('=') {
+                let v = v.replace("%20", " ").replace("%3B", ";");
+                r.headers_mut().append(
+                    http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    v.parse().unwrap(),
+                );
+            }
+        }
+    }
     r.headers_mut().insert("x-server", name.parse().unwrap());
     r.headers_mut()
         .insert("content-type", "application/json".parse().unwrap());
@@ -636,6 +659,11 @@ pub const FIXTURE_WASM: &str = env!("WEIR_FIXTURE_WASM");
 pub const CANARY_WASM: &str = env!("WEIR_CANARY_WASM");
 
 /// A `[plugin.<name>]` section for the fixture in `mode`, with extra keys.
+/// A `[plugin.<name>]` section for a stock plugin with this config table (inline TOML).
+pub fn stock_plugin(name: &str, stock: &str, config: &str) -> String {
+    format!("[plugin.{name}]\nstock = \"{stock}\"\nconfig = {config}\n")
+}
+
 pub fn fixture_plugin(name: &str, mode: &str, extra: &str) -> String {
     format!(
         "[plugin.{name}]\nwasm = \"{FIXTURE_WASM}\"\n{extra}\nconfig = {{ mode = \"{mode}\", tag = \"{name}\" }}\n"

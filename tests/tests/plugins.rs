@@ -114,6 +114,7 @@ async fn plugins_rewrite_the_path_and_replace_responses() {
         proxy_with(&["rewrite"], &[fixture_plugin("rewrite", "rewrite", "")]).await;
     let reply = Client::connect(proxy.addr()).await.get("/x?y=1").await;
     assert_eq!(reply.json()["path"], "/rewritten/x");
+    assert_eq!(reply.json()["query"], "y=1", "a new path keeps the query");
 
     let (_server, proxy) =
         proxy_with(&["replace"], &[fixture_plugin("replace", "replace", "")]).await;
@@ -227,7 +228,7 @@ async fn a_sha256_pin_that_does_not_match_is_refused_at_load() {
         .expect("a mismatched pin must be refused");
     assert!(
         err.to_string()
-            .starts_with("plugin.p: sha256 mismatch: the file has "),
+            .starts_with("plugin.p: sha256 mismatch: the component has "),
         "{err}"
     );
 
@@ -262,7 +263,8 @@ async fn a_plugin_config_error_names_the_plugin_and_the_field() {
         .await
         .expect_err("an unknown field must fail");
     assert!(
-        err.starts_with("plugin.needy: configure failed: unknown field `colour`"),
+        err.starts_with("plugin.needy: configure failed: colour: unknown field `colour`")
+            && !err.contains("column"),
         "{err}"
     );
 }

@@ -25,7 +25,8 @@ pub struct File {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginFile {
-    pub wasm: String,
+    pub wasm: Option<String>,
+    pub stock: Option<String>,
     pub sha256: Option<String>,
     pub on_error: Option<String>,
     pub timeout: Option<Dur>,

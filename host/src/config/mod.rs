@@ -103,8 +103,8 @@ pub struct Server {
 #[derive(Debug, Clone)]
 pub struct PluginConfig {
     pub name: String,
-    /// The component file.
-    pub wasm: PathBuf,
+    /// Where the component comes from.
+    pub source: PluginSource,
     /// When set, the file must have this SHA-256 (lower-case hex).
     pub sha256: Option<String>,
     pub on_error: FailPolicy,
@@ -114,6 +114,15 @@ pub struct PluginConfig {
     pub memory: u64,
     /// The `config` table, as the JSON text handed to the plugin's `configure`.
     pub config_json: String,
+}
+
+/// Where a plugin's component comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PluginSource {
+    /// A file (`wasm = "path"`, relative to the config file).
+    File(PathBuf),
+    /// A stock plugin embedded in the weir binary (`stock = "name"`).
+    Stock(&'static str),
 }
 
 /// What a plugin that traps, overruns its deadline or returns invalid output costs the request.

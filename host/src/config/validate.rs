@@ -17,7 +17,7 @@ use super::units::{Dur, Size, parse_duration, parse_size};
 use super::{
     Backend, Balance, CheckKind, Config, ConfigError, ConfigErrors, ErrorFiles, ErrorPage,
     FailPolicy, Frontend, Global, HealthCheck, HttpCheck, LogFormat, Observe, OnError,
-    PluginConfig, RetryOn, Server, StatusMatch,
+    PluginConfig, PluginSource, RetryOn, Server, StatusMatch,
 };
 
 /// Statuses that weir answers by itself and that `errorfiles` may therefore replace.
@@ -734,10 +734,38 @@ fn build_plugins(cx: &mut Ctx<'_>, file: &File) -> Vec<PluginConfig> {
                     FailPolicy::Closed
                 }
             };
+            let source = match (&p.wasm, &p.stock) {
+                (Some(file), None) => PluginSource::File(cx.base.join(file)),
+                (None, Some(stock)) => match crate::plugin::stock::find(stock) {
+                    Some((name, _)) => PluginSource::Stock(name),
+                    None => {
+                        let known = crate::plugin::stock::names().collect::<Vec<_>>();
+                        cx.err(
+                            &path.key("stock"),
+                            format!(
+                                "no stock plugin \"{stock}\" (weir has: {})",
+                                known.join(", ")
+                            ),
+                        );
+                        PluginSource::Stock("")
+                    }
+                },
+                (Some(_), Some(_)) => {
+                    cx.err(
+                        &path.key("stock"),
+                        "give either `wasm` or `stock`, not both",
+                    );
+                    PluginSource::Stock("")
+                }
+                (None, None) => {
+                    cx.err(&path, "needs `wasm = \"path\"` or `stock = \"name\"`");
+                    PluginSource::Stock("")
+                }
+            };
             let config = p.config.clone().unwrap_or_default();
             PluginConfig {
                 name: name.clone(),
-                wasm: cx.base.join(&p.wasm),
+                source,
                 sha256,
                 on_error,
                 timeout: cx.positive(

@@ -8,6 +8,7 @@
 //! no files, environment, arguments or sockets.
 
 mod host;
+pub mod stock;
 pub mod validate;
 
 use std::collections::HashMap;
@@ -19,7 +20,7 @@ use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::config::{FailPolicy, PluginConfig};
+use crate::config::{FailPolicy, PluginConfig, PluginSource};
 use crate::proxy::backend::BackendRt;
 use crate::state::PluginState;
 
@@ -166,7 +167,7 @@ pub enum LoadError {
         path: String,
         source: std::io::Error,
     },
-    #[error("sha256 mismatch: the file has {actual}, the config pins {expected}")]
+    #[error("sha256 mismatch: the component has {actual}, the config pins {expected}")]
     Sha256 { expected: String, actual: String },
     #[error("not a weir plugin component: {0}")]
     Component(String),
@@ -174,6 +175,8 @@ pub enum LoadError {
     Configure(String),
     #[error("{0}")]
     Misused(String),
+    #[error("no stock plugin {0:?} in this build")]
+    NoStock(&'static str),
 }
 
 /// Why a hook call produced no usable action.
@@ -233,11 +236,19 @@ impl Plugin {
         cfg: &PluginConfig,
         backends: Arc<[Arc<BackendRt>]>,
     ) -> Result<Plugin, LoadError> {
-        let bytes = std::fs::read(&cfg.wasm).map_err(|source| LoadError::Read {
-            path: cfg.wasm.display().to_string(),
-            source,
-        })?;
-        Self::from_bytes(cfg, &bytes, backends).await
+        match &cfg.source {
+            PluginSource::File(file) => {
+                let bytes = std::fs::read(file).map_err(|source| LoadError::Read {
+                    path: file.display().to_string(),
+                    source,
+                })?;
+                Self::from_bytes(cfg, &bytes, backends).await
+            }
+            PluginSource::Stock(name) => {
+                let (_, bytes) = stock::find(name).ok_or(LoadError::NoStock(name))?;
+                Self::from_bytes(cfg, bytes, backends).await
+            }
+        }
     }
 
     pub async fn from_bytes(

@@ -1,0 +1,692 @@
+//! `router`: HAProxy-style ACL routing. Rules are tried in order and the first whose
+//! conditions all hold decides: a backend (optionally with a new path), a denial, a
+//! redirect, or a new path alone. A request no rule matches goes on unchanged, to the
+//! frontend's default backend.
+//!
+//! ```toml
+//! [plugin.routes]
+//! stock = "router"
+//! config = { rules = [
+//!   { path_beg = ["/static", "/images"], backend = "static" },
+//!   { path_beg = "/admin", src_not = ["10.0.0.0/8"], deny = 403 },
+//! ] }
+//! ```
+
+use std::net::IpAddr;
+
+use regex_lite::Regex;
+use serde::Deserialize;
+use weir_sdk::util::{Cidr, OneOrMany};
+use weir_sdk::{
+    Hooks, LocalResponse, Plugin, Proceed, Request, RequestAction, export_plugin, host,
+};
+
+/// `header` and `query` conditions: a name alone (present), or a name and how its value
+/// must look.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub enum FieldMatchFile {
+    Present(String),
+    Value {
+        name: String,
+        #[serde(default)]
+        exact: Option<String>,
+        #[serde(default)]
+        prefix: Option<String>,
+        #[serde(default)]
+        contains: Option<String>,
+    },
+}
+
+#[derive(Deserialize)]
+pub struct RedirectFile {
+    pub location: String,
+    #[serde(default)]
+    pub code: Option<u16>,
+}
+
+type Many<T> = Option<OneOrMany<T>>;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RuleFile {
+    path: Many<String>,
+    path_not: Many<String>,
+    path_beg: Many<String>,
+    path_beg_not: Many<String>,
+    path_end: Many<String>,
+    path_end_not: Many<String>,
+    path_reg: Many<String>,
+    path_reg_not: Many<String>,
+    host: Many<String>,
+    host_not: Many<String>,
+    method: Many<String>,
+    method_not: Many<String>,
+    header: Many<FieldMatchFile>,
+    header_not: Many<FieldMatchFile>,
+    query: Many<FieldMatchFile>,
+    query_not: Many<FieldMatchFile>,
+    src: Many<Cidr>,
+    src_not: Many<Cidr>,
+    backend: Option<String>,
+    deny: Option<u16>,
+    redirect: Option<RedirectFile>,
+    set_path: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub rules: Vec<RuleFile>,
+}
+
+/// How a header or query value must look.
+enum ValueTest {
+    Present,
+    Exact(String),
+    Prefix(String),
+    Contains(String),
+}
+
+struct FieldMatch {
+    name: String,
+    test: ValueTest,
+}
+
+impl FieldMatch {
+    fn value_ok(&self, value: &str) -> bool {
+        match &self.test {
+            ValueTest::Present => true,
+            ValueTest::Exact(v) => value == v,
+            ValueTest::Prefix(v) => value.starts_with(v.as_str()),
+            ValueTest::Contains(v) => value.contains(v.as_str()),
+        }
+    }
+}
+
+/// A host pattern: exact, or `*.example.com` for any subdomain.
+enum HostPattern {
+    Exact(String),
+    Suffix(String),
+}
+
+/// One kind of condition; a list of values matches when any does.
+enum Test {
+    Path(Vec<String>),
+    PathBeg(Vec<String>),
+    PathEnd(Vec<String>),
+    PathReg(Vec<Regex>),
+    Host(Vec<HostPattern>),
+    Method(Vec<String>),
+    Header(Vec<FieldMatch>),
+    Query(Vec<FieldMatch>),
+    Src(Vec<Cidr>),
+}
+
+struct Condition {
+    test: Test,
+    negate: bool,
+}
+
+enum Action {
+    Route {
+        backend: Option<String>,
+        set_path: Option<String>,
+    },
+    Deny(u16),
+    Redirect {
+        location: String,
+        code: u16,
+    },
+}
+
+struct Rule {
+    conditions: Vec<Condition>,
+    action: Action,
+}
+
+pub struct Router {
+    rules: Vec<Rule>,
+}
+
+/// What a condition sees of a request, computed once per request.
+struct Subject<'a> {
+    request: &'a Request,
+    /// The host without a port, lower-case.
+    host: Option<String>,
+    ip: Option<IpAddr>,
+}
+
+impl Test {
+    fn holds(&self, s: &Subject<'_>) -> bool {
+        let path = s.request.path.as_str();
+        match self {
+            Test::Path(v) => v.iter().any(|p| path == p),
+            Test::PathBeg(v) => v.iter().any(|p| path.starts_with(p.as_str())),
+            Test::PathEnd(v) => v.iter().any(|p| path.ends_with(p.as_str())),
+            Test::PathReg(v) => v.iter().any(|r| r.is_match(path)),
+            Test::Host(v) => s.host.as_deref().is_some_and(|h| {
+                v.iter().any(|p| match p {
+                    HostPattern::Exact(e) => h == e,
+                    HostPattern::Suffix(suffix) => {
+                        h.len() > suffix.len() && h.ends_with(suffix.as_str())
+                    }
+                })
+            }),
+            Test::Method(v) => v.contains(&s.request.method),
+            Test::Header(v) => v.iter().any(|m| {
+                s.request
+                    .headers_named(&m.name)
+                    .any(|value| m.value_ok(value))
+            }),
+            Test::Query(v) => v.iter().any(|m| {
+                s.request
+                    .query_param(&m.name)
+                    .is_some_and(|value| m.value_ok(value))
+            }),
+            Test::Src(v) => s.ip.is_some_and(|ip| v.iter().any(|b| b.contains(ip))),
+        }
+    }
+}
+
+fn field_matches(list: OneOrMany<FieldMatchFile>, key: &str) -> Result<Vec<FieldMatch>, String> {
+    list.0
+        .into_iter()
+        .map(|m| match m {
+            FieldMatchFile::Present(name) => Ok(FieldMatch {
+                name: name.to_ascii_lowercase(),
+                test: ValueTest::Present,
+            }),
+            FieldMatchFile::Value {
+                name,
+                exact,
+                prefix,
+                contains,
+            } => {
+                let test = match (exact, prefix, contains) {
+                    (None, None, None) => ValueTest::Present,
+                    (Some(v), None, None) => ValueTest::Exact(v),
+                    (None, Some(v), None) => ValueTest::Prefix(v),
+                    (None, None, Some(v)) => ValueTest::Contains(v),
+                    _ => {
+                        return Err(format!(
+                            "{key}: give one of `exact`, `prefix` or `contains`"
+                        ));
+                    }
+                };
+                let name = if key.starts_with("header") {
+                    name.to_ascii_lowercase()
+                } else {
+                    name
+                };
+                Ok(FieldMatch { name, test })
+            }
+        })
+        .collect()
+}
+
+fn host_patterns(list: OneOrMany<String>, key: &str) -> Result<Vec<HostPattern>, String> {
+    list.0
+        .into_iter()
+        .map(|h| {
+            let h = h.to_ascii_lowercase();
+            match h.strip_prefix("*.") {
+                Some("") => Err(format!("{key}: \"*.\" needs a domain")),
+                Some(rest) => Ok(HostPattern::Suffix(format!(".{rest}"))),
+                None if h.contains('*') => Err(format!(
+                    "{key}: \"{h}\": a wildcard is allowed only as a leading \"*.\""
+                )),
+                None => Ok(HostPattern::Exact(h)),
+            }
+        })
+        .collect()
+}
+
+fn compile_rule(rule: RuleFile, at: &str) -> Result<Rule, String> {
+    let mut conditions = Vec::new();
+    let mut add = |test: Test, negate: bool| conditions.push(Condition { test, negate });
+    let key = |name: &str| format!("{at}.{name}");
+    let paths = |v: Many<String>, name: &str| -> Result<Option<Vec<String>>, String> {
+        v.map(|v| {
+            v.0.into_iter()
+                .map(|p| {
+                    if p.is_empty() {
+                        Err(format!("{}: must not be empty", key(name)))
+                    } else {
+                        Ok(p)
+                    }
+                })
+                .collect()
+        })
+        .transpose()
+    };
+    for (v, negate, name) in [
+        (rule.path, false, "path"),
+        (rule.path_not, true, "path_not"),
+    ] {
+        if let Some(v) = paths(v, name)? {
+            add(Test::Path(v), negate);
+        }
+    }
+    for (v, negate, name) in [
+        (rule.path_beg, false, "path_beg"),
+        (rule.path_beg_not, true, "path_beg_not"),
+    ] {
+        if let Some(v) = paths(v, name)? {
+            add(Test::PathBeg(v), negate);
+        }
+    }
+    for (v, negate, name) in [
+        (rule.path_end, false, "path_end"),
+        (rule.path_end_not, true, "path_end_not"),
+    ] {
+        if let Some(v) = paths(v, name)? {
+            add(Test::PathEnd(v), negate);
+        }
+    }
+    for (v, negate, name) in [
+        (rule.path_reg, false, "path_reg"),
+        (rule.path_reg_not, true, "path_reg_not"),
+    ] {
+        if let Some(v) = v {
+            let regexes =
+                v.0.iter()
+                    .map(|r| Regex::new(r).map_err(|e| format!("{}: {e}", key(name))))
+                    .collect::<Result<_, _>>()?;
+            add(Test::PathReg(regexes), negate);
+        }
+    }
+    for (v, negate, name) in [
+        (rule.host, false, "host"),
+        (rule.host_not, true, "host_not"),
+    ] {
+        if let Some(v) = v {
+            add(Test::Host(host_patterns(v, &key(name))?), negate);
+        }
+    }
+    for (v, negate) in [(rule.method, false), (rule.method_not, true)] {
+        if let Some(v) = v {
+            add(
+                Test::Method(v.0.iter().map(|m| m.to_ascii_uppercase()).collect()),
+                negate,
+            );
+        }
+    }
+    for (v, negate, name) in [
+        (rule.header, false, "header"),
+        (rule.header_not, true, "header_not"),
+    ] {
+        if let Some(v) = v {
+            add(Test::Header(field_matches(v, &key(name))?), negate);
+        }
+    }
+    for (v, negate, name) in [
+        (rule.query, false, "query"),
+        (rule.query_not, true, "query_not"),
+    ] {
+        if let Some(v) = v {
+            add(Test::Query(field_matches(v, &key(name))?), negate);
+        }
+    }
+    for (v, negate) in [(rule.src, false), (rule.src_not, true)] {
+        if let Some(v) = v {
+            add(Test::Src(v.0), negate);
+        }
+    }
+
+    if let Some(backend) = &rule.backend
+        && host::servers(backend).is_empty()
+    {
+        return Err(format!("{}: no backend \"{backend}\"", key("backend")));
+    }
+    if let Some(p) = &rule.set_path
+        && !p.starts_with('/')
+    {
+        return Err(format!("{}: must start with \"/\"", key("set_path")));
+    }
+    let routes = rule.backend.is_some() || rule.set_path.is_some();
+    let action = match (rule.deny, rule.redirect) {
+        (Some(_), _) if routes => {
+            return Err(format!(
+                "{}: a rule that denies cannot also route",
+                key("deny")
+            ));
+        }
+        (_, Some(_)) if routes => {
+            return Err(format!(
+                "{}: a rule that redirects cannot also route",
+                key("redirect")
+            ));
+        }
+        (Some(_), Some(_)) => {
+            return Err(format!("{}: give `deny` or `redirect`, not both", at));
+        }
+        (Some(status), None) => {
+            if !(400..=599).contains(&status) {
+                return Err(format!(
+                    "{}: must be a 4xx or 5xx status, got {status}",
+                    key("deny")
+                ));
+            }
+            Action::Deny(status)
+        }
+        (None, Some(r)) => {
+            let code = r.code.unwrap_or(302);
+            if ![301, 302, 303, 307, 308].contains(&code) {
+                return Err(format!(
+                    "{}: must be 301, 302, 303, 307 or 308, got {code}",
+                    key("redirect.code")
+                ));
+            }
+            if r.location.is_empty() || r.location.contains(['\r', '\n', '\0']) {
+                return Err(format!(
+                    "{}: must be a URL or a path",
+                    key("redirect.location")
+                ));
+            }
+            Action::Redirect {
+                location: r.location,
+                code,
+            }
+        }
+        (None, None) if routes => Action::Route {
+            backend: rule.backend,
+            set_path: rule.set_path,
+        },
+        (None, None) => {
+            return Err(format!(
+                "{at}: needs an action: `backend`, `deny`, `redirect` or `set_path`"
+            ));
+        }
+    };
+    Ok(Rule { conditions, action })
+}
+
+impl Plugin for Router {
+    type Config = Config;
+    const NAME: &'static str = "router";
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    const HOOKS: Hooks = Hooks::ON_REQUEST;
+
+    fn configure(config: Config) -> Result<Self, String> {
+        let rules = config
+            .rules
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| compile_rule(r, &format!("rules[{i}]")))
+            .collect::<Result<_, _>>()?;
+        Ok(Router { rules })
+    }
+
+    fn on_request(&self, request: Request) -> RequestAction {
+        let subject = Subject {
+            host: request.host.as_deref().map(|h| {
+                let h = match h.rsplit_once(':') {
+                    Some((name, port))
+                        if !name.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) =>
+                    {
+                        name
+                    }
+                    _ => h,
+                };
+                h.trim_end_matches('.').to_ascii_lowercase()
+            }),
+            ip: request.client_ip.parse().ok(),
+            request: &request,
+        };
+        let Some(rule) = self.rules.iter().find(|r| {
+            r.conditions
+                .iter()
+                .all(|c| c.test.holds(&subject) != c.negate)
+        }) else {
+            return RequestAction::Proceed(Proceed::unchanged());
+        };
+        match &rule.action {
+            Action::Route { backend, set_path } => {
+                let mut p = Proceed::unchanged();
+                p.backend = backend.clone();
+                p.set_path = set_path.clone();
+                RequestAction::Proceed(p)
+            }
+            Action::Deny(status) => RequestAction::Respond(LocalResponse::text(
+                *status,
+                &format!("{}\n", reason(*status)),
+            )),
+            Action::Redirect { location, code } => RequestAction::Respond(
+                LocalResponse::text(*code, "").with_header("location", location),
+            ),
+        }
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        410 => "Gone",
+        429 => "Too Many Requests",
+        451 => "Unavailable For Legal Reasons",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        s if s < 500 => "Request Denied",
+        _ => "Unavailable",
+    }
+}
+
+export_plugin!(Router);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_sdk::testing::{FakeHost, request};
+    use weir_sdk::{ServerInfo, ServerState};
+
+    fn host() -> FakeHost {
+        let host = FakeHost::install();
+        for b in ["app", "static", "api", "eu"] {
+            host.set_servers(
+                b,
+                vec![ServerInfo {
+                    name: "s1".into(),
+                    state: ServerState::Up,
+                    weight: 1,
+                    in_flight: 0,
+                    backup: false,
+                }],
+            );
+        }
+        host
+    }
+
+    fn router(rules: &str) -> Router {
+        weir_sdk::parse_config::<Router>(&format!("{{\"rules\": {rules}}}")).unwrap()
+    }
+
+    fn error(rules: &str) -> String {
+        weir_sdk::parse_config::<Router>(&format!("{{\"rules\": {rules}}}"))
+            .err()
+            .unwrap()
+    }
+
+    /// "backend:<name>", "path:<p>", "deny:<status>", "redirect:<code> <location>" or "-".
+    fn outcome(r: &Router, req: Request) -> String {
+        match r.on_request(req) {
+            RequestAction::Proceed(p) => match (p.backend, p.set_path) {
+                (None, None) => "-".into(),
+                (Some(b), None) => format!("backend:{b}"),
+                (None, Some(p)) => format!("path:{p}"),
+                (Some(b), Some(p)) => format!("backend:{b} path:{p}"),
+            },
+            RequestAction::Respond(l) if l.status >= 400 => format!("deny:{}", l.status),
+            RequestAction::Respond(l) => {
+                let loc = l.headers.iter().find(|h| h.name == "location").unwrap();
+                format!("redirect:{} {}", l.status, loc.value)
+            }
+        }
+    }
+
+    #[test]
+    fn first_match_wins_and_lists_mean_any() {
+        let _h = host();
+        let r = router(
+            r#"[{"path_beg": ["/static", "/images"], "backend": "static"},
+                {"path_beg": "/", "backend": "api"},
+                {"path_beg": "/static/x", "backend": "eu"}]"#,
+        );
+        assert_eq!(
+            outcome(&r, request("GET", "/images/a.png")),
+            "backend:static"
+        );
+        assert_eq!(outcome(&r, request("GET", "/static/x/1")), "backend:static");
+        assert_eq!(outcome(&r, request("GET", "/other")), "backend:api");
+    }
+
+    #[test]
+    fn all_conditions_must_hold_and_negation() {
+        let _h = host();
+        let r = router(r#"[{"path_beg": "/admin", "src_not": ["10.0.0.0/8"], "deny": 403}]"#);
+        assert_eq!(
+            outcome(&r, request("GET", "/admin").from_ip("8.8.8.8")),
+            "deny:403"
+        );
+        assert_eq!(
+            outcome(&r, request("GET", "/admin").from_ip("10.1.2.3")),
+            "-"
+        );
+        assert_eq!(
+            outcome(&r, request("GET", "/public").from_ip("8.8.8.8")),
+            "-"
+        );
+    }
+
+    #[test]
+    fn paths_exact_suffix_and_regex() {
+        let _h = host();
+        let r = router(
+            r#"[{"path": "/health", "deny": 404},
+                {"path_end": [".php", ".asp"], "deny": 403},
+                {"path_reg": "^/v[0-9]+/", "backend": "api"},
+                {"path_reg_not": "^/keep", "path_beg": "/k", "set_path": "/moved"}]"#,
+        );
+        assert_eq!(outcome(&r, request("GET", "/health")), "deny:404");
+        assert_eq!(outcome(&r, request("GET", "/health/x")), "-");
+        assert_eq!(outcome(&r, request("GET", "/x/index.php")), "deny:403");
+        assert_eq!(outcome(&r, request("GET", "/v2/users")), "backend:api");
+        assert_eq!(outcome(&r, request("GET", "/vx/users")), "-");
+        assert_eq!(outcome(&r, request("GET", "/kite")), "path:/moved");
+        assert_eq!(outcome(&r, request("GET", "/keep")), "-");
+    }
+
+    #[test]
+    fn hosts_exact_and_wildcard() {
+        let _h = host();
+        let r = router(
+            r#"[{"host": "*.eu.example.com", "backend": "eu"},
+                {"host": ["api.example.com"], "backend": "api"}]"#,
+        );
+        let at = |h: &str| outcome(&r, request("GET", "/").with_host(h));
+        assert_eq!(at("www.eu.example.com"), "backend:eu");
+        assert_eq!(at("WWW.EU.Example.com:8080"), "backend:eu");
+        assert_eq!(at("eu.example.com"), "-");
+        assert_eq!(at("api.example.com"), "backend:api");
+        assert_eq!(at("api.example.com."), "backend:api");
+        assert_eq!(at("xapi.example.com"), "-");
+        assert_eq!(outcome(&r, request("GET", "/")), "-");
+    }
+
+    #[test]
+    fn methods_headers_and_query() {
+        let _h = host();
+        let r = router(
+            r#"[{"method": ["post", "PUT"], "path_beg": "/ro", "deny": 405},
+                {"header": {"name": "X-Env", "exact": "beta"}, "backend": "eu"},
+                {"header": [{"name": "user-agent", "contains": "bot"},
+                            {"name": "x-bot", "prefix": "yes"}], "deny": 403},
+                {"header": "x-debug", "header_not": {"name": "x-debug", "exact": "0"}, "backend": "api"},
+                {"query": {"name": "v", "exact": "2"}, "backend": "static"},
+                {"query": "preview", "set_path": "/preview"}]"#,
+        );
+        assert_eq!(outcome(&r, request("POST", "/ro/1")), "deny:405");
+        assert_eq!(outcome(&r, request("GET", "/ro/1")), "-");
+        assert_eq!(
+            outcome(&r, request("GET", "/").with_header("x-env", "beta")),
+            "backend:eu"
+        );
+        assert_eq!(
+            outcome(&r, request("GET", "/").with_header("x-env", "beta2")),
+            "-"
+        );
+        assert_eq!(
+            outcome(
+                &r,
+                request("GET", "/").with_header("user-agent", "a googlebot")
+            ),
+            "deny:403"
+        );
+        assert_eq!(
+            outcome(&r, request("GET", "/").with_header("x-bot", "yes please")),
+            "deny:403"
+        );
+        assert_eq!(
+            outcome(&r, request("GET", "/").with_header("x-debug", "1")),
+            "backend:api"
+        );
+        assert_eq!(
+            outcome(&r, request("GET", "/").with_header("x-debug", "0")),
+            "-"
+        );
+        assert_eq!(outcome(&r, request("GET", "/?a=1&v=2")), "backend:static");
+        assert_eq!(outcome(&r, request("GET", "/?v=20")), "-");
+        assert_eq!(outcome(&r, request("GET", "/p?preview")), "path:/preview");
+    }
+
+    #[test]
+    fn redirects_and_route_with_new_path() {
+        let _h = host();
+        let r = router(
+            r#"[{"path": "/old", "redirect": {"location": "https://example.com/new", "code": 301}},
+                {"path": "/tmp", "redirect": {"location": "/elsewhere"}},
+                {"path_beg": "/api/", "backend": "api", "set_path": "/"}]"#,
+        );
+        assert_eq!(
+            outcome(&r, request("GET", "/old")),
+            "redirect:301 https://example.com/new"
+        );
+        assert_eq!(
+            outcome(&r, request("GET", "/tmp")),
+            "redirect:302 /elsewhere"
+        );
+        assert_eq!(outcome(&r, request("GET", "/api/x")), "backend:api path:/");
+    }
+
+    #[test]
+    fn config_errors_name_the_field() {
+        let _h = host();
+        let e = error(r#"[{"path": "/"}, {"path": "/x", "backend": "nope"}]"#);
+        assert!(
+            e.contains("rules[0]") && e.contains("needs an action"),
+            "{e}"
+        );
+        let e = error(r#"[{"path": "/x", "backend": "nope"}]"#);
+        assert_eq!(e, "rules[0].backend: no backend \"nope\"");
+        let e = error(r#"[{"path_reg": "(", "deny": 403}]"#);
+        assert!(e.starts_with("rules[0].path_reg:"), "{e}");
+        let e = error(r#"[{"src": "10.0.0.0/99", "deny": 403}]"#);
+        assert!(e.starts_with("rules[0].src"), "{e}");
+        let e = error(r#"[{"path": "/", "deny": 200}]"#);
+        assert!(e.starts_with("rules[0].deny:"), "{e}");
+        let e = error(r#"[{"path": "/", "redirect": {"location": "/x", "code": 200}}]"#);
+        assert!(e.starts_with("rules[0].redirect.code:"), "{e}");
+        let e = error(r#"[{"path": "/", "deny": 403, "backend": "app"}]"#);
+        assert!(e.starts_with("rules[0].deny:"), "{e}");
+        let e = error(r#"[{"paht": "/", "deny": 403}]"#);
+        assert!(e.starts_with("rules[0]") && e.contains("paht"), "{e}");
+        let e = error(r#"[{"header": {"name": "a", "exact": "1", "prefix": "2"}, "deny": 403}]"#);
+        assert!(e.starts_with("rules[0].header:"), "{e}");
+        let e = error(r#"[{"host": "a*.example.com", "deny": 403}]"#);
+        assert!(e.starts_with("rules[0].host:"), "{e}");
+    }
+}
