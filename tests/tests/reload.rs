@@ -49,7 +49,10 @@ async fn twenty_reloads_under_a_keep_alive_loop_lose_no_request() {
                             .unwrap_or_default()
                             .to_string();
                     }
-                    _ => failed += 1,
+                    other => {
+                        eprintln!("failed: {:?}", other.map(|r| (r.status, r.text())));
+                        failed += 1
+                    }
                 }
             }
             (ok, failed, last)
@@ -67,6 +70,11 @@ async fn twenty_reloads_under_a_keep_alive_loop_lose_no_request() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     done.store(true, Ordering::SeqCst);
     let (ok, failed, last) = looping.await.unwrap();
+    for line in proxy.log.lines() {
+        if line.contains(" 503 ") {
+            eprintln!("{line}");
+        }
+    }
     assert_eq!(
         failed,
         0,

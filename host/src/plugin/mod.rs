@@ -3,7 +3,8 @@
 //! One wasmtime engine for the process (pooling allocator, epoch interruption, a 1 ms
 //! epoch ticker). Each configured plugin is compiled and pre-instantiated once; a pool of
 //! configured instances serves its hook calls. Every call has a CPU deadline (the
-//! plugin's `timeout`, enforced to within one tick) and every instance a memory cap; an
+//! plugin's `timeout` of the thread's CPU time, enforced to within one tick; time spent
+//! waiting for a core does not count) and every instance a memory cap; an
 //! instance whose call failed in any way is dropped, never reused. WASI grants nothing:
 //! no files, environment, arguments or sockets.
 
@@ -53,6 +54,65 @@ fn ticks_since_start() -> u64 {
         .elapsed()
         .as_micros()
         / TICK.as_micros()) as u64
+}
+
+/// CPU time the current thread has used.
+fn thread_cpu_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    (t.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(t.tv_nsec as u64)
+}
+
+/// The CPU time one call into an instance has used, summed over the polls of its future
+/// (which may run on different threads). The epoch only wakes the check: a call is
+/// stopped for the CPU it used, never for time it spent waiting for a core on a busy
+/// machine.
+#[derive(Default)]
+struct CpuMeter {
+    used_ns: AtomicU64,
+    /// The thread's CPU clock when the current poll began.
+    poll_start_ns: AtomicU64,
+    limit_ns: AtomicU64,
+}
+
+impl CpuMeter {
+    fn start(&self, limit: Duration) {
+        self.used_ns.store(0, Ordering::Relaxed);
+        self.limit_ns
+            .store(limit.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// Used so far; called from within a poll, on its thread.
+    fn used_now(&self) -> u64 {
+        let this_poll = thread_cpu_ns().saturating_sub(self.poll_start_ns.load(Ordering::Relaxed));
+        self.used_ns.load(Ordering::Relaxed) + this_poll
+    }
+
+    /// What the epoch callback decides: stop the call, or look again when its remaining
+    /// CPU time has passed (at least one tick on).
+    fn check(&self) -> wasmtime::UpdateDeadline {
+        let (used, limit) = (self.used_now(), self.limit_ns.load(Ordering::Relaxed));
+        if used >= limit {
+            return wasmtime::UpdateDeadline::Interrupt;
+        }
+        let tick = TICK.as_nanos() as u64;
+        wasmtime::UpdateDeadline::Continue((limit - used).div_ceil(tick).max(1))
+    }
+
+    /// Runs `call` (a future driving the instance), metering the CPU time of each poll.
+    async fn metered<F: std::future::Future>(&self, call: F) -> F::Output {
+        let mut call = std::pin::pin!(call);
+        std::future::poll_fn(|cx| {
+            let start = thread_cpu_ns();
+            self.poll_start_ns.store(start, Ordering::Relaxed);
+            let r = call.as_mut().poll(cx);
+            self.used_ns
+                .fetch_add(thread_cpu_ns().saturating_sub(start), Ordering::Relaxed);
+            r
+        })
+        .await
+    }
 }
 
 /// The process's engine, and the thread that advances its epoch.
@@ -136,6 +196,7 @@ pub struct StoreState {
     plugin: Arc<str>,
     state: Arc<PluginState>,
     backends: Arc<[Arc<BackendRt>]>,
+    meter: Arc<CpuMeter>,
 }
 
 impl WasiView for StoreState {
@@ -211,6 +272,7 @@ impl PluginStats {
 struct Instance {
     store: Store<StoreState>,
     bindings: bindings::Plugin,
+    meter: Arc<CpuMeter>,
 }
 
 /// A configured plugin, ready to serve hook calls.
@@ -320,17 +382,19 @@ impl Plugin {
             plugin: Arc::clone(&self.name),
             state: Arc::clone(&self.state),
             backends: Arc::clone(&self.backends),
+            meter: Arc::default(),
         };
         let mut store = Store::new(engine(), state);
         store.limiter(|s| &mut s.limits);
-        store.epoch_deadline_trap();
+        store.epoch_deadline_callback(|cx| Ok(cx.data().meter.check()));
         store
     }
 
-    /// The call deadline in ticks beyond the engine's current epoch. The current tick is
-    /// partly over, so one more; and when the ticker runs late (a busy machine) the epoch
-    /// lags real time, so the lag is added: the deadline falls between `timeout` and
-    /// `timeout` plus one tick of real time either way.
+    /// When the epoch first wakes the CPU check of a call, in ticks beyond the engine's
+    /// current epoch. The current tick is partly over, so one more; and when the ticker
+    /// runs late (a busy machine) the epoch lags real time, so the lag is added. A call
+    /// that has used its `timeout` of CPU by then is stopped; one that spent part of it
+    /// waiting for a core is looked at again once its remaining CPU time has passed.
     fn deadline_ticks(&self) -> u64 {
         let lag = ticks_since_start().saturating_sub(EPOCH.load(Ordering::Acquire));
         (self.timeout.as_micros() as u64).div_ceil(TICK.as_micros() as u64) + 1 + lag
@@ -339,22 +403,36 @@ impl Plugin {
     /// A fresh instance, described and configured.
     async fn instantiate(&self) -> Result<(Instance, types::Info), Instantiate> {
         let mut store = self.new_store();
+        let meter = Arc::clone(&store.data().meter);
         // Instantiation and configure may take longer than a hook; allow them 1 s.
+        meter.start(Duration::from_secs(1));
         store.set_epoch_deadline(1000);
-        let bindings = self
-            .pre
-            .instantiate_async(&mut store)
-            .await
-            .map_err(|e| Instantiate::Failed(format!("{e:#}")))?;
-        let info = bindings
-            .call_describe(&mut store)
-            .await
-            .map_err(|e| Instantiate::Failed(format!("describe: {e:#}")))?;
-        match bindings.call_configure(&mut store, &self.config_json).await {
-            Ok(Ok(())) => Ok((Instance { store, bindings }, info)),
-            Ok(Err(msg)) => Err(Instantiate::Configure(msg)),
-            Err(e) => Err(Instantiate::Configure(format!("trapped: {e:#}"))),
-        }
+        let (bindings, info) = meter
+            .metered(async {
+                let bindings = self
+                    .pre
+                    .instantiate_async(&mut store)
+                    .await
+                    .map_err(|e| Instantiate::Failed(format!("{e:#}")))?;
+                let info = bindings
+                    .call_describe(&mut store)
+                    .await
+                    .map_err(|e| Instantiate::Failed(format!("describe: {e:#}")))?;
+                match bindings.call_configure(&mut store, &self.config_json).await {
+                    Ok(Ok(())) => Ok((bindings, info)),
+                    Ok(Err(msg)) => Err(Instantiate::Configure(msg)),
+                    Err(e) => Err(Instantiate::Configure(format!("trapped: {e:#}"))),
+                }
+            })
+            .await?;
+        Ok((
+            Instance {
+                store,
+                bindings,
+                meter,
+            },
+            info,
+        ))
     }
 
     /// A pooled instance, or a fresh one, armed with the call deadline.
@@ -368,6 +446,7 @@ impl Plugin {
                 HookError::Trap(e.to_string())
             })?,
         };
+        instance.meter.start(self.timeout);
         instance.store.set_epoch_deadline(self.deadline_ticks());
         Ok(instance)
     }
@@ -419,7 +498,10 @@ impl Plugin {
         request: &types::Request,
     ) -> Result<types::RequestAction, HookError> {
         let mut i = self.take().await?;
-        let result = i.bindings.call_on_request(&mut i.store, request).await;
+        let meter = Arc::clone(&i.meter);
+        let result = meter
+            .metered(i.bindings.call_on_request(&mut i.store, request))
+            .await;
         self.finish(i, result)
     }
 
@@ -428,7 +510,10 @@ impl Plugin {
         response: &types::Response,
     ) -> Result<types::ResponseAction, HookError> {
         let mut i = self.take().await?;
-        let result = i.bindings.call_on_response(&mut i.store, response).await;
+        let meter = Arc::clone(&i.meter);
+        let result = meter
+            .metered(i.bindings.call_on_response(&mut i.store, response))
+            .await;
         self.finish(i, result)
     }
 
@@ -437,7 +522,10 @@ impl Plugin {
         probe: &types::Probe,
     ) -> Result<types::Verdict, HookError> {
         let mut i = self.take().await?;
-        let result = i.bindings.call_on_health_check(&mut i.store, probe).await;
+        let meter = Arc::clone(&i.meter);
+        let result = meter
+            .metered(i.bindings.call_on_health_check(&mut i.store, probe))
+            .await;
         self.finish(i, result)
     }
 
@@ -473,4 +561,41 @@ pub async fn load_all(
         plugins.push(Arc::new(plugin));
     }
     Ok(plugins)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Burns this thread's CPU for `ms` milliseconds.
+    fn spin(ms: u64) {
+        let start = thread_cpu_ns();
+        let wall = std::time::Instant::now();
+        while thread_cpu_ns() - start < ms * 1_000_000 && wall.elapsed() < Duration::from_secs(5) {
+            std::hint::spin_loop();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_call_is_charged_for_cpu_not_for_waiting() {
+        let meter = CpuMeter::default();
+        meter.start(Duration::from_millis(10));
+        meter
+            .metered(async {
+                // Waiting (here: for a timer; on a busy machine: for a core) is free.
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                spin(4);
+                assert!(matches!(
+                    meter.check(),
+                    wasmtime::UpdateDeadline::Continue(ticks) if (1..=7).contains(&ticks)
+                ));
+                tokio::task::yield_now().await;
+                // CPU adds up across polls.
+                spin(7);
+                assert!(matches!(meter.check(), wasmtime::UpdateDeadline::Interrupt));
+            })
+            .await;
+        meter.start(Duration::from_millis(10));
+        assert!(meter.used_ns.load(Ordering::Relaxed) == 0);
+    }
 }
