@@ -17,7 +17,7 @@ fn main() {
         })
         .collect();
     names.sort();
-    let out = build_wasm(&workspace, &names, &["sdk", "wit", "plugins"]);
+    let out = build_wasm(&workspace, &names, &["Cargo.toml", "sdk", "wit", "plugins"]);
     let mut table = String::from(
         "/// Every stock plugin: its name and its component, sorted by name.\n\
          pub static STOCK: &[(&str, &[u8])] = &[\n",

@@ -10,7 +10,13 @@ fn main() {
     let out = build_wasm(
         &workspace,
         &packages,
-        &["sdk", "wit", "tests/plugins", "examples/plugins"],
+        &[
+            "Cargo.toml",
+            "sdk",
+            "wit",
+            "tests/plugins",
+            "examples/plugins",
+        ],
     );
     println!(
         "cargo:rustc-env=WEIR_FIXTURE_WASM={}",

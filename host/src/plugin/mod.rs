@@ -56,7 +56,7 @@ fn ticks_since_start() -> u64 {
         / TICK.as_micros()) as u64
 }
 
-/// CPU time the current thread has used.
+/// CPU time the current thread has used (a system call: about a microsecond).
 fn thread_cpu_ns() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
     (t.tv_sec as u64)
@@ -64,10 +64,39 @@ fn thread_cpu_ns() -> u64 {
         .saturating_add(t.tv_nsec as u64)
 }
 
+/// How old a thread's CPU clock sample may be when a call starts.
+const CPU_SAMPLE_AGE: Duration = Duration::from_micros(250);
+
+thread_local! {
+    /// The thread's last CPU clock reading, and when it was taken.
+    static CPU_SAMPLE: std::cell::Cell<Option<(std::time::Instant, u64)>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// The thread's CPU clock, read at most every [`CPU_SAMPLE_AGE`]: in between, the last
+/// reading plus the wall time since, as if the thread had run all along. Never below the
+/// true value and at most `CPU_SAMPLE_AGE` above it, so a call measured from here is
+/// charged at most its true CPU time, and a call costs no system call.
+fn thread_cpu_at_least_ns() -> u64 {
+    let now = std::time::Instant::now();
+    CPU_SAMPLE.with(|sample| match sample.get() {
+        Some((at, cpu)) if now.duration_since(at) < CPU_SAMPLE_AGE => {
+            cpu + now.duration_since(at).as_nanos() as u64
+        }
+        _ => {
+            let cpu = thread_cpu_ns();
+            sample.set(Some((now, cpu)));
+            cpu
+        }
+    })
+}
+
 /// The CPU time one call into an instance has used, summed over the polls of its future
 /// (which may run on different threads). The epoch only wakes the check: a call is
 /// stopped for the CPU it used, never for time it spent waiting for a core on a busy
-/// machine.
+/// machine. The thread's CPU clock is read exactly only in that check and when a call
+/// yields; a call's start uses [`thread_cpu_at_least_ns`], which may let a runaway
+/// call go on for up to [`CPU_SAMPLE_AGE`] past its timeout, never stop one early.
 #[derive(Default)]
 struct CpuMeter {
     used_ns: AtomicU64,
@@ -104,11 +133,14 @@ impl CpuMeter {
     async fn metered<F: std::future::Future>(&self, call: F) -> F::Output {
         let mut call = std::pin::pin!(call);
         std::future::poll_fn(|cx| {
-            let start = thread_cpu_ns();
+            let start = thread_cpu_at_least_ns();
             self.poll_start_ns.store(start, Ordering::Relaxed);
             let r = call.as_mut().poll(cx);
-            self.used_ns
-                .fetch_add(thread_cpu_ns().saturating_sub(start), Ordering::Relaxed);
+            if r.is_pending() {
+                // The next poll may run on another thread: keep what this one used.
+                self.used_ns
+                    .fetch_add(thread_cpu_ns().saturating_sub(start), Ordering::Relaxed);
+            }
             r
         })
         .await
