@@ -66,6 +66,12 @@ pub trait Plugin: Sized + 'static {
     /// Builds the plugin from its config. An error should name the field at fault.
     fn configure(config: Self::Config) -> Result<Self, String>;
 
+    /// The request headers `on_request` reads, lower-case; `None` (the default) for all.
+    /// weir copies only these into `request.headers`, which makes every call cheaper.
+    fn request_headers(&self) -> Option<Vec<String>> {
+        None
+    }
+
     /// Decides what happens to a request. Default: it goes on unchanged.
     fn on_request(&self, _request: Request) -> RequestAction {
         RequestAction::Proceed(Proceed::unchanged())
@@ -227,6 +233,9 @@ macro_rules! export_plugin {
                     let plugin = $crate::parse_config::<$plugin>(&config)?;
                     __PLUGIN.with(|p| *p.borrow_mut() = Some(plugin));
                     Ok(())
+                }
+                fn request_headers() -> Option<Vec<String>> {
+                    __with(|p| $crate::Plugin::request_headers(p))
                 }
                 fn on_request(request: __types::Request) -> __types::RequestAction {
                     __with(|p| $crate::Plugin::on_request(p, request))

@@ -384,3 +384,35 @@ async fn a_preferred_server_that_refuses_is_left_on_redispatch() {
     assert_eq!(reply.status, 200);
     assert_eq!(reply.server(), "good");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_gets_only_the_request_headers_it_asks_for() {
+    let seen = |needs: &str| {
+        format!(
+            "[plugin.p]\nwasm = \"{}\"\nconfig = {{ mode = \"seen\"{needs} }}\n",
+            weir_tests::FIXTURE_WASM
+        )
+    };
+    let request = || {
+        http::Request::get("/")
+            .header("host", "a")
+            .header("x-a", "1")
+            .header("x-b", "2")
+            .header("cookie", "c=1")
+            .body(weir_tests::empty())
+            .unwrap()
+    };
+    let (_server, proxy) = proxy_with(&["p"], &[seen(", needs = [\"x-a\", \"Cookie\"]")]).await;
+    let reply = Client::connect(proxy.addr()).await.send(request()).await;
+    assert_eq!(reply.json()["headers"]["x-seen"], "x-a,cookie");
+
+    let (_server, proxy) = proxy_with(&["p"], &[seen("")]).await;
+    let reply = Client::connect(proxy.addr()).await.send(request()).await;
+    let all = reply.json()["headers"]["x-seen"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for name in ["host", "x-a", "x-b", "cookie"] {
+        assert!(all.split(',').any(|n| n == name), "{all}");
+    }
+}

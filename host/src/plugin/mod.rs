@@ -315,6 +315,8 @@ pub struct Plugin {
     /// SHA-256 of the component file, lower-case hex.
     pub sha256: String,
     pub stats: PluginStats,
+    /// The request headers its `on-request` reads; None for all.
+    pub request_headers: Option<Vec<http::HeaderName>>,
     timeout: Duration,
     memory: usize,
     config_json: String,
@@ -375,6 +377,7 @@ impl Plugin {
             on_error: cfg.on_error,
             sha256,
             stats: PluginStats::default(),
+            request_headers: None,
             timeout: cfg.timeout,
             memory: cfg.memory as usize,
             config_json: cfg.config_json.clone(),
@@ -385,11 +388,25 @@ impl Plugin {
         };
         // A first instance proves the plugin instantiates, describes itself and accepts its
         // config; it then serves the first calls.
-        let (instance, info) = plugin.instantiate().await.map_err(|e| match e {
+        let (mut instance, info) = plugin.instantiate().await.map_err(|e| match e {
             Instantiate::Configure(msg) => LoadError::Configure(msg),
             Instantiate::Failed(msg) => LoadError::Component(msg),
         })?;
         plugin.info = info;
+        let wanted = instance
+            .bindings
+            .call_request_headers(&mut instance.store)
+            .await
+            .map_err(|e| LoadError::Component(format!("request-headers: {e:#}")))?;
+        plugin.request_headers = wanted
+            .map(|names| {
+                names
+                    .iter()
+                    .map(|n| validate::header_name(n))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()
+            .map_err(|e| LoadError::Component(format!("request-headers: {e}")))?;
         plugin
             .pool
             .get_mut()
@@ -400,6 +417,18 @@ impl Plugin {
 
     pub fn hooks(&self) -> types::Hooks {
         self.info.hooks
+    }
+
+    /// What `on-request` gets of a request's headers: those the plugin declared, or all.
+    pub fn request_headers_of(&self, map: &http::HeaderMap) -> Vec<types::Header> {
+        match &self.request_headers {
+            None => headers_of(map),
+            Some(names) => names
+                .iter()
+                .flat_map(|n| map.get_all(n).iter().map(move |v| (n, v)))
+                .filter_map(header_of)
+                .collect(),
+        }
     }
 
     fn new_store(&self) -> Store<StoreState> {
@@ -578,6 +607,18 @@ enum Instantiate {
     Failed(String),
     #[error("configure failed: {0}")]
     Configure(String),
+}
+
+/// A header map as plugins see it (values that are not text are left out).
+pub fn headers_of(map: &http::HeaderMap) -> Vec<types::Header> {
+    map.iter().filter_map(header_of).collect()
+}
+
+fn header_of((n, v): (&http::HeaderName, &http::HeaderValue)) -> Option<types::Header> {
+    v.to_str().ok().map(|v| types::Header {
+        name: n.as_str().to_owned(),
+        value: v.to_owned(),
+    })
 }
 
 /// Every plugin of a config, loaded: what `weir check` proves and what the proxy runs.

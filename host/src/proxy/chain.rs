@@ -11,7 +11,7 @@ use http::{HeaderMap, StatusCode, Uri};
 
 use super::backend::BackendRt;
 use crate::config::FailPolicy;
-use crate::plugin::{HookError, Plugin, types, validate};
+use crate::plugin::{HookError, Plugin, headers_of, types, validate};
 
 /// Where the chain leaves a request.
 pub enum Decision {
@@ -57,17 +57,6 @@ pub fn next_request_id() -> u64 {
 /// A fail-closed plugin failed: the request gets a generic 503.
 #[derive(Debug)]
 pub struct Failed;
-
-fn headers_of(map: &HeaderMap) -> Vec<types::Header> {
-    map.iter()
-        .filter_map(|(n, v)| {
-            v.to_str().ok().map(|v| types::Header {
-                name: n.as_str().to_owned(),
-                value: v.to_owned(),
-            })
-        })
-        .collect()
-}
 
 fn local(r: types::LocalResponse) -> Result<Local, String> {
     validate::local_response(&r)?;
@@ -130,7 +119,7 @@ pub async fn on_request(
             path: parts.uri.path().to_owned(),
             query: parts.uri.query().map(str::to_owned),
             host: host.map(str::to_owned),
-            headers: headers_of(&parts.headers),
+            headers: plugin.request_headers_of(&parts.headers),
             client_ip: client.ip.to_string(),
             frontend: client.frontend.to_owned(),
             scheme: client.scheme.to_owned(),

@@ -303,6 +303,21 @@ impl Plugin for HeaderRewrite {
         })
     }
 
+    /// Only `replace` reads a header's values; `set`, `add` and `del` need none.
+    fn request_headers(&self) -> Option<Vec<String>> {
+        let mut names: Vec<String> = self
+            .request
+            .iter()
+            .filter_map(|op| match op {
+                Op::Replace { name, .. } => Some(name.clone()),
+                _ => None,
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        Some(names)
+    }
+
     fn on_request(&self, mut request: Request) -> RequestAction {
         if self.request.is_empty() {
             return RequestAction::Proceed(Proceed::unchanged());

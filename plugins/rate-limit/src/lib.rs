@@ -130,6 +130,14 @@ impl Plugin for RateLimit {
         })
     }
 
+    fn request_headers(&self) -> Option<Vec<String>> {
+        Some(match &self.key {
+            Key::Src => vec![],
+            Key::Header(name) => vec![name.clone()],
+            Key::Cookie(_) => vec!["cookie".into()],
+        })
+    }
+
     fn on_request(&self, request: Request) -> RequestAction {
         if in_any(&self.allow, &request.client_ip) {
             return RequestAction::Proceed(Proceed::unchanged());

@@ -147,6 +147,8 @@ struct Rule {
 
 pub struct Router {
     rules: Vec<Rule>,
+    /// The headers any rule looks at.
+    headers: Vec<String>,
 }
 
 /// What a condition sees of a request, computed once per request.
@@ -189,12 +191,22 @@ impl Test {
     }
 }
 
-fn field_matches(list: OneOrMany<FieldMatchFile>, key: &str) -> Result<Vec<FieldMatch>, String> {
+/// `header` (names compared case-insensitively, so kept lower-case) and `query`
+/// (names compared as written) conditions.
+fn field_matches(
+    list: OneOrMany<FieldMatchFile>,
+    key: &str,
+    header: bool,
+) -> Result<Vec<FieldMatch>, String> {
     list.0
         .into_iter()
         .map(|m| match m {
             FieldMatchFile::Present(name) => Ok(FieldMatch {
-                name: name.to_ascii_lowercase(),
+                name: if header {
+                    name.to_ascii_lowercase()
+                } else {
+                    name
+                },
                 test: ValueTest::Present,
             }),
             FieldMatchFile::Value {
@@ -214,7 +226,7 @@ fn field_matches(list: OneOrMany<FieldMatchFile>, key: &str) -> Result<Vec<Field
                         ));
                     }
                 };
-                let name = if key.starts_with("header") {
+                let name = if header {
                     name.to_ascii_lowercase()
                 } else {
                     name
@@ -317,7 +329,7 @@ fn compile_rule(rule: RuleFile, at: &str) -> Result<Rule, String> {
         (rule.header_not, true, "header_not"),
     ] {
         if let Some(v) = v {
-            add(Test::Header(field_matches(v, &key(name))?), negate);
+            add(Test::Header(field_matches(v, &key(name), true)?), negate);
         }
     }
     for (v, negate, name) in [
@@ -325,7 +337,7 @@ fn compile_rule(rule: RuleFile, at: &str) -> Result<Rule, String> {
         (rule.query_not, true, "query_not"),
     ] {
         if let Some(v) = v {
-            add(Test::Query(field_matches(v, &key(name))?), negate);
+            add(Test::Query(field_matches(v, &key(name), false)?), negate);
         }
     }
     for (v, negate) in [(rule.src, false), (rule.src_not, true)] {
@@ -414,8 +426,23 @@ impl Plugin for Router {
             .into_iter()
             .enumerate()
             .map(|(i, r)| compile_rule(r, &format!("rules[{i}]")))
-            .collect::<Result<_, _>>()?;
-        Ok(Router { rules })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut headers: Vec<String> = rules
+            .iter()
+            .flat_map(|r| &r.conditions)
+            .filter_map(|c| match &c.test {
+                Test::Header(matches) => Some(matches.iter().map(|m| m.name.clone())),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        headers.sort();
+        headers.dedup();
+        Ok(Router { rules, headers })
+    }
+
+    fn request_headers(&self) -> Option<Vec<String>> {
+        Some(self.headers.clone())
     }
 
     fn on_request(&self, request: Request) -> RequestAction {
@@ -660,6 +687,31 @@ mod tests {
             "redirect:302 /elsewhere"
         );
         assert_eq!(outcome(&r, request("GET", "/api/x")), "backend:api path:/");
+    }
+
+    #[test]
+    fn only_the_headers_rules_read_are_asked_for() {
+        let _h = host();
+        let r = router(
+            r#"[{"header": [{"name": "X-B", "exact": "1"}, "x-a"], "deny": 403},
+                {"header_not": "x-a", "path": "/", "backend": "api"},
+                {"query": "x-q", "deny": 403}]"#,
+        );
+        assert_eq!(r.request_headers(), Some(vec!["x-a".into(), "x-b".into()]));
+        assert_eq!(router("[]").request_headers(), Some(vec![]));
+    }
+
+    #[test]
+    fn query_names_are_case_sensitive_header_names_are_not() {
+        let _h = host();
+        let r =
+            router(r#"[{"query": "Preview", "deny": 403}, {"header": "X-Preview", "deny": 404}]"#);
+        assert_eq!(outcome(&r, request("GET", "/?Preview")), "deny:403");
+        assert_eq!(outcome(&r, request("GET", "/?preview")), "-");
+        assert_eq!(
+            outcome(&r, request("GET", "/").with_header("x-preview", "1")),
+            "deny:404"
+        );
     }
 
     #[test]

@@ -144,6 +144,10 @@ impl Plugin for SecurityHeaders {
         })
     }
 
+    fn request_headers(&self) -> Option<Vec<String>> {
+        Some(vec![])
+    }
+
     fn on_request(&self, request: Request) -> RequestAction {
         if !self.https_redirect || request.scheme == "https" {
             return RequestAction::Proceed(Proceed::unchanged());

@@ -234,6 +234,10 @@ impl Plugin for Sticky {
         })
     }
 
+    fn request_headers(&self) -> Option<Vec<String>> {
+        Some(vec!["cookie".into()])
+    }
+
     fn on_request(&self, request: Request) -> RequestAction {
         let now = now_s();
         let mut p = Proceed::unchanged();

@@ -45,6 +45,16 @@ impl Plugin for Canary {
         Ok(Canary(config))
     }
 
+    fn request_headers(&self) -> Option<Vec<String>> {
+        Some(
+            self.0
+                .header
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+        )
+    }
+
     fn on_request(&self, request: Request) -> RequestAction {
         let by_header = self
             .0
