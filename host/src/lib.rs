@@ -3,6 +3,7 @@
 //! The crate is both the `weir` binary and a library, so that tests run the real proxy
 //! in-process: build a [`config::Config`], then [`server::start`] it on a tokio runtime.
 
+pub mod admin;
 pub mod balance;
 pub mod config;
 pub mod demo;

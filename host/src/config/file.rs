@@ -20,6 +20,21 @@ pub struct File {
     pub backend: BTreeMap<String, BackendFile>,
     #[serde(default)]
     pub plugin: BTreeMap<String, PluginFile>,
+    pub admin: Option<AdminFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminFile {
+    pub bind: String,
+    pub auth: Option<AuthFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthFile {
+    pub user: String,
+    pub password: String,
 }
 
 #[derive(Debug, Deserialize)]

@@ -25,6 +25,8 @@ pub struct Config {
     pub backends: Vec<Backend>,
     /// Every `[plugin.<name>]` section, by name.
     pub plugins: Vec<PluginConfig>,
+    /// The `[admin]` listener, if configured.
+    pub admin: Option<Admin>,
     /// The file this was read from, if any; relative paths in it were resolved against its folder.
     pub source: Option<PathBuf>,
 }
@@ -97,6 +99,14 @@ pub struct Server {
     pub slowstart: Option<Duration>,
     /// Active health check; None when the backend and server configure none.
     pub health: Option<HealthCheck>,
+}
+
+/// The `[admin]` section: one listener for the runtime API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admin {
+    pub bind: SocketAddr,
+    /// Basic auth required on every admin route: user and password.
+    pub auth: Option<(String, String)>,
 }
 
 /// A `[plugin.<name>]` section: where the component is and how it is confined.

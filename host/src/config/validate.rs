@@ -15,7 +15,7 @@ use super::file::{
 use super::locate::{KeyPath, Locator};
 use super::units::{Dur, Size, parse_duration, parse_size};
 use super::{
-    Backend, Balance, CheckKind, Config, ConfigError, ConfigErrors, ErrorFiles, ErrorPage,
+    Admin, Backend, Balance, CheckKind, Config, ConfigError, ConfigErrors, ErrorFiles, ErrorPage,
     FailPolicy, Frontend, Global, HealthCheck, HttpCheck, LogFormat, Observe, OnError,
     PluginConfig, PluginSource, RetryOn, Server, StatusMatch,
 };
@@ -209,11 +209,47 @@ fn build(cx: &mut Ctx<'_>, file: File) -> Config {
             }
         }
     }
+    let admin = file.admin.as_ref().and_then(|a| {
+        let path = root.key("admin");
+        let bind = match parse_addr(&a.bind, true) {
+            Ok(addr) => Some(addr),
+            Err(msg) => {
+                cx.err(&path.key("bind"), msg);
+                None
+            }
+        };
+        if let Some(addr) = bind
+            && let Some((_, other)) = all_binds
+                .iter()
+                .find(|(b, _)| *b == addr && addr.port() != 0)
+        {
+            cx.err(
+                &path.key("bind"),
+                format!("{addr} is already bound by {other}"),
+            );
+        }
+        if let Some(auth) = &a.auth
+            && (auth.user.is_empty() || auth.user.contains(':') || auth.password.is_empty())
+        {
+            cx.err(
+                &path.key("auth"),
+                "needs a user (without \":\") and a non-empty password",
+            );
+        }
+        bind.map(|bind| Admin {
+            bind,
+            auth: a
+                .auth
+                .as_ref()
+                .map(|x| (x.user.clone(), x.password.clone())),
+        })
+    });
     Config {
         global,
         frontends,
         backends,
         plugins,
+        admin,
         source: None,
     }
 }

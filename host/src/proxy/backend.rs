@@ -51,6 +51,8 @@ pub struct ServerRt {
     pub in_flight: AtomicU32,
     pub health: Health,
     admin: AtomicU8,
+    /// The weight was set by an operator (and a reload keeps it).
+    weight_set: std::sync::atomic::AtomicBool,
     pub pool: Arc<Pool>,
     queue: Arc<Queue>,
 }
@@ -208,6 +210,7 @@ impl BackendRt {
                         in_flight: AtomicU32::new(0),
                         health: Health::default(),
                         admin: AtomicU8::new(0),
+                        weight_set: std::sync::atomic::AtomicBool::new(false),
                         pool: Arc::new(Pool::new(cfg.pool_max_idle, cfg.pool_idle_timeout)),
                         queue: Arc::clone(&queue),
                         cfg: s.clone(),
@@ -398,8 +401,26 @@ impl BackendRt {
         }
         let s = &self.servers[self.server_index(server)?];
         s.weight.store(weight, Ordering::Release);
+        s.weight_set.store(true, Ordering::Release);
         self.dispatch_queue();
         Ok(())
+    }
+
+    /// Takes over what an operator set on the servers of `old` (the same backend in the
+    /// generation a reload replaces): the state of every server of the same name, and
+    /// its weight where it was set at run time.
+    pub fn inherit(&self, old: &BackendRt) {
+        for s in self.servers.iter() {
+            let Some(o) = old.servers.iter().find(|o| o.name == s.name) else {
+                continue;
+            };
+            s.admin.store(o.admin() as u8, Ordering::Release);
+            if o.weight_set.load(Ordering::Acquire) {
+                s.weight
+                    .store(o.weight.load(Ordering::Acquire), Ordering::Release);
+                s.weight_set.store(true, Ordering::Release);
+            }
+        }
     }
 
     /// Servers taking traffic, as the transition log counts them.

@@ -59,6 +59,15 @@ pub struct PluginLoadError {
 }
 
 impl Proxy {
+    /// Takes over what operators set at run time in the generation this one replaces.
+    pub fn inherit_runtime_state(&self, old: &Proxy) {
+        for b in &self.backends {
+            if let Some(o) = old.backends.iter().find(|o| o.name == b.name) {
+                b.inherit(o);
+            }
+        }
+    }
+
     /// Builds a generation: backends, and every plugin loaded and configured.
     pub async fn new(config: &Config, log: AccessLog) -> Result<Self, PluginLoadError> {
         let backends: Vec<Arc<BackendRt>> = config

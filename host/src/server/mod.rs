@@ -40,19 +40,35 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("admin.bind: cannot listen on {addr}: {source}")]
+    AdminBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// A running proxy: its listeners, and the handle to stop it.
 pub struct Running {
     bound: Vec<(String, Vec<SocketAddr>)>,
+    control: Arc<Control>,
+    admin: Option<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    connections: Arc<Connections>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// What operators steer at run time, through the admin API, signals or the library: the
+/// generation serving now and how to replace it.
+pub struct Control {
     /// The configured bind addresses, which a reload may not change.
     binds: Vec<(String, Vec<SocketAddr>)>,
     current: Current,
     generation: std::sync::Mutex<Generation>,
     log: AccessLog,
-    shutdown: watch::Sender<bool>,
-    connections: Arc<Connections>,
-    tasks: Vec<JoinHandle<()>>,
+    /// The config file weir was started from, which the admin API's reload reads again.
+    source: Option<std::path::PathBuf>,
+    admin: Option<crate::config::Admin>,
+    started: std::time::Instant,
 }
 
 /// The generation requests use now: looked up per request, swapped by a reload.
@@ -91,6 +107,8 @@ pub enum ReloadError {
     Plugin(#[from] crate::proxy::PluginLoadError),
     #[error("frontends and their bind addresses cannot change on reload; restart weir for that")]
     Frontends,
+    #[error("the [admin] section cannot change on reload; restart weir for that")]
+    Admin,
 }
 
 #[derive(Default)]
@@ -123,6 +141,66 @@ impl Running {
             .unwrap_or_else(|| panic!("no frontend named {frontend}"))
     }
 
+    /// The admin listener's address, when `[admin]` is configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+    }
+
+    /// The run-time controls, shared with the admin API.
+    pub fn control(&self) -> &Arc<Control> {
+        &self.control
+    }
+
+    /// A backend, for the run-time controls: server state (ready / drain / maint) and weight.
+    pub fn backend(&self, name: &str) -> Option<Arc<BackendRt>> {
+        self.control.backend(name)
+    }
+
+    /// The loaded plugins, in config order.
+    pub fn plugins(&self) -> Vec<Arc<crate::plugin::Plugin>> {
+        self.control.plugins()
+    }
+
+    /// The configuration generation serving now: 1 at start, one more per reload.
+    pub fn generation(&self) -> u64 {
+        self.control.generation()
+    }
+
+    /// See [`Control::reload`].
+    pub async fn reload(&self, config: &Config) -> Result<u64, ReloadError> {
+        self.control.reload(config).await
+    }
+
+    /// Stops accepting, asks every connection to finish its current request and close,
+    /// and waits up to `grace` for them. Returns the number still open when it gave up.
+    pub async fn shutdown(self, grace: Duration) -> usize {
+        let _ = self.shutdown.send(true);
+        let _ = self
+            .control
+            .generation
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .stop
+            .send(true);
+        for task in self.tasks {
+            task.abort();
+            let _ = task.await;
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let closed = self.connections.closed.notified();
+            let open = self.connections.open.load(Ordering::Acquire);
+            if open == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, closed).await.is_err() {
+                return self.connections.open.load(Ordering::Acquire);
+            }
+        }
+    }
+}
+
+impl Control {
     /// A backend, for the run-time controls: server state (ready / drain / maint) and weight.
     pub fn backend(&self, name: &str) -> Option<Arc<BackendRt>> {
         current(&self.current)
@@ -148,13 +226,18 @@ impl Running {
     /// Loads `config` as a new generation (every plugin loaded and configured first) and
     /// swaps it in: the next request uses it, requests in flight finish on the old one.
     /// On any error nothing changes. Frontends and binds stay as started; the rest
-    /// (backends, servers, plugins, timeouts of backends) is taken from `config`, with
-    /// fresh server state, as an HAProxy reload starts fresh.
+    /// (backends, servers, plugins, timeouts of backends) is taken from `config`. Servers
+    /// start fresh (UP, no queue) except for what an operator set at run time (state,
+    /// weight), which servers of the same backend and name keep.
     pub async fn reload(&self, config: &Config) -> Result<u64, ReloadError> {
         if bind_list(config) != self.binds {
             return Err(ReloadError::Frontends);
         }
+        if config.admin != self.admin {
+            return Err(ReloadError::Admin);
+        }
         let proxy = Arc::new(Proxy::new(config, self.log.clone()).await?);
+        proxy.inherit_runtime_state(&current(&self.current));
         let (stop, _) = watch::channel(false);
         spawn_generation(&proxy, &stop);
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = proxy;
@@ -166,31 +249,19 @@ impl Running {
         Ok(generation.number)
     }
 
-    /// Stops accepting, asks every connection to finish its current request and close,
-    /// and waits up to `grace` for them. Returns the number still open when it gave up.
-    pub async fn shutdown(self, grace: Duration) -> usize {
-        let _ = self.shutdown.send(true);
-        let _ = self
-            .generation
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .stop
-            .send(true);
-        for task in self.tasks {
-            task.abort();
-            let _ = task.await;
-        }
-        let deadline = tokio::time::Instant::now() + grace;
-        loop {
-            let closed = self.connections.closed.notified();
-            let open = self.connections.open.load(Ordering::Acquire);
-            if open == 0 {
-                return 0;
-            }
-            if tokio::time::timeout_at(deadline, closed).await.is_err() {
-                return self.connections.open.load(Ordering::Acquire);
-            }
-        }
+    /// The config file weir was started from, if any.
+    pub fn source(&self) -> Option<&std::path::Path> {
+        self.source.as_deref()
+    }
+
+    /// How long weir has been running.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// The generation serving now.
+    pub fn proxy(&self) -> Arc<Proxy> {
+        current(&self.current)
     }
 }
 
@@ -229,6 +300,18 @@ pub async fn start(config: &Config, log: AccessLog) -> Result<Running, StartErro
         }
         bound.push((fe.name.clone(), addrs));
     }
+    let admin_listener = match &config.admin {
+        Some(admin) => Some((
+            TcpListener::bind(admin.bind)
+                .await
+                .map_err(|source| StartError::AdminBind {
+                    addr: admin.bind,
+                    source,
+                })?,
+            admin.clone(),
+        )),
+        None => None,
+    };
 
     let (shutdown, _) = watch::channel(false);
     let connections = Arc::new(Connections::default());
@@ -253,12 +336,34 @@ pub async fn start(config: &Config, log: AccessLog) -> Result<Running, StartErro
             tracing::info!("frontend {name} listening on {a}");
         }
     }
-    Ok(Running {
-        bound,
+    let control = Arc::new(Control {
         binds: bind_list(config),
         current: live,
         generation: std::sync::Mutex::new(Generation { number: 1, stop }),
         log,
+        source: config.source.clone(),
+        admin: config.admin.clone(),
+        started: std::time::Instant::now(),
+    });
+    let mut tasks = tasks;
+    let admin = match admin_listener {
+        Some((listener, cfg)) => {
+            let addr = listener.local_addr().unwrap_or(cfg.bind);
+            tracing::info!("admin listening on {addr}");
+            tasks.push(tokio::spawn(crate::admin::serve(
+                listener,
+                Arc::clone(&control),
+                cfg.auth,
+                shutdown.subscribe(),
+            )));
+            Some(addr)
+        }
+        None => None,
+    };
+    Ok(Running {
+        bound,
+        control,
+        admin,
         shutdown,
         connections,
         tasks,

@@ -1,0 +1,359 @@
+//! The `[admin]` listener: the runtime API, in JSON.
+//!
+//! - `GET /api/info`: version, uptime, config generation, the loaded plugins;
+//! - `GET /api/backends`: every backend's servers with state, weight and health;
+//! - `POST /api/backends/<b>/servers/<s>/state` with `{"state": "ready" | "drain" | "maint"}`;
+//! - `POST /api/backends/<b>/servers/<s>/weight` with `{"weight": 0..256}`;
+//! - `POST /api/reload`: reads the config file again, as SIGHUP does.
+//!
+//! Bad input gets a 4xx with `{"error": "..."}` and changes nothing. With `auth`, every
+//! route needs HTTP basic auth.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::proxy::backend::{AdminState, BackendRt};
+use crate::server::Control;
+
+/// Largest request body the API reads.
+const MAX_BODY: usize = 64 * 1024;
+
+type Reply = Response<Full<Bytes>>;
+
+/// Serves the admin API until `shutdown` fires.
+pub async fn serve(
+    listener: TcpListener,
+    control: Arc<Control>,
+    auth: Option<(String, String)>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let auth = Arc::new(auth);
+    loop {
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!("accept on the admin listener: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let (control, auth) = (Arc::clone(&control), Arc::clone(&auth));
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let (control, auth) = (Arc::clone(&control), Arc::clone(&auth));
+                async move { Ok::<_, std::convert::Infallible>(handle(req, &control, &auth).await) }
+            });
+            let _ = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn reply(status: StatusCode, body: Value) -> Reply {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string() + "\n")));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    r
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Reply {
+    reply(status, json!({ "error": message.into() }))
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    control: &Control,
+    auth: &Option<(String, String)>,
+) -> Reply {
+    if let Some((user, password)) = auth
+        && !authorized(&req, user, password)
+    {
+        let mut r = error(StatusCode::UNAUTHORIZED, "authentication required");
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Basic realm=\"weir\""),
+        );
+        return r;
+    }
+    let path = req.uri().path().to_owned();
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (req.method().clone(), parts.as_slice()) {
+        (Method::GET, ["api", "info"]) => info(control),
+        (Method::GET, ["api", "backends"]) => backends(control),
+        (
+            Method::POST,
+            [
+                "api",
+                "backends",
+                b,
+                "servers",
+                s,
+                what @ ("state" | "weight"),
+            ],
+        ) => {
+            let (b, s, what) = (b.to_string(), s.to_string(), what.to_string());
+            let body = match read_json(req).await {
+                Ok(v) => v,
+                Err(r) => return r,
+            };
+            set_server(control, &b, &s, &what, &body)
+        }
+        (Method::POST, ["api", "reload"]) => reload(control).await,
+        (
+            _,
+            ["api", "info"]
+            | ["api", "backends"]
+            | ["api", "reload"]
+            | ["api", "backends", _, "servers", _, "state" | "weight"],
+        ) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here"),
+        _ => error(StatusCode::NOT_FOUND, format!("no such route: {path}")),
+    }
+}
+
+/// Whether the request carries `Authorization: Basic` with these credentials.
+fn authorized(req: &Request<Incoming>, user: &str, password: &str) -> bool {
+    let Some(given) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b64| base64_decode(b64.trim()))
+    else {
+        return false;
+    };
+    let expected = format!("{user}:{password}");
+    // Compared in full whatever differs, so the time taken tells nothing.
+    given.len() == expected.len()
+        && given
+            .iter()
+            .zip(expected.as_bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+/// Standard base64 (with or without padding); None when malformed.
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let value = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let text = text.trim_end_matches('=').as_bytes();
+    if text.len() % 4 == 1 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    for chunk in text.chunks(4) {
+        let mut n = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            n |= value(c)? << (18 - 6 * i);
+        }
+        let bytes = n.to_be_bytes();
+        out.extend_from_slice(&bytes[1..chunk.len()]);
+    }
+    Some(out)
+}
+
+async fn read_json(req: Request<Incoming>) -> Result<Value, Reply> {
+    let body = Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|_| {
+            error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body must be JSON of at most {MAX_BODY} bytes"),
+            )
+        })?
+        .to_bytes();
+    serde_json::from_slice(&body).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!("the body is not JSON: {e}"),
+        )
+    })
+}
+
+fn info(control: &Control) -> Reply {
+    let proxy = control.proxy();
+    let plugins: Vec<Value> = proxy
+        .plugins
+        .iter()
+        .map(|p| {
+            json!({
+                "name": &*p.name,
+                "plugin": p.info.name,
+                "version": p.info.version,
+                "sha256": p.sha256,
+            })
+        })
+        .collect();
+    reply(
+        StatusCode::OK,
+        json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_s": control.uptime().as_secs(),
+            "generation": control.generation(),
+            "config": control.source().map(|p| p.display().to_string()),
+            "plugins": plugins,
+        }),
+    )
+}
+
+fn admin_name(state: AdminState) -> &'static str {
+    match state {
+        AdminState::Ready => "ready",
+        AdminState::Drain => "drain",
+        AdminState::Maint => "maint",
+    }
+}
+
+fn backend_json(b: &BackendRt) -> Value {
+    let servers: Vec<Value> = b
+        .servers
+        .iter()
+        .map(|s| {
+            let detail = s.health.snapshot();
+            let (rise, fall) = s.cfg.health.as_ref().map_or((1, 1), |h| (h.rise, h.fall));
+            // As HAProxy's stats show it: the operator's state first, then health.
+            let status = match s.admin() {
+                AdminState::Maint => "MAINT".to_owned(),
+                AdminState::Drain if detail.up => "DRAIN".to_owned(),
+                _ => detail.label(rise, fall),
+            };
+            json!({
+                "name": &*s.name,
+                "addr": s.cfg.addr.to_string(),
+                "status": status,
+                "state": admin_name(s.admin()),
+                "health": if detail.up { "up" } else { "down" },
+                "checked": s.cfg.health.is_some(),
+                "last_check": detail.last_check.map(|c| c.status.code()),
+                "weight": s.weight.load(std::sync::atomic::Ordering::Relaxed),
+                "configured_weight": s.cfg.weight,
+                "in_flight": s.in_flight.load(std::sync::atomic::Ordering::Relaxed),
+                "backup": s.cfg.backup,
+            })
+        })
+        .collect();
+    json!({ "name": &*b.name, "servers": servers })
+}
+
+fn backends(control: &Control) -> Reply {
+    let proxy = control.proxy();
+    let list: Vec<Value> = proxy.backends.iter().map(|b| backend_json(b)).collect();
+    reply(StatusCode::OK, json!({ "backends": list }))
+}
+
+fn set_server(control: &Control, backend: &str, server: &str, what: &str, body: &Value) -> Reply {
+    let Some(b) = control.backend(backend) else {
+        return error(StatusCode::NOT_FOUND, format!("no backend \"{backend}\""));
+    };
+    if b.server_index(server).is_err() {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no server \"{server}\" in backend \"{backend}\""),
+        );
+    }
+    let result = if what == "state" {
+        let state = match body.get("state").and_then(Value::as_str) {
+            Some("ready") => AdminState::Ready,
+            Some("drain") => AdminState::Drain,
+            Some("maint") => AdminState::Maint,
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "expected {\"state\": \"ready\" | \"drain\" | \"maint\"}",
+                );
+            }
+        };
+        b.set_admin(server, state)
+    } else {
+        let Some(weight) = body
+            .get("weight")
+            .and_then(Value::as_u64)
+            .filter(|w| *w <= 256)
+        else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "expected {\"weight\": N} with N from 0 to 256",
+            );
+        };
+        b.set_weight(server, weight as u32)
+    };
+    match result {
+        Ok(()) => {
+            let i = b.server_index(server).unwrap_or_default();
+            let all = backend_json(&b);
+            reply(StatusCode::OK, all["servers"][i].clone())
+        }
+        Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
+    }
+}
+
+async fn reload(control: &Control) -> Reply {
+    let Some(path) = control.source() else {
+        return error(
+            StatusCode::CONFLICT,
+            "weir was not started from a config file: there is nothing to reload",
+        );
+    };
+    let config = match crate::Config::from_file(path) {
+        Ok(c) => c,
+        Err(errors) => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("the config was refused, the running one stays: {errors}"),
+            );
+        }
+    };
+    match control.reload(&config).await {
+        Ok(generation) => reply(StatusCode::OK, json!({ "generation": generation })),
+        Err(e) => error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("the config was refused, the running one stays: {e}"),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::base64_decode;
+
+    #[test]
+    fn base64() {
+        assert_eq!(base64_decode("YWRtaW46czNjcjN0").unwrap(), b"admin:s3cr3t");
+        assert_eq!(base64_decode("YQ==").unwrap(), b"a");
+        assert_eq!(base64_decode("YWI=").unwrap(), b"ab");
+        assert!(base64_decode("Y").is_none());
+        assert!(base64_decode("!!!!").is_none());
+    }
+}
