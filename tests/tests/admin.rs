@@ -299,3 +299,126 @@ async fn reload_through_the_api_reads_the_file_and_keeps_runtime_changes() {
 fn server_weight(backends: &serde_json::Value) -> u64 {
     server_in(backends, "s1")["weight"].as_u64().unwrap()
 }
+
+/// The CSV as rows of `column → value`.
+fn parse_csv(text: &str) -> Vec<std::collections::HashMap<String, String>> {
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap()
+        .trim_start_matches("# ")
+        .split(',')
+        .collect();
+    lines
+        .map(|l| {
+            header
+                .iter()
+                .zip(l.split(','))
+                .map(|(h, v)| (h.to_string(), v.to_string()))
+                .collect()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_csv_reads_as_haproxy_writes_it() {
+    let (s1, s2) = (MockServer::start("s1").await, MockServer::start("s2").await);
+    let mut toml = config(
+        "roundrobin",
+        &[("s1", s1.addr, ""), ("s2", s2.addr, "")],
+        "health = { path = \"/health\", interval = \"50ms\" }",
+    );
+    toml.push_str(ADMIN);
+    let proxy = TestProxy::start(&toml).await;
+    let admin = proxy.running.admin_addr().unwrap();
+    let b = proxy.running.backend("app").unwrap();
+    weir_tests::wait_until(std::time::Duration::from_secs(3), || {
+        b.servers
+            .iter()
+            .all(|s| s.health.snapshot().last_check.is_some())
+    })
+    .await
+    .expect("both servers checked");
+
+    let mut c = Client::connect(proxy.addr()).await;
+    for _ in 0..4 {
+        assert_eq!(c.get("/").await.status, 200);
+    }
+    assert_eq!(c.get("/status/503").await.status, 503);
+    let r = call(
+        admin,
+        Method::POST,
+        "/api/backends/app/servers/s2/state",
+        r#"{"state": "maint"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+
+    for path in ["/;csv", "/stats.csv"] {
+        let r = call(admin, Method::GET, path, "").await;
+        assert_eq!(r.status, 200);
+        assert!(
+            r.headers["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/csv")
+        );
+        let text = r.text();
+        assert!(
+            text.starts_with(
+                "# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,\
+                 eresp,wretr,wredis,status,weight,act,bck,chkfail,chkdown,lastchg,downtime,\
+                 qlimit,pid,iid,sid,throttle,lbtot,tracked,type,rate,rate_lim,rate_max,\
+                 check_status,check_code,check_duration,hrsp_1xx,hrsp_2xx,hrsp_3xx,hrsp_4xx,\
+                 hrsp_5xx,hrsp_other"
+            ),
+            "{text}"
+        );
+        let rows = parse_csv(&text);
+        let names: Vec<(String, String)> = rows
+            .iter()
+            .map(|r| (r["pxname"].clone(), r["svname"].clone()))
+            .collect();
+        let expected = [
+            ("www", "FRONTEND"),
+            ("app", "s1"),
+            ("app", "s2"),
+            ("app", "BACKEND"),
+        ];
+        assert_eq!(
+            names,
+            expected
+                .map(|(p, s)| (p.to_string(), s.to_string()))
+                .to_vec()
+        );
+        let (fe, one, two, be) = (&rows[0], &rows[1], &rows[2], &rows[3]);
+        assert_eq!((fe["status"].as_str(), fe["type"].as_str()), ("OPEN", "0"));
+        assert_eq!(fe["stot"], "5");
+        assert_eq!(
+            (fe["hrsp_2xx"].as_str(), fe["hrsp_5xx"].as_str()),
+            ("4", "1")
+        );
+        assert!(
+            fe["scur"].parse::<u64>().unwrap() >= 1,
+            "our connection is open"
+        );
+        assert_eq!((one["status"].as_str(), one["type"].as_str()), ("UP", "2"));
+        assert_eq!(
+            (one["check_status"].as_str(), one["check_code"].as_str()),
+            ("L7OK", "200")
+        );
+        assert_eq!((one["act"].as_str(), one["bck"].as_str()), ("1", "0"));
+        assert_eq!(two["status"], "MAINT");
+        let served: u64 = one["stot"].parse::<u64>().unwrap() + two["stot"].parse::<u64>().unwrap();
+        assert_eq!(served, 5);
+        assert_eq!((be["status"].as_str(), be["type"].as_str()), ("UP", "1"));
+        assert_eq!((be["stot"].as_str(), be["lbtot"].as_str()), ("5", "5"));
+        assert_eq!((be["act"].as_str(), be["weight"].as_str()), ("1", "1"));
+        let bout: u64 = fe["bout"].parse().unwrap();
+        assert!(
+            bout > 0 && be["bout"] == fe["bout"],
+            "{bout} {}",
+            be["bout"]
+        );
+    }
+}

@@ -51,6 +51,7 @@ pub struct ServerRt {
     pub in_flight: AtomicU32,
     pub health: Health,
     admin: AtomicU8,
+    pub stats: Arc<super::stats::Counters>,
     /// The weight was set by an operator (and a reload keeps it).
     weight_set: std::sync::atomic::AtomicBool,
     pub pool: Arc<Pool>,
@@ -87,11 +88,18 @@ impl ServerRt {
     /// Takes a slot unless the server is at its maxconn.
     fn claim(&self) -> bool {
         let limit = self.cfg.maxconn.unwrap_or(u32::MAX);
-        self.in_flight
+        let claimed = self
+            .in_flight
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < limit).then_some(n + 1)
-            })
-            .is_ok()
+            });
+        if let Ok(before) = claimed {
+            self.stats.selected.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .max_in_flight
+                .fetch_max(u64::from(before) + 1, Ordering::Relaxed);
+        }
+        claimed.is_ok()
     }
 }
 
@@ -188,6 +196,7 @@ pub struct BackendRt {
     /// Hands queued requests to servers that free up: no request key is at hand then.
     dequeue: RoundRobin,
     queue: Arc<Queue>,
+    pub stats: Arc<super::stats::Counters>,
 }
 
 impl BackendRt {
@@ -211,6 +220,7 @@ impl BackendRt {
                         health: Health::default(),
                         admin: AtomicU8::new(0),
                         weight_set: std::sync::atomic::AtomicBool::new(false),
+                        stats: Arc::default(),
                         pool: Arc::new(Pool::new(cfg.pool_max_idle, cfg.pool_idle_timeout)),
                         queue: Arc::clone(&queue),
                         cfg: s.clone(),
@@ -224,6 +234,7 @@ impl BackendRt {
                 servers,
                 queue,
                 cfg,
+                stats: Arc::default(),
             }
         })
     }

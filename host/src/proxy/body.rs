@@ -130,6 +130,7 @@ impl ResponseBody {
             if let Some(t) = termination {
                 record.termination = t;
             }
+            record.tally.count(&record);
             self.log.emit(&record);
         }
     }

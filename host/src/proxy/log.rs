@@ -36,6 +36,10 @@ pub struct LogRecord {
     pub bytes: u64,
     pub termination: [u8; 2],
     pub retries: u32,
+    /// Retries that went to another server.
+    pub redispatches: u32,
+    /// The counters this request adds to when it ends.
+    pub tally: super::stats::Tally,
     pub method: Method,
     pub uri: String,
     pub version: Version,
@@ -248,6 +252,8 @@ mod tests {
             bytes: 57,
             termination: *b"SC",
             retries: 3,
+            redispatches: 0,
+            tally: Default::default(),
             method: Method::GET,
             uri: "/x?y=1".into(),
             version: Version::HTTP_11,

@@ -11,6 +11,7 @@ mod error;
 pub mod headers;
 pub mod log;
 pub mod pool;
+pub mod stats;
 mod tunnel;
 
 use std::net::SocketAddr;
@@ -48,6 +49,7 @@ pub struct FrontendRt {
     /// Every backend, for plugins that route.
     pub backends: Arc<[Arc<BackendRt>]>,
     pub log: AccessLog,
+    pub stats: Arc<stats::Counters>,
 }
 
 /// A plugin that could not be loaded: the config is refused.
@@ -125,6 +127,7 @@ impl Proxy {
                     plugins: f.plugins.iter().map(by_name).collect(),
                     backends: Arc::clone(&shared),
                     log: log.clone(),
+                    stats: Arc::default(),
                 })
             })
             .collect();
@@ -203,6 +206,11 @@ pub async fn handle(
         bytes: 0,
         termination: *b"--",
         retries: 0,
+        redispatches: 0,
+        tally: stats::Tally {
+            frontend: Some(Arc::clone(&fe.stats)),
+            ..Default::default()
+        },
         method: req.method().clone(),
         uri: req.uri().to_string(),
         version: req.version(),
@@ -318,6 +326,7 @@ async fn forward(
     }
     let backend = routed.as_ref().unwrap_or(&fe.backend);
     record.backend = Some(Arc::clone(&backend.name));
+    record.tally.backend = Some(Arc::clone(&backend.stats));
     let (method, path) = (parts.method.to_string(), parts.uri.path().to_owned());
 
     let retry_on = &backend.cfg.retry_on;
@@ -345,11 +354,13 @@ async fn forward(
         let server = Arc::clone(slot.server());
         let index = slot.index();
         record.server = Some(Arc::clone(&server.name));
+        record.tally.server = Some(Arc::clone(&server.stats));
         // The next attempt goes elsewhere with redispatch (even from a server a plugin
         // preferred), else to this server again.
         let mut next_attempt = |record: &mut LogRecord| {
             record.retries += 1;
             if backend.cfg.redispatch {
+                record.redispatches += 1;
                 excluded.push(index);
                 pinned = None;
             } else {

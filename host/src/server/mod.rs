@@ -23,6 +23,7 @@ use crate::config::{Config, Frontend};
 use crate::health;
 use crate::proxy::backend::BackendRt;
 use crate::proxy::log::AccessLog;
+use crate::proxy::stats::Gauge;
 use crate::proxy::{self, ConnInfo, Proxy};
 use io::{Activity, Tracked};
 
@@ -67,6 +68,9 @@ pub struct Control {
     log: AccessLog,
     /// The config file weir was started from, which the admin API's reload reads again.
     source: Option<std::path::PathBuf>,
+    /// Client connections per frontend, in config order.
+    gauges: Vec<Arc<Gauge>>,
+    maxconn: usize,
     admin: Option<crate::config::Admin>,
     started: std::time::Instant,
 }
@@ -117,10 +121,11 @@ struct Connections {
     closed: Notify,
 }
 
-struct ConnGuard(Arc<Connections>);
+struct ConnGuard(Arc<Connections>, Arc<Gauge>);
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
+        self.1.leave();
         if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.closed.notify_waiters();
         }
@@ -254,6 +259,11 @@ impl Control {
         self.source.as_deref()
     }
 
+    /// Client connections of a frontend (by config index), and the global limit.
+    pub fn connections(&self, frontend: usize) -> (&Gauge, usize) {
+        (&self.gauges[frontend], self.maxconn)
+    }
+
     /// How long weir has been running.
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
@@ -315,11 +325,17 @@ pub async fn start(config: &Config, log: AccessLog) -> Result<Running, StartErro
 
     let (shutdown, _) = watch::channel(false);
     let connections = Arc::new(Connections::default());
+    let gauges: Vec<Arc<Gauge>> = config.frontends.iter().map(|_| Arc::default()).collect();
     let maxconn = Arc::new(Semaphore::new(config.global.maxconn));
     let tasks: Vec<JoinHandle<()>> = listeners
         .into_iter()
         .map(|(listener, fe, index)| {
-            let server = Arc::new(FrontendServer::new(fe, index, Arc::clone(&live)));
+            let server = Arc::new(FrontendServer::new(
+                fe,
+                index,
+                Arc::clone(&live),
+                Arc::clone(&gauges[index]),
+            ));
             tokio::spawn(accept_loop(
                 listener,
                 server,
@@ -342,6 +358,8 @@ pub async fn start(config: &Config, log: AccessLog) -> Result<Running, StartErro
         generation: std::sync::Mutex::new(Generation { number: 1, stop }),
         log,
         source: config.source.clone(),
+        gauges,
+        maxconn: config.global.maxconn,
         admin: config.admin.clone(),
         started: std::time::Instant::now(),
     });
@@ -379,12 +397,14 @@ struct FrontendServer {
     cfg: Frontend,
     index: usize,
     live: Current,
+    /// Its client connections (shared by its binds).
+    connections: Arc<Gauge>,
     h1: http1::Builder,
     h2: http2::Builder<TokioExecutor>,
 }
 
 impl FrontendServer {
-    fn new(cfg: Frontend, index: usize, live: Current) -> Self {
+    fn new(cfg: Frontend, index: usize, live: Current, connections: Arc<Gauge>) -> Self {
         let mut h1 = http1::Builder::new();
         h1.timer(TokioTimer::new())
             .header_read_timeout(cfg.timeout_http_request)
@@ -400,6 +420,7 @@ impl FrontendServer {
             cfg,
             index,
             live,
+            connections,
             h1,
             h2,
         }
@@ -433,7 +454,8 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         connections.open.fetch_add(1, Ordering::AcqRel);
-        let guard = ConnGuard(Arc::clone(&connections));
+        server.connections.enter();
+        let guard = ConnGuard(Arc::clone(&connections), Arc::clone(&server.connections));
         let conn = ConnInfo::new(peer, "http", Arc::new(Activity::default()), Some(permit));
         tokio::spawn(serve(
             stream,

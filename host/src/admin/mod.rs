@@ -1,5 +1,6 @@
-//! The `[admin]` listener: the runtime API, in JSON.
+//! The `[admin]` listener: HAProxy-compatible CSV statistics and the runtime API, in JSON.
 //!
+//! - `GET /;csv` and `GET /stats.csv`: the statistics as HAProxy writes them (see [`csv`]);
 //! - `GET /api/info`: version, uptime, config generation, the loaded plugins;
 //! - `GET /api/backends`: every backend's servers with state, weight and health;
 //! - `POST /api/backends/<b>/servers/<s>/state` with `{"state": "ready" | "drain" | "maint"}`;
@@ -25,6 +26,8 @@ use tokio::sync::watch;
 
 use crate::proxy::backend::{AdminState, BackendRt};
 use crate::server::Control;
+
+pub mod csv;
 
 /// Largest request body the API reads.
 const MAX_BODY: usize = 64 * 1024;
@@ -102,6 +105,18 @@ async fn handle(
     let path = req.uri().path().to_owned();
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (req.method().clone(), parts.as_slice()) {
+        (Method::GET, [";csv" | "stats.csv"]) => {
+            let mut r = Response::new(Full::new(Bytes::from(csv::render(control))));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/csv; charset=utf-8"),
+            );
+            r.headers_mut().insert(
+                header::CACHE_CONTROL,
+                http::HeaderValue::from_static("no-store"),
+            );
+            r
+        }
         (Method::GET, ["api", "info"]) => info(control),
         (Method::GET, ["api", "backends"]) => backends(control),
         (
