@@ -146,7 +146,10 @@ fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
                             Ok(_) => {}
                             Err(e) => tracing::error!("reload refused, the running configuration stays: {e}"),
                         },
-                        Err(e) => tracing::error!("reload refused, the running configuration stays: {e:#}"),
+                        Err(e) => {
+                            running.control().note_failed_reload();
+                            tracing::error!("reload refused, the running configuration stays: {e:#}");
+                        }
                     }
                 }
             }

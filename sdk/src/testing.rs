@@ -182,6 +182,26 @@ pub fn response(status: u16) -> crate::Response {
     }
 }
 
+/// Header edits applied to a header list as weir applies them (a set replaces every value,
+/// an append adds one, a remove drops all), as `name: value` lines in order.
+pub fn apply_edits(headers: &[crate::Header], ops: Vec<crate::HeaderOp>) -> Vec<String> {
+    let mut headers = headers.to_vec();
+    for op in ops {
+        match op {
+            crate::HeaderOp::Set(h) => {
+                headers.retain(|x| x.name != h.name);
+                headers.push(h);
+            }
+            crate::HeaderOp::Append(h) => headers.push(h),
+            crate::HeaderOp::Remove(n) => headers.retain(|x| x.name != n),
+        }
+    }
+    headers
+        .iter()
+        .map(|h| format!("{}: {}", h.name, h.value))
+        .collect()
+}
+
 impl crate::Request {
     pub fn with_header(mut self, name: &str, value: &str) -> Self {
         self.headers.push(crate::Header {

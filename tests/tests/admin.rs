@@ -32,6 +32,17 @@ async fn call_as(
         .await
 }
 
+async fn set_state(admin: SocketAddr, server: &str, state: &str) -> Reply {
+    let path = format!("/api/backends/app/servers/{server}/state");
+    call(
+        admin,
+        Method::POST,
+        &path,
+        &format!("{{\"state\": \"{state}\"}}"),
+    )
+    .await
+}
+
 fn server_in<'a>(backends: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
     backends["backends"][0]["servers"]
         .as_array()
@@ -70,13 +81,7 @@ async fn the_api_reports_servers_and_changes_their_state_and_weight() {
         );
     }
 
-    let r = call(
-        admin,
-        Method::POST,
-        "/api/backends/app/servers/s1/state",
-        r#"{"state": "drain"}"#,
-    )
-    .await;
+    let r = set_state(admin, "s1", "drain").await;
     assert_eq!(r.status, 200);
     assert_eq!(
         (r.json()["state"].as_str(), r.json()["status"].as_str()),
@@ -110,13 +115,7 @@ async fn the_api_reports_servers_and_changes_their_state_and_weight() {
         7
     );
 
-    let r = call(
-        admin,
-        Method::POST,
-        "/api/backends/app/servers/s1/state",
-        r#"{"state": "maint"}"#,
-    )
-    .await;
+    let r = set_state(admin, "s1", "maint").await;
     assert_eq!(r.json()["status"], "MAINT");
     let info = call(admin, Method::GET, "/api/info", "").await.json();
     assert_eq!(info["generation"], 1);
@@ -197,13 +196,7 @@ async fn basic_auth_guards_every_route() {
         let r = call_as(admin, Method::GET, path, "", Some("Basic YWRtaW46czNjcjN0")).await;
         assert_eq!(r.status, 200);
     }
-    let r = call(
-        admin,
-        Method::POST,
-        "/api/backends/app/servers/s1/state",
-        r#"{"state": "maint"}"#,
-    )
-    .await;
+    let r = set_state(admin, "s1", "maint").await;
     assert_eq!(r.status, 401, "no change without credentials");
 }
 
@@ -300,6 +293,53 @@ fn server_weight(backends: &serde_json::Value) -> u64 {
     server_in(backends, "s1")["weight"].as_u64().unwrap()
 }
 
+/// Two checked servers behind a proxy with an admin listener and the fixture plugin "p" in
+/// the chain, once both servers were checked and four good requests and one 503 went
+/// through the kept-alive `client`.
+struct Traffic {
+    _servers: (MockServer, MockServer),
+    proxy: TestProxy,
+    admin: SocketAddr,
+    toml: String,
+    _client: Client,
+}
+
+async fn traffic() -> Traffic {
+    let (s1, s2) = (MockServer::start("s1").await, MockServer::start("s2").await);
+    let mut toml = with_plugins(
+        config(
+            "roundrobin",
+            &[("s1", s1.addr, ""), ("s2", s2.addr, "")],
+            "health = { path = \"/health\", interval = \"50ms\" }",
+        ),
+        &["p"],
+        &[fixture_plugin("p", "tag", "")],
+    );
+    toml.push_str(ADMIN);
+    let proxy = TestProxy::start(&toml).await;
+    let admin = proxy.running.admin_addr().unwrap();
+    let b = proxy.running.backend("app").unwrap();
+    weir_tests::wait_until(std::time::Duration::from_secs(3), || {
+        b.servers
+            .iter()
+            .all(|s| s.health.snapshot().last_check.is_some())
+    })
+    .await
+    .expect("both servers checked");
+    let mut client = Client::connect(proxy.addr()).await;
+    for _ in 0..4 {
+        assert_eq!(client.get("/").await.status, 200);
+    }
+    assert_eq!(client.get("/status/503").await.status, 503);
+    Traffic {
+        _servers: (s1, s2),
+        proxy,
+        admin,
+        toml,
+        _client: client,
+    }
+}
+
 /// The CSV as rows of `column → value`.
 fn parse_csv(text: &str) -> Vec<std::collections::HashMap<String, String>> {
     let mut lines = text.lines();
@@ -322,36 +362,9 @@ fn parse_csv(text: &str) -> Vec<std::collections::HashMap<String, String>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_csv_reads_as_haproxy_writes_it() {
-    let (s1, s2) = (MockServer::start("s1").await, MockServer::start("s2").await);
-    let mut toml = config(
-        "roundrobin",
-        &[("s1", s1.addr, ""), ("s2", s2.addr, "")],
-        "health = { path = \"/health\", interval = \"50ms\" }",
-    );
-    toml.push_str(ADMIN);
-    let proxy = TestProxy::start(&toml).await;
-    let admin = proxy.running.admin_addr().unwrap();
-    let b = proxy.running.backend("app").unwrap();
-    weir_tests::wait_until(std::time::Duration::from_secs(3), || {
-        b.servers
-            .iter()
-            .all(|s| s.health.snapshot().last_check.is_some())
-    })
-    .await
-    .expect("both servers checked");
-
-    let mut c = Client::connect(proxy.addr()).await;
-    for _ in 0..4 {
-        assert_eq!(c.get("/").await.status, 200);
-    }
-    assert_eq!(c.get("/status/503").await.status, 503);
-    let r = call(
-        admin,
-        Method::POST,
-        "/api/backends/app/servers/s2/state",
-        r#"{"state": "maint"}"#,
-    )
-    .await;
+    let t = traffic().await;
+    let admin = t.admin;
+    let r = set_state(admin, "s2", "maint").await;
     assert_eq!(r.status, 200);
 
     for path in ["/;csv", "/stats.csv"] {
@@ -421,4 +434,104 @@ async fn the_csv_reads_as_haproxy_writes_it() {
             be["bout"]
         );
     }
+}
+
+/// The value of the sample `metric` with these labels (among others).
+fn sample(scrape: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    let found = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .unwrap_or_else(|| panic!("no sample {metric} {labels:?}"));
+    match &found.value {
+        prometheus_parse::Value::Counter(v)
+        | prometheus_parse::Value::Gauge(v)
+        | prometheus_parse::Value::Untyped(v) => *v,
+        prometheus_parse::Value::Histogram(buckets) => {
+            buckets.iter().map(|b| b.count).fold(0.0, f64::max)
+        }
+        prometheus_parse::Value::Summary(_) => panic!("no summaries here"),
+    }
+}
+
+async fn scrape(admin: SocketAddr) -> prometheus_parse::Scrape {
+    let r = call(admin, Method::GET, "/metrics", "").await;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let text = r.text();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        assert!(line.starts_with("weir_"), "{line}");
+    }
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("parses")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_as_prometheus_exposition() {
+    let t = traffic().await;
+    let (proxy, admin, toml) = (&t.proxy, t.admin, &t.toml);
+
+    let m = scrape(admin).await;
+    let www = [("frontend", "www")];
+    assert_eq!(sample(&m, "weir_frontend_requests_total", &www), 5.0);
+    assert_eq!(
+        sample(
+            &m,
+            "weir_frontend_responses_total",
+            &[("frontend", "www"), ("class", "5xx")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(&m, "weir_frontend_request_duration_seconds", &www),
+        5.0,
+        "the +Inf bucket counts every request"
+    );
+    assert_eq!(sample(&m, "weir_frontend_connections", &www), 1.0);
+    assert_eq!(
+        sample(&m, "weir_backend_requests_total", &[("backend", "app")]),
+        5.0
+    );
+    assert_eq!(sample(&m, "weir_backend_up", &[("backend", "app")]), 1.0);
+    let s1_labels = [("backend", "app"), ("server", "s1")];
+    assert_eq!(sample(&m, "weir_server_up", &s1_labels), 1.0);
+    assert_eq!(
+        sample(
+            &m,
+            "weir_server_last_check",
+            &[("server", "s1"), ("status", "L7OK")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "weir_server_admin_state",
+            &[("server", "s1"), ("state", "ready")]
+        ),
+        1.0
+    );
+    let served = sample(&m, "weir_server_requests_total", &s1_labels)
+        + sample(&m, "weir_server_requests_total", &[("server", "s2")]);
+    assert_eq!(served, 5.0);
+    assert!(sample(&m, "weir_plugin_calls_total", &[("plugin", "p")]) >= 10.0);
+    assert_eq!(
+        sample(&m, "weir_plugin_traps_total", &[("plugin", "p")]),
+        0.0
+    );
+    assert_eq!(sample(&m, "weir_config_generation", &[]), 1.0);
+
+    let reloaded = weir::Config::from_toml(toml, std::path::Path::new(".")).unwrap();
+    proxy.running.reload(&reloaded).await.expect("reload");
+    let m = scrape(admin).await;
+    assert_eq!(sample(&m, "weir_config_generation", &[]), 2.0);
+    assert_eq!(sample(&m, "weir_reloads_total", &[("result", "ok")]), 1.0);
+    assert_eq!(
+        sample(&m, "weir_reloads_total", &[("result", "failed")]),
+        0.0
+    );
 }

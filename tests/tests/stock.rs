@@ -10,6 +10,18 @@ fn load(toml: &str) -> weir::Config {
     weir::Config::from_toml(toml, Path::new(".")).unwrap_or_else(|e| panic!("{e}\n{toml}"))
 }
 
+/// One server "s1" behind frontend "www" whose chain is one stock plugin: the server
+/// and the config text.
+async fn one_stock(name: &str, stock: &str, config_table: &str) -> (MockServer, String) {
+    let server = MockServer::start("s1").await;
+    let toml = with_plugins(
+        config("roundrobin", &[("s1", server.addr, "")], ""),
+        &[name],
+        &[stock_plugin(name, stock, config_table)],
+    );
+    (server, toml)
+}
+
 /// A frontend over backend "app" (s1, s2) and backend "static" (st), with the chain.
 async fn two_backends(
     chain: &[&str],
@@ -86,16 +98,12 @@ async fn router_routes_denies_and_redirects_by_rule() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn router_refuses_an_unknown_backend_at_load() {
-    let server = MockServer::start("s1").await;
-    let toml = with_plugins(
-        config("roundrobin", &[("s1", server.addr, "")], ""),
-        &["routes"],
-        &[stock_plugin(
-            "routes",
-            "router",
-            r#"{ rules = [{ path_beg = "/", backend = "nope" }] }"#,
-        )],
-    );
+    let (_server, toml) = one_stock(
+        "routes",
+        "router",
+        r#"{ rules = [{ path_beg = "/", backend = "nope" }] }"#,
+    )
+    .await;
     let err = weir::check(&load(&toml))
         .await
         .expect_err("unknown backend");
@@ -190,16 +198,12 @@ async fn sticky_sessions_pin_a_client_and_move_it_when_its_server_goes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limit_answers_429_past_the_limit_and_keeps_counting_across_reloads() {
-    let server = MockServer::start("s1").await;
-    let toml = with_plugins(
-        config("roundrobin", &[("s1", server.addr, "")], ""),
-        &["limit"],
-        &[stock_plugin(
-            "limit",
-            "rate-limit",
-            r#"{ requests = 3, window = "1m", key = "header:x-api-key" }"#,
-        )],
-    );
+    let (server, toml) = one_stock(
+        "limit",
+        "rate-limit",
+        r#"{ requests = 3, window = "1m", key = "header:x-api-key" }"#,
+    )
+    .await;
     let proxy = TestProxy::start(&toml).await;
     let mut c = Client::connect(proxy.addr()).await;
     let keyed = |key: &str| {
@@ -236,16 +240,12 @@ async fn rate_limit_answers_429_past_the_limit_and_keeps_counting_across_reloads
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn security_headers_are_added_without_duplicating_the_servers() {
-    let server = MockServer::start("s1").await;
-    let toml = with_plugins(
-        config("roundrobin", &[("s1", server.addr, "")], ""),
-        &["secure"],
-        &[stock_plugin(
-            "secure",
-            "security-headers",
-            r#"{ content_security_policy = "default-src 'self'" }"#,
-        )],
-    );
+    let (_server, toml) = one_stock(
+        "secure",
+        "security-headers",
+        r#"{ content_security_policy = "default-src 'self'" }"#,
+    )
+    .await;
     let proxy = TestProxy::start(&toml).await;
     let mut c = Client::connect(proxy.addr()).await;
     let r = c
@@ -271,16 +271,7 @@ async fn security_headers_are_added_without_duplicating_the_servers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn security_headers_redirect_plain_http_to_https() {
-    let server = MockServer::start("s1").await;
-    let toml = with_plugins(
-        config("roundrobin", &[("s1", server.addr, "")], ""),
-        &["secure"],
-        &[stock_plugin(
-            "secure",
-            "security-headers",
-            "{ https_redirect = true }",
-        )],
-    );
+    let (server, toml) = one_stock("secure", "security-headers", "{ https_redirect = true }").await;
     let proxy = TestProxy::start(&toml).await;
     let mut c = Client::connect(proxy.addr()).await;
     let req = http::Request::get("/shop/cart?item=3")

@@ -82,17 +82,11 @@ impl Row {
         self.set("stot", get(&c.requests))
             .set("bout", get(&c.bytes_out))
             .set("dresp", 0);
-        for (i, name) in [
-            "hrsp_1xx",
-            "hrsp_2xx",
-            "hrsp_3xx",
-            "hrsp_4xx",
-            "hrsp_5xx",
-            "hrsp_other",
-        ]
-        .into_iter()
-        .enumerate()
-        {
+        let classes = COLUMNS
+            .iter()
+            .position(|c| *c == "hrsp_1xx")
+            .expect("a column");
+        for (i, name) in COLUMNS[classes..classes + 6].iter().enumerate() {
             self.set(name, get(&c.responses[i]));
         }
         self

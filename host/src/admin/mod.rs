@@ -1,6 +1,7 @@
 //! The `[admin]` listener: HAProxy-compatible CSV statistics and the runtime API, in JSON.
 //!
 //! - `GET /;csv` and `GET /stats.csv`: the statistics as HAProxy writes them (see [`csv`]);
+//! - `GET /metrics`: Prometheus text exposition (see [`metrics`]);
 //! - `GET /api/info`: version, uptime, config generation, the loaded plugins;
 //! - `GET /api/backends`: every backend's servers with state, weight and health;
 //! - `POST /api/backends/<b>/servers/<s>/state` with `{"state": "ready" | "drain" | "maint"}`;
@@ -28,6 +29,7 @@ use crate::proxy::backend::{AdminState, BackendRt};
 use crate::server::Control;
 
 pub mod csv;
+pub mod metrics;
 
 /// Largest request body the API reads.
 const MAX_BODY: usize = 64 * 1024;
@@ -69,17 +71,23 @@ pub async fn serve(
     }
 }
 
-fn reply(status: StatusCode, body: Value) -> Reply {
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string() + "\n")));
-    *r.status_mut() = status;
+/// A 200 with this body; nothing the admin listener answers is cached.
+fn document(body: String, content_type: &'static str) -> Reply {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
+        http::HeaderValue::from_static(content_type),
     );
     r.headers_mut().insert(
         header::CACHE_CONTROL,
         http::HeaderValue::from_static("no-store"),
     );
+    r
+}
+
+fn reply(status: StatusCode, body: Value) -> Reply {
+    let mut r = document(body.to_string() + "\n", "application/json");
+    *r.status_mut() = status;
     r
 }
 
@@ -106,17 +114,12 @@ async fn handle(
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (req.method().clone(), parts.as_slice()) {
         (Method::GET, [";csv" | "stats.csv"]) => {
-            let mut r = Response::new(Full::new(Bytes::from(csv::render(control))));
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                http::HeaderValue::from_static("text/csv; charset=utf-8"),
-            );
-            r.headers_mut().insert(
-                header::CACHE_CONTROL,
-                http::HeaderValue::from_static("no-store"),
-            );
-            r
+            document(csv::render(control), "text/csv; charset=utf-8")
         }
+        (Method::GET, ["metrics"]) => document(
+            metrics::render(control),
+            "text/plain; version=0.0.4; charset=utf-8",
+        ),
         (Method::GET, ["api", "info"]) => info(control),
         (Method::GET, ["api", "backends"]) => backends(control),
         (
@@ -344,6 +347,7 @@ async fn reload(control: &Control) -> Reply {
     let config = match crate::Config::from_file(path) {
         Ok(c) => c,
         Err(errors) => {
+            control.note_failed_reload();
             return error(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 format!("the config was refused, the running one stays: {errors}"),

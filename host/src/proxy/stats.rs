@@ -31,11 +31,43 @@ pub struct Counters {
     pub selected: AtomicU64,
     /// Most requests in flight at once (`smax`).
     pub max_in_flight: AtomicU64,
+    /// How long requests took, from the first byte of the request to the last of the
+    /// response.
+    pub durations: Histogram,
+}
+
+/// Upper bounds of the request duration buckets, in seconds.
+pub const DURATION_BUCKETS: [f64; 12] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Request durations in [`DURATION_BUCKETS`] (each bucket counts only its own range; the
+/// last slot is above the largest bound).
+#[derive(Default)]
+pub struct Histogram {
+    pub buckets: [AtomicU64; DURATION_BUCKETS.len() + 1],
+    pub sum_us: AtomicU64,
+    pub count: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: std::time::Duration) {
+        let secs = d.as_secs_f64();
+        let i = DURATION_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(DURATION_BUCKETS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl Counters {
-    fn add(&self, r: &LogRecord) {
+    fn add(&self, r: &LogRecord, took: std::time::Duration) {
         self.requests.fetch_add(1, Ordering::Relaxed);
+        self.durations.observe(took);
         self.bytes_out.fetch_add(r.bytes, Ordering::Relaxed);
         let class = match r.status {
             100..=199 => 0,
@@ -104,11 +136,12 @@ impl std::fmt::Debug for Tally {
 
 impl Tally {
     pub fn count(&self, r: &LogRecord) {
+        let took = r.tq + r.start.elapsed();
         for c in [&self.frontend, &self.backend, &self.server]
             .into_iter()
             .flatten()
         {
-            c.add(r);
+            c.add(r, took);
         }
     }
 }

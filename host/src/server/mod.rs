@@ -73,6 +73,9 @@ pub struct Control {
     maxconn: usize,
     admin: Option<crate::config::Admin>,
     started: std::time::Instant,
+    /// Reloads that took effect, and those refused.
+    pub reloads: std::sync::atomic::AtomicU64,
+    pub reloads_failed: std::sync::atomic::AtomicU64,
 }
 
 /// The generation requests use now: looked up per request, swapped by a reload.
@@ -235,6 +238,21 @@ impl Control {
     /// start fresh (UP, no queue) except for what an operator set at run time (state,
     /// weight), which servers of the same backend and name keep.
     pub async fn reload(&self, config: &Config) -> Result<u64, ReloadError> {
+        let result = self.swap(config).await;
+        match &result {
+            Ok(_) => self.reloads.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self.reloads_failed.fetch_add(1, Ordering::Relaxed),
+        };
+        result
+    }
+
+    /// Counts a reload refused before it reached [`Self::reload`] (a config file that
+    /// does not parse).
+    pub fn note_failed_reload(&self) {
+        self.reloads_failed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    async fn swap(&self, config: &Config) -> Result<u64, ReloadError> {
         if bind_list(config) != self.binds {
             return Err(ReloadError::Frontends);
         }
@@ -362,6 +380,8 @@ pub async fn start(config: &Config, log: AccessLog) -> Result<Running, StartErro
         maxconn: config.global.maxconn,
         admin: config.admin.clone(),
         started: std::time::Instant::now(),
+        reloads: Default::default(),
+        reloads_failed: Default::default(),
     });
     let mut tasks = tasks;
     let admin = match admin_listener {

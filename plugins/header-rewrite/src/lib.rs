@@ -371,28 +371,10 @@ export_plugin!(HeaderRewrite);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weir_sdk::testing::{request, response};
+    use weir_sdk::testing::{apply_edits as apply, request, response};
 
     fn plugin(config: &str) -> HeaderRewrite {
         weir_sdk::parse_config::<HeaderRewrite>(config).unwrap()
-    }
-
-    fn apply(headers: &[Header], ops: Vec<HeaderOp>) -> Vec<String> {
-        let mut headers = headers.to_vec();
-        for op in ops {
-            match op {
-                HeaderOp::Set(h) => {
-                    headers.retain(|x| x.name != h.name);
-                    headers.push(h);
-                }
-                HeaderOp::Append(h) => headers.push(h),
-                HeaderOp::Remove(n) => headers.retain(|x| x.name != n),
-            }
-        }
-        headers
-            .iter()
-            .map(|h| format!("{}: {}", h.name, h.value))
-            .collect()
     }
 
     #[test]

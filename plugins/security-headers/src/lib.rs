@@ -199,24 +199,11 @@ mod tests {
 
     /// The response's headers after the plugin's edits, as "name: value" lines, sorted.
     fn after(p: &SecurityHeaders, r: Response) -> Vec<String> {
-        let mut headers = r.headers.clone();
+        let headers = r.headers.clone();
         let ResponseAction::Proceed(ops) = p.on_response(r) else {
             panic!("replaced")
         };
-        for op in ops {
-            match op {
-                HeaderOp::Set(h) => {
-                    headers.retain(|x| x.name != h.name);
-                    headers.push(h);
-                }
-                HeaderOp::Append(h) => headers.push(h),
-                HeaderOp::Remove(n) => headers.retain(|x| x.name != n),
-            }
-        }
-        let mut lines: Vec<String> = headers
-            .iter()
-            .map(|h| format!("{}: {}", h.name, h.value))
-            .collect();
+        let mut lines = weir_sdk::testing::apply_edits(&headers, ops);
         lines.sort();
         lines
     }
