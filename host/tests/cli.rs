@@ -134,15 +134,7 @@ fn spawn_run(path: &std::path::Path) -> (Child, String, BufReader<ChildStderr>) 
 fn run_serves_on_a_single_thread_and_stops_on_sigterm() {
     let path = write_config("run.toml", &config("127.0.0.1:0", "threads = 1"));
     let (mut child, addr, mut stderr) = spawn_run(&path);
-    let mut stream = TcpStream::connect(&addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
+    let response = get(&addr);
     // Nothing listens on the server's port: the proxy answers 503 by itself.
     assert!(response.starts_with("HTTP/1.1 503"), "{response}");
 
@@ -171,7 +163,8 @@ fn run_serves_on_a_single_thread_and_stops_on_sigterm() {
     );
 }
 
-fn get_body(addr: &str) -> String {
+/// `GET /` on a new connection: the whole response, head and body.
+fn get(addr: &str) -> String {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -182,6 +175,10 @@ fn get_body(addr: &str) -> String {
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     response
+}
+
+fn get_body(addr: &str) -> String {
+    get(addr)
         .split("\r\n\r\n")
         .nth(1)
         .unwrap_or_default()

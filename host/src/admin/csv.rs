@@ -6,8 +6,9 @@
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
+use crate::health::Detail;
 use crate::proxy::backend::{AdminState, BackendRt, ServerRt};
-use crate::proxy::stats::Counters;
+use crate::proxy::stats::{Counters, read as get};
 use crate::server::Control;
 
 pub const COLUMNS: [&str; 45] = [
@@ -78,7 +79,6 @@ impl Row {
 
     /// The traffic counters every row type shares.
     fn counters(&mut self, c: &Counters) -> &mut Row {
-        let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         self.set("stot", get(&c.requests))
             .set("bout", get(&c.bytes_out))
             .set("dresp", 0);
@@ -98,18 +98,18 @@ impl Row {
     }
 }
 
-fn get(a: &std::sync::atomic::AtomicU64) -> u64 {
-    a.load(Ordering::Relaxed)
-}
-
-/// A server's status as HAProxy's stats write it.
-pub fn server_status(s: &ServerRt) -> String {
-    let detail = s.health.snapshot();
+/// A server's status as HAProxy's stats write it: the operator's state first, then
+/// health (`detail`). A server without health checks shows `no check` where `no_check`
+/// (the CSV, as HAProxy's), else its UP or DOWN (the JSON API, which says `checked` apart).
+pub fn server_status(s: &ServerRt, detail: &Detail, no_check: bool) -> String {
     match (s.admin(), &s.cfg.health) {
         (AdminState::Maint, _) => "MAINT".into(),
         (AdminState::Drain, _) if detail.up => "DRAIN".into(),
-        (_, None) => "no check".into(),
-        (_, Some(h)) => detail.label(h.rise, h.fall),
+        (_, None) if no_check => "no check".into(),
+        (_, health) => {
+            let (rise, fall) = health.as_ref().map_or((1, 1), |h| (h.rise, h.fall));
+            detail.label(rise, fall)
+        }
     }
 }
 
@@ -127,7 +127,7 @@ fn server_row(out: &mut String, b: &BackendRt, iid: usize, sid: usize, s: &Serve
         .set("eresp", get(&c.response_errors))
         .set("wretr", get(&c.retries))
         .set("wredis", get(&c.redispatches))
-        .set("status", server_status(s))
+        .set("status", server_status(s, &detail, true))
         .set("weight", s.weight.load(Ordering::Relaxed))
         .set("act", u8::from(!s.cfg.backup))
         .set("bck", u8::from(s.cfg.backup))

@@ -4,7 +4,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::proxy::backend::AdminState;
-use crate::proxy::stats::{Counters, DURATION_BUCKETS, Histogram};
+use crate::proxy::stats::{Counters, DURATION_BUCKETS, Histogram, read as get};
 use crate::server::Control;
 
 /// A metric family being written: `# HELP`, `# TYPE`, then its samples.
@@ -53,10 +53,6 @@ fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
-}
-
-fn get(a: &AtomicU64) -> u64 {
-    a.load(Ordering::Relaxed)
 }
 
 const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];

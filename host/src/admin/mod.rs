@@ -260,13 +260,7 @@ fn backend_json(b: &BackendRt) -> Value {
         .iter()
         .map(|s| {
             let detail = s.health.snapshot();
-            let (rise, fall) = s.cfg.health.as_ref().map_or((1, 1), |h| (h.rise, h.fall));
-            // As HAProxy's stats show it: the operator's state first, then health.
-            let status = match s.admin() {
-                AdminState::Maint => "MAINT".to_owned(),
-                AdminState::Drain if detail.up => "DRAIN".to_owned(),
-                _ => detail.label(rise, fall),
-            };
+            let status = csv::server_status(s, &detail, false);
             json!({
                 "name": &*s.name,
                 "addr": s.cfg.addr.to_string(),

@@ -559,9 +559,13 @@ impl Plugin {
         request: &types::Request,
     ) -> Result<types::RequestAction, HookError> {
         let mut i = self.take().await?;
-        let meter = Arc::clone(&i.meter);
+        let Instance {
+            store,
+            bindings,
+            meter,
+        } = &mut i;
         let result = meter
-            .metered(i.bindings.call_on_request(&mut i.store, request))
+            .metered(bindings.call_on_request(store, request))
             .await;
         self.finish(i, result)
     }
@@ -571,9 +575,13 @@ impl Plugin {
         response: &types::Response,
     ) -> Result<types::ResponseAction, HookError> {
         let mut i = self.take().await?;
-        let meter = Arc::clone(&i.meter);
+        let Instance {
+            store,
+            bindings,
+            meter,
+        } = &mut i;
         let result = meter
-            .metered(i.bindings.call_on_response(&mut i.store, response))
+            .metered(bindings.call_on_response(store, response))
             .await;
         self.finish(i, result)
     }
@@ -583,9 +591,13 @@ impl Plugin {
         probe: &types::Probe,
     ) -> Result<types::Verdict, HookError> {
         let mut i = self.take().await?;
-        let meter = Arc::clone(&i.meter);
+        let Instance {
+            store,
+            bindings,
+            meter,
+        } = &mut i;
         let result = meter
-            .metered(i.bindings.call_on_health_check(&mut i.store, probe))
+            .metered(bindings.call_on_health_check(store, probe))
             .await;
         self.finish(i, result)
     }

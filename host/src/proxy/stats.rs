@@ -78,27 +78,26 @@ impl Counters {
             _ => 5,
         };
         self.responses[class].fetch_add(1, Ordering::Relaxed);
-        let errors = match &r.termination {
-            b"LR" if r.status >= 400 => &self.denied,
-            b"PR" => &self.request_errors,
-            b"SC" => &self.connect_errors,
-            b"SH" | b"sH" | b"SD" => &self.response_errors,
-            _ => return self.add_retries(r),
+        let error = match &r.termination {
+            b"LR" if r.status >= 400 => Some(&self.denied),
+            b"PR" => Some(&self.request_errors),
+            b"SC" => Some(&self.connect_errors),
+            b"SH" | b"sH" | b"SD" => Some(&self.response_errors),
+            _ => None,
         };
-        errors.fetch_add(1, Ordering::Relaxed);
-        self.add_retries(r);
-    }
-
-    fn add_retries(&self, r: &LogRecord) {
+        if let Some(error) = error {
+            error.fetch_add(1, Ordering::Relaxed);
+        }
         self.retries
             .fetch_add(u64::from(r.retries), Ordering::Relaxed);
         self.redispatches
             .fetch_add(u64::from(r.redispatches), Ordering::Relaxed);
     }
+}
 
-    pub fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
-    }
+/// A counter's value, for the statistics pages.
+pub fn read(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
 }
 
 /// Client connections open on one frontend, and the most at once (`scur`, `smax`).

@@ -345,7 +345,7 @@ pub async fn start(config: &Config, log: AccessLog) -> Result<Running, StartErro
     let connections = Arc::new(Connections::default());
     let gauges: Vec<Arc<Gauge>> = config.frontends.iter().map(|_| Arc::default()).collect();
     let maxconn = Arc::new(Semaphore::new(config.global.maxconn));
-    let tasks: Vec<JoinHandle<()>> = listeners
+    let mut tasks: Vec<JoinHandle<()>> = listeners
         .into_iter()
         .map(|(listener, fe, index)| {
             let server = Arc::new(FrontendServer::new(
@@ -383,7 +383,6 @@ pub async fn start(config: &Config, log: AccessLog) -> Result<Running, StartErro
         reloads: Default::default(),
         reloads_failed: Default::default(),
     });
-    let mut tasks = tasks;
     let admin = match admin_listener {
         Some((listener, cfg)) => {
             let addr = listener.local_addr().unwrap_or(cfg.bind);
