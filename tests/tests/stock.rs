@@ -389,3 +389,152 @@ async fn health_json_reads_the_status_field_and_degrades_weight() {
         .await
         .expect("s3 back up");
 }
+
+/// A GET with a Host header and extra headers, on `c`.
+async fn get_as(
+    c: &mut Client,
+    path: &str,
+    host: &str,
+    headers: &[(&str, &str)],
+) -> weir_tests::Reply {
+    let mut req = http::Request::get(path).header("host", host);
+    for (n, v) in headers {
+        req = req.header(*n, *v);
+    }
+    c.send(req.body(weir_tests::empty()).unwrap()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_matches_hosts_suffixes_regexes_queries_and_header_values() {
+    let rules = r#"{ rules = [
+        { host = "*.static.example.com", backend = "static" },
+        { path_end = [".php", ".asp"], deny = 403 },
+        { path_reg = "^/v[0-9]+/internal/", deny = 404 },
+        { query = { name = "view", exact = "raw" }, backend = "static" },
+        { header = { name = "user-agent", contains = "bot" }, deny = 429 },
+        { header = "x-canary", header_not = { name = "x-canary", prefix = "off" }, backend = "static" },
+        { path_beg_not = "/app", deny = 410 },
+    ] }"#;
+    let (_s1, _s2, _st, proxy) =
+        two_backends(&["routes"], &[stock_plugin("routes", "router", rules)]).await;
+    let mut c = Client::connect(proxy.addr()).await;
+    let status = |r: &weir_tests::Reply| r.status.as_u16();
+    let r = get_as(&mut c, "/app/x", "img.static.example.com:8080", &[]).await;
+    assert_eq!(r.server(), "st", "wildcard host, port ignored");
+    let r = get_as(&mut c, "/app/x", "static.example.com", &[]).await;
+    assert_ne!(r.server(), "st", "the wildcard needs a subdomain");
+    assert_eq!(
+        status(&get_as(&mut c, "/app/index.php", "a", &[]).await),
+        403
+    );
+    assert_eq!(
+        status(&get_as(&mut c, "/v2/internal/k", "a", &[]).await),
+        404
+    );
+    assert_eq!(
+        get_as(&mut c, "/app/f?view=raw", "a", &[]).await.server(),
+        "st"
+    );
+    assert_ne!(
+        get_as(&mut c, "/app/f?view=rawx", "a", &[]).await.server(),
+        "st"
+    );
+    let bot = [("user-agent", "a crawling bot/1.0")];
+    assert_eq!(status(&get_as(&mut c, "/app/", "a", &bot).await), 429);
+    let on = [("x-canary", "on")];
+    assert_eq!(get_as(&mut c, "/app/", "a", &on).await.server(), "st");
+    let off = [("x-canary", "off-now")];
+    assert_ne!(get_as(&mut c, "/app/", "a", &off).await.server(), "st");
+    assert_eq!(status(&get_as(&mut c, "/elsewhere", "a", &[]).await), 410);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticky_sessions_with_a_key_hide_server_names() {
+    let (_s1, _s2, _st, proxy) = two_backends(
+        &["sticky"],
+        &[stock_plugin(
+            "sticky",
+            "sticky-session",
+            r#"{ key = "a secret of some length", secure = true, samesite = "Strict", max_idle = "30m", nocache = false }"#,
+        )],
+    )
+    .await;
+    let mut c = Client::connect(proxy.addr()).await;
+    let first = get_with_cookie(&mut c, None).await;
+    let (home, set) = served(&first);
+    let set = set.expect("a cookie");
+    assert!(
+        first.headers.get("cache-control").is_none(),
+        "nocache is off"
+    );
+    assert!(set.ends_with("; Path=/; Secure; SameSite=Strict"), "{set}");
+    let value = set
+        .strip_prefix("SERVERID=")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap();
+    let token = value.split('|').next().unwrap();
+    assert_eq!(token.len(), 16, "{value}");
+    assert!(!value.contains(&home), "the server's name is not exposed");
+    let cookie = format!("SERVERID={value}");
+    for _ in 0..4 {
+        let r = get_with_cookie(&mut c, Some(&cookie)).await;
+        assert_eq!(served(&r), (home.clone(), None));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_by_address_with_burst_and_an_allow_list() {
+    let (server, toml) = one_stock(
+        "limit-src",
+        "rate-limit",
+        r#"{ requests = 2, burst = 1, window = "1m" }"#,
+    )
+    .await;
+    let proxy = TestProxy::start(&toml).await;
+    let mut c = Client::connect(proxy.addr()).await;
+    for _ in 0..3 {
+        assert_eq!(c.get("/").await.status, 200, "requests + burst");
+    }
+    assert_eq!(c.get("/").await.status, 429);
+    assert_eq!(server.requests(), 3);
+
+    let (server, toml) = one_stock(
+        "allowed",
+        "rate-limit",
+        r#"{ requests = 1, window = "1m", allow = ["127.0.0.0/8"] }"#,
+    )
+    .await;
+    let proxy = TestProxy::start(&toml).await;
+    let mut c = Client::connect(proxy.addr()).await;
+    for _ in 0..4 {
+        assert_eq!(c.get("/").await.status, 200, "127.0.0.1 is never limited");
+    }
+    assert_eq!(server.requests(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_headers_override_replaces_the_servers_value() {
+    let (_server, toml) = one_stock(
+        "secure",
+        "security-headers",
+        r#"{ override = true, referrer_policy = "no-referrer", remove = [] }"#,
+    )
+    .await;
+    let proxy = TestProxy::start(&toml).await;
+    let r = Client::connect(proxy.addr())
+        .await
+        .get("/headers?x-frame-options=ALLOWALL&referrer-policy=unsafe-url&server=nginx")
+        .await;
+    let all = |name: &str| -> Vec<String> {
+        r.headers
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(all("x-frame-options"), ["SAMEORIGIN"]);
+    assert_eq!(all("referrer-policy"), ["no-referrer"]);
+    assert_eq!(all("server"), ["nginx"], "remove = [] keeps it");
+}
