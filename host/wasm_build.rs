@@ -17,6 +17,7 @@ fn build_wasm(workspace: &Path, packages: &[String], watched: &[&str]) -> PathBu
     for dir in watched {
         println!("cargo:rerun-if-changed={}", workspace.join(dir).display());
     }
+    ensure_target(&target_dir);
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut build = Command::new(cargo);
     build
@@ -52,6 +53,43 @@ fn build_wasm(workspace: &Path, packages: &[String], watched: &[&str]) -> PathBu
         "building {packages:?} for wasm32-wasip2 failed"
     );
     out
+}
+
+/// rust-toolchain.toml lists wasm32-wasip2, but rustup adds listed targets only when it
+/// installs the toolchain; with the toolchain already there, add the target here so that
+/// the README's commands stay the only set-up.
+fn ensure_target(target_dir: &Path) {
+    // The build scripts of `host` and `tests` run at once: one adds the target, the other
+    // waits for it.
+    std::fs::create_dir_all(target_dir).expect("create the plugins' target directory");
+    let lock = std::fs::File::create(target_dir.join("rustup.lock")).expect("create a lock file");
+    lock.lock().expect("lock the lock file");
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let sysroot = Command::new(&rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    let installed = sysroot.as_ref().is_some_and(|root| {
+        Path::new(root)
+            .join("lib/rustlib/wasm32-wasip2")
+            .is_dir()
+    });
+    if installed {
+        return;
+    }
+    println!("cargo:warning=adding the wasm32-wasip2 target with rustup (rust-toolchain.toml lists it)");
+    let mut add = Command::new("rustup");
+    add.args(["target", "add", "wasm32-wasip2"]);
+    if let Ok(toolchain) = std::env::var("RUSTUP_TOOLCHAIN") {
+        add.args(["--toolchain", &toolchain]);
+    }
+    let ok = add.status().is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "the wasm32-wasip2 target is missing and rustup could not add it: \
+         run `rustup target add wasm32-wasip2`"
+    );
 }
 
 /// The component file cargo writes for a package.
