@@ -106,11 +106,72 @@ async fn a_broken_plugin_is_refused_at_reload_and_the_old_generation_keeps_servi
     let reply = Client::connect(proxy.addr()).await.get("/").await;
     assert_eq!(reply.json()["headers"]["x-chain"], "good");
 
-    let moved = tagged(&server, "x").replace("127.0.0.1:0", "127.0.0.1:1");
-    assert!(matches!(
-        proxy.running.reload(&load(&moved)).await,
-        Err(weir::ReloadError::Frontends)
-    ));
+    // An address that cannot be bound refuses the whole reload.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let moved =
+        tagged(&server, "x").replace("127.0.0.1:0", &taken.local_addr().unwrap().to_string());
+    let err = proxy
+        .running
+        .reload(&load(&moved))
+        .await
+        .expect_err("the address is taken");
+    assert!(matches!(err, weir::ReloadError::Bind(_)), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("frontend[0].bind: cannot listen on"),
+        "{err}"
+    );
+    assert_eq!(proxy.running.generation(), 1);
+    let reply = Client::connect(proxy.addr()).await.get("/").await;
+    assert_eq!(reply.json()["headers"]["x-chain"], "good");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_starts_new_listeners_and_stops_removed_ones() {
+    let server = MockServer::start("s1").await;
+    let base = config("roundrobin", &[("s1", server.addr, "")], "");
+    let proxy = TestProxy::start(&base).await;
+    let www = proxy.addr();
+    let mut idle = Client::connect(www).await;
+    assert_eq!(idle.get("/").await.status, 200);
+
+    // A second frontend: it starts accepting; www keeps its socket and connections.
+    let with_api = format!(
+        "{base}\n[[frontend]]\nname = \"api\"\nbind = \"127.0.0.1:0\"\ndefault_backend = \"app\"\n"
+    );
+    assert_eq!(proxy.running.reload(&load(&with_api)).await.unwrap(), 2);
+    let api = proxy.running.addr("api");
+    assert_ne!(api, www);
+    assert_eq!(Client::connect(api).await.get("/").await.status, 200);
+    assert_eq!(proxy.running.addr("www"), www);
+    assert_eq!(
+        idle.get("/").await.status,
+        200,
+        "www's connection is untouched"
+    );
+
+    // Remove www (the config now has api alone): a request in flight on it finishes, its
+    // idle connection closes, its port stops accepting; api serves on.
+    let mut busy = Client::connect(www).await;
+    let in_flight = tokio::spawn(async move { busy.get("/sleep/300").await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let only_api = base.replacen("name = \"www\"", "name = \"api\"", 1);
+    assert_eq!(proxy.running.reload(&load(&only_api)).await.unwrap(), 3);
+    assert_eq!(proxy.running.addr("api"), api, "api keeps its socket");
+    assert_eq!(in_flight.await.unwrap().status, 200);
+    weir_tests::wait_until(Duration::from_secs(3), || idle.is_closed())
+        .await
+        .expect("the idle connection on the removed listener closes");
+    let mut refused = false;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(www).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refused, "the removed address stops accepting");
+    assert_eq!(Client::connect(api).await.get("/").await.status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

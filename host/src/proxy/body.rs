@@ -3,7 +3,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -23,14 +23,17 @@ pub struct ClientBody {
     /// None for a bodiless request sent again.
     inner: Option<Incoming>,
     failed: Arc<AtomicBool>,
+    /// Adds the bytes read (the request's `bytes_in`).
+    received: Option<Arc<AtomicU64>>,
 }
 
 impl ClientBody {
-    pub fn new(inner: Incoming) -> (Self, Arc<AtomicBool>) {
+    pub fn new(inner: Incoming, received: Arc<AtomicU64>) -> (Self, Arc<AtomicBool>) {
         let failed = Arc::new(AtomicBool::new(false));
         let body = Self {
             inner: Some(inner),
             failed: Arc::clone(&failed),
+            received: Some(received),
         };
         (body, failed)
     }
@@ -40,6 +43,7 @@ impl ClientBody {
         Self {
             inner: None,
             failed: Arc::new(AtomicBool::new(false)),
+            received: None,
         }
     }
 }
@@ -56,8 +60,14 @@ impl Body for ClientBody {
             return Poll::Ready(None);
         };
         let polled = Pin::new(inner).poll_frame(cx);
-        if let Poll::Ready(Some(Err(_))) = &polled {
-            self.failed.store(true, Ordering::Release);
+        match &polled {
+            Poll::Ready(Some(Err(_))) => self.failed.store(true, Ordering::Release),
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some(received)) = (frame.data_ref(), &self.received) {
+                    received.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+            }
+            _ => {}
         }
         polled
     }
@@ -102,6 +112,16 @@ impl ResponseBody {
             source: Source::Local(Some(bytes)),
             record: Some(Box::new(record)),
             log,
+            in_flight: None,
+        }
+    }
+
+    /// A local response that is neither logged nor counted.
+    pub fn unlogged(bytes: Bytes) -> Self {
+        Self {
+            source: Source::Local(Some(bytes)),
+            record: None,
+            log: AccessLog::disabled(),
             in_flight: None,
         }
     }

@@ -139,6 +139,29 @@ impl Proxy {
     }
 }
 
+impl Proxy {
+    /// A frontend of this generation, by name.
+    pub fn frontend(&self, name: &str) -> Option<&Arc<FrontendRt>> {
+        self.frontends.iter().find(|f| &*f.name == name)
+    }
+}
+
+/// The answer to a request that arrived on a listener a reload just removed: 503, and the
+/// connection closes. Not logged: the frontend it would be logged under is gone.
+pub fn frontend_gone() -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::unlogged(Bytes::from_static(
+        b"503 Service Unavailable: this listener was removed by a reload\n",
+    )));
+    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
 /// What the pipeline knows about the client connection a request came on.
 pub struct ConnInfo {
     pub peer: SocketAddr,
@@ -204,6 +227,7 @@ pub async fn handle(
         tr: None,
         status: 0,
         bytes: 0,
+        bytes_in: Arc::new(AtomicU64::new(head_size(&req))),
         termination: *b"--",
         retries: 0,
         redispatches: 0,
@@ -223,6 +247,18 @@ pub async fn handle(
     };
     conn.mark_ready();
     response
+}
+
+/// The size of a request head as HTTP/1.1 writes it: request line, header lines, blank line.
+fn head_size<B>(req: &Request<B>) -> u64 {
+    let line =
+        req.method().as_str().len() + req.uri().to_string().len() + " HTTP/1.1\r\n".len() + 1;
+    let fields: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    (line + fields + 2) as u64
 }
 
 fn error_response(
@@ -337,7 +373,7 @@ async fn forward(
         && is_idempotent(&parts.method)
         && !upgrade)
         .then(|| parts.clone());
-    let (client_body, client_failed) = ClientBody::new(body);
+    let (client_body, client_failed) = ClientBody::new(body, Arc::clone(&record.bytes_in));
     let mut pending = Some(Request::from_parts(parts, client_body));
     let mut excluded = Vec::new();
     let started = Instant::now();

@@ -4,6 +4,7 @@
 
 pub mod io;
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -34,13 +35,8 @@ const POOL_SWEEP: Duration = Duration::from_secs(1);
 pub enum StartError {
     #[error(transparent)]
     Plugin(#[from] crate::proxy::PluginLoadError),
-    #[error("frontend[{frontend}].bind{bind}: cannot listen on {addr}: {source}")]
-    Bind {
-        frontend: usize,
-        bind: String,
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] BindError),
     #[error("admin.bind: cannot listen on {addr}: {source}")]
     AdminBind {
         addr: SocketAddr,
@@ -48,9 +44,18 @@ pub enum StartError {
     },
 }
 
+/// A frontend address that could not be bound, at start or on reload.
+#[derive(Debug, thiserror::Error)]
+#[error("frontend[{frontend}].bind{bind}: cannot listen on {addr}: {source}")]
+pub struct BindError {
+    frontend: usize,
+    bind: String,
+    addr: SocketAddr,
+    source: std::io::Error,
+}
+
 /// A running proxy: its listeners, and the handle to stop it.
 pub struct Running {
-    bound: Vec<(String, Vec<SocketAddr>)>,
     control: Arc<Control>,
     admin: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
@@ -61,21 +66,49 @@ pub struct Running {
 /// What operators steer at run time, through the admin API, signals or the library: the
 /// generation serving now and how to replace it.
 pub struct Control {
-    /// The configured bind addresses, which a reload may not change.
-    binds: Vec<(String, Vec<SocketAddr>)>,
     current: Current,
     generation: std::sync::Mutex<Generation>,
+    /// The frontend listeners, one per bind address. Also held across a whole reload, so
+    /// that reloads happen one at a time.
+    listeners: tokio::sync::Mutex<Vec<Listener>>,
+    /// The bound addresses per frontend, in config order, for reading without waiting.
+    bound: std::sync::Mutex<Vec<(String, Vec<SocketAddr>)>>,
     log: AccessLog,
     /// The config file weir was started from, which the admin API's reload reads again.
     source: Option<std::path::PathBuf>,
-    /// Client connections per frontend, in config order.
-    gauges: Vec<Arc<Gauge>>,
-    maxconn: usize,
+    /// Client connections per frontend name; kept across reloads.
+    gauges: std::sync::Mutex<HashMap<String, Arc<Gauge>>>,
+    maxconn: Arc<Semaphore>,
+    maxconn_limit: usize,
+    connections: Arc<Connections>,
     admin: Option<crate::config::Admin>,
     started: std::time::Instant,
+    /// `[defaults] timeout.shutdown` of the generation serving now, in milliseconds.
+    timeout_shutdown_ms: std::sync::atomic::AtomicU64,
     /// Reloads that took effect, and those refused.
     pub reloads: std::sync::atomic::AtomicU64,
     pub reloads_failed: std::sync::atomic::AtomicU64,
+}
+
+/// One bound frontend address and its accept loop.
+struct Listener {
+    /// The address as configured (port 0 stays 0) and as bound.
+    configured: SocketAddr,
+    bound: SocketAddr,
+    frontend: String,
+    /// The frontend settings new connections get; replaced by a reload.
+    server: watch::Sender<Arc<FrontendServer>>,
+    /// Stops accepting and closes the listener's connections gracefully.
+    closing: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Listener {
+    /// Stops accepting (the socket closes) and asks its connections to finish their
+    /// current request and close.
+    fn close(&self) {
+        let _ = self.closing.send(true);
+    }
 }
 
 /// The generation requests use now: looked up per request, swapped by a reload.
@@ -112,8 +145,8 @@ fn spawn_generation(proxy: &Arc<Proxy>, stop: &watch::Sender<bool>) {
 pub enum ReloadError {
     #[error("{0}")]
     Plugin(#[from] crate::proxy::PluginLoadError),
-    #[error("frontends and their bind addresses cannot change on reload; restart weir for that")]
-    Frontends,
+    #[error(transparent)]
+    Bind(#[from] BindError),
     #[error("the [admin] section cannot change on reload; restart weir for that")]
     Admin,
 }
@@ -141,11 +174,10 @@ impl Running {
         self.addrs(frontend)[0]
     }
 
-    pub fn addrs(&self, frontend: &str) -> &[SocketAddr] {
-        self.bound
-            .iter()
-            .find(|(name, _)| name == frontend)
-            .map(|(_, a)| a.as_slice())
+    /// Every address a frontend listens on, in config order.
+    pub fn addrs(&self, frontend: &str) -> Vec<SocketAddr> {
+        self.control
+            .addrs(frontend)
             .unwrap_or_else(|| panic!("no frontend named {frontend}"))
     }
 
@@ -190,6 +222,11 @@ impl Running {
             .unwrap_or_else(|p| p.into_inner())
             .stop
             .send(true);
+        let listeners = std::mem::take(&mut *self.control.listeners.lock().await);
+        for listener in listeners {
+            listener.close();
+            let _ = listener.task.await;
+        }
         for task in self.tasks {
             task.abort();
             let _ = task.await;
@@ -231,12 +268,24 @@ impl Control {
             .number
     }
 
-    /// Loads `config` as a new generation (every plugin loaded and configured first) and
-    /// swaps it in: the next request uses it, requests in flight finish on the old one.
-    /// On any error nothing changes. Frontends and binds stay as started; the rest
-    /// (backends, servers, plugins, timeouts of backends) is taken from `config`. Servers
-    /// start fresh (UP, no queue) except for what an operator set at run time (state,
-    /// weight), which servers of the same backend and name keep.
+    /// The addresses a frontend listens on now, with real ports; None for no such frontend.
+    pub fn addrs(&self, frontend: &str) -> Option<Vec<SocketAddr>> {
+        self.bound
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|(name, _)| name == frontend)
+            .map(|(_, addrs)| addrs.clone())
+    }
+
+    /// Loads `config` as a new generation (every plugin loaded and configured, every new
+    /// address bound, first) and swaps it in: the next request uses it, requests in flight
+    /// finish on the old one. On any error nothing changes. Frontends may come, go and
+    /// change: an address no longer configured stops accepting and its connections close
+    /// after their current request; a new one starts accepting; connection-level settings
+    /// apply to new connections. Servers start fresh (UP, no queue) except for what an
+    /// operator set at run time (state, weight), which servers of the same backend and
+    /// name keep. `[admin]` cannot change.
     pub async fn reload(&self, config: &Config) -> Result<u64, ReloadError> {
         let result = self.swap(config).await;
         match &result {
@@ -253,17 +302,89 @@ impl Control {
     }
 
     async fn swap(&self, config: &Config) -> Result<u64, ReloadError> {
-        if bind_list(config) != self.binds {
-            return Err(ReloadError::Frontends);
-        }
         if config.admin != self.admin {
             return Err(ReloadError::Admin);
         }
+        // One reload at a time: the listeners stay locked until the swap is done.
+        let mut listeners = self.listeners.lock().await;
         let proxy = Arc::new(Proxy::new(config, self.log.clone()).await?);
         proxy.inherit_runtime_state(&current(&self.current));
+
+        // Which listeners stay (same address; with port 0, same frontend too), which
+        // addresses are new. Nothing is bound until the generation loaded.
+        let mut kept: Vec<Option<usize>> = Vec::new();
+        let mut claimed = vec![false; listeners.len()];
+        for fe in &config.frontends {
+            for addr in &fe.binds {
+                let found = listeners.iter().enumerate().position(|(i, l)| {
+                    !claimed[i]
+                        && l.configured == *addr
+                        && (addr.port() != 0 || l.frontend == fe.name)
+                });
+                if let Some(i) = found {
+                    claimed[i] = true;
+                }
+                kept.push(found);
+            }
+        }
+        let mut fresh = Vec::new();
+        let mut slot = 0;
+        for (fi, fe) in config.frontends.iter().enumerate() {
+            for (bi, addr) in fe.binds.iter().enumerate() {
+                if kept[slot].is_none() {
+                    fresh.push((slot, bind(fe, fi, bi, *addr).await?));
+                }
+                slot += 1;
+            }
+        }
+
+        // Commit: the new generation, then the listeners.
         let (stop, _) = watch::channel(false);
         spawn_generation(&proxy, &stop);
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = proxy;
+        self.timeout_shutdown_ms
+            .store(millis(config.global.timeout_shutdown), Ordering::Relaxed);
+        let mut old: Vec<Option<Listener>> = listeners.drain(..).map(Some).collect();
+        let mut fresh = fresh.into_iter().peekable();
+        let mut next = Vec::new();
+        let mut slot = 0;
+        for fe in &config.frontends {
+            let server = self.frontend_server(fe);
+            for addr in &fe.binds {
+                let listener = match kept[slot] {
+                    Some(i) => {
+                        let mut l = old[i].take().expect("each listener is kept once");
+                        l.frontend = fe.name.clone();
+                        let _ = l.server.send(Arc::clone(&server));
+                        l
+                    }
+                    None => {
+                        let (at, socket) = fresh.next().expect("bound above");
+                        debug_assert_eq!(at, slot);
+                        tracing::info!(
+                            "frontend {} listening on {}",
+                            fe.name,
+                            socket.local_addr().map_or(*addr, |a| a)
+                        );
+                        self.listen(socket, *addr, fe, Arc::clone(&server))
+                    }
+                };
+                next.push(listener);
+                slot += 1;
+            }
+        }
+        for l in old.into_iter().flatten() {
+            tracing::info!(
+                "frontend {}: no longer listening on {}",
+                l.frontend,
+                l.bound
+            );
+            l.close();
+        }
+        *listeners = next;
+        *self.bound.lock().unwrap_or_else(|p| p.into_inner()) = bound_list(config, &listeners);
+        drop(listeners);
+
         let mut generation = self.generation.lock().unwrap_or_else(|p| p.into_inner());
         let _ = generation.stop.send(true);
         generation.stop = stop;
@@ -272,14 +393,76 @@ impl Control {
         Ok(generation.number)
     }
 
+    /// The settings new connections of a frontend get.
+    fn frontend_server(&self, fe: &Frontend) -> Arc<FrontendServer> {
+        let gauge = Arc::clone(
+            self.gauges
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(fe.name.clone())
+                .or_default(),
+        );
+        Arc::new(FrontendServer::new(
+            fe.clone(),
+            Arc::clone(&self.current),
+            gauge,
+        ))
+    }
+
+    /// Starts accepting on a bound socket.
+    fn listen(
+        &self,
+        socket: TcpListener,
+        configured: SocketAddr,
+        fe: &Frontend,
+        server: Arc<FrontendServer>,
+    ) -> Listener {
+        let bound = socket.local_addr().unwrap_or(configured);
+        let (server, server_rx) = watch::channel(server);
+        let (closing, closing_rx) = watch::channel(false);
+        let task = tokio::spawn(accept_loop(
+            socket,
+            server_rx,
+            Arc::clone(&self.maxconn),
+            closing_rx,
+            Arc::clone(&self.connections),
+        ));
+        Listener {
+            configured,
+            bound,
+            frontend: fe.name.clone(),
+            server,
+            closing,
+            task,
+        }
+    }
+
+    /// How long requests in flight may take to finish when weir stops: `timeout.shutdown`
+    /// of the configuration serving now.
+    pub fn timeout_shutdown(&self) -> Duration {
+        Duration::from_millis(self.timeout_shutdown_ms.load(Ordering::Relaxed))
+    }
+
+    /// The access log requests are written to.
+    pub fn log(&self) -> &AccessLog {
+        &self.log
+    }
+
     /// The config file weir was started from, if any.
     pub fn source(&self) -> Option<&std::path::Path> {
         self.source.as_deref()
     }
 
-    /// Client connections of a frontend (by config index), and the global limit.
-    pub fn connections(&self, frontend: usize) -> (&Gauge, usize) {
-        (&self.gauges[frontend], self.maxconn)
+    /// Client connections of a frontend, and the global limit.
+    pub fn connections(&self, frontend: &str) -> (Arc<Gauge>, usize) {
+        let gauge = self
+            .gauges
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(frontend)
+            .cloned()
+            .unwrap_or_default();
+        (gauge, self.maxconn_limit)
     }
 
     /// How long weir has been running.
@@ -293,40 +476,47 @@ impl Control {
     }
 }
 
-fn bind_list(config: &Config) -> Vec<(String, Vec<SocketAddr>)> {
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The bound addresses per frontend, in config order; `listeners` follow the same order.
+fn bound_list(config: &Config, listeners: &[Listener]) -> Vec<(String, Vec<SocketAddr>)> {
+    let mut addrs = listeners.iter().map(|l| l.bound);
     config
         .frontends
         .iter()
-        .map(|f| (f.name.clone(), f.binds.clone()))
+        .map(|f| (f.name.clone(), addrs.by_ref().take(f.binds.len()).collect()))
         .collect()
+}
+
+/// Binds one frontend address; the error names it by its place in the config.
+async fn bind(
+    fe: &Frontend,
+    fi: usize,
+    bi: usize,
+    addr: SocketAddr,
+) -> Result<TcpListener, BindError> {
+    TcpListener::bind(addr).await.map_err(|source| BindError {
+        frontend: fi,
+        bind: if fe.binds.len() > 1 {
+            format!("[{bi}]")
+        } else {
+            String::new()
+        },
+        addr,
+        source,
+    })
 }
 
 /// Binds every frontend and starts serving on the current tokio runtime.
 pub async fn start(config: &Config, log: AccessLog) -> Result<Running, StartError> {
     let proxy = Arc::new(Proxy::new(config, log.clone()).await?);
-    let live: Current = Arc::new(std::sync::RwLock::new(Arc::clone(&proxy)));
-    let mut listeners = Vec::new();
-    let mut bound = Vec::new();
+    let mut sockets = Vec::new();
     for (fi, fe) in config.frontends.iter().enumerate() {
-        let mut addrs = Vec::new();
         for (bi, addr) in fe.binds.iter().enumerate() {
-            let bind = if fe.binds.len() > 1 {
-                format!("[{bi}]")
-            } else {
-                String::new()
-            };
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|source| StartError::Bind {
-                    frontend: fi,
-                    bind,
-                    addr: *addr,
-                    source,
-                })?;
-            addrs.push(listener.local_addr().unwrap_or(*addr));
-            listeners.push((listener, fe.clone(), fi));
+            sockets.push((bind(fe, fi, bi, *addr).await?, *addr, fe));
         }
-        bound.push((fe.name.clone(), addrs));
     }
     let admin_listener = match &config.admin {
         Some(admin) => Some((
@@ -343,46 +533,39 @@ pub async fn start(config: &Config, log: AccessLog) -> Result<Running, StartErro
 
     let (shutdown, _) = watch::channel(false);
     let connections = Arc::new(Connections::default());
-    let gauges: Vec<Arc<Gauge>> = config.frontends.iter().map(|_| Arc::default()).collect();
-    let maxconn = Arc::new(Semaphore::new(config.global.maxconn));
-    let mut tasks: Vec<JoinHandle<()>> = listeners
-        .into_iter()
-        .map(|(listener, fe, index)| {
-            let server = Arc::new(FrontendServer::new(
-                fe,
-                index,
-                Arc::clone(&live),
-                Arc::clone(&gauges[index]),
-            ));
-            tokio::spawn(accept_loop(
-                listener,
-                server,
-                Arc::clone(&maxconn),
-                shutdown.subscribe(),
-                Arc::clone(&connections),
-            ))
-        })
-        .collect();
     let (stop, _) = watch::channel(false);
     spawn_generation(&proxy, &stop);
-    for (name, addrs) in &bound {
-        for a in addrs {
-            tracing::info!("frontend {name} listening on {a}");
-        }
-    }
     let control = Arc::new(Control {
-        binds: bind_list(config),
-        current: live,
+        current: Arc::new(std::sync::RwLock::new(proxy)),
         generation: std::sync::Mutex::new(Generation { number: 1, stop }),
+        listeners: Default::default(),
+        bound: Default::default(),
         log,
         source: config.source.clone(),
-        gauges,
-        maxconn: config.global.maxconn,
+        gauges: Default::default(),
+        maxconn: Arc::new(Semaphore::new(config.global.maxconn)),
+        maxconn_limit: config.global.maxconn,
+        connections: Arc::clone(&connections),
         admin: config.admin.clone(),
         started: std::time::Instant::now(),
+        timeout_shutdown_ms: millis(config.global.timeout_shutdown).into(),
         reloads: Default::default(),
         reloads_failed: Default::default(),
     });
+    {
+        let mut listeners = control.listeners.lock().await;
+        let mut servers: HashMap<&str, Arc<FrontendServer>> = HashMap::new();
+        for (socket, addr, fe) in sockets {
+            let server = servers
+                .entry(fe.name.as_str())
+                .or_insert_with(|| control.frontend_server(fe));
+            let listener = control.listen(socket, addr, fe, Arc::clone(server));
+            tracing::info!("frontend {} listening on {}", fe.name, listener.bound);
+            listeners.push(listener);
+        }
+        *control.bound.lock().unwrap_or_else(|p| p.into_inner()) = bound_list(config, &listeners);
+    }
+    let mut tasks = Vec::new();
     let admin = match admin_listener {
         Some((listener, cfg)) => {
             let addr = listener.local_addr().unwrap_or(cfg.bind);
@@ -390,7 +573,7 @@ pub async fn start(config: &Config, log: AccessLog) -> Result<Running, StartErro
             tasks.push(tokio::spawn(crate::admin::serve(
                 listener,
                 Arc::clone(&control),
-                cfg.auth,
+                cfg,
                 shutdown.subscribe(),
             )));
             Some(addr)
@@ -398,7 +581,6 @@ pub async fn start(config: &Config, log: AccessLog) -> Result<Running, StartErro
         None => None,
     };
     Ok(Running {
-        bound,
         control,
         admin,
         shutdown,
@@ -407,23 +589,22 @@ pub async fn start(config: &Config, log: AccessLog) -> Result<Running, StartErro
     })
 }
 
-/// A frontend's listener side: its connection builders, made once at start (so its
-/// connection-level timeouts and limits change on restart), and where to find the
-/// frontend of the current generation for each request.
+/// A frontend's listener side: its connection builders (the connection-level timeouts and
+/// limits), and where to find the frontend of the current generation for each request.
+/// A reload makes new ones for new connections.
 struct FrontendServer {
-    /// The frontend's config as started; the generation itself is looked up per request,
-    /// so that a reload releases the old one.
+    /// The frontend's config; the generation itself is looked up per request by name, so
+    /// that a reload releases the old one.
     cfg: Frontend,
-    index: usize,
     live: Current,
-    /// Its client connections (shared by its binds).
+    /// Its client connections (shared by its binds, kept across reloads).
     connections: Arc<Gauge>,
     h1: http1::Builder,
     h2: http2::Builder<TokioExecutor>,
 }
 
 impl FrontendServer {
-    fn new(cfg: Frontend, index: usize, live: Current, connections: Arc<Gauge>) -> Self {
+    fn new(cfg: Frontend, live: Current, connections: Arc<Gauge>) -> Self {
         let mut h1 = http1::Builder::new();
         h1.timer(TokioTimer::new())
             .header_read_timeout(cfg.timeout_http_request)
@@ -437,7 +618,6 @@ impl FrontendServer {
             .max_concurrent_streams(256);
         Self {
             cfg,
-            index,
             live,
             connections,
             h1,
@@ -448,41 +628,36 @@ impl FrontendServer {
 
 async fn accept_loop(
     listener: TcpListener,
-    server: Arc<FrontendServer>,
+    server: watch::Receiver<Arc<FrontendServer>>,
     maxconn: Arc<Semaphore>,
-    mut shutdown: watch::Receiver<bool>,
+    mut closing: watch::Receiver<bool>,
     connections: Arc<Connections>,
 ) {
     loop {
         // Past maxconn, new connections wait in the kernel's backlog, as with HAProxy.
         let permit = tokio::select! {
             p = Arc::clone(&maxconn).acquire_owned() => p.expect("the semaphore is never closed"),
-            _ = shutdown.changed() => return,
+            _ = closing.changed() => return,
         };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(pair) => pair,
                 Err(e) => {
                     // Out of file descriptors and the like: back off rather than spin.
-                    tracing::warn!("accept on frontend {}: {e}", server.cfg.name);
+                    tracing::warn!("accept on frontend {}: {e}", server.borrow().cfg.name);
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
-            _ = shutdown.changed() => return,
+            _ = closing.changed() => return,
         };
+        let server = Arc::clone(&server.borrow());
         let _ = stream.set_nodelay(true);
         connections.open.fetch_add(1, Ordering::AcqRel);
         server.connections.enter();
         let guard = ConnGuard(Arc::clone(&connections), Arc::clone(&server.connections));
         let conn = ConnInfo::new(peer, "http", Arc::new(Activity::default()), Some(permit));
-        tokio::spawn(serve(
-            stream,
-            Arc::clone(&server),
-            conn,
-            shutdown.clone(),
-            guard,
-        ));
+        tokio::spawn(serve(stream, server, conn, closing.clone(), guard));
     }
 }
 
@@ -515,9 +690,18 @@ async fn serve(
     let server_for_service = Arc::clone(&server);
     let service = service_fn(move |req| {
         // Each request takes the frontend of the generation serving now.
-        let fe = Arc::clone(&current(&server_for_service.live).frontends[server_for_service.index]);
+        let fe = current(&server_for_service.live)
+            .frontend(&server_for_service.cfg.name)
+            .cloned();
         let conn = Arc::clone(&conn);
-        async move { Ok::<_, Infallible>(proxy::handle(fe, conn, req).await) }
+        async move {
+            Ok::<_, Infallible>(match fe {
+                Some(fe) => proxy::handle(fe, conn, req).await,
+                // A reload removed this frontend while the request was on its way; its
+                // connections are closing.
+                None => proxy::frontend_gone(),
+            })
+        }
     });
     let client_timeout = cfg.timeout_client;
     if is_h2 {
