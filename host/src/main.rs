@@ -2,14 +2,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use weir::{AccessLog, Config};
-
-/// How long in-flight requests may take to finish on SIGINT / SIGTERM.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Parser)]
 #[command(
@@ -122,7 +118,10 @@ fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
             let servers = weir::demo::start_servers().await?;
             tracing::info!("demo servers on {servers:?}");
         }
-        let running = weir::start(&config, AccessLog::stderr()).await?;
+        let log = AccessLog::for_target(&config.global.access_log).with_context(|| {
+            format!("global.access_log: cannot open {:?}", config.global.access_log)
+        })?;
+        let running = weir::start(&config, log.clone()).await?;
         if demo {
             let addr = running.addr("www");
             println!("weir demo is running. Try:");
@@ -131,14 +130,23 @@ fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
             );
             println!("  curl -s --http2-prior-knowledge http://{addr}/h2");
             println!("  curl -s -H 'Host: example.com' http://{addr}/whoami");
+            if let Some(admin) = running.admin_addr() {
+                println!("Statistics: http://{admin}/ (CSV at /;csv, Prometheus at /metrics)");
+            }
             println!("Press Ctrl-C to stop.");
         }
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        let mut usr1 =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
         let stop = wait_for_signal();
         tokio::pin!(stop);
         loop {
             tokio::select! {
                 _ = &mut stop => break,
+                _ = usr1.recv() => {
+                    tracing::info!("SIGUSR1: reopening the access log");
+                    log.reopen();
+                }
                 _ = hup.recv(), if file.is_some() => {
                     let path = file.as_deref().expect("checked above");
                     match load(path) {
@@ -155,9 +163,10 @@ fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
             }
         }
         tracing::info!("stopping: no new connections, finishing requests in flight");
-        let left = running.shutdown(SHUTDOWN_GRACE).await;
+        let grace = running.control().timeout_shutdown();
+        let left = running.shutdown(grace).await;
         if left > 0 {
-            tracing::warn!("{left} connections still open after {SHUTDOWN_GRACE:?}; closing them");
+            tracing::warn!("{left} connections still open after timeout.shutdown ({grace:?}); closing them");
         }
         Ok(())
     })

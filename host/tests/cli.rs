@@ -237,3 +237,169 @@ fn sighup_reloads_the_config_file_and_keeps_the_old_one_when_the_new_is_invalid(
         "the last good config keeps serving"
     );
 }
+
+/// A server on a thread of its own that answers every request after `delay`.
+fn slow_server(delay: Duration) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                    head.push(byte[0]);
+                }
+                std::thread::sleep(delay);
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nslow\n",
+                );
+            });
+        }
+    });
+    addr
+}
+
+/// Sends SIGTERM and waits up to 5 s for weir to exit.
+fn terminate(child: &mut Child) -> Option<std::process::ExitStatus> {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    for _ in 0..100 {
+        if let Some(s) = child.try_wait().unwrap() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+fn proxied_config(server: &str, extra: &str) -> String {
+    format!(
+        "{extra}\n[[frontend]]\nname = \"www\"\nbind = \"127.0.0.1:0\"\ndefault_backend = \"app\"\n\n[backend.app]\nservers = [{{ name = \"a\", addr = \"{server}\" }}]\n"
+    )
+}
+
+#[test]
+fn sigterm_lets_a_request_in_flight_finish_within_timeout_shutdown() {
+    let server = slow_server(Duration::from_millis(700));
+    let path = write_config(
+        "grace.toml",
+        &proxied_config(&server, "[defaults]\ntimeout = { shutdown = \"20s\" }"),
+    );
+    let (mut child, addr, mut stderr) = spawn_run(&path);
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    let request = std::thread::spawn(move || get(&addr));
+    std::thread::sleep(Duration::from_millis(300));
+    let status = terminate(&mut child).expect("weir stops once the request is done");
+    assert!(status.success(), "{status:?}");
+    let response = request.join().unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.ends_with("slow\n"), "{response}");
+}
+
+#[test]
+fn sigterm_gives_up_on_requests_after_timeout_shutdown_and_exits_0() {
+    // The server would take a minute; timeout.shutdown cuts the wait to 300 ms (the
+    // default, 10 s, would outlast terminate()'s 5 s).
+    let server = slow_server(Duration::from_secs(60));
+    let path = write_config(
+        "cut.toml",
+        &proxied_config(&server, "[defaults]\ntimeout = { shutdown = \"300ms\" }"),
+    );
+    let (mut child, addr, mut stderr) = spawn_run(&path);
+    let _request = std::thread::spawn(move || get(&addr));
+    std::thread::sleep(Duration::from_millis(300));
+    let status = terminate(&mut child).expect("weir stops after timeout.shutdown");
+    assert!(status.success(), "{status:?}");
+    let mut rest = String::new();
+    let _ = stderr.read_to_string(&mut rest);
+    assert!(
+        rest.contains("1 connections still open after timeout.shutdown (300ms)"),
+        "{rest}"
+    );
+}
+
+/// Polls until the file holds `n` lines.
+fn wait_for_lines(path: &std::path::Path, n: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    for _ in 0..100 {
+        lines = std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        if lines.len() >= n {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    lines
+}
+
+#[test]
+fn the_access_log_goes_to_a_file_that_sigusr1_reopens() {
+    let dir = std::env::temp_dir().join(format!("weir-cli-log-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("weir.toml");
+    std::fs::write(
+        &path,
+        config("127.0.0.1:0", "access_log = \"access.log\"").replace(
+            "[backend.app]",
+            "[defaults]\nlog_format = \"json\"\n\n[backend.app]",
+        ),
+    )
+    .unwrap();
+    let (log, rotated) = (dir.join("access.log"), dir.join("access.log.1"));
+    let (mut child, addr, stderr) = spawn_run(&path);
+    let stderr = std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = { stderr }.read_to_string(&mut rest);
+        rest
+    });
+
+    assert!(get(&addr).starts_with("HTTP/1.1 503"));
+    let first = wait_for_lines(&log, 1);
+    // Rotation: the file is moved away, SIGUSR1 opens a new one at the configured path.
+    std::fs::rename(&log, &rotated).unwrap();
+    Command::new("kill")
+        .args(["-USR1", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let reopened = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        log.exists()
+    });
+    assert!(get(&addr).starts_with("HTTP/1.1 503"));
+    let second = wait_for_lines(&log, 1);
+    let status = terminate(&mut child);
+    let stderr = stderr.join().unwrap();
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    assert!(status.is_some_and(|s| s.success()));
+    assert_eq!(first.len(), 1, "{first:?}");
+    let line: serde_json::Value = serde_json::from_str(&first[0]).expect("a JSON line");
+    assert_eq!(
+        (line["status"].as_i64(), line["uri"].as_str()),
+        (Some(503), Some("/"))
+    );
+    assert!(reopened, "SIGUSR1 created the file again");
+    assert_eq!(
+        second.len(),
+        1,
+        "the next request goes to the new file: {second:?}"
+    );
+    assert_eq!(
+        old.lines().count(),
+        1,
+        "the rotated file keeps the first line only"
+    );
+    assert!(
+        !stderr.contains("GET /"),
+        "nothing goes to stderr: {stderr}"
+    );
+}

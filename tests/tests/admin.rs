@@ -185,7 +185,7 @@ async fn basic_auth_guards_every_route() {
         "{ADMIN}auth = {{ user = \"admin\", password = \"s3cr3t\" }}\n"
     ))
     .await;
-    for path in ["/api/info", "/api/backends"] {
+    for path in ["/", "/;csv", "/metrics", "/api/info", "/api/backends"] {
         let r = call(admin, Method::GET, path, "").await;
         assert_eq!(r.status, 401);
         assert_eq!(r.headers["www-authenticate"], "Basic realm=\"weir\"");
@@ -305,6 +305,11 @@ struct Traffic {
 }
 
 async fn traffic() -> Traffic {
+    traffic_with("").await
+}
+
+/// Two checked servers behind a plugin, some requests served; `admin_extra` goes into `[admin]`.
+async fn traffic_with(admin_extra: &str) -> Traffic {
     let (s1, s2) = (MockServer::start("s1").await, MockServer::start("s2").await);
     let mut toml = with_plugins(
         config(
@@ -316,6 +321,7 @@ async fn traffic() -> Traffic {
         &[fixture_plugin("p", "tag", "")],
     );
     toml.push_str(ADMIN);
+    toml.push_str(admin_extra);
     let proxy = TestProxy::start(&toml).await;
     let admin = proxy.running.admin_addr().unwrap();
     let b = proxy.running.backend("app").unwrap();
@@ -427,6 +433,10 @@ async fn the_csv_reads_as_haproxy_writes_it() {
         assert_eq!((be["status"].as_str(), be["type"].as_str()), ("UP", "1"));
         assert_eq!((be["stot"].as_str(), be["lbtot"].as_str()), ("5", "5"));
         assert_eq!((be["act"].as_str(), be["weight"].as_str()), ("1", "1"));
+        // Five request heads of some 40 bytes each, no bodies.
+        let bin: u64 = fe["bin"].parse().unwrap();
+        assert!((100..1000).contains(&bin), "bin {bin}");
+        assert_eq!(be["bin"], fe["bin"]);
         let bout: u64 = fe["bout"].parse().unwrap();
         assert!(
             bout > 0 && be["bout"] == fe["bout"],
@@ -523,6 +533,12 @@ async fn metrics_parse_as_prometheus_exposition() {
         sample(&m, "weir_plugin_traps_total", &[("plugin", "p")]),
         0.0
     );
+    assert_eq!(
+        sample(&m, "weir_plugin_call_duration_seconds", &[("plugin", "p")]),
+        sample(&m, "weir_plugin_calls_total", &[("plugin", "p")]),
+        "every call is in the latency histogram"
+    );
+    assert!(sample(&m, "weir_frontend_bytes_in_total", &www) > 100.0);
     assert_eq!(sample(&m, "weir_config_generation", &[]), 1.0);
 
     let reloaded = weir::Config::from_toml(toml, std::path::Path::new(".")).unwrap();
@@ -534,4 +550,99 @@ async fn metrics_parse_as_prometheus_exposition() {
         sample(&m, "weir_reloads_total", &[("result", "failed")]),
         0.0
     );
+}
+
+/// The `<tr …>` of the row whose first cell is `name`, up to its end.
+fn html_row<'a>(page: &'a str, name: &str) -> &'a str {
+    let cell = format!("<td class=\"name\">{name}</td>");
+    let at = page.find(&cell).unwrap_or_else(|| panic!("no row {name}"));
+    let start = page[..at].rfind("<tr").unwrap();
+    let end = at + page[at..].find("</tr>").unwrap();
+    &page[start..end]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_every_proxy_server_and_plugin() {
+    let t = traffic_with("stats_admin = true\nrefresh = \"2s\"\n").await;
+    let admin = t.admin;
+    assert_eq!(set_state(admin, "s2", "drain").await.status, 200);
+
+    let r = call(admin, Method::GET, "/", "").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers["content-type"], "text/html; charset=utf-8");
+    let page = r.text();
+    assert!(page.starts_with("<!DOCTYPE html>"));
+    assert!(page.contains("<meta http-equiv=\"refresh\" content=\"2\">"));
+    // Self-contained: nothing is fetched from elsewhere.
+    for external in ["http://", "https://", "src=", "<link"] {
+        assert!(!page.contains(external), "the page refers to {external}");
+    }
+    // The legend names every colour.
+    for label in ["active UP", "active DOWN", "backup UP", "DRAIN", "MAINT"] {
+        assert!(page.contains(label), "legend lacks {label}");
+    }
+    assert!(page.contains("<h2>Frontend www</h2>"));
+    assert!(page.contains("<h2>Backend app</h2>"));
+
+    // Cells in table order: Queue Cur Max, Sessions Cur Max Limit Total LbTot, Bytes In Out,
+    // Denied Req, Errors Req Conn Resp, Warnings Retr Redis, Responses 1xx..other, Server…
+    let cells = |row: &str| -> Vec<String> {
+        row.split("<td")
+            .skip(2)
+            .map(|c| {
+                let text = &c[c.find('>').unwrap() + 1..];
+                text[..text.find("</td>").unwrap()].to_string()
+            })
+            .collect()
+    };
+    let frontend = html_row(&page, "Frontend");
+    assert!(
+        frontend.starts_with("<tr class=\"frontend\">"),
+        "{frontend}"
+    );
+    let f = cells(frontend);
+    assert_eq!(f[5], "5", "total sessions: {f:?}");
+    assert!(f[7].parse::<u64>().unwrap() > 100, "bytes in: {f:?}");
+    assert_eq!(
+        (f[16].as_str(), f[19].as_str()),
+        ("4", "1"),
+        "2xx and 5xx: {f:?}"
+    );
+    assert_eq!(f[21], "OPEN");
+
+    let s1 = html_row(&page, "s1");
+    assert!(s1.starts_with("<tr class=\"up\">"), "{s1}");
+    let c1 = cells(s1);
+    assert_eq!(c1[21], "UP");
+    assert!(c1[22].starts_with("L7OK/200 in "), "last check: {c1:?}");
+    assert!(
+        s1.contains("data-server=\"s1\" data-state=\"drain\">drain</button>"),
+        "stats_admin buttons: {s1}"
+    );
+    let s2 = html_row(&page, "s2");
+    assert!(s2.starts_with("<tr class=\"drain\">"), "{s2}");
+    assert!(
+        s2.contains("data-state=\"drain\" disabled>"),
+        "the current state's button is disabled: {s2}"
+    );
+    let total = cells(html_row(&page, "Backend"));
+    assert_eq!((total[5].as_str(), total[21].as_str()), ("5", "UP"));
+
+    // The plugin table: calls, traps, timeouts, invalid, p50, p99.
+    let p = cells(html_row(&page, "p"));
+    assert!(p[2].parse::<u64>().unwrap() >= 10, "calls: {p:?}");
+    assert_eq!((p[3].as_str(), p[4].as_str()), ("0", "0"));
+    for quantile in [&p[6], &p[7]] {
+        assert!(
+            quantile.ends_with("µs") || quantile.ends_with("ms"),
+            "{p:?}"
+        );
+    }
+    assert!(page.contains("<script>"), "the buttons' script");
+
+    // Without stats_admin there are no buttons.
+    let plain = traffic().await;
+    let page = call(plain.admin, Method::GET, "/", "").await.text();
+    assert!(!page.contains("<button"));
+    assert!(page.contains("<meta http-equiv=\"refresh\" content=\"5\">"));
 }

@@ -80,6 +80,7 @@ impl Row {
     /// The traffic counters every row type shares.
     fn counters(&mut self, c: &Counters) -> &mut Row {
         self.set("stot", get(&c.requests))
+            .set("bin", get(&c.bytes_in))
             .set("bout", get(&c.bytes_out))
             .set("dresp", 0);
         let classes = COLUMNS
@@ -217,7 +218,7 @@ pub fn render(control: &Control) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "# {},", COLUMNS.join(","));
     for (i, fe) in proxy.frontends.iter().enumerate() {
-        let (gauge, maxconn) = control.connections(i);
+        let (gauge, maxconn) = control.connections(&fe.name);
         let c = &fe.stats;
         let mut row = Row::new();
         row.set("pxname", &fe.name)

@@ -4,7 +4,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::proxy::backend::AdminState;
-use crate::proxy::stats::{Counters, DURATION_BUCKETS, Histogram, read as get};
+use crate::proxy::stats::{Counters, Histogram, read as get};
 use crate::server::Control;
 
 /// A metric family being written: `# HELP`, `# TYPE`, then its samples.
@@ -33,7 +33,7 @@ impl Out {
 
     fn histogram(&mut self, name: &str, labels: &[(&str, &str)], h: &Histogram) {
         let mut cumulative = 0;
-        for (i, bound) in DURATION_BUCKETS.iter().enumerate() {
+        for (i, bound) in h.bounds().iter().enumerate() {
             cumulative += get(&h.buckets[i]);
             let le = bound.to_string();
             let mut l = labels.to_vec();
@@ -67,8 +67,13 @@ fn counter_families(
     rows: &[(Vec<(&str, &str)>, &Counters)],
     kinds: &[&str],
 ) {
-    let all: [Family<Counters>; 9] = [
+    let all: [Family<Counters>; 10] = [
         ("requests_total", "Requests that ended.", |c| &c.requests),
+        (
+            "bytes_in_total",
+            "Request bytes received from clients, head and body.",
+            |c| &c.bytes_in,
+        ),
         ("bytes_out_total", "Response bytes sent to clients.", |c| {
             &c.bytes_out
         }),
@@ -163,11 +168,11 @@ pub fn render(control: &Control) -> String {
 
     // Frontends.
     out.family("frontend_connections", "gauge", "Client connections open.");
-    for (i, fe) in proxy.frontends.iter().enumerate() {
+    for fe in &proxy.frontends {
         out.sample(
             "frontend_connections",
             &[("frontend", &fe.name)],
-            get(&control.connections(i).0.open),
+            get(&control.connections(&fe.name).0.open),
         );
     }
     let rows: Vec<(Vec<(&str, &str)>, &Counters)> = proxy
@@ -181,6 +186,7 @@ pub fn render(control: &Control) -> String {
         &rows,
         &[
             "requests_total",
+            "bytes_in_total",
             "bytes_out_total",
             "denied_total",
             "request_errors_total",
@@ -224,6 +230,7 @@ pub fn render(control: &Control) -> String {
         &rows,
         &[
             "requests_total",
+            "bytes_in_total",
             "bytes_out_total",
             "denied_total",
             "connect_errors_total",
@@ -363,6 +370,7 @@ pub fn render(control: &Control) -> String {
         &rows,
         &[
             "requests_total",
+            "bytes_in_total",
             "bytes_out_total",
             "connect_errors_total",
             "response_errors_total",
@@ -395,6 +403,24 @@ pub fn render(control: &Control) -> String {
         for p in plugins {
             out.sample(name, &[("plugin", &p.name)], get(field(&p.stats)));
         }
+    }
+    out.family(
+        "access_log_dropped_total",
+        "counter",
+        "Access log lines dropped because the writer could not keep up.",
+    );
+    out.sample("access_log_dropped_total", &[], control.log().dropped());
+    out.family(
+        "plugin_call_duration_seconds",
+        "histogram",
+        "Wall time of a hook call, waiting for an instance included.",
+    );
+    for p in plugins {
+        out.histogram(
+            "plugin_call_duration_seconds",
+            &[("plugin", &p.name)],
+            &p.stats.latency,
+        );
     }
     out.family(
         "plugin_pooled_instances",

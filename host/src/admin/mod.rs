@@ -1,5 +1,7 @@
-//! The `[admin]` listener: HAProxy-compatible CSV statistics and the runtime API, in JSON.
+//! The `[admin]` listener: the statistics page, HAProxy-compatible CSV statistics, Prometheus
+//! metrics and the runtime API, in JSON.
 //!
+//! - `GET /`: the statistics page (see [`page`]);
 //! - `GET /;csv` and `GET /stats.csv`: the statistics as HAProxy writes them (see [`csv`]);
 //! - `GET /metrics`: Prometheus text exposition (see [`metrics`]);
 //! - `GET /api/info`: version, uptime, config generation, the loaded plugins;
@@ -25,11 +27,13 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::config::Admin;
 use crate::proxy::backend::{AdminState, BackendRt};
 use crate::server::Control;
 
 pub mod csv;
 pub mod metrics;
+pub mod page;
 
 /// Largest request body the API reads.
 const MAX_BODY: usize = 64 * 1024;
@@ -40,10 +44,10 @@ type Reply = Response<Full<Bytes>>;
 pub async fn serve(
     listener: TcpListener,
     control: Arc<Control>,
-    auth: Option<(String, String)>,
+    cfg: Admin,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let auth = Arc::new(auth);
+    let cfg = Arc::new(cfg);
     loop {
         let stream = tokio::select! {
             r = listener.accept() => match r {
@@ -56,11 +60,11 @@ pub async fn serve(
             },
             _ = shutdown.changed() => return,
         };
-        let (control, auth) = (Arc::clone(&control), Arc::clone(&auth));
+        let (control, cfg) = (Arc::clone(&control), Arc::clone(&cfg));
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let (control, auth) = (Arc::clone(&control), Arc::clone(&auth));
-                async move { Ok::<_, std::convert::Infallible>(handle(req, &control, &auth).await) }
+                let (control, cfg) = (Arc::clone(&control), Arc::clone(&cfg));
+                async move { Ok::<_, std::convert::Infallible>(handle(req, &control, &cfg).await) }
             });
             let _ = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -95,12 +99,8 @@ fn error(status: StatusCode, message: impl Into<String>) -> Reply {
     reply(status, json!({ "error": message.into() }))
 }
 
-async fn handle(
-    req: Request<Incoming>,
-    control: &Control,
-    auth: &Option<(String, String)>,
-) -> Reply {
-    if let Some((user, password)) = auth
+async fn handle(req: Request<Incoming>, control: &Control, cfg: &Admin) -> Reply {
+    if let Some((user, password)) = &cfg.auth
         && !authorized(&req, user, password)
     {
         let mut r = error(StatusCode::UNAUTHORIZED, "authentication required");
@@ -113,6 +113,10 @@ async fn handle(
     let path = req.uri().path().to_owned();
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (req.method().clone(), parts.as_slice()) {
+        (Method::GET, [""]) => document(
+            page::render(control, cfg.refresh, cfg.stats_admin),
+            "text/html; charset=utf-8",
+        ),
         (Method::GET, [";csv" | "stats.csv"]) => {
             document(csv::render(control), "text/csv; charset=utf-8")
         }

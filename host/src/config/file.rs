@@ -28,6 +28,8 @@ pub struct File {
 pub struct AdminFile {
     pub bind: String,
     pub auth: Option<AuthFile>,
+    pub stats_admin: Option<bool>,
+    pub refresh: Option<Dur>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -54,6 +56,7 @@ pub struct PluginFile {
 pub struct GlobalFile {
     pub maxconn: Option<i64>,
     pub threads: Option<i64>,
+    pub access_log: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -75,6 +78,7 @@ pub struct DefaultsFile {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TimeoutsFile {
+    pub shutdown: Option<Dur>,
     pub connect: Option<Dur>,
     pub client: Option<Dur>,
     pub server: Option<Dur>,

@@ -37,6 +37,20 @@ pub struct Global {
     pub maxconn: usize,
     /// Worker threads; 1 runs a single-threaded runtime, 0 means one per core.
     pub threads: usize,
+    /// Where access log lines go.
+    pub access_log: AccessLogTarget,
+    /// How long requests in flight may take to finish once weir is told to stop
+    /// (`[defaults] timeout.shutdown`).
+    pub timeout_shutdown: Duration,
+}
+
+/// Where access log lines go (`[global] access_log`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    Stderr,
+    Off,
+    /// Appended to; reopened on SIGUSR1, for log rotation.
+    File(PathBuf),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +121,10 @@ pub struct Admin {
     pub bind: SocketAddr,
     /// Basic auth required on every admin route: user and password.
     pub auth: Option<(String, String)>,
+    /// Ready / drain / maint buttons on the statistics page.
+    pub stats_admin: bool,
+    /// How often the statistics page reloads itself.
+    pub refresh: Duration,
 }
 
 /// A `[plugin.<name>]` section: where the component is and how it is confined.

@@ -15,9 +15,9 @@ use super::file::{
 use super::locate::{KeyPath, Locator};
 use super::units::{Dur, Size, parse_duration, parse_size};
 use super::{
-    Admin, Backend, Balance, CheckKind, Config, ConfigError, ConfigErrors, ErrorFiles, ErrorPage,
-    FailPolicy, Frontend, Global, HealthCheck, HttpCheck, LogFormat, Observe, OnError,
-    PluginConfig, PluginSource, RetryOn, Server, StatusMatch,
+    AccessLogTarget, Admin, Backend, Balance, CheckKind, Config, ConfigError, ConfigErrors,
+    ErrorFiles, ErrorPage, FailPolicy, Frontend, Global, HealthCheck, HttpCheck, LogFormat,
+    Observe, OnError, PluginConfig, PluginSource, RetryOn, Server, StatusMatch,
 };
 
 /// Statuses that weir answers by itself and that `errorfiles` may therefore replace.
@@ -132,6 +132,26 @@ fn build(cx: &mut Ctx<'_>, file: File) -> Config {
     let global = Global {
         maxconn: cx.int(&g.key("maxconn"), file.global.maxconn, 4096, 1, 10_000_000) as usize,
         threads: cx.int(&g.key("threads"), file.global.threads, 0, 0, 1024) as usize,
+        access_log: match file.global.access_log.as_deref() {
+            None | Some("stderr") => AccessLogTarget::Stderr,
+            Some("off") => AccessLogTarget::Off,
+            Some("") => {
+                cx.err(
+                    &g.key("access_log"),
+                    "must be \"stderr\", \"off\" or a file path",
+                );
+                AccessLogTarget::Stderr
+            }
+            Some(path) => AccessLogTarget::File(cx.base.join(path)),
+        },
+        timeout_shutdown: cx.positive(
+            &root.key("defaults").key("timeout").key("shutdown"),
+            file.defaults
+                .timeout
+                .as_ref()
+                .and_then(|t| t.shutdown.as_ref()),
+            Duration::from_secs(10),
+        ),
     };
     let defaults = build_defaults(cx, &file);
     let backend_names: HashSet<&str> = file.backend.keys().map(String::as_str).collect();
@@ -236,8 +256,15 @@ fn build(cx: &mut Ctx<'_>, file: File) -> Config {
                 "needs a user (without \":\") and a non-empty password",
             );
         }
+        let refresh = cx.positive(
+            &path.key("refresh"),
+            a.refresh.as_ref(),
+            Duration::from_secs(5),
+        );
         bind.map(|bind| Admin {
             bind,
+            stats_admin: a.stats_admin.unwrap_or(false),
+            refresh,
             auth: a
                 .auth
                 .as_ref()

@@ -284,12 +284,25 @@ pub enum HookError {
 }
 
 /// Call statistics of one plugin, for the admin surface and the log.
-#[derive(Default)]
 pub struct PluginStats {
     pub calls: AtomicU64,
     pub traps: AtomicU64,
     pub timeouts: AtomicU64,
     pub invalid: AtomicU64,
+    /// Wall time of the calls that returned (waiting for an instance included).
+    pub latency: crate::proxy::stats::Histogram,
+}
+
+impl Default for PluginStats {
+    fn default() -> Self {
+        Self {
+            calls: AtomicU64::new(0),
+            traps: AtomicU64::new(0),
+            timeouts: AtomicU64::new(0),
+            invalid: AtomicU64::new(0),
+            latency: crate::proxy::stats::Histogram::new(&crate::proxy::stats::HOOK_BUCKETS),
+        }
+    }
 }
 
 impl PluginStats {
@@ -518,8 +531,10 @@ impl Plugin {
     fn finish<R>(
         self: &Arc<Self>,
         instance: Instance,
+        started: std::time::Instant,
         result: wasmtime::Result<R>,
     ) -> Result<R, HookError> {
+        self.stats.latency.observe(started.elapsed());
         if result.is_err() {
             self.replenish();
         }
@@ -558,6 +573,7 @@ impl Plugin {
         self: &Arc<Self>,
         request: &types::Request,
     ) -> Result<types::RequestAction, HookError> {
+        let started = std::time::Instant::now();
         let mut i = self.take().await?;
         let Instance {
             store,
@@ -567,13 +583,14 @@ impl Plugin {
         let result = meter
             .metered(bindings.call_on_request(store, request))
             .await;
-        self.finish(i, result)
+        self.finish(i, started, result)
     }
 
     pub async fn on_response(
         self: &Arc<Self>,
         response: &types::Response,
     ) -> Result<types::ResponseAction, HookError> {
+        let started = std::time::Instant::now();
         let mut i = self.take().await?;
         let Instance {
             store,
@@ -583,13 +600,14 @@ impl Plugin {
         let result = meter
             .metered(bindings.call_on_response(store, response))
             .await;
-        self.finish(i, result)
+        self.finish(i, started, result)
     }
 
     pub async fn on_health_check(
         self: &Arc<Self>,
         probe: &types::Probe,
     ) -> Result<types::Verdict, HookError> {
+        let started = std::time::Instant::now();
         let mut i = self.take().await?;
         let Instance {
             store,
@@ -599,7 +617,7 @@ impl Plugin {
         let result = meter
             .metered(bindings.call_on_health_check(store, probe))
             .await;
-        self.finish(i, result)
+        self.finish(i, started, result)
     }
 
     /// Counts invalid output, which the caller found, like a failure of the call.

@@ -34,6 +34,8 @@ pub struct LogRecord {
     pub tr: Option<Duration>,
     pub status: u16,
     pub bytes: u64,
+    /// Request bytes received: the head (as sent on HTTP/1.1) and the body read so far.
+    pub bytes_in: Arc<AtomicU64>,
     pub termination: [u8; 2],
     pub retries: u32,
     /// Retries that went to another server.
@@ -104,8 +106,50 @@ impl LogRecord {
 /// Where access log lines go. Cloning shares the writer.
 #[derive(Clone)]
 pub struct AccessLog {
-    tx: Option<SyncSender<String>>,
+    tx: Option<SyncSender<Message>>,
     dropped: Arc<AtomicU64>,
+}
+
+/// What the writer thread is asked to do, in order.
+enum Message {
+    Line(String),
+    /// Open the log file again (it was moved away by log rotation).
+    Reopen,
+}
+
+/// Where the writer thread writes.
+enum Sink {
+    Writer(Box<dyn Write + Send>),
+    File(std::path::PathBuf, std::fs::File),
+}
+
+impl Sink {
+    fn writer(&mut self) -> &mut dyn Write {
+        match self {
+            Sink::Writer(w) => w,
+            Sink::File(_, f) => f,
+        }
+    }
+
+    fn reopen(&mut self) {
+        if let Sink::File(path, file) = self {
+            let _ = file.flush();
+            match append(path) {
+                Ok(new) => *file = new,
+                Err(e) => tracing::error!(
+                    "cannot reopen the access log {}: {e}; writing on to the old file",
+                    path.display()
+                ),
+            }
+        }
+    }
+}
+
+fn append(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
 }
 
 impl AccessLog {
@@ -121,17 +165,44 @@ impl AccessLog {
     }
 
     /// Lines go to `writer` from a thread of their own, flushed whenever the queue is empty.
-    pub fn to_writer<W: Write + Send + 'static>(mut writer: W) -> Self {
-        let (tx, rx) = mpsc::sync_channel::<String>(QUEUE);
+    pub fn to_writer<W: Write + Send + 'static>(writer: W) -> Self {
+        Self::spawn(Sink::Writer(Box::new(writer)))
+    }
+
+    /// Lines are appended to the file at `path` (created if missing); [`Self::reopen`]
+    /// opens it again, for log rotation.
+    pub fn file(path: &std::path::Path) -> std::io::Result<Self> {
+        let file = append(path)?;
+        Ok(Self::spawn(Sink::File(path.to_path_buf(), file)))
+    }
+
+    /// The access log a config asks for.
+    pub fn for_target(target: &crate::config::AccessLogTarget) -> std::io::Result<Self> {
+        use crate::config::AccessLogTarget;
+        match target {
+            AccessLogTarget::Stderr => Ok(Self::stderr()),
+            AccessLogTarget::Off => Ok(Self::disabled()),
+            AccessLogTarget::File(path) => Self::file(path),
+        }
+    }
+
+    fn spawn(mut sink: Sink) -> Self {
+        let (tx, rx) = mpsc::sync_channel::<Message>(QUEUE);
         std::thread::Builder::new()
             .name("weir-access-log".into())
             .spawn(move || {
-                while let Ok(line) = rx.recv() {
-                    let _ = writeln!(writer, "{line}");
-                    while let Ok(line) = rx.try_recv() {
-                        let _ = writeln!(writer, "{line}");
+                let handle = |sink: &mut Sink, message| match message {
+                    Message::Line(line) => {
+                        let _ = writeln!(sink.writer(), "{line}");
                     }
-                    let _ = writer.flush();
+                    Message::Reopen => sink.reopen(),
+                };
+                while let Ok(message) = rx.recv() {
+                    handle(&mut sink, message);
+                    while let Ok(message) = rx.try_recv() {
+                        handle(&mut sink, message);
+                    }
+                    let _ = sink.writer().flush();
                 }
             })
             .expect("spawn the access log thread");
@@ -141,9 +212,22 @@ impl AccessLog {
         }
     }
 
+    /// Opens the log file again, after the lines already queued are written to the old
+    /// one. Nothing to do for stderr.
+    pub fn reopen(&self) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Message::Reopen);
+        }
+    }
+
+    /// Lines dropped because the writer could not keep up.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
     pub fn emit(&self, record: &LogRecord) {
         let Some(tx) = &self.tx else { return };
-        if let Err(TrySendError::Full(_)) = tx.try_send(record.line()) {
+        if let Err(TrySendError::Full(_)) = tx.try_send(Message::Line(record.line())) {
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed);
             if dropped.is_multiple_of(1000) {
                 tracing::warn!(
@@ -250,6 +334,7 @@ mod tests {
             tr: None,
             status: 503,
             bytes: 57,
+            bytes_in: Default::default(),
             termination: *b"SC",
             retries: 3,
             redispatches: 0,

@@ -11,6 +11,8 @@ use super::log::LogRecord;
 pub struct Counters {
     /// Requests that ended (`stot`).
     pub requests: AtomicU64,
+    /// Request bytes received from clients, head and body (`bin`).
+    pub bytes_in: AtomicU64,
     /// Response bytes sent to clients (`bout`).
     pub bytes_out: AtomicU64,
     /// Requests a plugin answered with a 4xx or 5xx of its own: denied (`dreq`).
@@ -41,26 +43,79 @@ pub const DURATION_BUCKETS: [f64; 12] = [
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// Request durations in [`DURATION_BUCKETS`] (each bucket counts only its own range; the
-/// last slot is above the largest bound).
-#[derive(Default)]
+/// Upper bounds of the plugin hook call duration buckets, in seconds: 1 µs to 100 ms.
+pub const HOOK_BUCKETS: [f64; 16] = [
+    1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2,
+    5e-2, 0.1,
+];
+
+/// Durations counted in buckets with the given upper bounds (each bucket counts only its
+/// own range; the last slot is above the largest bound).
 pub struct Histogram {
-    pub buckets: [AtomicU64; DURATION_BUCKETS.len() + 1],
+    bounds: &'static [f64],
+    pub buckets: Box<[AtomicU64]>,
     pub sum_us: AtomicU64,
     pub count: AtomicU64,
 }
 
+impl Default for Histogram {
+    /// Request durations: [`DURATION_BUCKETS`].
+    fn default() -> Self {
+        Self::new(&DURATION_BUCKETS)
+    }
+}
+
 impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_us: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    /// The buckets' upper bounds, in seconds.
+    pub fn bounds(&self) -> &'static [f64] {
+        self.bounds
+    }
+
     pub fn observe(&self, d: std::time::Duration) {
         let secs = d.as_secs_f64();
-        let i = DURATION_BUCKETS
+        let i = self
+            .bounds
             .iter()
             .position(|b| secs <= *b)
-            .unwrap_or(DURATION_BUCKETS.len());
+            .unwrap_or(self.bounds.len());
         self.buckets[i].fetch_add(1, Ordering::Relaxed);
         self.sum_us
             .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
         self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The `q` quantile (0 to 1) in seconds, interpolated inside its bucket as Prometheus'
+    /// `histogram_quantile` does; the largest bound when it falls above it. None when
+    /// nothing was observed.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let counts: Vec<u64> = self.buckets.iter().map(read).collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = q.clamp(0.0, 1.0) * total as f64;
+        let mut below = 0u64;
+        for (i, &n) in counts.iter().enumerate() {
+            if n > 0 && (below + n) as f64 >= rank {
+                let Some(&upper) = self.bounds.get(i) else {
+                    return self.bounds.last().copied();
+                };
+                let lower = if i == 0 { 0.0 } else { self.bounds[i - 1] };
+                let within = ((rank - below as f64) / n as f64).clamp(0.0, 1.0);
+                return Some(lower + (upper - lower) * within);
+            }
+            below += n;
+        }
+        self.bounds.last().copied()
     }
 }
 
@@ -69,6 +124,8 @@ impl Counters {
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.durations.observe(took);
         self.bytes_out.fetch_add(r.bytes, Ordering::Relaxed);
+        self.bytes_in
+            .fetch_add(r.bytes_in.load(Ordering::Relaxed), Ordering::Relaxed);
         let class = match r.status {
             100..=199 => 0,
             200..=299 => 1,
@@ -142,5 +199,30 @@ impl Tally {
         {
             c.add(r, took);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn quantiles_interpolate_inside_buckets() {
+        let h = Histogram::new(&HOOK_BUCKETS);
+        assert_eq!(h.quantile(0.5), None);
+        // 98 calls of 3 µs (bucket 2.5–5 µs), 2 of 2 ms (bucket 1–2.5 ms).
+        for _ in 0..98 {
+            h.observe(Duration::from_micros(3));
+        }
+        for _ in 0..2 {
+            h.observe(Duration::from_millis(2));
+        }
+        let p50 = h.quantile(0.5).unwrap();
+        assert!((2.5e-6..=5e-6).contains(&p50), "{p50}");
+        let p99 = h.quantile(0.99).unwrap();
+        assert!((1e-3..=2.5e-3).contains(&p99), "{p99}");
+        h.observe(Duration::from_secs(1));
+        assert_eq!(h.quantile(1.0), Some(0.1), "above the largest bound");
     }
 }
