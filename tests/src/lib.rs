@@ -24,6 +24,8 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
+pub mod tls;
+
 pub type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
 /// Counters a mock server keeps, for tests to assert on.

@@ -124,6 +124,23 @@ pub struct FrontendFile {
     pub max_headers: Option<i64>,
     pub log_format: Option<String>,
     pub errorfiles: Option<BTreeMap<String, String>>,
+    pub tls: Option<TlsFile>,
+    pub redirect_https: Option<bool>,
+}
+
+/// `tls = { cert, key }`, or a list of them chosen by SNI (the first is the default).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum TlsFile {
+    One(CertFile),
+    Many(Vec<CertFile>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertFile {
+    pub cert: String,
+    pub key: String,
 }
 
 #[derive(Debug, Deserialize)]

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -75,6 +76,10 @@ pub struct Frontend {
     pub max_headers: usize,
     pub log_format: LogFormat,
     pub errorfiles: ErrorFiles,
+    /// TLS termination: the certificates, in config order (the first is the default).
+    pub tls: Option<Vec<Arc<rustls::sign::CertifiedKey>>>,
+    /// Answer plain-http requests with a 301 to the same URL over https.
+    pub redirect_https: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -4,13 +4,15 @@
 use std::collections::{BTreeMap, HashSet};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 
 use super::file::{
-    BackendFile, ExpectStatusFile, File, FrontendFile, HealthFile, OneOrMany, ServerFile,
+    BackendFile, CertFile, ExpectStatusFile, File, FrontendFile, HealthFile, OneOrMany, ServerFile,
+    TlsFile,
 };
 use super::locate::{KeyPath, Locator};
 use super::units::{Dur, Size, parse_duration, parse_size};
@@ -401,6 +403,13 @@ fn build_frontend(
     };
     let t = f.timeout.as_ref();
     let tp = path.key("timeout");
+    let redirect_https = f.redirect_https.unwrap_or(false);
+    if redirect_https && f.tls.is_some() {
+        cx.err(
+            &path.key("redirect_https"),
+            "is for a plain-http frontend; this one has tls",
+        );
+    }
     Frontend {
         name: f.name.clone(),
         binds,
@@ -440,7 +449,34 @@ fn build_frontend(
             &d.errorfiles,
             errorfiles(cx, &path.key("errorfiles"), f.errorfiles.as_ref()),
         ),
+        tls: f.tls.as_ref().map(|t| tls(cx, &path.key("tls"), t)),
+        redirect_https,
     }
+}
+
+/// Loads every certificate and key of a frontend's `tls`, checking they belong together.
+fn tls(cx: &mut Ctx<'_>, path: &KeyPath, t: &TlsFile) -> Vec<Arc<rustls::sign::CertifiedKey>> {
+    let entries: Vec<(KeyPath, &CertFile)> = match t {
+        TlsFile::One(c) => vec![(path.clone(), c)],
+        TlsFile::Many(list) => list
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (path.index(i), c))
+            .collect(),
+    };
+    if entries.is_empty() {
+        cx.err(path, "needs at least one { cert, key }");
+    }
+    let mut certs = Vec::new();
+    for (p, c) in entries {
+        let (cert, key) = (cx.base.join(&c.cert), cx.base.join(&c.key));
+        match crate::server::tls::load(&cert, &key) {
+            Ok(certified) => certs.push(certified),
+            Err((crate::server::tls::File::Cert, msg)) => cx.err(&p.key("cert"), msg),
+            Err((crate::server::tls::File::Key, msg)) => cx.err(&p.key("key"), msg),
+        }
+    }
+    certs
 }
 
 fn build_backend(

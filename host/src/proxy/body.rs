@@ -203,7 +203,8 @@ impl Body for ResponseBody {
 
     fn is_end_stream(&self) -> bool {
         match &self.source {
-            Source::Local(bytes) => bytes.is_none(),
+            // An empty body is over before it starts (hyper may never poll it).
+            Source::Local(bytes) => bytes.as_ref().is_none_or(|b| b.is_empty()),
             Source::Server { body, .. } => body.is_end_stream(),
         }
     }

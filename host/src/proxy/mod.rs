@@ -249,6 +249,32 @@ pub async fn handle(
     response
 }
 
+/// `redirect_https`: a 301 to the same host (without its port, so https's own) and
+/// path over https.
+fn redirect_https(
+    fe: &FrontendRt,
+    host: Option<&http::uri::Authority>,
+    uri: &http::Uri,
+    record: &mut LogRecord,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let host = host.ok_or(ProxyError::BadRequest(
+        "A Host header is needed to redirect to https.",
+    ))?;
+    let target = uri.path_and_query().map_or("/", |p| p.as_str());
+    let location = HeaderValue::try_from(format!("https://{}{target}", host.host()))
+        .map_err(|_| ProxyError::BadRequest("Invalid Host header."))?;
+    record.status = 301;
+    record.termination = *b"LR";
+    let mut response = Response::new(ResponseBody::local(
+        Bytes::new(),
+        record.clone(),
+        fe.log.clone(),
+    ));
+    *response.status_mut() = StatusCode::MOVED_PERMANENTLY;
+    response.headers_mut().insert(header::LOCATION, location);
+    Ok(response)
+}
+
 /// The size of a request head as HTTP/1.1 writes it: request line, header lines, blank line.
 fn head_size<B>(req: &Request<B>) -> u64 {
     let line =
@@ -310,6 +336,9 @@ async fn forward(
         return Err(ProxyError::NotImplemented("CONNECT"));
     }
     let host = headers::request_host(req.version(), req.uri(), req.headers())?;
+    if fe.cfg.redirect_https && conn.proto == "http" {
+        return redirect_https(fe, host.as_ref(), req.uri(), record);
+    }
     let upgrade = headers::is_upgrade(req.version(), req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();

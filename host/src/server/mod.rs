@@ -3,6 +3,7 @@
 //! and shut down gracefully.
 
 pub mod io;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -601,6 +602,8 @@ struct FrontendServer {
     connections: Arc<Gauge>,
     h1: http1::Builder,
     h2: http2::Builder<TokioExecutor>,
+    /// The TLS handshake, for a frontend with `tls`.
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl FrontendServer {
@@ -616,12 +619,14 @@ impl FrontendServer {
         h2.timer(TokioTimer::new())
             .max_header_list_size(cfg.max_header_size as u32)
             .max_concurrent_streams(256);
+        let tls = cfg.tls.as_deref().map(tls::acceptor);
         Self {
             cfg,
             live,
             connections,
             h1,
             h2,
+            tls,
         }
     }
 }
@@ -656,7 +661,12 @@ async fn accept_loop(
         connections.open.fetch_add(1, Ordering::AcqRel);
         server.connections.enter();
         let guard = ConnGuard(Arc::clone(&connections), Arc::clone(&server.connections));
-        let conn = ConnInfo::new(peer, "http", Arc::new(Activity::default()), Some(permit));
+        let proto = if server.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let conn = ConnInfo::new(peer, proto, Arc::new(Activity::default()), Some(permit));
         tokio::spawn(serve(stream, server, conn, closing.clone(), guard));
     }
 }
@@ -670,7 +680,26 @@ async fn serve(
 ) {
     let cfg = &server.cfg;
     let peer = conn.peer;
-    // The first bytes decide the protocol; they must come within timeout.http_request.
+    let activity = Arc::clone(&conn.activity);
+    // The TLS handshake, or the first bytes that tell HTTP/2 prior knowledge from
+    // HTTP/1.x, must come within timeout.http_request.
+    if let Some(acceptor) = &server.tls {
+        let tls =
+            match tokio::time::timeout(cfg.timeout_http_request, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!("{peer}: TLS handshake: {e}");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!("{peer}: no TLS handshake within timeout.http_request");
+                    return;
+                }
+            };
+        let is_h2 = tls.get_ref().1.alpn_protocol() == Some(tls::ALPN_H2);
+        let io = TokioIo::new(Tracked::new(tls, bytes::Bytes::new(), activity));
+        return run(io, is_h2, &server, conn, shutdown).await;
+    }
     let (prefix, is_h2) =
         match tokio::time::timeout(cfg.timeout_http_request, io::sniff_h2(&mut stream)).await {
             Ok(Ok((prefix, _))) if prefix.is_empty() => return,
@@ -684,10 +713,24 @@ async fn serve(
                 return;
             }
         };
+    let io = TokioIo::new(Tracked::new(stream, prefix, activity));
+    run(io, is_h2, &server, conn, shutdown).await;
+}
+
+/// Serves HTTP/2 or HTTP/1.x on a connection until it ends.
+async fn run<I>(
+    io: TokioIo<I>,
+    is_h2: bool,
+    server: &Arc<FrontendServer>,
+    conn: ConnInfo,
+    shutdown: watch::Receiver<bool>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = conn.peer;
     let activity = Arc::clone(&conn.activity);
-    let io = TokioIo::new(Tracked::new(stream, prefix, Arc::clone(&activity)));
     let conn = Arc::new(conn);
-    let server_for_service = Arc::clone(&server);
+    let server_for_service = Arc::clone(server);
     let service = service_fn(move |req| {
         // Each request takes the frontend of the generation serving now.
         let fe = current(&server_for_service.live)
@@ -703,7 +746,7 @@ async fn serve(
             })
         }
     });
-    let client_timeout = cfg.timeout_client;
+    let client_timeout = server.cfg.timeout_client;
     if is_h2 {
         let connection = server.h2.serve_connection(io, service);
         drive(
