@@ -10,6 +10,7 @@ pub mod demo;
 pub mod health;
 pub mod plugin;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod server;
 pub mod state;
 

@@ -126,6 +126,7 @@ pub struct FrontendFile {
     pub errorfiles: Option<BTreeMap<String, String>>,
     pub tls: Option<TlsFile>,
     pub redirect_https: Option<bool>,
+    pub accept_proxy: Option<bool>,
 }
 
 /// `tls = { cert, key }`, or a list of them chosen by SNI (the first is the default).
@@ -173,6 +174,7 @@ pub struct ServerFile {
     pub slowstart: Option<Dur>,
     /// Keys here override the backend's `health` for this server.
     pub health: Option<HealthFile>,
+    pub send_proxy: Option<String>,
 }
 
 /// A health check as written; every key optional so a server can override a few.

@@ -80,6 +80,9 @@ pub struct Frontend {
     pub tls: Option<Vec<Arc<rustls::sign::CertifiedKey>>>,
     /// Answer plain-http requests with a 301 to the same URL over https.
     pub redirect_https: bool,
+    /// Connections start with a PROXY protocol header (v1 or v2) that gives the client's
+    /// address; one without is closed.
+    pub accept_proxy: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -118,6 +121,8 @@ pub struct Server {
     pub slowstart: Option<Duration>,
     /// Active health check; None when the backend and server configure none.
     pub health: Option<HealthCheck>,
+    /// A PROXY protocol header sent first on every connection to the server.
+    pub send_proxy: Option<crate::proxy_protocol::Version>,
 }
 
 /// The `[admin]` section: one listener for the runtime API.
@@ -202,6 +207,9 @@ pub struct HealthCheck {
     pub observe: Option<Observe>,
     pub error_limit: u32,
     pub on_error: OnError,
+    /// The server's `send_proxy`: checks start with a PROXY header too (v1 `UNKNOWN`, v2
+    /// `LOCAL`), as the server expects one on every connection.
+    pub send_proxy: Option<crate::proxy_protocol::Version>,
 }
 
 #[derive(Debug, Clone)]

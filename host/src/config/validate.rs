@@ -451,6 +451,7 @@ fn build_frontend(
         ),
         tls: f.tls.as_ref().map(|t| tls(cx, &path.key("tls"), t)),
         redirect_https,
+        accept_proxy: f.accept_proxy.unwrap_or(false),
     }
 }
 
@@ -575,6 +576,20 @@ fn build_server(
     s: &ServerFile,
     b: &BackendFile,
 ) -> Server {
+    let mut server = build_server_fields(cx, backend_path, path, s, b);
+    if let Some(h) = server.health.as_mut() {
+        h.send_proxy = server.send_proxy;
+    }
+    server
+}
+
+fn build_server_fields(
+    cx: &mut Ctx<'_>,
+    backend_path: &KeyPath,
+    path: &KeyPath,
+    s: &ServerFile,
+    b: &BackendFile,
+) -> Server {
     let addr = parse_addr(&s.addr, false).unwrap_or_else(|msg| {
         cx.err(&path.key("addr"), msg);
         SocketAddr::from(([0, 0, 0, 0], 0))
@@ -596,6 +611,18 @@ fn build_server(
                 .map(|v| cx.positive(&backend_path.key("slowstart"), Some(v), Duration::ZERO)),
         },
         health: health_check(cx, backend_path, b.health.as_ref(), path, s.health.as_ref()),
+        send_proxy: match s.send_proxy.as_deref() {
+            None => None,
+            Some("v1") => Some(crate::proxy_protocol::Version::V1),
+            Some("v2") => Some(crate::proxy_protocol::Version::V2),
+            Some(other) => {
+                cx.err(
+                    &path.key("send_proxy"),
+                    format!("must be \"v1\" or \"v2\", got \"{other}\""),
+                );
+                None
+            }
+        },
     }
 }
 
@@ -647,6 +674,7 @@ fn health_check(
     let interval = cx.positive(&at("interval"), h.interval.as_ref(), Duration::from_secs(2));
     let check = HealthCheck {
         kind: CheckKind::Tcp,
+        send_proxy: None,
         interval,
         fastinter: cx.positive(&at("fastinter"), h.fastinter.as_ref(), interval),
         downinter: cx.positive(&at("downinter"), h.downinter.as_ref(), interval),

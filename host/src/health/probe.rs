@@ -93,11 +93,20 @@ async fn attempt(
     judge: Option<Judge<'_>>,
     weight: &mut Option<Option<u32>>,
 ) -> Outcome {
-    let stream = match TcpStream::connect(addr).await {
+    let mut stream = match TcpStream::connect(addr).await {
         Ok(s) => s,
         Err(e) => return (CheckStatus::L4Conn, None, e.to_string()),
     };
     connected.store(true, Ordering::Release);
+    if let Some(version) = check.send_proxy {
+        use tokio::io::AsyncWriteExt;
+        if let Err(e) = stream
+            .write_all(&crate::proxy_protocol::local(version))
+            .await
+        {
+            return (CheckStatus::L4Conn, None, e.to_string());
+        }
+    }
     match &check.kind {
         CheckKind::Tcp => (CheckStatus::L4Ok, None, String::new()),
         CheckKind::Http(http) => match http_probe(http, addr, stream).await {
@@ -289,6 +298,7 @@ mod tests {
             observe: None,
             error_limit: 10,
             on_error: crate::config::OnError::FailCheck,
+            send_proxy: None,
         };
         assert_eq!(
             next_delay(&check, true, false, 0.0),

@@ -221,7 +221,16 @@ impl BackendRt {
                         admin: AtomicU8::new(0),
                         weight_set: std::sync::atomic::AtomicBool::new(false),
                         stats: Arc::default(),
-                        pool: Arc::new(Pool::new(cfg.pool_max_idle, cfg.pool_idle_timeout)),
+                        // A connection that began with one client's PROXY header
+                        // cannot carry another client's requests.
+                        pool: Arc::new(Pool::new(
+                            if s.send_proxy.is_some() {
+                                0
+                            } else {
+                                cfg.pool_max_idle
+                            },
+                            cfg.pool_idle_timeout,
+                        )),
                         queue: Arc::clone(&queue),
                         cfg: s.clone(),
                     })

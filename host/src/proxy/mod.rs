@@ -164,7 +164,10 @@ pub fn frontend_gone() -> Response<ResponseBody> {
 
 /// What the pipeline knows about the client connection a request came on.
 pub struct ConnInfo {
+    /// The client: the connection's peer, or the source a PROXY protocol header gave.
     pub peer: SocketAddr,
+    /// The address the client connected to (or the destination a PROXY header gave).
+    pub local: SocketAddr,
     /// "http" or "https", for X-Forwarded-Proto.
     pub proto: &'static str,
     pub activity: Arc<Activity>,
@@ -178,12 +181,14 @@ pub struct ConnInfo {
 impl ConnInfo {
     pub fn new(
         peer: SocketAddr,
+        local: SocketAddr,
         proto: &'static str,
         activity: Arc<Activity>,
         permit: Option<OwnedSemaphorePermit>,
     ) -> Self {
         Self {
             peer,
+            local,
             proto,
             activity,
             ready_since: AtomicU64::new(0),
@@ -440,9 +445,17 @@ async fn forward(
             }
             None => {
                 let connect_start = Instant::now();
+                let preface = server
+                    .cfg
+                    .send_proxy
+                    .map(|v| crate::proxy_protocol::encode(v, conn.peer, conn.local));
                 match server
                     .pool
-                    .connect(server.cfg.addr, backend.cfg.timeout_connect)
+                    .connect(
+                        server.cfg.addr,
+                        backend.cfg.timeout_connect,
+                        preface.as_deref(),
+                    )
                     .await
                 {
                     Ok(sender) => {
@@ -677,9 +690,11 @@ async fn send(
                         ProxyError::ServerFailed(e.into_error().to_string()),
                     );
                 }
+                // Only pooled connections get here, and servers with send_proxy have
+                // no pool: no PROXY header is due.
                 match server
                     .pool
-                    .connect(server.cfg.addr, backend.cfg.timeout_connect)
+                    .connect(server.cfg.addr, backend.cfg.timeout_connect, None)
                     .await
                 {
                     Ok(fresh) => {

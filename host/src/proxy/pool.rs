@@ -97,16 +97,25 @@ impl Pool {
     }
 
     /// Opens a new connection within `timeout`.
+    /// `preface` (a PROXY protocol header) is written first.
     pub async fn connect(
         &self,
         addr: SocketAddr,
         timeout: Duration,
+        preface: Option<&[u8]>,
     ) -> Result<Sender, ConnectError> {
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        let mut stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
             Err(_) => return Err(ConnectError::Timeout(addr)),
             Ok(Err(e)) => return Err(ConnectError::Io(addr, e)),
             Ok(Ok(s)) => s,
         };
+        if let Some(bytes) = preface {
+            use tokio::io::AsyncWriteExt;
+            stream
+                .write_all(bytes)
+                .await
+                .map_err(|e| ConnectError::Io(addr, e))?;
+        }
         let _ = stream.set_nodelay(true);
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))

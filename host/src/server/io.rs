@@ -155,10 +155,17 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
 }
 
 /// Reads just enough to tell an HTTP/2 prior-knowledge connection from HTTP/1.x: until
-/// the bytes differ from the preface or all 24 have matched. Returns the bytes read and
-/// whether they were the preface.
-pub async fn sniff_h2<T: AsyncRead + Unpin>(io: &mut T) -> io::Result<(Bytes, bool)> {
-    let mut buf = Vec::with_capacity(H2_PREFACE.len());
+/// the bytes differ from the preface or all 24 have matched. `buf` holds bytes already
+/// read from the connection. Returns every byte read and whether they began with the
+/// preface.
+pub async fn sniff_h2<T: AsyncRead + Unpin>(
+    io: &mut T,
+    mut buf: Vec<u8>,
+) -> io::Result<(Bytes, bool)> {
+    let seen = buf.len().min(H2_PREFACE.len());
+    if buf[..seen] != H2_PREFACE[..seen] {
+        return Ok((Bytes::from(buf), false));
+    }
     let mut chunk = [0u8; 24];
     while buf.len() < H2_PREFACE.len() {
         let want = H2_PREFACE.len() - buf.len();
@@ -171,6 +178,6 @@ pub async fn sniff_h2<T: AsyncRead + Unpin>(io: &mut T) -> io::Result<(Bytes, bo
             return Ok((Bytes::from(buf), false));
         }
     }
-    let is_h2 = buf.len() == H2_PREFACE.len();
+    let is_h2 = buf.len() >= H2_PREFACE.len();
     Ok((Bytes::from(buf), is_h2))
 }

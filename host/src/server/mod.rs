@@ -27,6 +27,7 @@ use crate::proxy::backend::BackendRt;
 use crate::proxy::log::AccessLog;
 use crate::proxy::stats::Gauge;
 use crate::proxy::{self, ConnInfo, Proxy};
+use crate::proxy_protocol;
 use io::{Activity, Tracked};
 
 /// How often idle server connections past their timeout are closed.
@@ -666,7 +667,14 @@ async fn accept_loop(
         } else {
             "http"
         };
-        let conn = ConnInfo::new(peer, proto, Arc::new(Activity::default()), Some(permit));
+        let local = stream.local_addr().unwrap_or(peer);
+        let conn = ConnInfo::new(
+            peer,
+            local,
+            proto,
+            Arc::new(Activity::default()),
+            Some(permit),
+        );
         tokio::spawn(serve(stream, server, conn, closing.clone(), guard));
     }
 }
@@ -674,47 +682,94 @@ async fn accept_loop(
 async fn serve(
     mut stream: TcpStream,
     server: Arc<FrontendServer>,
-    conn: ConnInfo,
+    mut conn: ConnInfo,
     shutdown: watch::Receiver<bool>,
     _guard: ConnGuard,
 ) {
     let cfg = &server.cfg;
-    let peer = conn.peer;
     let activity = Arc::clone(&conn.activity);
-    // The TLS handshake, or the first bytes that tell HTTP/2 prior knowledge from
-    // HTTP/1.x, must come within timeout.http_request.
-    if let Some(acceptor) = &server.tls {
-        let tls =
-            match tokio::time::timeout(cfg.timeout_http_request, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!("{peer}: TLS handshake: {e}");
-                    return;
+    // The PROXY header, the TLS handshake, and the first bytes that tell HTTP/2 prior
+    // knowledge from HTTP/1.x must each come within timeout.http_request.
+    let limit = cfg.timeout_http_request;
+    let mut early = Vec::new();
+    if cfg.accept_proxy {
+        match tokio::time::timeout(limit, read_proxy_header(&mut stream)).await {
+            Ok(Ok((header, rest))) => {
+                if let proxy_protocol::Header::Proxied {
+                    source,
+                    destination,
+                } = header
+                {
+                    conn.peer = source;
+                    conn.local = destination;
                 }
-                Err(_) => {
-                    tracing::debug!("{peer}: no TLS handshake within timeout.http_request");
-                    return;
-                }
-            };
-        let is_h2 = tls.get_ref().1.alpn_protocol() == Some(tls::ALPN_H2);
-        let io = TokioIo::new(Tracked::new(tls, bytes::Bytes::new(), activity));
-        return run(io, is_h2, &server, conn, shutdown).await;
-    }
-    let (prefix, is_h2) =
-        match tokio::time::timeout(cfg.timeout_http_request, io::sniff_h2(&mut stream)).await {
-            Ok(Ok((prefix, _))) if prefix.is_empty() => return,
-            Ok(Ok(sniffed)) => sniffed,
+                early = rest;
+            }
             Ok(Err(e)) => {
-                tracing::debug!("{peer}: {e}");
+                tracing::debug!("{}: {e}", conn.peer);
                 return;
             }
             Err(_) => {
-                tracing::debug!("{peer}: no request within timeout.http_request");
+                tracing::debug!(
+                    "{}: no PROXY protocol header within timeout.http_request",
+                    conn.peer
+                );
+                return;
+            }
+        }
+    }
+    let peer = conn.peer;
+    if let Some(acceptor) = &server.tls {
+        let tracked = Tracked::new(stream, bytes::Bytes::from(early), activity);
+        let tls = match tokio::time::timeout(limit, acceptor.accept(tracked)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::debug!("{peer}: TLS handshake: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("{peer}: no TLS handshake within timeout.http_request");
                 return;
             }
         };
+        let is_h2 = tls.get_ref().1.alpn_protocol() == Some(tls::ALPN_H2);
+        return run(TokioIo::new(tls), is_h2, &server, conn, shutdown).await;
+    }
+    let (prefix, is_h2) = match tokio::time::timeout(limit, io::sniff_h2(&mut stream, early)).await
+    {
+        Ok(Ok((prefix, _))) if prefix.is_empty() => return,
+        Ok(Ok(sniffed)) => sniffed,
+        Ok(Err(e)) => {
+            tracing::debug!("{peer}: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("{peer}: no request within timeout.http_request");
+            return;
+        }
+    };
     let io = TokioIo::new(Tracked::new(stream, prefix, activity));
     run(io, is_h2, &server, conn, shutdown).await;
+}
+
+/// Reads a PROXY protocol header (v1 or v2); returns it and the bytes read past it.
+async fn read_proxy_header(
+    stream: &mut TcpStream,
+) -> Result<(proxy_protocol::Header, Vec<u8>), String> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::with_capacity(256);
+    let mut chunk = [0u8; 512];
+    loop {
+        let n = stream.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("closed before its PROXY protocol header ended".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        // The parser refuses a header past its size limit, so the buffer stays small.
+        if let Some((header, used)) = proxy_protocol::parse(&buf).map_err(|e| e.to_string())? {
+            return Ok((header, buf.split_off(used)));
+        }
+    }
 }
 
 /// Serves HTTP/2 or HTTP/1.x on a connection until it ends.
