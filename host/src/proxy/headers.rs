@@ -98,6 +98,27 @@ pub fn request_host(
     }
 }
 
+/// Refuses HTTP/1.x framing that two parsers could read differently (request smuggling)
+/// and that hyper lets through: Transfer-Encoding written more than once. hyper itself
+/// refuses invalid or differing Content-Lengths, codings other than a final chunked,
+/// Transfer-Encoding in HTTP/1.0 and bad chunk sizes; with Content-Length and
+/// Transfer-Encoding together it drops Content-Length and closes the connection after
+/// the response (RFC 9112 §6.3), and it merges equal repeated Content-Lengths.
+pub fn check_framing(version: Version, headers: &HeaderMap) -> Result<(), ProxyError> {
+    if version >= Version::HTTP_2 {
+        return Ok(());
+    }
+    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
+    if let Some(value) = codings.next()
+        && (codings.next().is_some() || !value.as_bytes().eq_ignore_ascii_case(b"chunked"))
+    {
+        return Err(ProxyError::BadRequest(
+            "Transfer-Encoding must be chunked, once.",
+        ));
+    }
+    Ok(())
+}
+
 /// Rewrites a client request head into the one sent to a server: origin-form target,
 /// HTTP/1.1, hop-by-hop headers removed, Host set, and X-Forwarded-* when enabled.
 pub fn prepare_request(

@@ -340,6 +340,7 @@ async fn forward(
     if req.method() == Method::CONNECT {
         return Err(ProxyError::NotImplemented("CONNECT"));
     }
+    headers::check_framing(req.version(), req.headers())?;
     let host = headers::request_host(req.version(), req.uri(), req.headers())?;
     if fe.cfg.redirect_https && conn.proto == "http" {
         return redirect_https(fe, host.as_ref(), req.uri(), record);
