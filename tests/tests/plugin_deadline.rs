@@ -37,9 +37,12 @@ async fn an_endless_loop_is_cut_at_the_deadline_while_another_frontend_keeps_ser
         other.push(started.elapsed());
     }
     for t in spinning.await.unwrap() {
-        // The deadline plus one 1 ms epoch tick, plus the request's own way through the proxy.
+        // The deadline is CPU time: 20 ms of it plus one 1 ms epoch tick, plus the
+        // request's own way through the proxy. The two cores are shared with the other
+        // frontend's request loop and both clients, so the spinning call gets less than a
+        // whole core and its wall time runs longer; an uncut loop would never answer.
         assert!(
-            t >= Duration::from_millis(20) && t < Duration::from_millis(20 + 1 + 15),
+            t >= Duration::from_millis(20) && t < Duration::from_millis(20 + 1 + 40),
             "answered after {t:?}"
         );
     }

@@ -30,6 +30,10 @@ use crate::proxy::{self, ConnInfo, Proxy};
 use crate::proxy_protocol;
 use io::{Activity, Tracked};
 
+/// How long an HTTP/2 client that flooded weir with control frames has to read the GOAWAY
+/// before its connection is dropped.
+const FLOOD_GRACE: Duration = Duration::from_millis(500);
+
 /// How often idle server connections past their timeout are closed.
 const POOL_SWEEP: Duration = Duration::from_secs(1);
 
@@ -733,7 +737,7 @@ async fn serve(
             }
         };
         let is_h2 = tls.get_ref().1.alpn_protocol() == Some(tls::ALPN_H2);
-        return run(TokioIo::new(tls), is_h2, &server, conn, shutdown).await;
+        return run(tls, is_h2, &server, conn, shutdown).await;
     }
     let (prefix, is_h2) = match tokio::time::timeout(limit, io::sniff_h2(&mut stream, early)).await
     {
@@ -748,7 +752,7 @@ async fn serve(
             return;
         }
     };
-    let io = TokioIo::new(Tracked::new(stream, prefix, activity));
+    let io = Tracked::new(stream, prefix, activity);
     run(io, is_h2, &server, conn, shutdown).await;
 }
 
@@ -774,7 +778,7 @@ async fn read_proxy_header(
 
 /// Serves HTTP/2 or HTTP/1.x on a connection until it ends.
 async fn run<I>(
-    io: TokioIo<I>,
+    io: I,
     is_h2: bool,
     server: &Arc<FrontendServer>,
     conn: ConnInfo,
@@ -803,6 +807,8 @@ async fn run<I>(
     });
     let client_timeout = server.cfg.timeout_client;
     if is_h2 {
+        let flood = Arc::new(Notify::new());
+        let io = TokioIo::new(io::FrameWatch::new(io, Arc::clone(&flood)));
         let connection = server.h2.serve_connection(io, service);
         drive(
             connection,
@@ -810,17 +816,22 @@ async fn run<I>(
             &activity,
             client_timeout,
             shutdown,
+            Some(flood),
             peer,
         )
         .await;
     } else {
-        let connection = server.h1.serve_connection(io, service).with_upgrades();
+        let connection = server
+            .h1
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
         drive(
             connection,
             |c| c.graceful_shutdown(),
             &activity,
             client_timeout,
             shutdown,
+            None,
             peer,
         )
         .await;
@@ -835,6 +846,7 @@ async fn drive<C: Future<Output = Result<(), hyper::Error>>>(
     activity: &Activity,
     client_timeout: Duration,
     mut shutdown: watch::Receiver<bool>,
+    flood: Option<Arc<Notify>>,
     peer: SocketAddr,
 ) {
     let mut connection = std::pin::pin!(connection);
@@ -842,7 +854,21 @@ async fn drive<C: Future<Output = Result<(), hyper::Error>>>(
     if draining {
         graceful(connection.as_mut());
     }
+    let flooded = async {
+        match &flood {
+            Some(f) => f.notified().await,
+            None => std::future::pending().await,
+        }
+    };
+    let mut flooded = std::pin::pin!(flooded);
+    let mut cut_off: Option<tokio::time::Instant> = None;
     loop {
+        let cut = async {
+            match cut_off {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             result = connection.as_mut() => {
                 if let Err(e) = result {
@@ -854,6 +880,14 @@ async fn drive<C: Future<Output = Result<(), hyper::Error>>>(
                 draining = true;
                 graceful(connection.as_mut());
             }
+            _ = flooded.as_mut(), if cut_off.is_none() => {
+                // The GOAWAY goes out now; the client has a moment to read it, then the
+                // connection is dropped (nothing more is read from it meanwhile).
+                tracing::warn!("{peer}: HTTP/2 control frame flood; sending GOAWAY and closing");
+                graceful(connection.as_mut());
+                cut_off = Some(tokio::time::Instant::now() + FLOOD_GRACE);
+            }
+            _ = cut => return,
             _ = activity.idle_timeout(client_timeout) => {
                 tracing::debug!("{peer}: closed after timeout.client");
                 return;
