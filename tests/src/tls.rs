@@ -126,3 +126,111 @@ pub async fn get_h2(stream: TlsStream<TcpStream>, host: &str, path: &str) -> Rep
         .await
         .unwrap()
 }
+
+impl TestCa {
+    /// The CA certificate as a PEM file, for `ca = "..."`.
+    pub fn ca_file(&self) -> PathBuf {
+        let path = self.dir.join("ca.pem");
+        std::fs::write(&path, self.issuer.pem()).unwrap();
+        path
+    }
+}
+
+/// How an [`echo_server`] listens.
+pub enum Listen {
+    /// HTTP/1.1 in the clear.
+    Http1,
+    /// HTTP/2 in the clear (prior knowledge).
+    H2c,
+    /// TLS with this certificate, HTTP/2 or HTTP/1.1 by ALPN.
+    Tls(PathBuf, PathBuf),
+}
+
+/// A server that answers every request with JSON of what it received (`version`, `path`,
+/// `authority`, `headers`, `body`, `trailers`), and ends its response with the trailers
+/// `grpc-status: 0` and `x-echo: <the request's x-trailer trailer>`, as gRPC servers do.
+pub async fn echo_server(listen: Listen) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = match &listen {
+        Listen::Tls(cert, key) => Some(weir::server::tls::acceptor(&[weir::server::tls::load(
+            cert, key,
+        )
+        .unwrap()])),
+        _ => None,
+    };
+    let h2c = matches!(listen, Listen::H2c);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                match acceptor {
+                    Some(acceptor) => {
+                        let Ok(tls) = acceptor.accept(stream).await else {
+                            return;
+                        };
+                        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                        serve_echo(TokioIo::new(tls), h2).await;
+                    }
+                    None => serve_echo(TokioIo::new(stream), h2c).await,
+                }
+            });
+        }
+    });
+    addr
+}
+
+async fn serve_echo<I>(io: TokioIo<I>, h2: bool)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(echo);
+    if h2 {
+        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(io, service)
+            .await;
+    } else {
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(io, service)
+            .await;
+    }
+}
+
+async fn echo(
+    req: http::Request<hyper::body::Incoming>,
+) -> Result<http::Response<Body>, std::convert::Infallible> {
+    use http_body_util::BodyExt;
+    let (parts, body) = req.into_parts();
+    let collected = body.collect().await.ok();
+    let trailers = collected.as_ref().and_then(|c| c.trailers().cloned());
+    let bytes = collected.map(|c| c.to_bytes()).unwrap_or_default();
+    let map = |h: &http::HeaderMap| -> serde_json::Map<String, serde_json::Value> {
+        h.iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().into()))
+            .collect()
+    };
+    let json = serde_json::json!({
+        "version": format!("{:?}", parts.version),
+        "path": parts.uri.path(),
+        "authority": parts.uri.authority().map(|a| a.to_string()),
+        "headers": map(&parts.headers),
+        "body": String::from_utf8_lossy(&bytes),
+        "trailers": trailers.as_ref().map(map),
+    });
+    let mut out = http::HeaderMap::new();
+    out.insert("grpc-status", http::HeaderValue::from_static("0"));
+    if let Some(v) = trailers.as_ref().and_then(|t| t.get("x-trailer")) {
+        out.insert("x-echo", v.clone());
+    }
+    let frames = vec![
+        Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(bytes::Bytes::from(
+            json.to_string(),
+        ))),
+        Ok(hyper::body::Frame::trailers(out)),
+    ];
+    let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed();
+    Ok(http::Response::builder()
+        .header("content-type", "application/json")
+        .body(body)
+        .unwrap())
+}

@@ -175,6 +175,11 @@ pub struct ServerFile {
     /// Keys here override the backend's `health` for this server.
     pub health: Option<HealthFile>,
     pub send_proxy: Option<String>,
+    pub tls: Option<bool>,
+    pub verify: Option<bool>,
+    pub ca: Option<String>,
+    pub sni: Option<String>,
+    pub proto: Option<String>,
 }
 
 /// A health check as written; every key optional so a server can override a few.

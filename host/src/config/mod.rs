@@ -123,6 +123,10 @@ pub struct Server {
     pub health: Option<HealthCheck>,
     /// A PROXY protocol header sent first on every connection to the server.
     pub send_proxy: Option<crate::proxy_protocol::Version>,
+    /// TLS to the server.
+    pub tls: Option<crate::server::tls::ServerTls>,
+    /// HTTP/2 to the server (prior knowledge, or ALPN over TLS) instead of HTTP/1.1.
+    pub h2: bool,
 }
 
 /// The `[admin]` section: one listener for the runtime API.
@@ -210,6 +214,10 @@ pub struct HealthCheck {
     /// The server's `send_proxy`: checks start with a PROXY header too (v1 `UNKNOWN`, v2
     /// `LOCAL`), as the server expects one on every connection.
     pub send_proxy: Option<crate::proxy_protocol::Version>,
+    /// The server's TLS: checks go over TLS too.
+    pub tls: Option<crate::server::tls::ServerTls>,
+    /// The server's `proto = "h2"`: HTTP checks speak HTTP/2.
+    pub h2: bool,
 }
 
 #[derive(Debug, Clone)]

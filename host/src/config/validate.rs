@@ -577,10 +577,61 @@ fn build_server(
     b: &BackendFile,
 ) -> Server {
     let mut server = build_server_fields(cx, backend_path, path, s, b);
+    let h2 = match s.proto.as_deref() {
+        None | Some("http/1.1") => false,
+        Some("h2") => true,
+        Some(other) => {
+            cx.err(
+                &path.key("proto"),
+                format!("must be \"http/1.1\" or \"h2\", got \"{other}\""),
+            );
+            false
+        }
+    };
+    server.h2 = h2;
+    let tls_keys = s.verify.is_some() || s.ca.is_some() || s.sni.is_some();
+    if s.tls == Some(true) {
+        let name = match &s.sni {
+            Some(sni) => {
+                rustls::pki_types::ServerName::try_from(sni.clone()).unwrap_or_else(|_| {
+                    cx.err(&path.key("sni"), format!("\"{sni}\" is not a DNS name"));
+                    rustls::pki_types::ServerName::IpAddress(server.addr.ip().into())
+                })
+            }
+            None => server_name_of(&s.addr, server.addr),
+        };
+        let ca = s.ca.as_ref().map(|c| cx.base.join(c));
+        match crate::server::tls::client(ca.as_deref(), s.verify.unwrap_or(true), h2, name) {
+            Ok(tls) => server.tls = Some(tls),
+            Err(msg) => cx.err(&path.key("ca"), msg),
+        }
+    } else if tls_keys {
+        cx.err(
+            &path.key("tls"),
+            "verify, ca and sni apply to TLS: set tls = true",
+        );
+    }
     if let Some(h) = server.health.as_mut() {
         h.send_proxy = server.send_proxy;
+        h.tls = server.tls.clone();
+        h.h2 = server.h2;
     }
     server
+}
+
+/// The name a server's certificate must carry: the host its `addr` names, or its IP.
+fn server_name_of(written: &str, addr: SocketAddr) -> rustls::pki_types::ServerName<'static> {
+    let host = written
+        .rsplit_once(':')
+        .map_or(written, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    if host.parse::<std::net::IpAddr>().is_err()
+        && let Ok(name) = rustls::pki_types::ServerName::try_from(host.to_owned())
+    {
+        return name;
+    }
+    rustls::pki_types::ServerName::IpAddress(addr.ip().into())
 }
 
 fn build_server_fields(
@@ -611,6 +662,8 @@ fn build_server_fields(
                 .map(|v| cx.positive(&backend_path.key("slowstart"), Some(v), Duration::ZERO)),
         },
         health: health_check(cx, backend_path, b.health.as_ref(), path, s.health.as_ref()),
+        tls: None,
+        h2: false,
         send_proxy: match s.send_proxy.as_deref() {
             None => None,
             Some("v1") => Some(crate::proxy_protocol::Version::V1),
@@ -675,6 +728,8 @@ fn health_check(
     let check = HealthCheck {
         kind: CheckKind::Tcp,
         send_proxy: None,
+        tls: None,
+        h2: false,
         interval,
         fastinter: cx.positive(&at("fastinter"), h.fastinter.as_ref(), interval),
         downinter: cx.positive(&at("downinter"), h.downinter.as_ref(), interval),

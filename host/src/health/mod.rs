@@ -24,6 +24,10 @@ pub enum CheckStatus {
     L4Ok,
     L4Timeout,
     L4Conn,
+    /// The TLS handshake succeeded (a TCP check of a TLS server).
+    L6Ok,
+    /// The TLS handshake failed.
+    L6Response,
     L7Ok,
     L7Timeout,
     L7Response,
@@ -38,6 +42,8 @@ impl CheckStatus {
             CheckStatus::L4Ok => "L4OK",
             CheckStatus::L4Timeout => "L4TOUT",
             CheckStatus::L4Conn => "L4CON",
+            CheckStatus::L6Ok => "L6OK",
+            CheckStatus::L6Response => "L6RSP",
             CheckStatus::L7Ok => "L7OK",
             CheckStatus::L7Timeout => "L7TOUT",
             CheckStatus::L7Response => "L7RSP",
@@ -51,6 +57,8 @@ impl CheckStatus {
             CheckStatus::L4Ok => "Layer4 check passed",
             CheckStatus::L4Timeout => "Layer4 timeout",
             CheckStatus::L4Conn => "Layer4 connection problem",
+            CheckStatus::L6Ok => "Layer6 check passed",
+            CheckStatus::L6Response => "Layer6 invalid response",
             CheckStatus::L7Ok => "Layer7 check passed",
             CheckStatus::L7Timeout => "Layer7 timeout",
             CheckStatus::L7Response => "Layer7 invalid response",
@@ -60,7 +68,10 @@ impl CheckStatus {
     }
 
     pub fn is_ok(self) -> bool {
-        matches!(self, CheckStatus::L4Ok | CheckStatus::L7Ok)
+        matches!(
+            self,
+            CheckStatus::L4Ok | CheckStatus::L6Ok | CheckStatus::L7Ok
+        )
     }
 }
 

@@ -107,29 +107,40 @@ async fn attempt(
             return (CheckStatus::L4Conn, None, e.to_string());
         }
     }
-    match &check.kind {
-        CheckKind::Tcp => (CheckStatus::L4Ok, None, String::new()),
-        CheckKind::Http(http) => match http_probe(http, addr, stream).await {
-            Ok(response) => match judge {
-                Some(j) => plugin_verdict(http, j, &response, weight).await,
-                None => verdict(http, &response),
-            },
-            Err(detail) => (CheckStatus::L7Response, None, detail),
+    let _ = stream.set_nodelay(true);
+    let stream: Box<dyn Io> = match &check.tls {
+        Some(tls) => match tls.connector.connect(tls.name.clone(), stream).await {
+            Ok(secured) => Box::new(secured),
+            Err(e) => return (CheckStatus::L6Response, None, format!("TLS: {e}")),
         },
+        None => Box::new(stream),
+    };
+    match &check.kind {
+        CheckKind::Tcp if check.tls.is_some() => (CheckStatus::L6Ok, None, String::new()),
+        CheckKind::Tcp => (CheckStatus::L4Ok, None, String::new()),
+        CheckKind::Http(http) => {
+            match http_probe(http, addr, stream, check.h2, check.tls.is_some()).await {
+                Ok(response) => match judge {
+                    Some(j) => plugin_verdict(http, j, &response, weight).await,
+                    None => verdict(http, &response),
+                },
+                Err(detail) => (CheckStatus::L7Response, None, detail),
+            }
+        }
     }
 }
+
+/// A connection a check speaks HTTP on: plain TCP or TLS.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
 async fn http_probe(
     check: &HttpCheck,
     addr: SocketAddr,
-    stream: TcpStream,
+    stream: Box<dyn Io>,
+    h2: bool,
+    tls: bool,
 ) -> Result<ProbeResponse, String> {
-    let _ = stream.set_nodelay(true);
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
     let host = check.host.clone().unwrap_or_else(|| addr.to_string());
     let mut request = Request::builder()
         .method(check.method.clone())
@@ -144,13 +155,35 @@ async fn http_probe(
         header::HOST,
         HeaderValue::from_str(&host).map_err(|e| e.to_string())?,
     );
-    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     h.entry(header::USER_AGENT)
         .or_insert(HeaderValue::from_static("weir-health-check"));
-    let response = sender
-        .send_request(request)
+    let response = if h2 {
+        let (mut sender, conn) = hyper::client::conn::http2::handshake::<_, _, Empty<Bytes>>(
+            hyper_util::rt::TokioExecutor::new(),
+            TokioIo::new(stream),
+        )
         .await
         .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        *request.version_mut() = http::Version::HTTP_2;
+        let scheme = if tls { "https" } else { "http" };
+        let uri = format!("{scheme}://{host}{}", check.path);
+        *request.uri_mut() = uri
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| e.to_string())?;
+        sender.send_request(request).await
+    } else {
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+                .await
+                .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        request
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        sender.send_request(request).await
+    }
+    .map_err(|e| e.to_string())?;
     let (parts, mut body) = response.into_parts();
     let mut prefix = BytesMut::new();
     while prefix.len() < BODY_PREFIX {
@@ -299,6 +332,8 @@ mod tests {
             error_limit: 10,
             on_error: crate::config::OnError::FailCheck,
             send_proxy: None,
+            tls: None,
+            h2: false,
         };
         assert_eq!(
             next_delay(&check, true, false, 0.0),

@@ -47,6 +47,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     } else {
         None
     };
+    // `TE: trailers` says the client takes trailers, which weir passes on: gRPC servers
+    // ask for it, so it stays. Other TE codings are the client's business with weir.
+    let te_trailers = headers.get_all(header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',')
+                .any(|c| c.trim().eq_ignore_ascii_case("trailers"))
+        })
+    });
     let nominated: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -61,6 +69,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     if let Some(value) = upgrade_value {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, value);
+    }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
 }
 
@@ -153,6 +164,47 @@ pub fn prepare_request(
     }
 }
 
+/// Fits a prepared request to the protocol of the connection it goes out on: HTTP/1.1 with
+/// an origin-form target, or HTTP/2 with the scheme and authority (from Host) in the
+/// target, as HTTP/2 carries them in pseudo-headers.
+pub fn for_server<B>(mut req: http::Request<B>, h2: bool, tls: bool) -> http::Request<B> {
+    if h2 {
+        *req.version_mut() = Version::HTTP_2;
+        let authority = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| Authority::try_from(h.as_bytes()).ok());
+        if let Some(authority) = authority {
+            let mut parts = req.uri().clone().into_parts();
+            parts.scheme = Some(if tls {
+                http::uri::Scheme::HTTPS
+            } else {
+                http::uri::Scheme::HTTP
+            });
+            parts.authority = Some(authority);
+            if parts.path_and_query.is_none() {
+                parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+            }
+            if let Ok(uri) = Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
+            }
+        }
+        // Host stays beside :authority (RFC 9113 §8.3.1 lets an intermediary keep it),
+        // so that a retry on an HTTP/1.1 server still has it.
+    } else if req.version() != Version::HTTP_11 {
+        *req.version_mut() = Version::HTTP_11;
+        let origin = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        if let Ok(uri) = Uri::try_from(origin) {
+            *req.uri_mut() = uri;
+        }
+    }
+    req
+}
+
 /// Appends the client to X-Forwarded-For, folding any earlier headers into one list.
 fn append_forwarded_for(headers: &mut HeaderMap, client_ip: IpAddr) {
     let mut list = String::new();
@@ -189,7 +241,7 @@ mod tests {
             ("connection", "keep-alive, X-Secret, content-length"),
             ("keep-alive", "timeout=5"),
             ("x-secret", "1"),
-            ("te", "trailers"),
+            ("te", "gzip"),
             ("transfer-encoding", "chunked"),
             ("proxy-connection", "keep-alive"),
             ("content-length", "3"),
@@ -198,6 +250,11 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, vec!["content-length", "x-kept"]);
+
+        // TE: trailers goes on (gRPC), alone.
+        let mut h = map(&[("te", "deflate, Trailers")]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h["te"], "trailers");
     }
 
     #[test]

@@ -452,11 +452,13 @@ async fn forward(
                     .map(|v| crate::proxy_protocol::encode(v, conn.peer, conn.local));
                 match server
                     .pool
-                    .connect(
-                        server.cfg.addr,
-                        backend.cfg.timeout_connect,
-                        preface.as_deref(),
-                    )
+                    .connect(pool::Route {
+                        addr: server.cfg.addr,
+                        timeout: backend.cfg.timeout_connect,
+                        preface: preface.as_deref(),
+                        tls: server.cfg.tls.as_ref(),
+                        h2: server.cfg.h2,
+                    })
                     .await
                 {
                     Ok(sender) => {
@@ -477,6 +479,12 @@ async fn forward(
             }
         };
 
+        if sender.is_h2() && client_upgrade.is_some() {
+            return Err(ProxyError::ServerFailed(
+                "an upgrade (WebSocket) cannot go to a server spoken to in HTTP/2".into(),
+            ));
+        }
+        let request = headers::for_server(request, sender.is_h2(), server.cfg.tls.is_some());
         let sent_at = Instant::now();
         let waiting = conn.activity.awaiting_server();
         let sent = send(backend, &server, sender, reused, request, &client_failed).await;
@@ -695,7 +703,13 @@ async fn send(
                 // no pool: no PROXY header is due.
                 match server
                     .pool
-                    .connect(server.cfg.addr, backend.cfg.timeout_connect, None)
+                    .connect(pool::Route {
+                        addr: server.cfg.addr,
+                        timeout: backend.cfg.timeout_connect,
+                        preface: None,
+                        tls: server.cfg.tls.as_ref(),
+                        h2: server.cfg.h2,
+                    })
                     .await
                 {
                     Ok(fresh) => {

@@ -1,27 +1,67 @@
-//! Keep-alive connections to one server. A connection goes back to the pool once its
-//! response has been read to the end; the most recently used is reused first, and idle
-//! ones are closed after `pool_idle_timeout` or beyond `pool_max_idle`.
+//! Connections to one server. HTTP/1.1: keep-alive connections, one request at a time; a
+//! connection goes back to the pool once its response has been read to the end, the most
+//! recently used is reused first, and idle ones are closed after `pool_idle_timeout` or
+//! beyond `pool_max_idle`. HTTP/2: one connection shared by all requests, opened again
+//! when it closes.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{TrySendError, http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::body::ClientBody;
+use crate::server::tls::ServerTls;
 
-pub type Sender = SendRequest<ClientBody>;
+/// A connection's request side.
+pub enum Sender {
+    H1(http1::SendRequest<ClientBody>),
+    H2(http2::SendRequest<ClientBody>),
+}
+
+impl Sender {
+    /// Sends a request; on an error before it was written, the request comes back.
+    pub async fn try_send_request(
+        &mut self,
+        req: Request<ClientBody>,
+    ) -> Result<Response<Incoming>, TrySendError<Request<ClientBody>>> {
+        match self {
+            Sender::H1(s) => s.try_send_request(req).await,
+            Sender::H2(s) => s.try_send_request(req).await,
+        }
+    }
+
+    /// Whether requests go out as HTTP/2.
+    pub fn is_h2(&self) -> bool {
+        matches!(self, Sender::H2(_))
+    }
+}
+
+/// How to reach the server.
+pub struct Route<'a> {
+    pub addr: SocketAddr,
+    pub timeout: Duration,
+    /// Written first on the connection: a PROXY protocol header.
+    pub preface: Option<&'a [u8]>,
+    pub tls: Option<&'a ServerTls>,
+    pub h2: bool,
+}
 
 pub struct Pool {
     idle: Mutex<Vec<Idle>>,
+    /// The HTTP/2 connection, shared.
+    shared: Mutex<Option<http2::SendRequest<ClientBody>>>,
     max_idle: usize,
     idle_timeout: Duration,
 }
 
 struct Idle {
-    sender: Sender,
+    sender: http1::SendRequest<ClientBody>,
     since: Instant,
 }
 
@@ -31,6 +71,8 @@ pub enum ConnectError {
     Timeout(SocketAddr),
     #[error("connect to {0}: {1}")]
     Io(SocketAddr, std::io::Error),
+    #[error("TLS with {0}: {1}")]
+    Tls(SocketAddr, std::io::Error),
     #[error("handshake with {0}: {1}")]
     Handshake(SocketAddr, hyper::Error),
 }
@@ -39,6 +81,7 @@ impl Pool {
     pub fn new(max_idle: usize, idle_timeout: Duration) -> Self {
         Self {
             idle: Mutex::new(Vec::new()),
+            shared: Mutex::new(None),
             max_idle,
             idle_timeout,
         }
@@ -48,20 +91,30 @@ impl Pool {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The most recently used idle connection that is still open and fresh.
+    /// The shared HTTP/2 connection if it is open, else the most recently used idle
+    /// HTTP/1.1 connection that is still open and fresh.
     pub fn take(&self) -> Option<Sender> {
+        if let Some(h2) = self
+            .shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .filter(|s| !s.is_closed() && s.is_ready())
+        {
+            return Some(Sender::H2(h2.clone()));
+        }
         let mut idle = self.lock();
         let now = Instant::now();
         while let Some(c) = idle.pop() {
             if now.duration_since(c.since) < self.idle_timeout && c.sender.is_ready() {
-                return Some(c.sender);
+                return Some(Sender::H1(c.sender));
             }
         }
         None
     }
 
-    /// Keeps a connection for reuse, if there is room.
-    fn put(&self, sender: Sender) {
+    /// Keeps an HTTP/1.1 connection for reuse, if there is room.
+    fn put(&self, sender: http1::SendRequest<ClientBody>) {
         let mut idle = self.lock();
         Self::purge_locked(&mut idle, self.idle_timeout);
         if idle.len() < self.max_idle {
@@ -75,6 +128,10 @@ impl Pool {
     /// Closes idle connections that expired or that the server closed.
     pub fn purge(&self) {
         Self::purge_locked(&mut self.lock(), self.idle_timeout);
+        let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        if shared.as_ref().is_some_and(|s| s.is_closed()) {
+            *shared = None;
+        }
     }
 
     fn purge_locked(idle: &mut Vec<Idle>, timeout: Duration) {
@@ -82,9 +139,13 @@ impl Pool {
         idle.retain(|c| now.duration_since(c.since) < timeout && !c.sender.is_closed());
     }
 
-    /// Returns `sender` to the pool once its current response has been read to the end.
-    /// A connection whose response was abandoned or upgraded never becomes ready and is dropped.
-    pub fn recycle(self: &Arc<Self>, mut sender: Sender) {
+    /// Returns an HTTP/1.1 `sender` to the pool once its current response has been read
+    /// to the end. A connection whose response was abandoned or upgraded never becomes
+    /// ready and is dropped. An HTTP/2 connection stays shared anyway.
+    pub fn recycle(self: &Arc<Self>, sender: Sender) {
+        let Sender::H1(mut sender) = sender else {
+            return;
+        };
         if self.max_idle == 0 {
             return;
         }
@@ -96,29 +157,64 @@ impl Pool {
         });
     }
 
-    /// Opens a new connection within `timeout`.
-    /// `preface` (a PROXY protocol header) is written first.
-    pub async fn connect(
-        &self,
-        addr: SocketAddr,
-        timeout: Duration,
-        preface: Option<&[u8]>,
-    ) -> Result<Sender, ConnectError> {
-        let mut stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-            Err(_) => return Err(ConnectError::Timeout(addr)),
-            Ok(Err(e)) => return Err(ConnectError::Io(addr, e)),
-            Ok(Ok(s)) => s,
-        };
-        if let Some(bytes) = preface {
-            use tokio::io::AsyncWriteExt;
-            stream
-                .write_all(bytes)
+    /// Opens a new connection within the route's timeout (TLS handshake included). An
+    /// HTTP/2 one becomes the shared connection.
+    pub async fn connect(&self, route: Route<'_>) -> Result<Sender, ConnectError> {
+        let addr = route.addr;
+        let opened = async {
+            let mut stream = TcpStream::connect(addr)
                 .await
                 .map_err(|e| ConnectError::Io(addr, e))?;
+            let _ = stream.set_nodelay(true);
+            if let Some(bytes) = route.preface {
+                stream
+                    .write_all(bytes)
+                    .await
+                    .map_err(|e| ConnectError::Io(addr, e))?;
+            }
+            match route.tls {
+                Some(tls) => {
+                    let stream = tls
+                        .connector
+                        .connect(tls.name.clone(), stream)
+                        .await
+                        .map_err(|e| ConnectError::Tls(addr, e))?;
+                    handshake(stream, addr, route.h2).await
+                }
+                None => handshake(stream, addr, route.h2).await,
+            }
+        };
+        let sender = match tokio::time::timeout(route.timeout, opened).await {
+            Err(_) => return Err(ConnectError::Timeout(addr)),
+            Ok(result) => result?,
+        };
+        if let Sender::H2(h2) = &sender {
+            *self.shared.lock().unwrap_or_else(|p| p.into_inner()) = Some(h2.clone());
         }
-        let _ = stream.set_nodelay(true);
+        Ok(sender)
+    }
+}
+
+/// The HTTP/1.1 or HTTP/2 handshake on an open connection; the connection is driven by a
+/// task of its own.
+async fn handshake<I>(io: I, addr: SocketAddr, h2: bool) -> Result<Sender, ConnectError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    if h2 {
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| ConnectError::Handshake(addr, e))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!("HTTP/2 server connection to {addr} ended: {e}");
+            }
+        });
+        Ok(Sender::H2(sender))
+    } else {
         let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
+            .handshake(TokioIo::new(io))
             .await
             .map_err(|e| ConnectError::Handshake(addr, e))?;
         tokio::spawn(async move {
@@ -126,6 +222,6 @@ impl Pool {
                 tracing::debug!("server connection to {addr} ended: {e}");
             }
         });
-        Ok(sender)
+        Ok(Sender::H1(sender))
     }
 }

@@ -104,3 +104,116 @@ pub fn acceptor(certs: &[Arc<CertifiedKey>]) -> TlsAcceptor {
     config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()];
     TlsAcceptor::from(Arc::new(config))
 }
+
+/// How weir speaks TLS to a server: the client config and the name it expects the
+/// server's certificate to carry (also sent as SNI when it is a DNS name).
+#[derive(Clone)]
+pub struct ServerTls {
+    pub connector: tokio_rustls::TlsConnector,
+    pub name: ServerName<'static>,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The TLS client for a server: certificates verified against `ca` (a PEM file) or the
+/// system's trusted roots, or not at all without `verify`; ALPN `h2` or `http/1.1`.
+pub fn client(
+    ca: Option<&Path>,
+    verify: bool,
+    h2: bool,
+    name: ServerName<'static>,
+) -> Result<ServerTls, String> {
+    let provider = provider();
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .expect("the ring provider supports TLS 1.3 and 1.2");
+    let mut config = if verify {
+        let mut roots = rustls::RootCertStore::empty();
+        match ca {
+            Some(path) => {
+                let text = std::fs::read(path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                for cert in CertificateDer::pem_slice_iter(&text) {
+                    let cert = cert.map_err(|e| format!("{} is not PEM: {e}", path.display()))?;
+                    roots
+                        .add(cert)
+                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                }
+            }
+            None => {
+                let found = rustls_native_certs::load_native_certs();
+                roots.add_parsable_certificates(found.certs);
+            }
+        }
+        if roots.is_empty() {
+            return Err("no trusted certificate authority: name a PEM file in `ca`".into());
+        }
+        builder.with_root_certificates(roots).with_no_client_auth()
+    } else {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
+            .with_no_client_auth()
+    };
+    config.alpn_protocols = vec![if h2 { ALPN_H2 } else { ALPN_HTTP11 }.to_vec()];
+    Ok(ServerTls {
+        connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+        name,
+    })
+}
+
+/// `verify = false`: any certificate is taken, but the handshake's signatures are still
+/// checked.
+#[derive(Debug)]
+struct NoVerification(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

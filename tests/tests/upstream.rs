@@ -1,0 +1,211 @@
+//! How weir speaks to servers: TLS (verified against a CA file, or not at all), SNI,
+//! HTTP/2 in the clear or by ALPN, gRPC-style trailers both ways, and health checks that
+//! speak what the server speaks.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use weir_tests::tls::{Listen, TestCa, echo_server};
+use weir_tests::{Client, TestProxy, config};
+
+async fn through(server: std::net::SocketAddr, keys: &str) -> TestProxy {
+    TestProxy::start(&config("roundrobin", &[("s1", server, keys)], "")).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_a_server_is_verified_against_the_ca_file() {
+    let ca = TestCa::new("up");
+    let (cert, key) = ca.issue("backend", &["backend.test"]);
+    let server = echo_server(Listen::Tls(cert, key)).await;
+    let ca_file = ca.ca_file();
+    let other = TestCa::new("up-other");
+    let wrong_ca = other.ca_file();
+
+    let ok = through(
+        server,
+        &format!(
+            "tls = true, ca = \"{}\", sni = \"backend.test\"",
+            ca_file.display()
+        ),
+    )
+    .await;
+    let reply = Client::connect(ok.addr()).await.get("/secure").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let seen = reply.json();
+    assert_eq!(seen["path"], "/secure");
+    assert_eq!(seen["version"], "HTTP/1.1");
+
+    // A CA that did not sign the server's certificate, or a name it does not carry: no
+    // connection, so 503.
+    for keys in [
+        format!(
+            "tls = true, ca = \"{}\", sni = \"backend.test\"",
+            wrong_ca.display()
+        ),
+        format!(
+            "tls = true, ca = \"{}\", sni = \"other.test\"",
+            ca_file.display()
+        ),
+        // No sni: the address is an IP, which the certificate does not name.
+        format!("tls = true, ca = \"{}\"", ca_file.display()),
+    ] {
+        let refused = through(server, &keys).await;
+        let reply = Client::connect(refused.addr()).await.get("/").await;
+        assert_eq!(reply.status, 503, "{keys}");
+        let lines = refused.log.wait_for(1).await;
+        assert!(lines[0].contains(" SC "), "{}", lines[0]);
+    }
+
+    // verify = false takes any certificate.
+    let unverified = through(
+        server,
+        &format!(
+            "tls = true, verify = false, ca = \"{}\"",
+            wrong_ca.display()
+        ),
+    )
+    .await;
+    assert_eq!(
+        Client::connect(unverified.addr())
+            .await
+            .get("/")
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_to_a_server_in_the_clear_and_over_tls() {
+    let h2c = echo_server(Listen::H2c).await;
+    let proxy = through(h2c, "proto = \"h2\"").await;
+    let mut client = Client::connect(proxy.addr()).await;
+    for _ in 0..3 {
+        let seen = client.get("/two").await.json();
+        assert_eq!(seen["version"], "HTTP/2.0");
+        assert_eq!(seen["path"], "/two");
+        assert_eq!(seen["authority"], "test.local");
+    }
+
+    let ca = TestCa::new("up-h2");
+    let (cert, key) = ca.issue("backend", &["backend.test"]);
+    let tls = echo_server(Listen::Tls(cert, key)).await;
+    let proxy = through(
+        tls,
+        &format!(
+            "tls = true, proto = \"h2\", ca = \"{}\", sni = \"backend.test\"",
+            ca.ca_file().display()
+        ),
+    )
+    .await;
+    let seen = Client::connect(proxy.addr())
+        .await
+        .get("/alpn")
+        .await
+        .json();
+    assert_eq!(seen["version"], "HTTP/2.0", "ALPN chose h2");
+    assert_eq!(seen["headers"]["x-forwarded-proto"], "http");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_style_calls_keep_their_trailers_both_ways() {
+    let server = echo_server(Listen::H2c).await;
+    let proxy = through(server, "proto = \"h2\"").await;
+    let mut sender = weir_tests::h2_client(proxy.addr()).await;
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-trailer", http::HeaderValue::from_static("sent-last"));
+    let frames = vec![
+        Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from_static(
+            b"\0\0\0\0\x05hello",
+        ))),
+        Ok(hyper::body::Frame::trailers(trailers)),
+    ];
+    let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed();
+    let request = http::Request::post("http://grpc.test/echo.Echo/Say")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(body)
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let collected = response.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned().expect("response trailers");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(
+        trailers["x-echo"], "sent-last",
+        "the request trailer reached the server"
+    );
+    let seen: serde_json::Value = serde_json::from_slice(&collected.to_bytes()).unwrap();
+    assert_eq!(seen["version"], "HTTP/2.0");
+    assert_eq!(seen["headers"]["te"], "trailers");
+    assert_eq!(seen["body"], "\0\0\0\0\u{5}hello");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_speak_tls_and_http2_as_the_server_does() {
+    let ca = TestCa::new("up-check");
+    let (cert, key) = ca.issue("backend", &["backend.test"]);
+    let tls = echo_server(Listen::Tls(cert, key)).await;
+    let h2c = echo_server(Listen::H2c).await;
+    let toml = config(
+        "roundrobin",
+        &[
+            (
+                "secure",
+                tls,
+                &format!(
+                    "tls = true, ca = \"{}\", sni = \"backend.test\"",
+                    ca.ca_file().display()
+                ),
+            ),
+            ("two", h2c, "proto = \"h2\""),
+        ],
+        "health = { path = \"/health\", interval = \"50ms\" }",
+    );
+    let proxy = TestProxy::start(&toml).await;
+    let b = proxy.running.backend("app").unwrap();
+    weir_tests::wait_until(Duration::from_secs(3), || {
+        b.servers
+            .iter()
+            .all(|s| s.health.snapshot().last_check.is_some())
+    })
+    .await
+    .expect("both checked");
+    for s in &b.servers {
+        let last = s.health.snapshot().last_check.unwrap();
+        assert_eq!(last.status.code(), "L7OK", "{}: {last}", s.name);
+    }
+}
+
+#[tokio::test]
+async fn server_tls_settings_are_checked_at_load() {
+    let server: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    for (keys, path, message) in [
+        (
+            "tls = true, ca = \"/nonexistent/ca.pem\"",
+            "servers[0].ca",
+            "cannot read",
+        ),
+        ("verify = false", "servers[0].tls", "set tls = true"),
+        (
+            "proto = \"h3\"",
+            "servers[0].proto",
+            "\"http/1.1\" or \"h2\"",
+        ),
+        (
+            "tls = true, sni = \"bad name!\"",
+            "servers[0].sni",
+            "not a DNS name",
+        ),
+    ] {
+        let toml = config("roundrobin", &[("s1", server, keys)], "");
+        let errors = weir::Config::from_toml(&toml, std::path::Path::new("."))
+            .expect_err(keys)
+            .to_string();
+        assert!(
+            errors.contains(path) && errors.contains(message),
+            "{keys}: {errors}"
+        );
+    }
+}
