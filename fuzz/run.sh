@@ -5,5 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-60}
-cargo +nightly fuzz run --fuzz-dir fuzz proxy_protocol fuzz/corpus/proxy_protocol -- \
+# New inputs go to a scratch corpus under target/; the committed seeds stay as they are.
+work=target/fuzz-corpus/proxy_protocol
+mkdir -p "$work"
+cargo +nightly fuzz run --fuzz-dir fuzz proxy_protocol "$work" fuzz/corpus/proxy_protocol -- \
   -max_total_time="$seconds" -max_len=2048
