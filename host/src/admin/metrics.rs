@@ -423,6 +423,18 @@ pub fn render(control: &Control) -> String {
         );
     }
     out.family(
+        "plugin_timeout_cpu_seconds_max",
+        "gauge",
+        "The most CPU time a call stopped at its deadline had used.",
+    );
+    for p in plugins {
+        out.sample(
+            "plugin_timeout_cpu_seconds_max",
+            &[("plugin", &p.name)],
+            get(&p.stats.timeout_cpu_max_ns) as f64 / 1e9,
+        );
+    }
+    out.family(
         "plugin_pooled_instances",
         "gauge",
         "Configured instances ready in the plugin's pool.",

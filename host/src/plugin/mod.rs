@@ -103,6 +103,8 @@ struct CpuMeter {
     /// The thread's CPU clock when the current poll began.
     poll_start_ns: AtomicU64,
     limit_ns: AtomicU64,
+    /// The CPU time the call had used when the check stopped it.
+    stopped_at_ns: AtomicU64,
 }
 
 impl CpuMeter {
@@ -126,6 +128,7 @@ impl CpuMeter {
     fn check(&self) -> wasmtime::UpdateDeadline {
         let (used, limit) = (self.used_now(), self.limit_ns.load(Ordering::Relaxed));
         if used >= limit {
+            self.stopped_at_ns.store(used, Ordering::Relaxed);
             return wasmtime::UpdateDeadline::Interrupt;
         }
         wasmtime::UpdateDeadline::Yield(1)
@@ -293,6 +296,9 @@ pub struct PluginStats {
     pub invalid: AtomicU64,
     /// Wall time of the calls that returned (waiting for an instance included).
     pub latency: crate::proxy::stats::Histogram,
+    /// The most CPU time a call stopped at its deadline had used, in nanoseconds: how
+    /// closely the deadline holds.
+    pub timeout_cpu_max_ns: AtomicU64,
 }
 
 impl Default for PluginStats {
@@ -302,6 +308,7 @@ impl Default for PluginStats {
             traps: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
             invalid: AtomicU64::new(0),
+            timeout_cpu_max_ns: AtomicU64::new(0),
             latency: crate::proxy::stats::Histogram::new(&crate::proxy::stats::HOOK_BUCKETS),
         }
     }
@@ -550,6 +557,10 @@ impl Plugin {
             }
             Err(e) if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) => {
                 self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                self.stats.timeout_cpu_max_ns.fetch_max(
+                    instance.meter.stopped_at_ns.load(Ordering::Relaxed),
+                    Ordering::Relaxed,
+                );
                 Err(HookError::Timeout(self.timeout))
             }
             Err(e) => {
