@@ -164,49 +164,66 @@ fn server_row(out: &mut String, b: &BackendRt, iid: usize, sid: usize, s: &Serve
     row.line(out);
 }
 
-fn backend_row(out: &mut String, b: &BackendRt, iid: usize) {
-    let (qcur, qmax) = b.queue_len();
-    let c = &b.stats;
+/// What a backend's total row sums up from its servers.
+pub struct Totals {
+    /// Some server may take requests.
+    pub up: bool,
+    /// The weights of the servers that may take requests.
+    pub weight: u32,
+    pub in_flight: u32,
+    /// Active and backup servers that may take requests.
+    pub active: usize,
+    pub backup: usize,
+    /// Times a server was given a request.
+    pub lbtot: u64,
+}
+
+pub fn totals(b: &BackendRt) -> Totals {
     let usable = |backup: bool| {
         b.servers
             .iter()
             .filter(move |s| s.cfg.backup == backup && s.available())
     };
-    let weight: u32 = usable(false)
-        .chain(usable(true))
-        .map(|s| s.weight.load(Ordering::Relaxed))
-        .sum();
-    let in_flight: u32 = b
-        .servers
-        .iter()
-        .map(|s| s.in_flight.load(Ordering::Relaxed))
-        .sum();
-    let up = b.servers.iter().any(|s| s.available());
+    Totals {
+        up: b.servers.iter().any(|s| s.available()),
+        weight: usable(false)
+            .chain(usable(true))
+            .map(|s| s.weight.load(Ordering::Relaxed))
+            .sum(),
+        in_flight: b
+            .servers
+            .iter()
+            .map(|s| s.in_flight.load(Ordering::Relaxed))
+            .sum(),
+        active: usable(false).count(),
+        backup: usable(true).count(),
+        lbtot: b.servers.iter().map(|s| get(&s.stats.selected)).sum(),
+    }
+}
+
+fn backend_row(out: &mut String, b: &BackendRt, iid: usize) {
+    let (qcur, qmax) = b.queue_len();
+    let c = &b.stats;
+    let t = totals(b);
     let mut row = Row::new();
     row.set("pxname", &b.name)
         .set("svname", "BACKEND")
         .set("qcur", qcur)
         .set("qmax", qmax)
-        .set("scur", in_flight)
+        .set("scur", t.in_flight)
         .set("dreq", get(&c.denied))
         .set("econ", get(&c.connect_errors))
         .set("eresp", get(&c.response_errors))
         .set("wretr", get(&c.retries))
         .set("wredis", get(&c.redispatches))
-        .set("status", if up { "UP" } else { "DOWN" })
-        .set("weight", weight)
-        .set("act", usable(false).count())
-        .set("bck", usable(true).count())
+        .set("status", if t.up { "UP" } else { "DOWN" })
+        .set("weight", t.weight)
+        .set("act", t.active)
+        .set("bck", t.backup)
         .set("pid", std::process::id())
         .set("iid", iid)
         .set("sid", 0)
-        .set(
-            "lbtot",
-            b.servers
-                .iter()
-                .map(|s| get(&s.stats.selected))
-                .sum::<u64>(),
-        )
+        .set("lbtot", t.lbtot)
         .set("type", 1)
         .counters(c);
     row.line(out);

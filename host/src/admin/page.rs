@@ -277,41 +277,23 @@ fn backend_table(out: &mut String, b: &BackendRt, admin: bool) {
     }
     let (qcur, qmax) = b.queue_len();
     let c = &b.stats;
-    let up = b.servers.iter().any(|s| s.available());
-    let usable = |backup: bool| {
-        b.servers
-            .iter()
-            .filter(|s| s.cfg.backup == backup && s.available())
-            .count()
-    };
-    let weight: u32 = b
-        .servers
-        .iter()
-        .filter(|s| s.available())
-        .map(|s| s.weight.load(Ordering::Relaxed))
-        .sum();
-    let in_flight: u32 = b
-        .servers
-        .iter()
-        .map(|s| s.in_flight.load(Ordering::Relaxed))
-        .sum();
-    let lbtot: u64 = b.servers.iter().map(|s| get(&s.stats.selected)).sum();
+    let t = super::csv::totals(b);
     let mut cells = vec![
         qcur.to_string(),
         qmax.to_string(),
-        in_flight.to_string(),
+        t.in_flight.to_string(),
         String::new(),
         String::new(),
         get(&c.requests).to_string(),
-        lbtot.to_string(),
+        t.lbtot.to_string(),
     ];
     cells.extend(traffic(c, true, false));
     cells.extend([
-        if up { "UP" } else { "DOWN" }.to_string(),
+        if t.up { "UP" } else { "DOWN" }.to_string(),
         String::new(),
-        weight.to_string(),
-        usable(false).to_string(),
-        usable(true).to_string(),
+        t.weight.to_string(),
+        t.active.to_string(),
+        t.backup.to_string(),
         String::new(),
         String::new(),
         String::new(),
