@@ -1,0 +1,180 @@
+"""Turns bench/run's measurements into bench/results.json and the "Side by side" section of
+BENCHMARKS.md (between its markers; the rest of the file is left as it is).
+
+Usage: report.py RUNS.jsonl MEMORY.json SOAK.json MACHINE VERSIONS COMMAND RESULTS.json BENCHMARKS.md
+"""
+
+import json
+import statistics
+import sys
+from datetime import date
+
+BEGIN = "<!-- bench/run: begin (generated, do not edit) -->"
+END = "<!-- bench/run: end -->"
+TARGETS = ["direct", "weir", "weir-plugins", "haproxy", "nginx"]
+LABELS = {
+    "direct": "direct to a server",
+    "weir": "weir, no plugins",
+    "weir-plugins": "weir, 3 stock plugins",
+    "haproxy": "HAProxy",
+    "nginx": "nginx",
+}
+
+
+def summarize(runs, connections):
+    out = {}
+    for target in TARGETS:
+        mine = [r for r in runs if r["target"] == target and r["connections"] == connections]
+        if not mine:
+            continue
+        cpu = [r["cpu_us_per_request"] for r in mine if r["cpu_us_per_request"] is not None]
+        out[target] = {
+            "rounds": len(mine),
+            "requests_per_s": statistics.median(r["requests_per_s"] for r in mine),
+            "p50_ms": statistics.median(r["p50_ms"] for r in mine),
+            "p99_ms": statistics.median(r["p99_ms"] for r in mine),
+            "cpu_us_per_request": statistics.median(cpu) if cpu else None,
+            "errors": sum(r["errors"] for r in mine),
+        }
+    return out
+
+
+def ratio(value, base):
+    if value is None or base in (None, 0):
+        return None
+    return value / base
+
+
+def fmt(value, digits=2):
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def table(summary, connections):
+    base = summary.get("haproxy", {})
+    lines = [
+        f"At {connections} connection{'s' if connections != 1 else ''} (medians of the rounds):",
+        "",
+        "| target | requests/s | ×HAProxy | p50 ms | p99 ms | ×HAProxy p99 | CPU µs/request | ×HAProxy CPU | errors |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for target in TARGETS:
+        s = summary.get(target)
+        if s is None:
+            continue
+        lines.append(
+            "| {} | {:.0f} | {} | {} | {} | {} | {} | {} | {} |".format(
+                LABELS[target],
+                s["requests_per_s"],
+                fmt(ratio(s["requests_per_s"], base.get("requests_per_s"))),
+                fmt(s["p50_ms"], 3),
+                fmt(s["p99_ms"], 3),
+                fmt(ratio(s["p99_ms"], base.get("p99_ms"))),
+                fmt(s["cpu_us_per_request"], 1),
+                fmt(ratio(s["cpu_us_per_request"], base.get("cpu_us_per_request"))),
+                s["errors"],
+            )
+        )
+    return lines
+
+
+def targets(many, one):
+    def check(name, value, limit, better):
+        if value is None:
+            return f"- {name}: not measured"
+        met = value <= limit if better == "lower" else value >= limit
+        word = "at most" if better == "lower" else "at least"
+        return f"- {name}: {value:.2f}× ({word} {limit:.2f}×) — {'met' if met else 'missed'}"
+
+    hap, hap1 = many.get("haproxy", {}), one.get("haproxy", {})
+    weir, plug, weir1 = many.get("weir", {}), many.get("weir-plugins", {}), one.get("weir", {})
+    return [
+        check("weir, no plugins: CPU per request against HAProxy",
+              ratio(weir.get("cpu_us_per_request"), hap.get("cpu_us_per_request")), 1.0, "lower"),
+        check("weir, no plugins: requests/s against HAProxy",
+              ratio(weir.get("requests_per_s"), hap.get("requests_per_s")), 1.0, "higher"),
+        check("weir, 3 plugins: CPU per request against HAProxy",
+              ratio(plug.get("cpu_us_per_request"), hap.get("cpu_us_per_request")), 1.15, "lower"),
+        check("weir, no plugins: p99 at 1 connection against HAProxy",
+              ratio(weir1.get("p99_ms"), hap1.get("p99_ms")), 1.0, "lower"),
+    ]
+
+
+def main():
+    (runs_path, memory_path, soak_path, machine, versions, command,
+     results_path, benchmarks_path) = sys.argv[1:9]
+    runs = [json.loads(line) for line in open(runs_path) if line.strip()]
+    memory = json.load(open(memory_path))
+    soak = json.load(open(soak_path))
+    connections = max(r["connections"] for r in runs)
+    many, one = summarize(runs, connections), summarize(runs, 1)
+    results = {
+        "date": date.today().isoformat(),
+        "machine": machine,
+        "versions": versions,
+        "command": command,
+        "summary": {str(connections): many, "1": one},
+        "memory_kib": memory,
+        "soak": soak,
+        "runs": runs,
+    }
+    with open(results_path, "w") as f:
+        json.dump(results, f, indent=2)
+        f.write("\n")
+
+    section = [
+        BEGIN,
+        "## Side by side with HAProxy and nginx",
+        "",
+        f"One run on {results['date']}: {machine}; {versions}.",
+        "",
+        "The proxy under test on core 0 with one worker thread; two nginx servers returning a",
+        "16-byte 200 and the load generator (wrk, one thread) on core 1. Rounds interleave the",
+        "targets; each figure is the median over the rounds. CPU is the proxy's utime + stime",
+        "over the run divided by the requests. Ratios are to HAProxy in the same run.",
+        "",
+        "Command (builds weir in release, needs `apt-get install haproxy nginx wrk`):",
+        "",
+        "```sh",
+        command,
+        "```",
+        "",
+    ]
+    section += table(many, connections) + [""] + table(one, 1) + [""]
+    section += ["Targets:", ""] + targets(many, one) + [""]
+    section += [
+        "Memory (RSS of the proxy's processes):",
+        "",
+        "| target | idle KiB | with 1,000 keep-alive connections KiB |",
+        "|---|---|---|",
+    ]
+    for target in ["weir", "weir-plugins", "haproxy", "nginx"]:
+        m = memory.get(target)
+        if m:
+            section.append(f"| {LABELS[target]} | {m['idle_kib']} | {m['with_1000_connections_kib']} |")
+    section.append("")
+    if soak:
+        samples = soak["rss_samples_kib"] or [soak["rss_start_kib"]]
+        growth = (max(samples) - samples[0]) / samples[0] * 100 if samples[0] else 0
+        section.append(
+            f"Soak: weir under load for {soak['seconds']} s: RSS {samples[0]} KiB at the first sample, "
+            f"{max(samples)} KiB at most ({growth:.1f}% growth; the target is at most 10%)."
+        )
+    else:
+        section.append("Soak: not run this time (`SOAK=600 bench/run` runs a 10-minute one).")
+    section += ["", END]
+
+    text = open(benchmarks_path).read()
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        _, tail = rest.split(END, 1)
+        text = head + "\n".join(section) + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + "\n".join(section) + "\n"
+    with open(benchmarks_path, "w") as f:
+        f.write(text)
+
+    print("\n".join(table(many, connections) + [""] + table(one, 1) + [""] + targets(many, one)))
+
+
+if __name__ == "__main__":
+    main()

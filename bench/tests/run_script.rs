@@ -1,0 +1,102 @@
+//! bench/run is run by hand (it needs HAProxy, nginx and wrk, and takes half an hour);
+//! here it is only checked to be well-formed, and its report to be computed right.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn bench_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn the_script_parses_and_explains_itself() {
+    let script = bench_dir().join("run");
+    let syntax = Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .status()
+        .unwrap();
+    assert!(syntax.success(), "bash -n bench/run");
+    let help = Command::new(&script).arg("--help").output().unwrap();
+    assert!(help.status.success());
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        text.contains("ROUNDS") && text.contains("HAProxy"),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_report_takes_medians_and_ratios_to_haproxy() {
+    let dir = std::env::temp_dir().join(format!("weir-bench-report-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut runs = String::new();
+    for (target, rps, cpu, p99) in [
+        ("haproxy", [100.0, 90.0, 110.0], Some(10.0), 2.0),
+        ("weir", [50.0, 60.0, 40.0], Some(20.0), 1.0),
+        ("direct", [300.0, 300.0, 300.0], None, 0.5),
+    ] {
+        for (round, r) in rps.iter().enumerate() {
+            for conns in [50, 1] {
+                runs.push_str(&serde_like(target, conns, round + 1, *r, cpu, p99));
+                runs.push('\n');
+            }
+        }
+    }
+    std::fs::write(dir.join("runs.jsonl"), runs).unwrap();
+    std::fs::write(
+        dir.join("memory.json"),
+        r#"{"weir": {"idle_kib": 1000, "with_1000_connections_kib": 5000}}"#,
+    )
+    .unwrap();
+    std::fs::write(dir.join("soak.json"), "null").unwrap();
+    std::fs::write(dir.join("BENCHMARKS.md"), "# Benchmarks\n\nby hand\n").unwrap();
+    let status = Command::new("python3")
+        .arg(bench_dir().join("report.py"))
+        .args([
+            dir.join("runs.jsonl"),
+            dir.join("memory.json"),
+            dir.join("soak.json"),
+        ])
+        .args(["2 cores", "versions", "bench/run"])
+        .args([dir.join("results.json"), dir.join("BENCHMARKS.md")])
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let md = std::fs::read_to_string(dir.join("BENCHMARKS.md")).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(md.starts_with("# Benchmarks\n\nby hand\n"), "{md}");
+    // Medians: HAProxy 100 requests/s, weir 50: half; CPU twice; p99 half.
+    assert!(
+        md.contains("| weir, no plugins | 50 | 0.50 | 1.000 | 1.000 | 0.50 | 20.0 | 2.00 | 0 |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("CPU per request against HAProxy: 2.00× (at most 1.00×) — missed"),
+        "{md}"
+    );
+    assert!(
+        md.contains("p99 at 1 connection against HAProxy: 0.50× (at most 1.00×) — met"),
+        "{md}"
+    );
+    assert!(md.contains("| weir, no plugins | 1000 | 5000 |"), "{md}");
+}
+
+/// One run as bench/run records it.
+fn serde_like(
+    target: &str,
+    conns: u32,
+    round: usize,
+    rps: f64,
+    cpu: Option<f64>,
+    p99: f64,
+) -> String {
+    let cpu = cpu.map_or("null".to_string(), |c| c.to_string());
+    format!(
+        r#"{{"target": "{target}", "connections": {conns}, "round": {round}, "requests_per_s": {rps}, "p50_ms": 1.0, "p99_ms": {p99}, "requests": 1000, "errors": 0, "socket_errors": "", "cpu_us_per_request": {cpu}}}"#
+    )
+}
