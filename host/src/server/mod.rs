@@ -316,31 +316,29 @@ impl Control {
         let proxy = Arc::new(Proxy::new(config, self.log.clone()).await?);
         proxy.inherit_runtime_state(&current(&self.current));
 
-        // Which listeners stay (same address; with port 0, same frontend too), which
-        // addresses are new. Nothing is bound until the generation loaded.
-        let mut kept: Vec<Option<usize>> = Vec::new();
+        // Each configured address either keeps a listener (same address; with port 0,
+        // same frontend too) or gets a new socket. Nothing is bound until the generation
+        // loaded, and a bind that fails changes nothing.
+        enum Slot {
+            Kept(usize),
+            Fresh(TcpListener),
+        }
         let mut claimed = vec![false; listeners.len()];
-        for fe in &config.frontends {
-            for addr in &fe.binds {
+        let mut plan = Vec::new();
+        for (fi, fe) in config.frontends.iter().enumerate() {
+            for (bi, addr) in fe.binds.iter().enumerate() {
                 let found = listeners.iter().enumerate().position(|(i, l)| {
                     !claimed[i]
                         && l.configured == *addr
                         && (addr.port() != 0 || l.frontend == fe.name)
                 });
-                if let Some(i) = found {
-                    claimed[i] = true;
-                }
-                kept.push(found);
-            }
-        }
-        let mut fresh = Vec::new();
-        let mut slot = 0;
-        for (fi, fe) in config.frontends.iter().enumerate() {
-            for (bi, addr) in fe.binds.iter().enumerate() {
-                if kept[slot].is_none() {
-                    fresh.push((slot, bind(fe, fi, bi, *addr).await?));
-                }
-                slot += 1;
+                plan.push(match found {
+                    Some(i) => {
+                        claimed[i] = true;
+                        Slot::Kept(i)
+                    }
+                    None => Slot::Fresh(bind(fe, fi, bi, *addr).await?),
+                });
             }
         }
 
@@ -351,32 +349,24 @@ impl Control {
         self.timeout_shutdown_ms
             .store(millis(config.global.timeout_shutdown), Ordering::Relaxed);
         let mut old: Vec<Option<Listener>> = listeners.drain(..).map(Some).collect();
-        let mut fresh = fresh.into_iter().peekable();
+        let mut plan = plan.into_iter();
         let mut next = Vec::new();
-        let mut slot = 0;
         for fe in &config.frontends {
             let server = self.frontend_server(fe);
             for addr in &fe.binds {
-                let listener = match kept[slot] {
-                    Some(i) => {
+                next.push(match plan.next().expect("one slot per address") {
+                    Slot::Kept(i) => {
                         let mut l = old[i].take().expect("each listener is kept once");
                         l.frontend = fe.name.clone();
                         let _ = l.server.send(Arc::clone(&server));
                         l
                     }
-                    None => {
-                        let (at, socket) = fresh.next().expect("bound above");
-                        debug_assert_eq!(at, slot);
-                        tracing::info!(
-                            "frontend {} listening on {}",
-                            fe.name,
-                            socket.local_addr().map_or(*addr, |a| a)
-                        );
-                        self.listen(socket, *addr, fe, Arc::clone(&server))
+                    Slot::Fresh(socket) => {
+                        let l = self.listen(socket, *addr, fe, Arc::clone(&server));
+                        tracing::info!("frontend {} listening on {}", fe.name, l.bound);
+                        l
                     }
-                };
-                next.push(listener);
-                slot += 1;
+                });
             }
         }
         for l in old.into_iter().flatten() {
