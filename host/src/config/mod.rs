@@ -211,13 +211,6 @@ pub struct HealthCheck {
     pub observe: Option<Observe>,
     pub error_limit: u32,
     pub on_error: OnError,
-    /// The server's `send_proxy`: checks start with a PROXY header too (v1 `UNKNOWN`, v2
-    /// `LOCAL`), as the server expects one on every connection.
-    pub send_proxy: Option<crate::proxy_protocol::Version>,
-    /// The server's TLS: checks go over TLS too.
-    pub tls: Option<crate::server::tls::ServerTls>,
-    /// The server's `proto = "h2"`: HTTP checks speak HTTP/2.
-    pub h2: bool,
 }
 
 #[derive(Debug, Clone)]

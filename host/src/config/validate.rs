@@ -611,11 +611,6 @@ fn build_server(
             "verify, ca and sni apply to TLS: set tls = true",
         );
     }
-    if let Some(h) = server.health.as_mut() {
-        h.send_proxy = server.send_proxy;
-        h.tls = server.tls.clone();
-        h.h2 = server.h2;
-    }
     server
 }
 
@@ -727,9 +722,6 @@ fn health_check(
     let interval = cx.positive(&at("interval"), h.interval.as_ref(), Duration::from_secs(2));
     let check = HealthCheck {
         kind: CheckKind::Tcp,
-        send_proxy: None,
-        tls: None,
-        h2: false,
         interval,
         fastinter: cx.positive(&at("fastinter"), h.fastinter.as_ref(), interval),
         downinter: cx.positive(&at("downinter"), h.downinter.as_ref(), interval),

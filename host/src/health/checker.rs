@@ -83,7 +83,7 @@ async fn check_loop(
                 server: &server.name,
             });
             let probe::Checked { result, weight } =
-                probe::run_judged(&check, server.cfg.addr, judge).await;
+                probe::run_judged(&check, &server.cfg, judge).await;
             if let Some(w) = weight {
                 // A judging plugin owns the server's weight: its own, or the configured one.
                 server.weight.store(

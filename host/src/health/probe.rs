@@ -14,7 +14,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::{CheckResult, CheckStatus};
-use crate::config::{CheckKind, FailPolicy, HealthCheck, HttpCheck};
+use crate::config::{CheckKind, FailPolicy, HealthCheck, HttpCheck, Server};
 use crate::plugin::{Plugin, types};
 
 /// How much of a check response body is kept for `expect_body` (and, later, plugins).
@@ -43,21 +43,18 @@ pub struct Checked {
     pub weight: Option<Option<u32>>,
 }
 
-/// Runs one check within its timeout.
-pub async fn run(check: &HealthCheck, addr: SocketAddr) -> CheckResult {
-    run_judged(check, addr, None).await.result
+/// Runs one check of `server` within its timeout, speaking as weir speaks to it (PROXY
+/// header, TLS, HTTP/2).
+pub async fn run(check: &HealthCheck, server: &Server) -> CheckResult {
+    run_judged(check, server, None).await.result
 }
 
 /// Runs one check, letting `judge` decide on an HTTP response when given.
-pub async fn run_judged(
-    check: &HealthCheck,
-    addr: SocketAddr,
-    judge: Option<Judge<'_>>,
-) -> Checked {
+pub async fn run_judged(check: &HealthCheck, server: &Server, judge: Option<Judge<'_>>) -> Checked {
     let started = Instant::now();
     let connected = AtomicBool::new(false);
     let mut weight = None;
-    let attempt = attempt(check, addr, &connected, judge, &mut weight);
+    let attempt = attempt(check, server, &connected, judge, &mut weight);
     let outcome = tokio::time::timeout(check.timeout, attempt).await;
     let duration = started.elapsed();
     let (status, code, detail) = match outcome {
@@ -88,17 +85,18 @@ type Outcome = (CheckStatus, Option<u16>, String);
 
 async fn attempt(
     check: &HealthCheck,
-    addr: SocketAddr,
+    server: &Server,
     connected: &AtomicBool,
     judge: Option<Judge<'_>>,
     weight: &mut Option<Option<u32>>,
 ) -> Outcome {
+    let addr = server.addr;
     let mut stream = match TcpStream::connect(addr).await {
         Ok(s) => s,
         Err(e) => return (CheckStatus::L4Conn, None, e.to_string()),
     };
     connected.store(true, Ordering::Release);
-    if let Some(version) = check.send_proxy {
+    if let Some(version) = server.send_proxy {
         use tokio::io::AsyncWriteExt;
         if let Err(e) = stream
             .write_all(&crate::proxy_protocol::local(version))
@@ -108,7 +106,7 @@ async fn attempt(
         }
     }
     let _ = stream.set_nodelay(true);
-    let stream: Box<dyn Io> = match &check.tls {
+    let stream: Box<dyn Io> = match &server.tls {
         Some(tls) => match tls.connector.connect(tls.name.clone(), stream).await {
             Ok(secured) => Box::new(secured),
             Err(e) => return (CheckStatus::L6Response, None, format!("TLS: {e}")),
@@ -116,10 +114,10 @@ async fn attempt(
         None => Box::new(stream),
     };
     match &check.kind {
-        CheckKind::Tcp if check.tls.is_some() => (CheckStatus::L6Ok, None, String::new()),
+        CheckKind::Tcp if server.tls.is_some() => (CheckStatus::L6Ok, None, String::new()),
         CheckKind::Tcp => (CheckStatus::L4Ok, None, String::new()),
         CheckKind::Http(http) => {
-            match http_probe(http, addr, stream, check.h2, check.tls.is_some()).await {
+            match http_probe(http, addr, stream, server.h2, server.tls.is_some()).await {
                 Ok(response) => match judge {
                     Some(j) => plugin_verdict(http, j, &response, weight).await,
                     None => verdict(http, &response),
@@ -331,9 +329,6 @@ mod tests {
             observe: None,
             error_limit: 10,
             on_error: crate::config::OnError::FailCheck,
-            send_proxy: None,
-            tls: None,
-            h2: false,
         };
         assert_eq!(
             next_delay(&check, true, false, 0.0),
