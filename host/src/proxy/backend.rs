@@ -230,6 +230,7 @@ impl BackendRt {
                                 cfg.pool_max_idle
                             },
                             cfg.pool_idle_timeout,
+                            s.h2,
                         )),
                         queue: Arc::clone(&queue),
                         cfg: s.clone(),

@@ -137,9 +137,7 @@ impl Proxy {
             plugins,
         })
     }
-}
 
-impl Proxy {
     /// A frontend of this generation, by name.
     pub fn frontend(&self, name: &str) -> Option<&Arc<FrontendRt>> {
         self.frontends.iter().find(|f| &*f.name == name)
@@ -219,6 +217,7 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Response<ResponseBody> {
     let start = Instant::now();
+    let uri = req.uri().to_string();
     let mut record = LogRecord {
         client: conn.peer,
         time: SystemTime::now(),
@@ -232,7 +231,7 @@ pub async fn handle(
         tr: None,
         status: 0,
         bytes: 0,
-        bytes_in: Arc::new(AtomicU64::new(head_size(&req))),
+        bytes_in: Arc::new(AtomicU64::new(head_size(&req, &uri))),
         termination: *b"--",
         retries: 0,
         redispatches: 0,
@@ -241,7 +240,7 @@ pub async fn handle(
             ..Default::default()
         },
         method: req.method().clone(),
-        uri: req.uri().to_string(),
+        uri,
         version: req.version(),
         format: fe.cfg.log_format,
     };
@@ -280,10 +279,10 @@ fn redirect_https(
     Ok(response)
 }
 
-/// The size of a request head as HTTP/1.1 writes it: request line, header lines, blank line.
-fn head_size<B>(req: &Request<B>) -> u64 {
-    let line =
-        req.method().as_str().len() + req.uri().to_string().len() + " HTTP/1.1\r\n".len() + 1;
+/// The size of a request head as HTTP/1.1 writes it: request line (`uri` is its target
+/// as written), header lines, blank line.
+fn head_size<B>(req: &Request<B>, uri: &str) -> u64 {
+    let line = req.method().as_str().len() + 1 + uri.len() + " HTTP/1.1\r\n".len();
     let fields: usize = req
         .headers()
         .iter()
@@ -457,7 +456,6 @@ async fn forward(
                         timeout: backend.cfg.timeout_connect,
                         preface: preface.as_deref(),
                         tls: server.cfg.tls.as_ref(),
-                        h2: server.cfg.h2,
                     })
                     .await
                 {
@@ -708,7 +706,6 @@ async fn send(
                         timeout: backend.cfg.timeout_connect,
                         preface: None,
                         tls: server.cfg.tls.as_ref(),
-                        h2: server.cfg.h2,
                     })
                     .await
                 {

@@ -49,12 +49,12 @@ pub struct Route<'a> {
     /// Written first on the connection: a PROXY protocol header.
     pub preface: Option<&'a [u8]>,
     pub tls: Option<&'a ServerTls>,
-    pub h2: bool,
 }
 
 pub struct Pool {
     idle: Mutex<Vec<Idle>>,
-    /// The HTTP/2 connection, shared.
+    /// The HTTP/2 connection, shared (servers with `proto = "h2"`).
+    h2: bool,
     shared: Mutex<Option<http2::SendRequest<ClientBody>>>,
     max_idle: usize,
     idle_timeout: Duration,
@@ -78,9 +78,10 @@ pub enum ConnectError {
 }
 
 impl Pool {
-    pub fn new(max_idle: usize, idle_timeout: Duration) -> Self {
+    pub fn new(max_idle: usize, idle_timeout: Duration, h2: bool) -> Self {
         Self {
             idle: Mutex::new(Vec::new()),
+            h2,
             shared: Mutex::new(None),
             max_idle,
             idle_timeout,
@@ -94,14 +95,14 @@ impl Pool {
     /// The shared HTTP/2 connection if it is open, else the most recently used idle
     /// HTTP/1.1 connection that is still open and fresh.
     pub fn take(&self) -> Option<Sender> {
-        if let Some(h2) = self
-            .shared
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .filter(|s| !s.is_closed() && s.is_ready())
-        {
-            return Some(Sender::H2(h2.clone()));
+        if self.h2 {
+            return self
+                .shared
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .filter(|s| !s.is_closed() && s.is_ready())
+                .map(|s| Sender::H2(s.clone()));
         }
         let mut idle = self.lock();
         let now = Instant::now();
@@ -179,9 +180,9 @@ impl Pool {
                         .connect(tls.name.clone(), stream)
                         .await
                         .map_err(|e| ConnectError::Tls(addr, e))?;
-                    handshake(stream, addr, route.h2).await
+                    handshake(stream, addr, self.h2).await
                 }
-                None => handshake(stream, addr, route.h2).await,
+                None => handshake(stream, addr, self.h2).await,
             }
         };
         let sender = match tokio::time::timeout(route.timeout, opened).await {
