@@ -38,15 +38,18 @@ async fn an_endless_loop_is_cut_at_the_deadline_while_another_frontend_keeps_ser
         other.push(started.elapsed());
     }
     let took = spinning.await.unwrap();
-    // The deadline is CPU time: each call was stopped once it had used 20 ms of CPU, and
-    // within one 1 ms epoch tick after (plus the 250 µs a call's starting CPU sample may
-    // be old). That is what weir measured when it stopped them:
+    // The deadline is CPU time: each call was stopped once it had used 20 ms of CPU, at
+    // the next 1 ms epoch tick. The epoch thread shares the two cores with the spinning
+    // call and the other frontend's load, so a tick can come a few milliseconds late (a
+    // CI run saw 22.7 ms); 5 ms of slack keeps that from failing the test while a call
+    // that ran on unchecked would still be caught. What weir measured when it stopped
+    // them:
     let spin = &proxy.running.plugins()[0];
     let cpu = Duration::from_nanos(spin.stats.timeout_cpu_max_ns.load(Ordering::Relaxed));
     eprintln!("calls stopped after at most {cpu:?} of CPU");
     assert_eq!(spin.stats.timeouts.load(Ordering::Relaxed), 10);
     assert!(
-        cpu >= Duration::from_millis(20) && cpu <= Duration::from_micros(21_250),
+        cpu >= Duration::from_millis(20) && cpu <= Duration::from_millis(25),
         "a call was stopped after {cpu:?} of CPU"
     );
     // In wall time the calls take longer, as they share the two cores with the other
