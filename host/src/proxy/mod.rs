@@ -160,6 +160,45 @@ pub fn frontend_gone() -> Response<ResponseBody> {
     response
 }
 
+/// Logs and counts (`ereq`) a request head the HTTP/1 framing check refused before any of
+/// it reached the HTTP parser; the check itself answered the client.
+pub fn log_refused(fe: &FrontendRt, conn: &ConnInfo, refused: &crate::server::framing::Rejection) {
+    let start = Instant::now();
+    let record = LogRecord {
+        client: conn.peer,
+        time: SystemTime::now(),
+        start,
+        frontend: Arc::clone(&fe.name),
+        backend: None,
+        server: None,
+        tq: conn.take_wait(start),
+        tw: None,
+        tc: None,
+        tr: None,
+        status: refused.status,
+        bytes: 0,
+        bytes_in: Arc::new(AtomicU64::new(refused.head_bytes)),
+        termination: *b"PR",
+        retries: 0,
+        redispatches: 0,
+        tally: stats::Tally {
+            frontend: Some(Arc::clone(&fe.stats)),
+            ..Default::default()
+        },
+        method: refused
+            .method
+            .as_deref()
+            .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
+            .unwrap_or_else(|| Method::from_bytes(b"BADREQ").expect("a valid token")),
+        uri: refused.target.clone().unwrap_or_default(),
+        version: Version::HTTP_11,
+        format: fe.cfg.log_format,
+    };
+    tracing::debug!("{}: request refused: {}", conn.peer, refused.reason);
+    record.tally.count(&record);
+    fe.log.emit(&record);
+}
+
 /// What the pipeline knows about the client connection a request came on.
 pub struct ConnInfo {
     /// The client: the connection's peer, or the source a PROXY protocol header gave.

@@ -2,6 +2,7 @@
 //! HTTP/2 prior knowledge from HTTP/1.x on the same port, apply the client-side timeouts,
 //! and shut down gracefully.
 
+pub mod framing;
 pub mod io;
 pub mod tls;
 
@@ -780,19 +781,27 @@ async fn run<I>(
     let activity = Arc::clone(&conn.activity);
     let conn = Arc::new(conn);
     let server_for_service = Arc::clone(server);
+    let conn_for_service = Arc::clone(&conn);
+    let verdict = (!is_h2).then(|| Arc::new(framing::Verdict::default()));
+    let verdict_for_service = verdict.clone();
     let service = service_fn(move |req| {
         // Each request takes the frontend of the generation serving now.
         let fe = current(&server_for_service.live)
             .frontend(&server_for_service.cfg.name)
             .cloned();
-        let conn = Arc::clone(&conn);
+        let conn = Arc::clone(&conn_for_service);
+        let verdict = verdict_for_service.clone();
         async move {
-            Ok::<_, Infallible>(match fe {
+            let response = match fe {
                 Some(fe) => proxy::handle(fe, conn, req).await,
                 // A reload removed this frontend while the request was on its way; its
                 // connections are closing.
                 None => proxy::frontend_gone(),
-            })
+            };
+            if let Some(verdict) = verdict {
+                verdict.answered();
+            }
+            Ok::<_, Infallible>(response)
         }
     });
     let client_timeout = server.cfg.timeout_client;
@@ -806,14 +815,23 @@ async fn run<I>(
             &activity,
             client_timeout,
             shutdown,
-            Some(flood),
+            Signals::Flood(flood),
             peer,
         )
         .await;
     } else {
+        let verdict = verdict.expect("HTTP/1 connections have one");
+        let guard = framing::FramingGuard::new(
+            io,
+            framing::Limits {
+                max_header_size: server.cfg.max_header_size,
+                max_headers: server.cfg.max_headers,
+            },
+            Arc::clone(&verdict),
+        );
         let connection = server
             .h1
-            .serve_connection(TokioIo::new(io), service)
+            .serve_connection(TokioIo::new(guard), service)
             .with_upgrades();
         drive(
             connection,
@@ -821,11 +839,24 @@ async fn run<I>(
             &activity,
             client_timeout,
             shutdown,
-            None,
+            Signals::Refused(Arc::clone(&verdict)),
             peer,
         )
         .await;
+        if let Some(rejection) = verdict.rejection()
+            && let Some(fe) = current(&server.live).frontend(&server.cfg.name)
+        {
+            proxy::log_refused(fe, &conn, rejection);
+        }
     }
+}
+
+/// What, besides shutdown, ends a connection early.
+enum Signals {
+    /// An HTTP/2 client flooded weir with control frames: GOAWAY, then close soon after.
+    Flood(Arc<Notify>),
+    /// An HTTP/1 request head was refused: once the requests before it are answered, close.
+    Refused(Arc<framing::Verdict>),
 }
 
 /// Runs a connection to its end; on shutdown lets it finish gracefully; closes it when the
@@ -836,7 +867,7 @@ async fn drive<C: Future<Output = Result<(), hyper::Error>>>(
     activity: &Activity,
     client_timeout: Duration,
     mut shutdown: watch::Receiver<bool>,
-    flood: Option<Arc<Notify>>,
+    signals: Signals,
     peer: SocketAddr,
 ) {
     let mut connection = std::pin::pin!(connection);
@@ -845,12 +876,19 @@ async fn drive<C: Future<Output = Result<(), hyper::Error>>>(
         graceful(connection.as_mut());
     }
     let flooded = async {
-        match &flood {
-            Some(f) => f.notified().await,
-            None => std::future::pending().await,
+        match &signals {
+            Signals::Flood(n) => n.notified().await,
+            Signals::Refused(_) => std::future::pending().await,
+        }
+    };
+    let refused = async {
+        match &signals {
+            Signals::Refused(v) => v.closing().await,
+            Signals::Flood(_) => std::future::pending().await,
         }
     };
     let mut flooded = std::pin::pin!(flooded);
+    let mut refused = std::pin::pin!(refused);
     let mut cut_off: Option<tokio::time::Instant> = None;
     loop {
         let cut = async {
@@ -867,6 +905,11 @@ async fn drive<C: Future<Output = Result<(), hyper::Error>>>(
                 return;
             }
             _ = shutdown.changed(), if !draining => {
+                draining = true;
+                graceful(connection.as_mut());
+            }
+            _ = refused.as_mut(), if !draining => {
+                // The refusal is written when hyper closes the connection.
                 draining = true;
                 graceful(connection.as_mut());
             }

@@ -1,0 +1,650 @@
+//! HTTP/1.x request framing, checked below the HTTP parser.
+//!
+//! hyper resolves some ambiguous framings by itself (with both Content-Length and
+//! Transfer-Encoding it drops the length; equal repeated lengths become one) and hands
+//! weir a request in which the ambiguity can no longer be seen. A load balancer should
+//! refuse such requests outright, since the server behind it, or a proxy in front, may
+//! read them differently. [`FramingGuard`] sits between the client connection and hyper,
+//! follows the message boundaries of the byte stream (heads, Content-Length bodies,
+//! chunked bodies), and checks each request head before hyper sees any of it. A head it
+//! refuses is never passed on: the connection finishes the response in progress, if any,
+//! then answers the refused request itself and closes.
+//!
+//! What it refuses: Content-Length together with Transfer-Encoding (400), more than one
+//! Content-Length (400), a line ending in a bare LF (400), a transfer coding other than
+//! `chunked` (501), a request line over [`MAX_REQUEST_LINE`] (414), and a head over
+//! `max_header_size` or with more than `max_headers` headers (431). Everything else that
+//! is malformed is left to hyper, which answers 400 and closes; from then on the guard
+//! just passes bytes through, as it does after an upgrade or CONNECT request.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
+
+/// The longest request line accepted (method, target and version); longer gets 414. A
+/// smaller `max_header_size` lowers it.
+pub const MAX_REQUEST_LINE: usize = 8 * 1024;
+
+/// Headers parsed without allocating; heads with more take a heap-allocated table.
+const STACK_HEADERS: usize = 128;
+
+/// A request head the guard refused.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    pub status: u16,
+    /// Why, for the log and the response body.
+    pub reason: &'static str,
+    /// The request's method and target, when its request line could be read.
+    pub method: Option<String>,
+    pub target: Option<String>,
+    /// The size of the refused head.
+    pub head_bytes: u64,
+}
+
+impl Rejection {
+    /// The response the client gets; the connection closes after it.
+    fn response(&self) -> Vec<u8> {
+        let phrase = http::StatusCode::from_u16(self.status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("");
+        let body = format!("{} {phrase}: {}\n", self.status, self.reason);
+        format!(
+            "HTTP/1.1 {} {phrase}\r\ncontent-type: text/plain; charset=utf-8\r\n\
+             content-length: {}\r\ncache-control: no-cache\r\nconnection: close\r\n\r\n{body}",
+            self.status,
+            body.len()
+        )
+        .into_bytes()
+    }
+}
+
+/// The limits a head is checked against: the frontend's.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_header_size: usize,
+    pub max_headers: usize,
+}
+
+impl Limits {
+    fn request_line(&self) -> usize {
+        MAX_REQUEST_LINE.min(self.max_header_size)
+    }
+}
+
+/// Where the guard is in the request stream.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum State {
+    /// Expecting a request head.
+    Head,
+    /// This many bytes of a Content-Length body still to come.
+    Body(u64),
+    /// Inside a chunked body.
+    Chunked(Chunk),
+    /// No longer checking: after an upgrade or CONNECT request, or bytes hyper refuses.
+    Open,
+}
+
+/// The position inside a chunked body (RFC 9112 §7.1).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Chunk {
+    /// Reading the hex chunk size; `digits` read so far.
+    Size {
+        size: u64,
+        digits: u8,
+    },
+    /// Inside a chunk extension, up to the CR.
+    Ext {
+        size: u64,
+    },
+    /// The LF ending the chunk-size line.
+    SizeLf {
+        size: u64,
+    },
+    /// Chunk data still to come.
+    Data(u64),
+    /// The CRLF after the chunk data.
+    DataCr,
+    DataLf,
+    /// In the trailer section; `empty` while the current line has no bytes yet.
+    Trailer {
+        empty: bool,
+    },
+    /// The LF ending a trailer line (or, after an empty line, the whole message).
+    TrailerLf {
+        empty: bool,
+    },
+}
+
+/// What the guard found on one connection, shared with the service that answers its
+/// requests: the connection is asked to close only once every request passed on before
+/// the refused one has been answered, so that responses stay in order.
+#[derive(Default)]
+pub struct Verdict {
+    rejected: OnceLock<Rejection>,
+    close: Notify,
+    /// Request heads passed on to hyper, and requests answered.
+    passed: AtomicU64,
+    answered: AtomicU64,
+}
+
+impl Verdict {
+    /// The refused head, once there is one.
+    pub fn rejection(&self) -> Option<&Rejection> {
+        self.rejected.get()
+    }
+
+    /// Resolves once a head was refused and every request before it was answered.
+    pub async fn closing(&self) {
+        self.close.notified().await
+    }
+
+    /// Called as each request's response is handed to hyper.
+    pub fn answered(&self) {
+        self.answered.fetch_add(1, Ordering::SeqCst);
+        self.maybe_close();
+    }
+
+    fn refuse(&self, rejection: Rejection) {
+        let _ = self.rejected.set(rejection);
+        self.maybe_close();
+    }
+
+    fn maybe_close(&self) {
+        if self.rejected.get().is_some()
+            && self.answered.load(Ordering::SeqCst) >= self.passed.load(Ordering::SeqCst)
+        {
+            self.close.notify_one();
+        }
+    }
+}
+
+/// Checks HTTP/1.x request framing on a client connection before hyper reads it.
+pub struct FramingGuard<T> {
+    inner: T,
+    state: State,
+    limits: Limits,
+    /// An incomplete request head, held back until it is complete and checked.
+    held: Vec<u8>,
+    /// Checked bytes still to be passed on (when more were ready than hyper could take).
+    ready: Vec<u8>,
+    ready_at: usize,
+    verdict: Arc<Verdict>,
+    /// The refusal's response, and how much of it is written.
+    reply: Option<(Vec<u8>, usize)>,
+}
+
+impl<T> FramingGuard<T> {
+    pub fn new(inner: T, limits: Limits, verdict: Arc<Verdict>) -> Self {
+        Self {
+            inner,
+            state: State::Head,
+            limits,
+            held: Vec::new(),
+            ready: Vec::new(),
+            ready_at: 0,
+            verdict,
+            reply: None,
+        }
+    }
+
+    /// What it finds, for the service answering the connection's requests.
+    pub fn verdict(&self) -> Arc<Verdict> {
+        Arc::clone(&self.verdict)
+    }
+
+    fn rejected(&self) -> bool {
+        self.verdict.rejected.get().is_some()
+    }
+
+    /// Follows `data` (the stream's next bytes) from the current state. Returns how many
+    /// of them may be passed on now; the rest is an incomplete head (to hold back), or
+    /// a refused head (dropped, with the refusal recorded).
+    fn scan(&mut self, data: &[u8]) -> usize {
+        let mut at = 0;
+        while at < data.len() {
+            match self.state {
+                State::Open => return data.len(),
+                State::Body(left) => {
+                    let n = left.min((data.len() - at) as u64);
+                    at += n as usize;
+                    self.state = if n == left {
+                        State::Head
+                    } else {
+                        State::Body(left - n)
+                    };
+                }
+                State::Chunked(Chunk::Data(left)) => {
+                    let n = left.min((data.len() - at) as u64);
+                    at += n as usize;
+                    self.state = State::Chunked(if n == left {
+                        Chunk::DataCr
+                    } else {
+                        Chunk::Data(left - n)
+                    });
+                }
+                State::Chunked(chunk) => {
+                    self.state = match chunk_step(chunk, data[at]) {
+                        Some(Some(next)) => State::Chunked(next),
+                        Some(None) => State::Head,
+                        // Malformed: hyper refuses the body and closes the connection.
+                        None => State::Open,
+                    };
+                    at += 1;
+                }
+                State::Head => match self.head(&data[at..]) {
+                    Head::Incomplete => return at,
+                    Head::Refused(rejection) => {
+                        self.verdict.refuse(rejection);
+                        return at;
+                    }
+                    Head::Next(len, state) => {
+                        self.verdict.passed.fetch_add(1, Ordering::SeqCst);
+                        at += len;
+                        self.state = state;
+                    }
+                },
+            }
+        }
+        at
+    }
+
+    /// Reads the request head at the start of `data`.
+    fn head(&self, data: &[u8]) -> Head {
+        let mut stack = [const { MaybeUninit::<httparse::Header>::uninit() }; STACK_HEADERS];
+        let mut req = httparse::Request::new(&mut []);
+        let mut parsed = req.parse_with_uninit_headers(data, &mut stack);
+        let mut heap;
+        if matches!(parsed, Err(httparse::Error::TooManyHeaders))
+            && self.limits.max_headers >= STACK_HEADERS
+        {
+            heap = vec![httparse::EMPTY_HEADER; self.limits.max_headers + 1];
+            req = httparse::Request::new(&mut heap);
+            parsed = req.parse(data);
+        }
+        let refuse = |status, reason, req: &httparse::Request, len: usize| {
+            Head::Refused(Rejection {
+                status,
+                reason,
+                method: req.method.map(str::to_owned),
+                target: req.path.map(str::to_owned),
+                head_bytes: len as u64,
+            })
+        };
+        let len = match parsed {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => {
+                let line = data.iter().position(|&b| b == b'\n').unwrap_or(data.len());
+                if line > self.limits.request_line() {
+                    return refuse(414, "the request line is too long", &req, data.len());
+                }
+                if data.len() > self.limits.max_header_size {
+                    return refuse(431, "the request head is too large", &req, data.len());
+                }
+                return Head::Incomplete;
+            }
+            Err(httparse::Error::TooManyHeaders) => {
+                return refuse(431, "too many request headers", &req, data.len());
+            }
+            // hyper parses the same bytes, answers 400 and closes.
+            Err(_) => return Head::Next(data.len(), State::Open),
+        };
+        let head = &data[..len];
+        let line = head.iter().position(|&b| b == b'\n').unwrap_or(len);
+        if line > self.limits.request_line() {
+            return refuse(414, "the request line is too long", &req, len);
+        }
+        if len > self.limits.max_header_size {
+            return refuse(431, "the request head is too large", &req, len);
+        }
+        if req.headers.len() > self.limits.max_headers {
+            return refuse(431, "too many request headers", &req, len);
+        }
+        if head
+            .iter()
+            .enumerate()
+            .any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
+        {
+            return refuse(400, "a line ends in a bare LF", &req, len);
+        }
+        let mut lengths = req
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("content-length"));
+        let length = lengths.next();
+        if lengths.next().is_some() {
+            return refuse(400, "more than one Content-Length", &req, len);
+        }
+        let mut codings = req
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
+            .peekable();
+        let chunked = codings.peek().is_some();
+        if chunked && length.is_some() {
+            return refuse(400, "both Content-Length and Transfer-Encoding", &req, len);
+        }
+        let mut only_chunked = true;
+        for coding in codings.flat_map(|h| h.value.split(|&b| b == b',')) {
+            let coding = coding.trim_ascii();
+            if !coding.eq_ignore_ascii_case(b"chunked") {
+                only_chunked = false;
+                if is_token(coding) {
+                    return refuse(501, "unsupported transfer coding", &req, len);
+                }
+            }
+        }
+        let upgrade = req.method == Some("CONNECT")
+            || req
+                .headers
+                .iter()
+                .any(|h| h.name.eq_ignore_ascii_case("upgrade"));
+        let next = if upgrade || !only_chunked {
+            State::Open
+        } else if chunked {
+            // A repeated `chunked`, or chunked in HTTP/1.0, is refused after hyper parses
+            // it; the body is followed all the same.
+            State::Chunked(Chunk::Size { size: 0, digits: 0 })
+        } else if let Some(length) = length {
+            match parse_length(length.value) {
+                Some(0) => State::Head,
+                Some(n) => State::Body(n),
+                // hyper refuses an invalid length.
+                None => State::Open,
+            }
+        } else {
+            State::Head
+        };
+        Head::Next(len, next)
+    }
+}
+
+enum Head {
+    /// More bytes are needed.
+    Incomplete,
+    Refused(Rejection),
+    /// A head of this length, and the state after it.
+    Next(usize, State),
+}
+
+/// One byte of chunked framing outside chunk data: the next position, `Some(None)` at
+/// the end of the body, `None` for a malformed body.
+fn chunk_step(chunk: Chunk, b: u8) -> Option<Option<Chunk>> {
+    Some(Some(match chunk {
+        Chunk::Size { size, digits } => match (b as char).to_digit(16) {
+            Some(d) if digits < 16 => Chunk::Size {
+                size: size << 4 | u64::from(d),
+                digits: digits + 1,
+            },
+            Some(_) => return None,
+            None if digits == 0 => return None,
+            None => match b {
+                b';' | b' ' | b'\t' => Chunk::Ext { size },
+                b'\r' => Chunk::SizeLf { size },
+                _ => return None,
+            },
+        },
+        Chunk::Ext { size } => match b {
+            b'\r' => Chunk::SizeLf { size },
+            b'\n' => return None,
+            _ => Chunk::Ext { size },
+        },
+        Chunk::SizeLf { size } if b == b'\n' => match size {
+            0 => Chunk::Trailer { empty: true },
+            n => Chunk::Data(n),
+        },
+        Chunk::DataCr if b == b'\r' => Chunk::DataLf,
+        Chunk::DataLf if b == b'\n' => Chunk::Size { size: 0, digits: 0 },
+        Chunk::Trailer { empty } => match b {
+            b'\r' => Chunk::TrailerLf { empty },
+            b'\n' => return None,
+            _ => Chunk::Trailer { empty: false },
+        },
+        Chunk::TrailerLf { empty } if b == b'\n' => {
+            if empty {
+                return Some(None);
+            }
+            Chunk::Trailer { empty: true }
+        }
+        _ => return None,
+    }))
+}
+
+/// A Content-Length value: digits only.
+fn parse_length(value: &[u8]) -> Option<u64> {
+    let value = value.trim_ascii();
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+/// An HTTP token (RFC 9110 §5.6.2), as a transfer coding's name must be.
+fn is_token(s: &[u8]) -> bool {
+    !s.is_empty()
+        && s.iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for FramingGuard<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            if this.ready_at < this.ready.len() {
+                let n = (this.ready.len() - this.ready_at).min(buf.remaining());
+                buf.put_slice(&this.ready[this.ready_at..this.ready_at + n]);
+                this.ready_at += n;
+                if this.ready_at == this.ready.len() {
+                    this.ready.clear();
+                    this.ready_at = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if this.rejected() {
+                // Nothing more is read; the connection is finishing and will close.
+                return Poll::Pending;
+            }
+            let before = buf.filled().len();
+            std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+            let after = buf.filled().len();
+            if after == before {
+                // End of stream: an incomplete head goes on as it is, for hyper to judge.
+                if this.held.is_empty() {
+                    return Poll::Ready(Ok(()));
+                }
+                this.state = State::Open;
+                this.ready = std::mem::take(&mut this.held);
+                continue;
+            }
+            if this.held.is_empty() {
+                // The usual case: check the bytes where they are, in hyper's buffer.
+                let passed = this.scan(&buf.filled()[before..after]);
+                if !this.rejected() {
+                    this.held
+                        .extend_from_slice(&buf.filled()[before + passed..after]);
+                }
+                buf.set_filled(before + passed);
+                if passed > 0 {
+                    return Poll::Ready(Ok(()));
+                }
+            } else {
+                // A head that came in pieces: check it once the rest is here.
+                this.held.extend_from_slice(&buf.filled()[before..after]);
+                buf.set_filled(before);
+                let held = std::mem::take(&mut this.held);
+                let passed = this.scan(&held);
+                if !this.rejected() {
+                    this.held = held[passed..].to_vec();
+                }
+                this.ready = held;
+                this.ready.truncate(passed);
+            }
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for FramingGuard<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    /// Before the connection closes, the refused request gets its answer.
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.reply.is_none()
+            && let Some(rejection) = this.verdict.rejection()
+        {
+            this.reply = Some((rejection.response(), 0));
+        }
+        if let Some((reply, written)) = &mut this.reply {
+            while *written < reply.len() {
+                let n = std::task::ready!(
+                    Pin::new(&mut this.inner).poll_write(cx, &reply[*written..])
+                )?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                *written += n;
+            }
+            std::task::ready!(Pin::new(&mut this.inner).poll_flush(cx))?;
+        }
+        Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guard() -> FramingGuard<()> {
+        FramingGuard::new(
+            (),
+            Limits {
+                max_header_size: 1024,
+                max_headers: 10,
+            },
+            Arc::default(),
+        )
+    }
+
+    /// Feeds `stream` in pieces of `step` bytes; returns the bytes passed on and the
+    /// refusal, if any.
+    fn feed(stream: &[u8], step: usize) -> (Vec<u8>, Option<u16>) {
+        let mut g = guard();
+        let mut out = Vec::new();
+        for piece in stream.chunks(step) {
+            let mut data = std::mem::take(&mut g.held);
+            data.extend_from_slice(piece);
+            let passed = g.scan(&data);
+            out.extend_from_slice(&data[..passed]);
+            if g.rejected() {
+                break;
+            }
+            g.held = data[passed..].to_vec();
+        }
+        (out, g.verdict.rejection().map(|r| r.status))
+    }
+
+    #[test]
+    fn keep_alive_requests_pass_whole_in_any_pieces() {
+        let stream: &[u8] = b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n\
+            POST /b HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello\
+            POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
+            5;ext=1\r\nhello\r\n10\r\n0123456789abcdef\r\n0\r\nX-Sum: 1\r\n\r\n\
+            GET /d HTTP/1.1\r\nHost: a\r\n\r\n";
+        for step in [1, 2, 3, 7, 16, stream.len()] {
+            let (out, refused) = feed(stream, step);
+            assert_eq!(refused, None, "step {step}");
+            assert_eq!(out, stream, "step {step}");
+        }
+    }
+
+    #[test]
+    fn a_smuggled_head_behind_a_body_is_checked() {
+        // The body's length hides nothing: the next head is read where the body ends.
+        let first: &[u8] = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nabcd";
+        let stream = [first, b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"].concat();
+        for step in [1, 5, stream.len()] {
+            let (out, refused) = feed(&stream, step);
+            assert_eq!(refused, Some(400));
+            assert_eq!(out, first, "only the first request is passed on");
+        }
+    }
+
+    #[test]
+    fn refusals_and_their_statuses() {
+        let long_line = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(MAX_REQUEST_LINE));
+        let many = format!("GET / HTTP/1.1\r\n{}\r\n", "A: b\r\n".repeat(11));
+        let big = format!("GET / HTTP/1.1\r\nA: {}\r\n\r\n", "b".repeat(1100));
+        let cases: &[(&[u8], u16)] = &[
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\na",
+                400,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n",
+                400,
+            ),
+            (b"GET / HTTP/1.1\nHost: a\n\n", 400),
+            (b"GET / HTTP/1.1\r\nHost: a\n\r\n", 400),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                501,
+            ),
+            (long_line.as_bytes(), 414),
+            (many.as_bytes(), 431),
+            (big.as_bytes(), 431),
+        ];
+        for (request, status) in cases {
+            for step in [1, request.len()] {
+                let (out, refused) = feed(request, step);
+                let shown = String::from_utf8_lossy(request);
+                assert_eq!(refused, Some(*status), "{shown}");
+                assert!(out.is_empty(), "{shown}");
+            }
+        }
+    }
+
+    #[test]
+    fn what_hyper_refuses_is_passed_on_unchecked() {
+        for request in [
+            &b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\nGET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n\x81\x05hello",
+        ] {
+            let (out, refused) = feed(request, request.len());
+            assert_eq!(refused, None);
+            assert_eq!(out, request);
+        }
+    }
+}
