@@ -37,6 +37,8 @@ pub type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 pub struct Stats {
     pub connections: AtomicUsize,
     pub requests: AtomicUsize,
+    /// Requests whose body was read to its end.
+    pub completed: AtomicUsize,
     pub concurrent: AtomicUsize,
     pub max_concurrent: AtomicUsize,
     /// Requests to /health.
@@ -134,6 +136,11 @@ impl MockServer {
 
     pub fn requests(&self) -> usize {
         self.stats.requests.load(Ordering::SeqCst)
+    }
+
+    /// Requests whose whole body arrived (others were cut off mid-body).
+    pub fn completed(&self) -> usize {
+        self.stats.completed.load(Ordering::SeqCst)
     }
 
     /// Kills the server: the port is freed and every open connection is cut.
@@ -297,6 +304,7 @@ async fn mock_handle(
             }
         }
     }
+    stats.completed.fetch_add(1, Ordering::SeqCst);
     let json = serde_json::json!({
         "server": name, "method": method, "path": path, "query": query, "headers": seen, "body_len": body_len,
     });

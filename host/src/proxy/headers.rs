@@ -110,11 +110,11 @@ pub fn request_host(
 }
 
 /// Refuses HTTP/1.x framing that two parsers could read differently (request smuggling)
-/// and that hyper lets through: Transfer-Encoding written more than once. hyper itself
-/// refuses invalid or differing Content-Lengths, codings other than a final chunked,
-/// Transfer-Encoding in HTTP/1.0 and bad chunk sizes; with Content-Length and
-/// Transfer-Encoding together it drops Content-Length and closes the connection after
-/// the response (RFC 9112 §6.3), and it merges equal repeated Content-Lengths.
+/// and that both hyper and weir's framing check below it let through: Transfer-Encoding
+/// written more than once. The framing check refuses Content-Length with
+/// Transfer-Encoding, repeated Content-Lengths and unknown codings before hyper sees the
+/// head; hyper refuses invalid Content-Lengths, Transfer-Encoding in HTTP/1.0 and bad
+/// chunk sizes.
 pub fn check_framing(version: Version, headers: &HeaderMap) -> Result<(), ProxyError> {
     if version >= Version::HTTP_2 {
         return Ok(());
@@ -125,6 +125,25 @@ pub fn check_framing(version: Version, headers: &HeaderMap) -> Result<(), ProxyE
     {
         return Err(ProxyError::BadRequest(
             "Transfer-Encoding must be chunked, once.",
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses an HTTP/1.x request target in a form its method cannot have (RFC 9112 §3.2):
+/// authority-form (`a:80`) is for CONNECT only, asterisk-form (`*`) for OPTIONS only.
+pub fn check_target(method: &Method, version: Version, uri: &Uri) -> Result<(), ProxyError> {
+    if version >= Version::HTTP_2 {
+        return Ok(());
+    }
+    if uri.scheme().is_none() && uri.authority().is_some() {
+        return Err(ProxyError::BadRequest(
+            "An authority-form target is only for CONNECT.",
+        ));
+    }
+    if uri.path() == "*" && method != Method::OPTIONS {
+        return Err(ProxyError::BadRequest(
+            "An asterisk-form target is only for OPTIONS.",
         ));
     }
     Ok(())

@@ -379,6 +379,7 @@ async fn forward(
         return Err(ProxyError::NotImplemented("CONNECT"));
     }
     headers::check_framing(req.version(), req.headers())?;
+    headers::check_target(req.method(), req.version(), req.uri())?;
     let host = headers::request_host(req.version(), req.uri(), req.headers())?;
     if fe.cfg.redirect_https && conn.proto == "http" {
         return redirect_https(fe, host.as_ref(), req.uri(), record);
