@@ -265,6 +265,9 @@ async fn mock_handle(
     if path == "/hang" {
         std::future::pending::<()>().await;
     }
+    if let Some(n) = path.strip_prefix("/bytes/") {
+        return full(StatusCode::OK, vec![b'x'; n.parse().unwrap()]);
+    }
     if path == "/gate" {
         let gate = Arc::clone(gate);
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(2);
@@ -370,6 +373,12 @@ pub enum Fault {
     Garbage,
     /// Keeps the connection open and never answers.
     Hang,
+    /// Resets the connection (RST) without a byte of response.
+    Reset,
+    /// Promises a 1,000-byte body, sends 10 bytes of it, and closes.
+    CloseMidBody,
+    /// Sends a chunked response's first chunk, then resets the connection.
+    ResetMidBody,
 }
 
 /// A TCP server that misbehaves as told, counting the requests it read.
@@ -403,11 +412,35 @@ pub async fn faulty_server(fault: Fault) -> (SocketAddr, Arc<AtomicUsize>) {
                         let _ = stream.read(&mut chunk).await;
                         std::future::pending::<()>().await;
                     }
+                    Fault::Reset => reset(stream),
+                    Fault::CloseMidBody => {
+                        let _ = stream
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789")
+                            .await;
+                    }
+                    Fault::ResetMidBody => {
+                        let _ = stream
+                            .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\na\r\n0123456789\r\n")
+                            .await;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        reset(stream);
+                    }
                 }
             });
         }
     });
     (addr, seen)
+}
+
+/// Closes a connection with a TCP RST instead of a FIN.
+fn reset(stream: TcpStream) {
+    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+    drop(stream);
+}
+
+/// Open file descriptors of this process (the proxy, its servers and clients alike).
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
 }
 
 /// An address on which nothing listens (bound, then released).

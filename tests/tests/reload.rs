@@ -22,7 +22,7 @@ fn load(toml: &str) -> weir::Config {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn twenty_reloads_under_a_keep_alive_loop_lose_no_request() {
+async fn fifty_reloads_under_a_keep_alive_loop_lose_no_request() {
     let server = MockServer::start("s1").await;
     let proxy = TestProxy::start(&tagged(&server, "v0")).await;
     let addr = proxy.addr();
@@ -58,7 +58,7 @@ async fn twenty_reloads_under_a_keep_alive_loop_lose_no_request() {
             (ok, failed, last)
         })
     };
-    for i in 1..=20 {
+    for i in 1..=50 {
         tokio::time::sleep(Duration::from_millis(15)).await;
         let generation = proxy
             .running
@@ -78,14 +78,48 @@ async fn twenty_reloads_under_a_keep_alive_loop_lose_no_request() {
     assert_eq!(
         failed,
         0,
-        "{failed} of {} requests failed across 20 reloads",
+        "{failed} of {} requests failed across 50 reloads",
         ok + failed
     );
-    assert!(ok > 40, "only {ok} requests went through");
+    assert!(ok > 100, "only {ok} requests went through");
     assert_eq!(
-        last, "v20",
+        last, "v50",
         "the keep-alive connection uses the newest plugins"
     );
+}
+
+/// Requests that take two seconds, in flight while the configuration is reloaded, finish
+/// on the generation they started on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_second_requests_in_flight_complete_across_a_reload() {
+    let server = MockServer::start("s1").await;
+    let proxy = TestProxy::start(&tagged(&server, "old")).await;
+    let addr = proxy.addr();
+    let slow: Vec<_> = (0..5)
+        .map(|_| tokio::spawn(async move { Client::connect(addr).await.get("/sleep/2000").await }))
+        .collect();
+    assert!(
+        weir_tests::wait_until(Duration::from_secs(2), || server.requests() == 5)
+            .await
+            .is_some(),
+        "the slow requests reached the server"
+    );
+    proxy
+        .running
+        .reload(&load(&tagged(&server, "new")))
+        .await
+        .expect("reload");
+    let fresh = Client::connect(addr).await.get("/").await;
+    assert_eq!(fresh.json()["headers"]["x-chain"], "new");
+    for request in slow {
+        let reply = request.await.unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(
+            reply.json()["headers"]["x-chain"],
+            "old",
+            "it went out before the reload"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

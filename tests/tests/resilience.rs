@@ -9,7 +9,7 @@ use http::Request;
 use weir_tests::{Client, Fault, MockServer, TestProxy, body, config, faulty_server, get};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_server_killed_and_restarted_five_times_costs_no_request() {
+async fn a_server_flapping_twenty_times_in_ten_seconds_costs_no_request() {
     let s1 = MockServer::start("s1").await;
     let s2 = Arc::new(MockServer::start("s2").await);
     let extra = r#"retry_on = ["conn-failure", "empty-response"]
@@ -22,29 +22,45 @@ health = { path = "/health", interval = "50ms", timeout = "40ms", fall = 1, rise
     let flapper = {
         let s2 = Arc::clone(&s2);
         tokio::spawn(async move {
-            for _ in 0..5 {
-                tokio::time::sleep(Duration::from_millis(150)).await;
+            for _ in 0..20 {
+                tokio::time::sleep(Duration::from_millis(250)).await;
                 s2.kill();
-                tokio::time::sleep(Duration::from_millis(150)).await;
+                tokio::time::sleep(Duration::from_millis(250)).await;
                 s2.restart().await;
             }
         })
     };
-    let mut client = Client::connect(addr).await;
-    let (mut done, mut failed) = (0, Vec::new());
-    while done < 2000 || !flapper.is_finished() {
-        let reply = client.get("/").await;
-        if reply.status != 200 {
-            failed.push(reply.status);
-        }
-        done += 1;
-    }
+    // Four keep-alive clients send GETs back to back for the whole ten seconds.
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let flapping = flapper.abort_handle();
+            tokio::spawn(async move {
+                let mut client = Client::connect(addr).await;
+                let (mut done, mut failed) = (0, Vec::new());
+                while !flapping.is_finished() {
+                    let reply = client.get("/").await;
+                    if reply.status != 200 {
+                        failed.push(reply.status);
+                    }
+                    done += 1;
+                }
+                (done, failed)
+            })
+        })
+        .collect();
     flapper.await.unwrap();
+    let (mut done, mut failed) = (0, Vec::new());
+    for c in clients {
+        let (d, f) = c.await.unwrap();
+        done += d;
+        failed.extend(f);
+    }
     assert!(
         failed.is_empty(),
         "{} of {done} requests failed: {failed:?}",
         failed.len()
     );
+    assert!(done > 2000, "only {done} requests");
     assert!(s2.requests() > 0, "s2 served between its deaths");
 }
 

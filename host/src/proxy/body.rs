@@ -14,6 +14,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::backend::InFlight;
 use super::log::{AccessLog, LogRecord};
+use crate::server::io::{Activity, ReceivingBody};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -25,15 +26,23 @@ pub struct ClientBody {
     failed: Arc<AtomicBool>,
     /// Adds the bytes read (the request's `bytes_in`).
     received: Option<Arc<AtomicU64>>,
+    /// Held until the body ends: while it is coming, the client timeout applies.
+    receiving: Option<ReceivingBody>,
 }
 
 impl ClientBody {
-    pub fn new(inner: Incoming, received: Arc<AtomicU64>) -> (Self, Arc<AtomicBool>) {
+    pub fn new(
+        inner: Incoming,
+        received: Arc<AtomicU64>,
+        activity: &Arc<Activity>,
+    ) -> (Self, Arc<AtomicBool>) {
         let failed = Arc::new(AtomicBool::new(false));
+        let receiving = (!inner.is_end_stream()).then(|| activity.receiving_body());
         let body = Self {
             inner: Some(inner),
             failed: Arc::clone(&failed),
             received: Some(received),
+            receiving,
         };
         (body, failed)
     }
@@ -44,6 +53,7 @@ impl ClientBody {
             inner: None,
             failed: Arc::new(AtomicBool::new(false)),
             received: None,
+            receiving: None,
         }
     }
 }
@@ -61,13 +71,20 @@ impl Body for ClientBody {
         };
         let polled = Pin::new(inner).poll_frame(cx);
         match &polled {
-            Poll::Ready(Some(Err(_))) => self.failed.store(true, Ordering::Release),
+            Poll::Ready(Some(Err(_))) => {
+                self.failed.store(true, Ordering::Release);
+                self.receiving = None;
+            }
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(data), Some(received)) = (frame.data_ref(), &self.received) {
                     received.fetch_add(data.len() as u64, Ordering::Relaxed);
                 }
+                if self.inner.as_ref().is_some_and(|b| b.is_end_stream()) {
+                    self.receiving = None;
+                }
             }
-            _ => {}
+            Poll::Ready(None) => self.receiving = None,
+            Poll::Pending => {}
         }
         polled
     }

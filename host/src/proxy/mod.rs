@@ -447,7 +447,8 @@ async fn forward(
         && is_idempotent(&parts.method)
         && !upgrade)
         .then(|| parts.clone());
-    let (client_body, client_failed) = ClientBody::new(body, Arc::clone(&record.bytes_in));
+    let (client_body, client_failed) =
+        ClientBody::new(body, Arc::clone(&record.bytes_in), &conn.activity);
     let mut pending = Some(Request::from_parts(parts, client_body));
     let mut excluded = Vec::new();
     let started = Instant::now();

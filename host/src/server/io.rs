@@ -16,11 +16,13 @@ use tokio::time::Instant;
 pub const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// When a connection last moved a byte, and whether weir is waiting on a server for it
-/// (the server timeout governs that wait, not the client timeout).
+/// (the server timeout governs that wait, not the client timeout) or on the client's
+/// request body (which the client timeout governs even while a server waits for it).
 pub struct Activity {
     base: Instant,
     last_ms: AtomicU64,
     awaiting_server: AtomicU32,
+    receiving_body: AtomicU32,
 }
 
 impl Default for Activity {
@@ -29,6 +31,7 @@ impl Default for Activity {
             base: Instant::now(),
             last_ms: AtomicU64::new(0),
             awaiting_server: AtomicU32::new(0),
+            receiving_body: AtomicU32::new(0),
         }
     }
 }
@@ -50,11 +53,19 @@ impl Activity {
         AwaitingServer(Arc::clone(self))
     }
 
-    /// Resolves once nothing has moved for `limit` while weir was not waiting on a server.
+    /// Marks a request body still to come from the client until the guard drops.
+    pub fn receiving_body(self: &Arc<Self>) -> ReceivingBody {
+        self.receiving_body.fetch_add(1, Ordering::AcqRel);
+        ReceivingBody(Arc::clone(self))
+    }
+
+    /// Resolves once nothing has moved for `limit` while weir was waiting on the client
+    /// (for a request, or for the rest of a request body), not on a server.
     pub async fn idle_timeout(&self, limit: Duration) {
         loop {
             let idle = self.idle_for();
-            let waiting = self.awaiting_server.load(Ordering::Acquire) > 0;
+            let waiting = self.awaiting_server.load(Ordering::Acquire) > 0
+                && self.receiving_body.load(Ordering::Acquire) == 0;
             if !waiting && idle >= limit {
                 return;
             }
@@ -70,6 +81,14 @@ impl Drop for AwaitingServer {
     fn drop(&mut self) {
         self.0.touch();
         self.0.awaiting_server.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+pub struct ReceivingBody(Arc<Activity>);
+
+impl Drop for ReceivingBody {
+    fn drop(&mut self) {
+        self.0.receiving_body.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
