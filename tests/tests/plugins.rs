@@ -213,6 +213,53 @@ async fn a_plugin_naming_an_unknown_backend_follows_its_policy() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_returning_a_huge_response_follows_its_policy() {
+    hostile("huge", "").await;
+}
+
+/// A plugin that calls the host without end is stopped at its deadline like any loop,
+/// and what it stored stays within the host's bounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_storming_the_host_with_calls_follows_its_policy() {
+    hostile("storm", "").await;
+}
+
+/// Hostile calls by the hundred: memory grown to the cap and recursion to the stack's
+/// end, each instance discarded. The process's memory stays bounded: instances are
+/// recycled, not leaked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_failing_calls_leave_memory_bounded() {
+    let sections = [
+        fixture_plugin(
+            "grow",
+            "grow",
+            "memory = \"8MiB\"\non_error = \"fail-open\"",
+        ),
+        fixture_plugin("recurse", "recurse", "on_error = \"fail-open\""),
+    ];
+    let (_server, proxy) = proxy_with(&["grow", "recurse"], &sections).await;
+    let mut client = Client::connect(proxy.addr()).await;
+    for _ in 0..20 {
+        assert_eq!(client.get("/").await.status, 200);
+    }
+    let warm = weir_tests::rss_bytes();
+    for _ in 0..300 {
+        assert_eq!(client.get("/").await.status, 200);
+    }
+    let after = weir_tests::rss_bytes();
+    let grown = after.saturating_sub(warm);
+    eprintln!(
+        "RSS {} MiB after warm-up, {} MiB after 300 more",
+        warm >> 20,
+        after >> 20
+    );
+    assert!(grown < 64 << 20, "RSS grew by {} MiB", grown >> 20);
+    for plugin in proxy.running.plugins() {
+        assert_eq!(plugin.stats.failures(), 320, "{}", plugin.name);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sha256_pin_that_does_not_match_is_refused_at_load() {
     let server = MockServer::start("s1").await;
     let pin = format!("sha256 = \"{}\"", "0".repeat(64));
