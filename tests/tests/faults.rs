@@ -96,6 +96,7 @@ async fn a_stalled_upload_is_cut_after_timeout_client_and_the_server_side_releas
     let mut rest = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
     let took = started.elapsed();
+    eprintln!("a stalled upload was cut after {took:?} with timeout.client = 400ms");
     assert!(
         took >= Duration::from_millis(350) && took < Duration::from_secs(3),
         "cut after {took:?}"
@@ -177,6 +178,10 @@ async fn clients_vanishing_mid_transfer_release_everything_they_held() {
         in_flight(&proxy) == 0 && open_fds() <= baseline
     })
     .await;
+    eprintln!(
+        "after 40 vanished clients: {} fds (baseline {baseline}), settled in {settled:?}",
+        open_fds()
+    );
     assert!(
         settled.is_some(),
         "in flight {}, fds {} (baseline {baseline})",
@@ -217,6 +222,7 @@ async fn five_thousand_idle_connections_stay_within_maxconn_and_a_probe_is_serve
     let reply = get(proxy.addr(), "/").await;
     assert_eq!(reply.status, 200);
     let probe = started.elapsed();
+    eprintln!("with 5,000 idle connections a request took {probe:?}");
     assert!(probe < Duration::from_secs(1), "the probe took {probe:?}");
     // Past maxconn, connections wait in the backlog rather than being taken on.
     for _ in 0..100 {

@@ -20,17 +20,27 @@ async fn an_endless_loop_is_cut_at_the_deadline_while_another_frontend_keeps_ser
     let proxy = TestProxy::start(&toml).await;
     let (spin_addr, other_addr) = (proxy.addr(), proxy.running.addr("other"));
 
+    // The other frontend's latency with nothing else going on, for comparison.
+    let mut client = Client::connect(other_addr).await;
+    let mut baseline = Vec::new();
+    for _ in 0..1000 {
+        let started = Instant::now();
+        assert_eq!(client.get("/").await.status, 200);
+        baseline.push(started.elapsed());
+    }
+    baseline.sort();
+    let baseline_p99 = baseline[baseline.len() * 99 / 100];
+
     let spinning = tokio::spawn(async move {
         let mut client = Client::connect(spin_addr).await;
         let mut took = Vec::new();
-        for _ in 0..10 {
+        for _ in 0..30 {
             let started = Instant::now();
             assert_eq!(client.get("/").await.status, 503);
             took.push(started.elapsed());
         }
         took
     });
-    let mut client = Client::connect(other_addr).await;
     let mut other = Vec::new();
     while !spinning.is_finished() {
         let started = Instant::now();
@@ -47,7 +57,7 @@ async fn an_endless_loop_is_cut_at_the_deadline_while_another_frontend_keeps_ser
     let spin = &proxy.running.plugins()[0];
     let cpu = Duration::from_nanos(spin.stats.timeout_cpu_max_ns.load(Ordering::Relaxed));
     eprintln!("calls stopped after at most {cpu:?} of CPU");
-    assert_eq!(spin.stats.timeouts.load(Ordering::Relaxed), 10);
+    assert_eq!(spin.stats.timeouts.load(Ordering::Relaxed), 30);
     assert!(
         cpu >= Duration::from_millis(20) && cpu <= Duration::from_millis(25),
         "a call was stopped after {cpu:?} of CPU"
@@ -64,12 +74,12 @@ async fn an_endless_loop_is_cut_at_the_deadline_while_another_frontend_keeps_ser
     other.sort();
     let p99 = other[other.len() * 99 / 100];
     eprintln!(
-        "the other frontend: p99 {p99:?} over {} requests",
+        "the other frontend: p99 {p99:?} over {} requests (alone: {baseline_p99:?})",
         other.len()
     );
     assert!(
-        p99 < Duration::from_millis(25),
-        "the other frontend's p99 was {p99:?} over {} requests",
+        p99 <= baseline_p99 * 2,
+        "the other frontend's p99 was {p99:?} over {} requests, alone {baseline_p99:?}",
         other.len()
     );
 }

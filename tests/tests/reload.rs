@@ -70,11 +70,7 @@ async fn fifty_reloads_under_a_keep_alive_loop_lose_no_request() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     done.store(true, Ordering::SeqCst);
     let (ok, failed, last) = looping.await.unwrap();
-    for line in proxy.log.lines() {
-        if line.contains(" 503 ") {
-            eprintln!("{line}");
-        }
-    }
+    eprintln!("{ok} requests, {failed} failed, across 50 reloads");
     assert_eq!(
         failed,
         0,

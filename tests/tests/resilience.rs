@@ -55,6 +55,10 @@ health = { path = "/health", interval = "50ms", timeout = "40ms", fall = 1, rise
         done += d;
         failed.extend(f);
     }
+    eprintln!(
+        "{done} requests, {} failed, while s2 flapped 20 times",
+        failed.len()
+    );
     assert!(
         failed.is_empty(),
         "{} of {done} requests failed: {failed:?}",

@@ -6,11 +6,17 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// Most keys a plugin may keep in kv, and the largest value.
+/// Most keys a plugin may keep in kv, the largest value, and the most bytes (keys and
+/// values together) it may hold: a plugin storing without end cannot take the process's
+/// memory.
 pub const KV_MAX_KEYS: usize = 100_000;
 pub const KV_MAX_VALUE: usize = 64 * 1024;
+pub const KV_MAX_BYTES: usize = 64 << 20;
 /// Most counters a plugin may keep; expired ones are dropped first.
 pub const MAX_COUNTERS: usize = 1_000_000;
+/// The longest key. A longer counter key is counted under its SHA-256 (so counters stay
+/// exact); a longer kv key is refused.
+pub const MAX_KEY: usize = 256;
 
 /// A kv value and when it expires.
 type Entry = (Vec<u8>, Option<Instant>);
@@ -18,7 +24,45 @@ type Entry = (Vec<u8>, Option<Instant>);
 #[derive(Default)]
 pub struct PluginState {
     counters: Mutex<HashMap<String, Counter>>,
-    kv: Mutex<HashMap<String, Entry>>,
+    kv: Mutex<Kv>,
+}
+
+/// The kv entries, and the bytes of their keys and values.
+#[derive(Default)]
+struct Kv {
+    entries: HashMap<String, Entry>,
+    bytes: usize,
+}
+
+impl Kv {
+    fn remove(&mut self, key: &str) {
+        if let Some((value, _)) = self.entries.remove(key) {
+            self.bytes -= key.len() + value.len();
+        }
+    }
+
+    fn drop_expired(&mut self, now: Instant) {
+        let bytes = &mut self.bytes;
+        self.entries.retain(|k, (v, e)| {
+            let live = e.is_none_or(|e| now < e);
+            if !live {
+                *bytes -= k.len() + v.len();
+            }
+            live
+        });
+    }
+}
+
+/// A counter key within [`MAX_KEY`].
+fn counter_key(key: &str) -> std::borrow::Cow<'_, str> {
+    if key.len() <= MAX_KEY {
+        return key.into();
+    }
+    format!(
+        "sha256:{}",
+        crate::plugin::validate::sha256_hex(key.as_bytes())
+    )
+    .into()
 }
 
 struct Counter {
@@ -46,6 +90,7 @@ impl PluginState {
     }
 
     pub fn counter_add(&self, key: &str, delta: i64, window: Duration) -> i64 {
+        let key = &*counter_key(key);
         let now = Instant::now();
         let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
         if counters.len() >= MAX_COUNTERS && !counters.contains_key(key) {
@@ -68,6 +113,7 @@ impl PluginState {
     }
 
     fn live_counter<R>(&self, key: &str, f: impl FnOnce(&Counter, Instant) -> R) -> Option<R> {
+        let key = &*counter_key(key);
         let now = Instant::now();
         let counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
         counters.get(key).filter(|c| c.live(now)).map(|c| f(c, now))
@@ -84,7 +130,7 @@ impl PluginState {
 
     pub fn kv_get(&self, key: &str) -> Option<Vec<u8>> {
         let kv = self.kv.lock().unwrap_or_else(|p| p.into_inner());
-        let (value, expires) = kv.get(key)?;
+        let (value, expires) = kv.entries.get(key)?;
         expires
             .is_none_or(|e| Instant::now() < e)
             .then(|| value.clone())
@@ -97,15 +143,28 @@ impl PluginState {
                 value.len()
             ));
         }
+        if key.len() > MAX_KEY {
+            return Err(format!(
+                "key of {} bytes is over the {MAX_KEY}-byte limit",
+                key.len()
+            ));
+        }
         let now = Instant::now();
         let mut kv = self.kv.lock().unwrap_or_else(|p| p.into_inner());
-        if kv.len() >= KV_MAX_KEYS && !kv.contains_key(key) {
-            kv.retain(|_, (_, e)| e.is_none_or(|e| now < e));
-            if kv.len() >= KV_MAX_KEYS {
-                return Err(format!("the store is full ({KV_MAX_KEYS} keys)"));
+        kv.remove(key);
+        let size = key.len() + value.len();
+        if kv.entries.len() >= KV_MAX_KEYS || kv.bytes + size > KV_MAX_BYTES {
+            kv.drop_expired(now);
+            if kv.entries.len() >= KV_MAX_KEYS || kv.bytes + size > KV_MAX_BYTES {
+                return Err(format!(
+                    "the store is full ({KV_MAX_KEYS} keys or {} MiB)",
+                    KV_MAX_BYTES >> 20
+                ));
             }
         }
-        kv.insert(key.to_owned(), (value.to_vec(), ttl.map(|t| now + t)));
+        kv.bytes += size;
+        kv.entries
+            .insert(key.to_owned(), (value.to_vec(), ttl.map(|t| now + t)));
         Ok(())
     }
 
@@ -141,6 +200,42 @@ mod tests {
         std::thread::sleep(Duration::from_millis(30));
         assert_eq!(s.kv_get("k"), None);
         assert!(s.kv_set("big", &vec![0; KV_MAX_VALUE + 1], None).is_err());
+    }
+
+    #[test]
+    fn kv_is_bounded_in_bytes_and_key_length() {
+        let s = PluginState::default();
+        let value = vec![0u8; KV_MAX_VALUE];
+        let fit = KV_MAX_BYTES / (KV_MAX_VALUE + 8);
+        for i in 0..fit {
+            s.kv_set(&format!("k{i:07}"), &value, None).unwrap();
+        }
+        let full = s.kv_set("one-more", &value, None).unwrap_err();
+        assert!(full.contains("full"), "{full}");
+        // Replacing a key frees its old size first; deleting frees room.
+        s.kv_set("k0000000", &value, None).unwrap();
+        s.kv_delete("k0000001");
+        s.kv_set("one-more", &value, None).unwrap();
+        assert!(s.kv.lock().unwrap().bytes <= KV_MAX_BYTES);
+        assert!(s.kv_set(&"k".repeat(MAX_KEY + 1), b"v", None).is_err());
+    }
+
+    #[test]
+    fn long_counter_keys_are_counted_exactly_under_a_digest() {
+        let s = PluginState::default();
+        let a = format!("{}a", "x".repeat(MAX_KEY));
+        let b = format!("{}b", "x".repeat(MAX_KEY));
+        assert_eq!(s.counter_add(&a, 1, Duration::from_secs(60)), 1);
+        assert_eq!(s.counter_add(&a, 1, Duration::from_secs(60)), 2);
+        assert_eq!(s.counter_add(&b, 1, Duration::from_secs(60)), 1);
+        assert_eq!(s.counter_get(&a), 2);
+        assert!(
+            s.counters
+                .lock()
+                .unwrap()
+                .keys()
+                .all(|k| k.len() <= MAX_KEY)
+        );
     }
 
     #[test]
