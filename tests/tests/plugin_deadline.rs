@@ -22,6 +22,9 @@ async fn an_endless_loop_is_cut_at_the_deadline_while_another_frontend_keeps_ser
 
     // The other frontend's latency with nothing else going on, for comparison.
     let mut client = Client::connect(other_addr).await;
+    for _ in 0..200 {
+        assert_eq!(client.get("/").await.status, 200);
+    }
     let mut baseline = Vec::new();
     for _ in 0..1000 {
         let started = Instant::now();
@@ -49,11 +52,16 @@ async fn an_endless_loop_is_cut_at_the_deadline_while_another_frontend_keeps_ser
     }
     let took = spinning.await.unwrap();
     // The deadline is CPU time: each call was stopped once it had used 20 ms of CPU, at
-    // the next 1 ms epoch tick. The epoch thread shares the two cores with the spinning
-    // call and the other frontend's load, so a tick can come a few milliseconds late (a
-    // CI run saw 22.7 ms); 5 ms of slack keeps that from failing the test while a call
-    // that ran on unchecked would still be caught. What weir measured when it stopped
-    // them:
+    // its next check (every 100 µs once a call runs past its first). The epoch thread
+    // shares the two cores with the spinning call and the other frontend's load, so a
+    // check can come a few milliseconds late (a CI run saw 22.7 ms); 5 ms of slack keeps
+    // that from failing the test while a call that ran on unchecked would still be
+    // caught. What weir measured when it stopped them:
+    assert_eq!(
+        weir::plugin::calls_running_long(),
+        0,
+        "the epoch goes back to its slow pace once no call runs long"
+    );
     let spin = &proxy.running.plugins()[0];
     let cpu = Duration::from_nanos(spin.stats.timeout_cpu_max_ns.load(Ordering::Relaxed));
     eprintln!("calls stopped after at most {cpu:?} of CPU");
@@ -77,8 +85,13 @@ async fn an_endless_loop_is_cut_at_the_deadline_while_another_frontend_keeps_ser
         "the other frontend: p99 {p99:?} over {} requests (alone: {baseline_p99:?})",
         other.len()
     );
+    // Within 2× of its own p99 alone. The spinning calls take one of the two cores for
+    // the whole time, so the other frontend, its client and its server share the other
+    // one, and the operating system's time slices (milliseconds) show in the tail: 1 ms is
+    // allowed for them. A call that held its thread until the deadline would put 20 ms
+    // into that tail.
     assert!(
-        p99 <= baseline_p99 * 2,
+        p99 <= baseline_p99 * 2 + Duration::from_millis(1),
         "the other frontend's p99 was {p99:?} over {} requests, alone {baseline_p99:?}",
         other.len()
     );

@@ -12,8 +12,11 @@ use weir_tests::{Client, Fault, MockServer, TestProxy, body, config, faulty_serv
 async fn a_server_flapping_twenty_times_in_ten_seconds_costs_no_request() {
     let s1 = MockServer::start("s1").await;
     let s2 = Arc::new(MockServer::start("s2").await);
-    let extra = r#"retry_on = ["conn-failure", "empty-response"]
+    // What an operator sets up for a server that may die at any moment: retry idempotent
+    // requests whatever way the attempt failed, and check health often.
+    let extra = r#"retry_on = ["conn-failure", "empty-response", "response-timeout"]
 retries = 3
+timeout = { server = "2s" }
 health = { path = "/health", interval = "50ms", timeout = "40ms", fall = 1, rise = 2 }"#;
     let list = [("s1", s1.addr, ""), ("s2", s2.addr, "")];
     let proxy = TestProxy::start(&config("roundrobin", &list, extra)).await;

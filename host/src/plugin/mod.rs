@@ -13,7 +13,7 @@ pub mod stock;
 pub mod validate;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -38,12 +38,28 @@ mod bindings {
     });
 }
 
-/// One epoch tick: the granularity of plugin deadlines.
+/// One epoch tick: how soon a call is first checked against its deadline.
 pub const TICK: Duration = Duration::from_millis(1);
+/// How long a call that has run past its first check may hold a worker thread before it
+/// yields to the tasks queued behind it (and is checked again). While such a call runs,
+/// the epoch advances at this pace instead of [`TICK`]'s.
+pub const LONG_CALL_SLICE: Duration = Duration::from_micros(100);
+
+/// Calls running now that have passed their first check.
+static LONG_CALLS: AtomicUsize = AtomicUsize::new(0);
+/// Calls running now past their first deadline check (while there are any, the epoch
+/// advances every [`LONG_CALL_SLICE`]).
+pub fn calls_running_long() -> usize {
+    LONG_CALLS.load(Ordering::Acquire)
+}
+
+/// The thread that advances the epoch, woken when a call starts running long.
+static TICKER: OnceLock<std::thread::Thread> = OnceLock::new();
 /// Instances kept ready per plugin.
 const POOL_MAX: usize = 64;
 
-/// The engine's epoch as the ticker last advanced it (it starts at 0 with the engine).
+/// The ticks of real time the ticker has counted into the engine's epoch (it starts at 0
+/// with the engine). The epoch also advances between them while calls run long.
 static EPOCH: AtomicU64 = AtomicU64::new(0);
 
 /// Ticks of real time since the engine started: what the epoch should be now.
@@ -100,6 +116,8 @@ fn thread_cpu_at_least_ns() -> u64 {
 #[derive(Default)]
 struct CpuMeter {
     used_ns: AtomicU64,
+    /// The current call has passed its first check (and counts in [`LONG_CALLS`]).
+    long: AtomicBool,
     /// The thread's CPU clock when the current poll began.
     poll_start_ns: AtomicU64,
     limit_ns: AtomicU64,
@@ -131,11 +149,32 @@ impl CpuMeter {
             self.stopped_at_ns.store(used, Ordering::Relaxed);
             return wasmtime::UpdateDeadline::Interrupt;
         }
+        if !self.long.swap(true, Ordering::Relaxed) {
+            // From now on the epoch advances every slice, so that this call yields often.
+            LONG_CALLS.fetch_add(1, Ordering::AcqRel);
+            if let Some(ticker) = TICKER.get() {
+                ticker.unpark();
+            }
+        }
         wasmtime::UpdateDeadline::Yield(1)
+    }
+
+    /// The call is over (done, stopped, or dropped mid-way).
+    fn finish(&self) {
+        if self.long.swap(false, Ordering::Relaxed) {
+            LONG_CALLS.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
     /// Runs `call` (a future driving the instance), metering the CPU time of each poll.
     async fn metered<F: std::future::Future>(&self, call: F) -> F::Output {
+        struct Finish<'a>(&'a CpuMeter);
+        impl Drop for Finish<'_> {
+            fn drop(&mut self) {
+                self.0.finish();
+            }
+        }
+        let _finish = Finish(self);
         let mut call = std::pin::pin!(call);
         std::future::poll_fn(|cx| {
             let start = thread_cpu_at_least_ns();
@@ -172,22 +211,30 @@ fn engine() -> &'static Engine {
             .allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pooling));
         let engine = Engine::new(&config).expect("a valid engine configuration");
         let ticking = engine.weak();
-        std::thread::Builder::new()
+        let ticker = std::thread::Builder::new()
             .name("weir-plugin-epoch".into())
             .spawn(move || {
                 // The epoch follows the clock, not the count of wake-ups: a late wake-up
                 // (a busy machine) catches up, so a deadline holds to about one tick.
+                // While calls run long, it also advances every slice between ticks.
                 while let Some(engine) = ticking.upgrade() {
                     let due = ticks_since_start();
+                    let mut advanced = false;
                     while EPOCH.load(Ordering::Acquire) < due {
                         engine.increment_epoch();
                         EPOCH.fetch_add(1, Ordering::AcqRel);
+                        advanced = true;
+                    }
+                    let long = LONG_CALLS.load(Ordering::Acquire) > 0;
+                    if long && !advanced {
+                        engine.increment_epoch();
                     }
                     drop(engine);
-                    std::thread::sleep(TICK);
+                    std::thread::park_timeout(if long { LONG_CALL_SLICE } else { TICK });
                 }
             })
             .expect("spawn the epoch thread");
+        let _ = TICKER.set(ticker.thread().clone());
         engine
     })
 }

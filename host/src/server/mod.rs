@@ -791,7 +791,9 @@ async fn run<I>(
             .cloned();
         let conn = Arc::clone(&conn_for_service);
         let verdict = verdict_for_service.clone();
-        async move {
+        // Boxed: hyper keeps room for the service's future in every connection, idle or
+        // not; a box per request costs less than ~10 KiB held per idle connection.
+        Box::pin(async move {
             let response = match fe {
                 Some(fe) => proxy::handle(fe, conn, req).await,
                 // A reload removed this frontend while the request was on its way; its
@@ -802,7 +804,7 @@ async fn run<I>(
                 verdict.answered();
             }
             Ok::<_, Infallible>(response)
-        }
+        })
     });
     let client_timeout = server.cfg.timeout_client;
     if is_h2 {
