@@ -27,6 +27,21 @@ fn the_script_parses_and_explains_itself() {
 }
 
 #[test]
+fn the_profile_script_parses_and_explains_itself() {
+    let script = bench_dir().join("profile");
+    let syntax = Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .status()
+        .unwrap();
+    assert!(syntax.success(), "bash -n bench/profile");
+    let help = Command::new(&script).arg("--help").output().unwrap();
+    assert!(help.status.success());
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(text.contains("PLUGINS") && text.contains("perf"), "{text}");
+}
+
+#[test]
 fn the_report_takes_medians_and_ratios_to_haproxy() {
     let dir = std::env::temp_dir().join(format!("weir-bench-report-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -34,6 +34,12 @@ enum Command {
     Demo,
 }
 
+/// mimalloc rather than the system allocator: a request allocates and frees many small
+/// blocks, and with glibc's malloc that cost weir about a fifth of its CPU per request
+/// under load (bench/profile, BENCHMARKS.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()

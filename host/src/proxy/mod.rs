@@ -409,7 +409,10 @@ async fn forward(
     let mut routed: Option<Arc<BackendRt>> = None;
     let mut pinned = None;
     if !fe.plugins.is_empty() {
-        let decision = chain::on_request(
+        // Boxed, as are the other plugin and connect steps below: they are large, and
+        // unboxed they would make every request's future (moved and held per request)
+        // as large as the largest of them, whether it runs or not.
+        let decision = Box::pin(chain::on_request(
             &fe.plugins,
             &fe.backends,
             &fe.backend,
@@ -417,7 +420,7 @@ async fn forward(
             host.as_ref().map(|h| h.as_str()),
             client,
             &mut ran,
-        )
+        ))
         .await
         .map_err(|_| ProxyError::PluginFailed)?;
         match decision {
@@ -430,7 +433,8 @@ async fn forward(
             }
             chain::Decision::Respond(local) => {
                 record.termination = *b"LR";
-                return plugin_response(fe, client, &parts, &mut ran, local, record).await;
+                return Box::pin(plugin_response(fe, client, &parts, &mut ran, local, record))
+                    .await;
             }
         }
     }
@@ -586,7 +590,7 @@ async fn forward(
                 let (mut head, body) = response.into_parts();
                 headers::strip_hop_by_hop(&mut head.headers, false);
                 if !ran.is_empty() {
-                    let change = chain::on_response(
+                    let change = Box::pin(chain::on_response(
                         &fe.plugins,
                         &mut ran,
                         &mut head.status,
@@ -598,7 +602,7 @@ async fn forward(
                             backend: Some(&backend.name),
                             server: Some(&server.name),
                         },
-                    )
+                    ))
                     .await
                     .map_err(|_| ProxyError::PluginFailed)?;
                     record.status = head.status.as_u16();
@@ -636,7 +640,7 @@ async fn plugin_response(
     record: &mut LogRecord,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let (mut status, mut head_headers, mut body) = (local.status, local.headers, local.body);
-    let change = chain::on_response(
+    let change = Box::pin(chain::on_response(
         &fe.plugins,
         ran,
         &mut status,
@@ -648,7 +652,7 @@ async fn plugin_response(
             backend: None,
             server: None,
         },
-    )
+    ))
     .await
     .map_err(|_| ProxyError::PluginFailed)?;
     if let chain::ResponseChange::Replace(replaced) = change {

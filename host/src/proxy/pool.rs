@@ -161,6 +161,12 @@ impl Pool {
     /// Opens a new connection within the route's timeout (TLS handshake included). An
     /// HTTP/2 one becomes the shared connection.
     pub async fn connect(&self, route: Route<'_>) -> Result<Sender, ConnectError> {
+        // Boxed: the TCP, TLS and HTTP handshakes make a large future, which would
+        // otherwise be part of every request's future, connection reused or not.
+        Box::pin(self.open(route)).await
+    }
+
+    async fn open(&self, route: Route<'_>) -> Result<Sender, ConnectError> {
         let addr = route.addr;
         let opened = async {
             let mut stream = TcpStream::connect(addr)
