@@ -8,37 +8,34 @@ fn bench_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-#[test]
-fn the_script_parses_and_explains_itself() {
-    let script = bench_dir().join("run");
+/// The script parses (`bash -n`) and its `--help` names each of `words`.
+fn parses_and_explains_itself(name: &str, words: &[&str]) {
+    let script = bench_dir().join(name);
     let syntax = Command::new("bash")
         .arg("-n")
         .arg(&script)
         .status()
         .unwrap();
-    assert!(syntax.success(), "bash -n bench/run");
+    assert!(syntax.success(), "bash -n bench/{name}");
     let help = Command::new(&script).arg("--help").output().unwrap();
     assert!(help.status.success());
     let text = String::from_utf8_lossy(&help.stdout);
-    assert!(
-        text.contains("ROUNDS") && text.contains("HAProxy"),
-        "{text}"
-    );
+    for word in words {
+        assert!(
+            text.contains(word),
+            "bench/{name} --help lacks {word}: {text}"
+        );
+    }
+}
+
+#[test]
+fn the_script_parses_and_explains_itself() {
+    parses_and_explains_itself("run", &["ROUNDS", "HAProxy"]);
 }
 
 #[test]
 fn the_profile_script_parses_and_explains_itself() {
-    let script = bench_dir().join("profile");
-    let syntax = Command::new("bash")
-        .arg("-n")
-        .arg(&script)
-        .status()
-        .unwrap();
-    assert!(syntax.success(), "bash -n bench/profile");
-    let help = Command::new(&script).arg("--help").output().unwrap();
-    assert!(help.status.success());
-    let text = String::from_utf8_lossy(&help.stdout);
-    assert!(text.contains("PLUGINS") && text.contains("perf"), "{text}");
+    parses_and_explains_itself("profile", &["PLUGINS", "perf", "WEIR_B"]);
 }
 
 #[test]

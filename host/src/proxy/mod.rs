@@ -163,8 +163,38 @@ pub fn frontend_gone() -> Response<ResponseBody> {
 /// Logs and counts (`ereq`) a request head the HTTP/1 framing check refused before any of
 /// it reached the HTTP parser; the check itself answered the client.
 pub fn log_refused(fe: &FrontendRt, conn: &ConnInfo, refused: &crate::server::framing::Rejection) {
+    let method = refused
+        .method
+        .as_deref()
+        .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
+        .unwrap_or_else(|| Method::from_bytes(b"BADREQ").expect("a valid token"));
+    let target = refused.target.clone().unwrap_or_default();
+    let mut record = new_record(
+        fe,
+        conn,
+        method,
+        target,
+        Version::HTTP_11,
+        refused.head_bytes,
+    );
+    record.status = refused.status;
+    record.termination = *b"PR";
+    tracing::debug!("{}: request refused: {}", conn.peer, refused.reason);
+    record.tally.count(&record);
+    fe.log.emit(&record);
+}
+
+/// The log record of a request starting now on `fe`, counted in the frontend's stats.
+fn new_record(
+    fe: &FrontendRt,
+    conn: &ConnInfo,
+    method: Method,
+    uri: String,
+    version: Version,
+    bytes_in: u64,
+) -> LogRecord {
     let start = Instant::now();
-    let record = LogRecord {
+    LogRecord {
         client: conn.peer,
         time: SystemTime::now(),
         start,
@@ -175,28 +205,21 @@ pub fn log_refused(fe: &FrontendRt, conn: &ConnInfo, refused: &crate::server::fr
         tw: None,
         tc: None,
         tr: None,
-        status: refused.status,
+        status: 0,
         bytes: 0,
-        bytes_in: Arc::new(AtomicU64::new(refused.head_bytes)),
-        termination: *b"PR",
+        bytes_in: Arc::new(AtomicU64::new(bytes_in)),
+        termination: *b"--",
         retries: 0,
         redispatches: 0,
         tally: stats::Tally {
             frontend: Some(Arc::clone(&fe.stats)),
             ..Default::default()
         },
-        method: refused
-            .method
-            .as_deref()
-            .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
-            .unwrap_or_else(|| Method::from_bytes(b"BADREQ").expect("a valid token")),
-        uri: refused.target.clone().unwrap_or_default(),
-        version: Version::HTTP_11,
+        method,
+        uri,
+        version,
         format: fe.cfg.log_format,
-    };
-    tracing::debug!("{}: request refused: {}", conn.peer, refused.reason);
-    record.tally.count(&record);
-    fe.log.emit(&record);
+    }
 }
 
 /// What the pipeline knows about the client connection a request came on.
@@ -255,34 +278,9 @@ pub async fn handle(
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
 ) -> Response<ResponseBody> {
-    let start = Instant::now();
     let uri = req.uri().to_string();
-    let mut record = LogRecord {
-        client: conn.peer,
-        time: SystemTime::now(),
-        start,
-        frontend: Arc::clone(&fe.name),
-        backend: None,
-        server: None,
-        tq: conn.take_wait(start),
-        tw: None,
-        tc: None,
-        tr: None,
-        status: 0,
-        bytes: 0,
-        bytes_in: Arc::new(AtomicU64::new(head_size(&req, &uri))),
-        termination: *b"--",
-        retries: 0,
-        redispatches: 0,
-        tally: stats::Tally {
-            frontend: Some(Arc::clone(&fe.stats)),
-            ..Default::default()
-        },
-        method: req.method().clone(),
-        uri,
-        version: req.version(),
-        format: fe.cfg.log_format,
-    };
+    let head = head_size(&req, &uri);
+    let mut record = new_record(&fe, &conn, req.method().clone(), uri, req.version(), head);
     let version = req.version();
     let response = match forward(&fe, &conn, req, &mut record).await {
         Ok(response) => response,
