@@ -110,3 +110,28 @@ async fn a_refused_request_counts_as_a_request_error() {
         .unwrap();
     assert_eq!(fe.stats.request_errors.load(Ordering::Relaxed), 1);
 }
+
+/// Heads that arrive in pieces are held back until whole, then checked like any other:
+/// the good request is answered, the ambiguous one behind it refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heads_arriving_in_pieces_are_checked_whole() {
+    use tokio::io::AsyncWriteExt;
+    let server = MockServer::start("s1").await;
+    let proxy = TestProxy::start(&config("roundrobin", &[("s1", server.addr, "")], "")).await;
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+    let stream_bytes: &[u8] = b"POST /one HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc\
+        POST /two HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+    for piece in stream_bytes.chunks(7) {
+        stream.write_all(piece).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    let (response, closed) =
+        weir_tests::read_until_close(&mut stream, std::time::Duration::from_secs(5)).await;
+    assert!(closed, "{response}");
+    let statuses: Vec<&str> = response
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &response[i + 9..i + 12])
+        .collect();
+    assert_eq!(statuses, ["200", "400"], "{response}");
+    assert_eq!(server.completed(), 1, "only /one reaches the server");
+}

@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
+use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 
@@ -173,11 +174,10 @@ pub struct FramingGuard<T> {
     /// An incomplete request head, held back until it is complete and checked.
     held: Vec<u8>,
     /// Checked bytes still to be passed on (when more were ready than hyper could take).
-    ready: Vec<u8>,
-    ready_at: usize,
+    ready: Bytes,
     verdict: Arc<Verdict>,
-    /// The refusal's response, and how much of it is written.
-    reply: Option<(Vec<u8>, usize)>,
+    /// What is still to be written of the refusal's response, once it is due.
+    reply: Option<Bytes>,
 }
 
 impl<T> FramingGuard<T> {
@@ -187,8 +187,7 @@ impl<T> FramingGuard<T> {
             state: State::Head,
             limits,
             held: Vec::new(),
-            ready: Vec::new(),
-            ready_at: 0,
+            ready: Bytes::new(),
             verdict,
             reply: None,
         }
@@ -440,14 +439,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for FramingGuard<T> {
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         loop {
-            if this.ready_at < this.ready.len() {
-                let n = (this.ready.len() - this.ready_at).min(buf.remaining());
-                buf.put_slice(&this.ready[this.ready_at..this.ready_at + n]);
-                this.ready_at += n;
-                if this.ready_at == this.ready.len() {
-                    this.ready.clear();
-                    this.ready_at = 0;
-                }
+            if !this.ready.is_empty() {
+                let n = this.ready.len().min(buf.remaining());
+                buf.put_slice(&this.ready[..n]);
+                this.ready.advance(n);
                 return Poll::Ready(Ok(()));
             }
             if this.rejected() {
@@ -463,7 +458,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for FramingGuard<T> {
                     return Poll::Ready(Ok(()));
                 }
                 this.state = State::Open;
-                this.ready = std::mem::take(&mut this.held);
+                this.ready = Bytes::from(std::mem::take(&mut this.held));
                 continue;
             }
             if this.held.is_empty() {
@@ -481,13 +476,13 @@ impl<T: AsyncRead + Unpin> AsyncRead for FramingGuard<T> {
                 // A head that came in pieces: check it once the rest is here.
                 this.held.extend_from_slice(&buf.filled()[before..after]);
                 buf.set_filled(before);
-                let held = std::mem::take(&mut this.held);
-                let passed = this.scan(&held);
+                let mut checked = Bytes::from(std::mem::take(&mut this.held));
+                let passed = this.scan(&checked);
+                let rest = checked.split_off(passed);
                 if !this.rejected() {
-                    this.held = held[passed..].to_vec();
+                    this.held = rest.to_vec();
                 }
-                this.ready = held;
-                this.ready.truncate(passed);
+                this.ready = checked;
             }
         }
     }
@@ -502,17 +497,15 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for FramingGuard<T> {
         if this.reply.is_none()
             && let Some(rejection) = this.verdict.rejection()
         {
-            this.reply = Some((rejection.response(), 0));
+            this.reply = Some(Bytes::from(rejection.response()));
         }
-        if let Some((reply, written)) = &mut this.reply {
-            while *written < reply.len() {
-                let n = std::task::ready!(
-                    Pin::new(&mut this.inner).poll_write(cx, &reply[*written..])
-                )?;
+        if let Some(reply) = &mut this.reply {
+            while !reply.is_empty() {
+                let n = std::task::ready!(Pin::new(&mut this.inner).poll_write(cx, reply))?;
                 if n == 0 {
                     return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                 }
-                *written += n;
+                reply.advance(n);
             }
             std::task::ready!(Pin::new(&mut this.inner).poll_flush(cx))?;
         }

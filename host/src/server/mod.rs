@@ -782,15 +782,16 @@ async fn run<I>(
     let conn = Arc::new(conn);
     let server_for_service = Arc::clone(server);
     let conn_for_service = Arc::clone(&conn);
-    let verdict = (!is_h2).then(|| Arc::new(framing::Verdict::default()));
-    let verdict_for_service = verdict.clone();
+    // What the HTTP/1 framing check finds (HTTP/2 connections leave it empty).
+    let verdict = Arc::new(framing::Verdict::default());
+    let verdict_for_service = Arc::clone(&verdict);
     let service = service_fn(move |req| {
         // Each request takes the frontend of the generation serving now.
         let fe = current(&server_for_service.live)
             .frontend(&server_for_service.cfg.name)
             .cloned();
         let conn = Arc::clone(&conn_for_service);
-        let verdict = verdict_for_service.clone();
+        let verdict = Arc::clone(&verdict_for_service);
         // Boxed: hyper keeps room for the service's future in every connection, idle or
         // not; a box per request costs less than ~10 KiB held per idle connection.
         Box::pin(async move {
@@ -800,9 +801,7 @@ async fn run<I>(
                 // connections are closing.
                 None => proxy::frontend_gone(),
             };
-            if let Some(verdict) = verdict {
-                verdict.answered();
-            }
+            verdict.answered();
             Ok::<_, Infallible>(response)
         })
     });
@@ -822,7 +821,6 @@ async fn run<I>(
         )
         .await;
     } else {
-        let verdict = verdict.expect("HTTP/1 connections have one");
         let guard = framing::FramingGuard::new(
             io,
             framing::Limits {
