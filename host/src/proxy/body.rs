@@ -14,6 +14,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::backend::InFlight;
 use super::log::{AccessLog, LogRecord};
+use super::pool::{Pool, Sender};
 use crate::server::io::{Activity, ReceivingBody};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -110,6 +111,8 @@ enum Source {
         body: Incoming,
         idle: Duration,
         timer: Pin<Box<Sleep>>,
+        /// The connection the body comes on, for its pool once the body has ended.
+        connection: Option<(Arc<Pool>, Sender)>,
     },
 }
 
@@ -143,16 +146,24 @@ impl ResponseBody {
         }
     }
 
+    /// A server's response body; `connection` goes back to its pool when the body has
+    /// been read to the end, and is closed if it ends any other way.
     pub fn server(
         body: Incoming,
         idle: Duration,
         record: LogRecord,
         log: AccessLog,
         in_flight: InFlight,
+        connection: (Arc<Pool>, Sender),
     ) -> Self {
         let timer = Box::pin(tokio::time::sleep(idle));
         Self {
-            source: Source::Server { body, idle, timer },
+            source: Source::Server {
+                body,
+                idle,
+                timer,
+                connection: Some(connection),
+            },
             record: Some(Box::new(record)),
             log,
             in_flight: Some(in_flight),
@@ -160,8 +171,15 @@ impl ResponseBody {
     }
 
     /// Releases the server slot and logs, once. `termination` overrides the record's own
-    /// (which a local error response has already set).
+    /// (which a local error response has already set); with none, the body ended as it
+    /// should and the server connection can serve another request.
     fn finish(&mut self, termination: Option<[u8; 2]>) {
+        if let Source::Server { connection, .. } = &mut self.source
+            && let Some((pool, sender)) = connection.take()
+            && termination.is_none()
+        {
+            pool.recycle(sender);
+        }
         self.in_flight = None;
         if let Some(mut record) = self.record.take() {
             if let Some(t) = termination {
@@ -190,7 +208,9 @@ impl Body for ResponseBody {
         let this = &mut *self;
         let polled = match &mut this.source {
             Source::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Source::Server { body, idle, timer } => match Pin::new(body).poll_frame(cx) {
+            Source::Server {
+                body, idle, timer, ..
+            } => match Pin::new(body).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     timer.as_mut().reset(Instant::now() + *idle);
                     Poll::Ready(Some(Ok(frame)))

@@ -614,13 +614,13 @@ async fn forward(
                         return Ok(Response::from_parts(head, local));
                     }
                 }
-                server.pool.recycle(sender);
                 let body = ResponseBody::server(
                     body,
                     backend.cfg.timeout_server,
                     record.clone(),
                     fe.log.clone(),
                     slot,
+                    (Arc::clone(&server.pool), sender),
                 );
                 return Ok(Response::from_parts(head, body));
             }

@@ -140,14 +140,21 @@ impl Pool {
         idle.retain(|c| now.duration_since(c.since) < timeout && !c.sender.is_closed());
     }
 
-    /// Returns an HTTP/1.1 `sender` to the pool once its current response has been read
-    /// to the end. A connection whose response was abandoned or upgraded never becomes
-    /// ready and is dropped. An HTTP/2 connection stays shared anyway.
+    /// Returns an HTTP/1.1 `sender` to the pool; called once its response has been read
+    /// to the end. By then the connection has nearly always taken in the response's end
+    /// and is ready for the next request, so it goes straight back; if not yet, a small
+    /// task waits for it. A connection that never becomes ready (the server closed it,
+    /// or the response was cut short) is dropped. An HTTP/2 connection stays shared
+    /// anyway.
     pub fn recycle(self: &Arc<Self>, sender: Sender) {
         let Sender::H1(mut sender) = sender else {
             return;
         };
-        if self.max_idle == 0 {
+        if self.max_idle == 0 || sender.is_closed() {
+            return;
+        }
+        if sender.is_ready() {
+            self.put(sender);
             return;
         }
         let pool = Arc::clone(self);
