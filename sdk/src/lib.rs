@@ -72,6 +72,12 @@ pub trait Plugin: Sized + 'static {
         None
     }
 
+    /// The response headers `on_response` reads, lower-case; `None` (the default) for
+    /// all. A plugin that only sets or removes response headers reads none: `Some(vec![])`.
+    fn response_headers(&self) -> Option<Vec<String>> {
+        None
+    }
+
     /// Decides what happens to a request. Default: it goes on unchanged.
     fn on_request(&self, _request: Request) -> RequestAction {
         RequestAction::Proceed(Proceed::unchanged())
@@ -236,6 +242,9 @@ macro_rules! export_plugin {
                 }
                 fn request_headers() -> Option<Vec<String>> {
                     __with(|p| $crate::Plugin::request_headers(p))
+                }
+                fn response_headers() -> Option<Vec<String>> {
+                    __with(|p| $crate::Plugin::response_headers(p))
                 }
                 fn on_request(request: __types::Request) -> __types::RequestAction {
                     __with(|p| $crate::Plugin::on_request(p, request))

@@ -433,7 +433,7 @@ async fn a_preferred_server_that_refuses_is_left_on_redispatch() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_plugin_gets_only_the_request_headers_it_asks_for() {
+async fn a_plugin_gets_only_the_headers_it_asks_for() {
     let seen = |needs: &str| {
         format!(
             "[plugin.p]\nwasm = \"{}\"\nconfig = {{ mode = \"seen\"{needs} }}\n",
@@ -449,9 +449,12 @@ async fn a_plugin_gets_only_the_request_headers_it_asks_for() {
             .body(weir_tests::empty())
             .unwrap()
     };
-    let (_server, proxy) = proxy_with(&["p"], &[seen(", needs = [\"x-a\", \"Cookie\"]")]).await;
+    let needs = ", needs = [\"x-a\", \"Cookie\", \"X-Server\"]";
+    let (_server, proxy) = proxy_with(&["p"], &[seen(needs)]).await;
     let reply = Client::connect(proxy.addr()).await.send(request()).await;
     assert_eq!(reply.json()["headers"]["x-seen"], "x-a,cookie");
+    // The response has content-type and content-length too; only x-server was asked for.
+    assert_eq!(reply.headers["x-seen-back"], "x-server");
 
     let (_server, proxy) = proxy_with(&["p"], &[seen("")]).await;
     let reply = Client::connect(proxy.addr()).await.send(request()).await;
@@ -461,5 +464,9 @@ async fn a_plugin_gets_only_the_request_headers_it_asks_for() {
         .to_owned();
     for name in ["host", "x-a", "x-b", "cookie"] {
         assert!(all.split(',').any(|n| n == name), "{all}");
+    }
+    let back = reply.headers["x-seen-back"].to_str().unwrap();
+    for name in ["x-server", "content-type"] {
+        assert!(back.split(',').any(|n| n == name), "{back}");
     }
 }

@@ -209,6 +209,10 @@ fn engine() -> &'static Engine {
             .epoch_interruption(true)
             .memory_reservation(validate::MAX_MEMORY)
             .allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pooling));
+        // For profiling plugins: perf can then name the functions of compiled components.
+        if std::env::var_os("WEIR_PERF_MAP").is_some() {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config).expect("a valid engine configuration");
         let ticking = engine.weak();
         let ticker = std::thread::Builder::new()
@@ -386,6 +390,8 @@ pub struct Plugin {
     pub stats: PluginStats,
     /// The request headers its `on-request` reads; None for all.
     pub request_headers: Option<Vec<http::HeaderName>>,
+    /// The response headers its `on-response` reads; None for all.
+    pub response_headers: Option<Vec<http::HeaderName>>,
     timeout: Duration,
     memory: usize,
     config_json: String,
@@ -447,6 +453,7 @@ impl Plugin {
             sha256,
             stats: PluginStats::default(),
             request_headers: None,
+            response_headers: None,
             timeout: cfg.timeout,
             memory: cfg.memory as usize,
             config_json: cfg.config_json.clone(),
@@ -467,15 +474,15 @@ impl Plugin {
             .call_request_headers(&mut instance.store)
             .await
             .map_err(|e| LoadError::Component(format!("request-headers: {e:#}")))?;
-        plugin.request_headers = wanted
-            .map(|names| {
-                names
-                    .iter()
-                    .map(|n| validate::header_name(n))
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .transpose()
+        plugin.request_headers = header_names(wanted)
             .map_err(|e| LoadError::Component(format!("request-headers: {e}")))?;
+        let wanted = instance
+            .bindings
+            .call_response_headers(&mut instance.store)
+            .await
+            .map_err(|e| LoadError::Component(format!("response-headers: {e:#}")))?;
+        plugin.response_headers = header_names(wanted)
+            .map_err(|e| LoadError::Component(format!("response-headers: {e}")))?;
         plugin
             .pool
             .get_mut()
@@ -490,14 +497,12 @@ impl Plugin {
 
     /// What `on-request` gets of a request's headers: those the plugin declared, or all.
     pub fn request_headers_of(&self, map: &http::HeaderMap) -> Vec<types::Header> {
-        match &self.request_headers {
-            None => headers_of(map),
-            Some(names) => names
-                .iter()
-                .flat_map(|n| map.get_all(n).iter().map(move |v| (n, v)))
-                .filter_map(header_of)
-                .collect(),
-        }
+        selected_headers(self.request_headers.as_deref(), map)
+    }
+
+    /// What `on-response` gets of a response's headers: those the plugin declared, or all.
+    pub fn response_headers_of(&self, map: &http::HeaderMap) -> Vec<types::Header> {
+        selected_headers(self.response_headers.as_deref(), map)
     }
 
     fn new_store(&self) -> Store<StoreState> {
@@ -697,6 +702,28 @@ enum Instantiate {
     Failed(String),
     #[error("configure failed: {0}")]
     Configure(String),
+}
+
+/// The header names a plugin declared it reads, checked; None (all) stays None.
+fn header_names(names: Option<Vec<String>>) -> Result<Option<Vec<http::HeaderName>>, String> {
+    names
+        .map(|names| names.iter().map(|n| validate::header_name(n)).collect())
+        .transpose()
+}
+
+/// The headers of `names` (all of them for None) as plugins see them.
+fn selected_headers(
+    names: Option<&[http::HeaderName]>,
+    map: &http::HeaderMap,
+) -> Vec<types::Header> {
+    match names {
+        None => headers_of(map),
+        Some(names) => names
+            .iter()
+            .flat_map(|n| map.get_all(n).iter().map(move |v| (n, v)))
+            .filter_map(header_of)
+            .collect(),
+    }
 }
 
 /// A header map as plugins see it (values that are not text are left out).

@@ -11,7 +11,7 @@ use http::{HeaderMap, StatusCode, Uri};
 
 use super::backend::BackendRt;
 use crate::config::FailPolicy;
-use crate::plugin::{HookError, Plugin, headers_of, types, validate};
+use crate::plugin::{HookError, Plugin, types, validate};
 
 /// Where the chain leaves a request.
 pub enum Decision {
@@ -237,7 +237,7 @@ pub async fn on_response(
         }
         let response = types::Response {
             status: status.as_u16(),
-            headers: headers_of(headers),
+            headers: plugin.response_headers_of(headers),
             backend: answered.backend.map(str::to_owned),
             server: answered.server.map(str::to_owned),
             method: answered.method.to_owned(),

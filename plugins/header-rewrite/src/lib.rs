@@ -305,17 +305,11 @@ impl Plugin for HeaderRewrite {
 
     /// Only `replace` reads a header's values; `set`, `add` and `del` need none.
     fn request_headers(&self) -> Option<Vec<String>> {
-        let mut names: Vec<String> = self
-            .request
-            .iter()
-            .filter_map(|op| match op {
-                Op::Replace { name, .. } => Some(name.clone()),
-                _ => None,
-            })
-            .collect();
-        names.sort();
-        names.dedup();
-        Some(names)
+        Some(replaced(&self.request))
+    }
+
+    fn response_headers(&self) -> Option<Vec<String>> {
+        Some(replaced(&self.response))
     }
 
     fn on_request(&self, mut request: Request) -> RequestAction {
@@ -366,6 +360,20 @@ impl Plugin for HeaderRewrite {
     }
 }
 
+/// The headers the `replace` operations of `ops` read, sorted, each once.
+fn replaced(ops: &[Op]) -> Vec<String> {
+    let mut names: Vec<String> = ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::Replace { name, .. } => Some(name.clone()),
+            _ => None,
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
 export_plugin!(HeaderRewrite);
 
 #[cfg(test)]
@@ -375,6 +383,16 @@ mod tests {
 
     fn plugin(config: &str) -> HeaderRewrite {
         weir_sdk::parse_config::<HeaderRewrite>(config).unwrap()
+    }
+
+    #[test]
+    fn reads_only_the_headers_it_replaces() {
+        let p = plugin(
+            r#"{"request": [{"set": "x-a", "value": "1"}, {"replace": "x-b", "regex": "a", "with": "b"}],
+                "response": [{"del": "server"}, {"replace": "set-cookie", "regex": "a", "with": "b"}]}"#,
+        );
+        assert_eq!(p.request_headers(), Some(vec!["x-b".to_owned()]));
+        assert_eq!(p.response_headers(), Some(vec!["set-cookie".to_owned()]));
     }
 
     #[test]

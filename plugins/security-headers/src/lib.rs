@@ -148,6 +148,21 @@ impl Plugin for SecurityHeaders {
         Some(vec![])
     }
 
+    /// Without `override`, whether the server already set a header decides whether it is
+    /// set: those headers are read. With it, none.
+    fn response_headers(&self) -> Option<Vec<String>> {
+        if self.override_ {
+            return Some(vec![]);
+        }
+        Some(
+            self.always
+                .iter()
+                .chain(&self.hsts)
+                .map(|h| h.name.clone())
+                .collect(),
+        )
+    }
+
     fn on_request(&self, request: Request) -> RequestAction {
         if !self.https_redirect || request.scheme == "https" {
             return RequestAction::Proceed(Proceed::unchanged());
@@ -206,6 +221,22 @@ mod tests {
         let mut lines = weir_sdk::testing::apply_edits(&headers, ops);
         lines.sort();
         lines
+    }
+
+    #[test]
+    fn reads_the_response_headers_it_may_set_unless_it_overrides() {
+        let names = plugin("{}").response_headers().unwrap();
+        assert_eq!(
+            names,
+            [
+                "x-frame-options",
+                "x-content-type-options",
+                "referrer-policy",
+                "strict-transport-security"
+            ]
+        );
+        let p = plugin(r#"{"override": true}"#);
+        assert_eq!(p.response_headers(), Some(vec![]));
     }
 
     #[test]

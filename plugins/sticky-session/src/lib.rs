@@ -238,6 +238,11 @@ impl Plugin for Sticky {
         Some(vec!["cookie".into()])
     }
 
+    /// It only adds a cookie to a response; it reads none of its headers.
+    fn response_headers(&self) -> Option<Vec<String>> {
+        Some(vec![])
+    }
+
     fn on_request(&self, request: Request) -> RequestAction {
         let now = now_s();
         let mut p = Proceed::unchanged();
