@@ -35,7 +35,10 @@ fn the_script_parses_and_explains_itself() {
 
 #[test]
 fn the_profile_script_parses_and_explains_itself() {
-    parses_and_explains_itself("profile", &["PLUGINS", "perf", "WEIR_B"]);
+    parses_and_explains_itself(
+        "profile",
+        &["PLUGINS", "perf", "WEIR_B", "COUNT", "callgrind"],
+    );
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! Per-hook cost of a plugin call on a pooled, live instance: what one `on-request`
 //! costs the proxy, the copy of the request into the sandbox and the action out included.
 //!
-//! Run: `cargo run --release -p weir-bench --bin hooks` (it prints a Markdown table).
+//! Run: `cargo run --release -p weir-bench --bin hooks [name]` (it prints a Markdown table;
+//! with a name, only the cases whose name contains it).
 //!
 //! Two cases, both with the stock `router`:
 //! - empty: no rules, a request without headers: the fixed cost of a call;
@@ -139,6 +140,12 @@ async fn main() {
             2000.0,
         ),
     ];
+    // An argument keeps only the cases whose name contains it (for a profile of one).
+    let only = std::env::args().nth(1).unwrap_or_default();
+    let cases: Vec<_> = cases
+        .into_iter()
+        .filter(|(name, ..)| name.contains(only.as_str()))
+        .collect();
     // Rounds interleave the cases (A B C A B C ...), so a slow spell of a shared machine
     // hits them alike; each case reports its median round.
     for (_, plugin, req, _) in &cases {
