@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use weir::plugin::types::{Header, HeaderOp, LocalResponse};
+use weir::plugin::types::{HeaderOp, HeaderResult as Header, LocalResponse};
 use weir::plugin::validate;
 
 /// Splits the input into fields at 0xFF bytes (never valid UTF-8 itself).

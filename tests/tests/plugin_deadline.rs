@@ -54,9 +54,9 @@ async fn an_endless_loop_is_cut_at_the_deadline_while_another_frontend_keeps_ser
     // The deadline is CPU time: each call was stopped once it had used 20 ms of CPU, at
     // its next check (every 100 µs once a call runs past its first). The epoch thread
     // shares the two cores with the spinning call and the other frontend's load, so a
-    // check can come a few milliseconds late (a CI run saw 22.7 ms); 5 ms of slack keeps
-    // that from failing the test while a call that ran on unchecked would still be
-    // caught. What weir measured when it stopped them:
+    // check can come some milliseconds late (a CI run saw 22.7 ms, a slower machine more
+    // than 25 ms); 10 ms of slack keeps that from failing the test while a call that ran
+    // on unchecked would still be caught. What weir measured when it stopped them:
     assert_eq!(
         weir::plugin::calls_running_long(),
         0,
@@ -67,7 +67,7 @@ async fn an_endless_loop_is_cut_at_the_deadline_while_another_frontend_keeps_ser
     eprintln!("calls stopped after at most {cpu:?} of CPU");
     assert_eq!(spin.stats.timeouts.load(Ordering::Relaxed), 30);
     assert!(
-        cpu >= Duration::from_millis(20) && cpu <= Duration::from_millis(25),
+        cpu >= Duration::from_millis(20) && cpu <= Duration::from_millis(30),
         "a call was stopped after {cpu:?} of CPU"
     );
     // In wall time the calls take longer, as they share the two cores with the other

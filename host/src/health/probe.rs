@@ -213,22 +213,22 @@ async fn plugin_verdict(
 ) -> Outcome {
     let code = response.status.as_u16();
     let probe = types::Probe {
-        backend: judge.backend.to_owned(),
-        server: judge.server.to_owned(),
+        backend: judge.backend,
+        server: judge.server,
         status: code,
-        headers: response
+        headers: &response
             .headers
             .iter()
             .filter_map(|(n, v)| {
-                v.to_str().ok().map(|v| types::Header {
-                    name: n.to_string(),
-                    value: v.to_owned(),
+                v.to_str().ok().map(|v| types::HeaderParam {
+                    name: n.as_str(),
+                    value: v,
                 })
             })
-            .collect(),
-        body_prefix: response.body_prefix.to_vec(),
+            .collect::<Vec<_>>(),
+        body_prefix: &response.body_prefix,
     };
-    match judge.plugin.on_health_check(&probe).await {
+    match judge.plugin.on_health_check(probe).await {
         Ok(types::Verdict::Up(w)) => {
             *weight = Some(w.map(|w| w.min(256)));
             (CheckStatus::L7Ok, Some(code), String::new())

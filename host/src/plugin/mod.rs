@@ -35,6 +35,9 @@ mod bindings {
         world: "plugin",
         path: "../wit",
         exports: { default: async },
+        // Records passed into a hook borrow their strings (`RequestParam<'a>` and the
+        // like): the request's fields go to the sandbox without being copied twice.
+        ownership: Borrowing { duplicate_if_necessary: true },
     });
 }
 
@@ -496,12 +499,18 @@ impl Plugin {
     }
 
     /// What `on-request` gets of a request's headers: those the plugin declared, or all.
-    pub fn request_headers_of(&self, map: &http::HeaderMap) -> Vec<types::Header> {
+    pub fn request_headers_of<'a>(
+        &'a self,
+        map: &'a http::HeaderMap,
+    ) -> Vec<types::HeaderParam<'a>> {
         selected_headers(self.request_headers.as_deref(), map)
     }
 
     /// What `on-response` gets of a response's headers: those the plugin declared, or all.
-    pub fn response_headers_of(&self, map: &http::HeaderMap) -> Vec<types::Header> {
+    pub fn response_headers_of<'a>(
+        &'a self,
+        map: &'a http::HeaderMap,
+    ) -> Vec<types::HeaderParam<'a>> {
         selected_headers(self.response_headers.as_deref(), map)
     }
 
@@ -636,7 +645,7 @@ impl Plugin {
 
     pub async fn on_request(
         self: &Arc<Self>,
-        request: &types::Request,
+        request: types::Request<'_>,
     ) -> Result<types::RequestAction, HookError> {
         let started = std::time::Instant::now();
         let mut i = self.take().await?;
@@ -653,7 +662,7 @@ impl Plugin {
 
     pub async fn on_response(
         self: &Arc<Self>,
-        response: &types::Response,
+        response: types::Response<'_>,
     ) -> Result<types::ResponseAction, HookError> {
         let started = std::time::Instant::now();
         let mut i = self.take().await?;
@@ -670,7 +679,7 @@ impl Plugin {
 
     pub async fn on_health_check(
         self: &Arc<Self>,
-        probe: &types::Probe,
+        probe: types::Probe<'_>,
     ) -> Result<types::Verdict, HookError> {
         let started = std::time::Instant::now();
         let mut i = self.take().await?;
@@ -712,10 +721,10 @@ fn header_names(names: Option<Vec<String>>) -> Result<Option<Vec<http::HeaderNam
 }
 
 /// The headers of `names` (all of them for None) as plugins see them.
-fn selected_headers(
-    names: Option<&[http::HeaderName]>,
-    map: &http::HeaderMap,
-) -> Vec<types::Header> {
+fn selected_headers<'a>(
+    names: Option<&'a [http::HeaderName]>,
+    map: &'a http::HeaderMap,
+) -> Vec<types::HeaderParam<'a>> {
     match names {
         None => headers_of(map),
         Some(names) => names
@@ -727,14 +736,17 @@ fn selected_headers(
 }
 
 /// A header map as plugins see it (values that are not text are left out).
-pub fn headers_of(map: &http::HeaderMap) -> Vec<types::Header> {
+/// The headers borrow from the map: they are copied once, into the sandbox.
+pub fn headers_of(map: &http::HeaderMap) -> Vec<types::HeaderParam<'_>> {
     map.iter().filter_map(header_of).collect()
 }
 
-fn header_of((n, v): (&http::HeaderName, &http::HeaderValue)) -> Option<types::Header> {
-    v.to_str().ok().map(|v| types::Header {
-        name: n.as_str().to_owned(),
-        value: v.to_owned(),
+fn header_of<'a>(
+    (n, v): (&'a http::HeaderName, &'a http::HeaderValue),
+) -> Option<types::HeaderParam<'a>> {
+    v.to_str().ok().map(|v| types::HeaderParam {
+        name: n.as_str(),
+        value: v,
     })
 }
 

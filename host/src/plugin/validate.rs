@@ -23,7 +23,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// A header a plugin asked for, as weir will write it.
-pub fn header(h: &types::Header) -> Result<(HeaderName, HeaderValue), String> {
+pub fn header(h: &types::HeaderResult) -> Result<(HeaderName, HeaderValue), String> {
     let name = HeaderName::from_bytes(h.name.as_bytes())
         .map_err(|_| format!("invalid header name {:?}", h.name))?;
     if h.value.len() > MAX_HEADER_VALUE {
@@ -121,8 +121,8 @@ pub fn apply(ops: &[types::HeaderOp], headers: &mut http::HeaderMap) -> Result<(
 mod tests {
     use super::*;
 
-    fn h(name: &str, value: &str) -> types::Header {
-        types::Header {
+    fn h(name: &str, value: &str) -> types::HeaderResult {
+        types::HeaderResult {
             name: name.into(),
             value: value.into(),
         }

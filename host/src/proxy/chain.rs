@@ -106,6 +106,7 @@ pub async fn on_request(
 ) -> Result<Decision, Failed> {
     let mut backend: Option<Arc<BackendRt>> = None;
     let mut prefer = None;
+    let client_ip = client.ip.to_string();
     for (i, plugin) in plugins.iter().enumerate() {
         if !plugin.hooks().contains(types::Hooks::ON_REQUEST) {
             ran.push(Ran {
@@ -115,18 +116,18 @@ pub async fn on_request(
             continue;
         }
         let request = types::Request {
-            method: parts.method.as_str().to_owned(),
-            path: parts.uri.path().to_owned(),
-            query: parts.uri.query().map(str::to_owned),
-            host: host.map(str::to_owned),
-            headers: plugin.request_headers_of(&parts.headers),
-            client_ip: client.ip.to_string(),
-            frontend: client.frontend.to_owned(),
-            scheme: client.scheme.to_owned(),
-            backend: backend.as_ref().unwrap_or(default).name.to_string(),
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            query: parts.uri.query(),
+            host,
+            headers: &plugin.request_headers_of(&parts.headers),
+            client_ip: &client_ip,
+            frontend: client.frontend,
+            scheme: client.scheme,
+            backend: &backend.as_ref().unwrap_or(default).name,
             id: client.id,
         };
-        let action = match plugin.on_request(&request).await {
+        let action = match plugin.on_request(request).await {
             Ok(a) => a,
             Err(e) => {
                 on_failure(plugin, "on-request", &e)?;
@@ -230,25 +231,27 @@ pub async fn on_response(
     answered: &Answered<'_>,
 ) -> Result<ResponseChange, Failed> {
     let mut change = ResponseChange::Keep;
+    let client_ip = answered.client.ip.to_string();
     for ran in ran.iter_mut().rev() {
         let plugin = &plugins[ran.index];
         if !plugin.hooks().contains(types::Hooks::ON_RESPONSE) {
             continue;
         }
+        let note = ran.note.take();
         let response = types::Response {
             status: status.as_u16(),
-            headers: plugin.response_headers_of(headers),
-            backend: answered.backend.map(str::to_owned),
-            server: answered.server.map(str::to_owned),
-            method: answered.method.to_owned(),
-            path: answered.path.to_owned(),
-            client_ip: answered.client.ip.to_string(),
-            scheme: answered.client.scheme.to_owned(),
-            frontend: answered.client.frontend.to_owned(),
+            headers: &plugin.response_headers_of(headers),
+            backend: answered.backend,
+            server: answered.server,
+            method: answered.method,
+            path: answered.path,
+            client_ip: &client_ip,
+            scheme: answered.client.scheme,
+            frontend: answered.client.frontend,
             id: answered.client.id,
-            note: ran.note.take(),
+            note: note.as_deref(),
         };
-        let result = match plugin.on_response(&response).await {
+        let result = match plugin.on_response(response).await {
             Ok(types::ResponseAction::Proceed(ops)) => {
                 validate::edits(&ops).and_then(|()| validate::apply(&ops, headers))
             }
