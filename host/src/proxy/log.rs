@@ -43,9 +43,42 @@ pub struct LogRecord {
     /// The counters this request adds to when it ends.
     pub tally: super::stats::Tally,
     pub method: Method,
-    pub uri: String,
+    /// The request target as the client wrote it, formatted only when a line is written.
+    pub uri: Target,
     pub version: Version,
     pub format: LogFormat,
+}
+
+/// A request target for the log: parsed, or the text of a head that was refused
+/// unparsed.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Uri(http::Uri),
+    Text(String),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Uri(uri) => uri.fmt(f),
+            Target::Text(text) => f.write_str(text),
+        }
+    }
+}
+
+impl Target {
+    /// Its length as written, without formatting it.
+    pub fn written_len(&self) -> usize {
+        match self {
+            Target::Uri(uri) => {
+                uri.scheme_str().map_or(0, |s| s.len() + "://".len())
+                    + uri.authority().map_or(0, |a| a.as_str().len())
+                    + uri.path().len()
+                    + uri.query().map_or(0, |q| 1 + q.len())
+            }
+            Target::Text(text) => text.len(),
+        }
+    }
 }
 
 fn ms(d: Option<Duration>) -> i64 {
@@ -95,7 +128,7 @@ impl LogRecord {
                 "termination": termination,
                 "retries": self.retries,
                 "method": self.method.as_str(),
-                "uri": &self.uri,
+                "uri": self.uri.to_string(),
                 "version": format!("{:?}", self.version),
             })
             .to_string(),
@@ -310,6 +343,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_target_knows_its_written_length() {
+        for text in [
+            "/",
+            "/a/b?x=1&y",
+            "/?",
+            "*",
+            "http://example.com:8080/p?q",
+            "https://example.com",
+            "example.com:443",
+        ] {
+            let target = Target::Uri(text.parse().unwrap());
+            assert_eq!(target.written_len(), target.to_string().len(), "{text}");
+        }
+    }
+
+    #[test]
     fn dates_render_in_utc() {
         let t = UNIX_EPOCH + Duration::from_millis(1_795_325_400_123);
         assert_eq!(clf_date(t), "22/Nov/2026:05:30:00.123");
@@ -340,7 +389,7 @@ mod tests {
             redispatches: 0,
             tally: Default::default(),
             method: Method::GET,
-            uri: "/x?y=1".into(),
+            uri: Target::Text("/x?y=1".into()),
             version: Version::HTTP_11,
             format,
         }

@@ -31,7 +31,7 @@ use crate::server::io::Activity;
 use backend::{BackendRt, InFlight, QueueError, ServerRt};
 use body::{ClientBody, ResponseBody};
 pub use error::ProxyError;
-use log::{AccessLog, LogRecord};
+use log::{AccessLog, LogRecord, Target};
 
 /// One generation of the running configuration: frontends with their backends.
 pub struct Proxy {
@@ -168,7 +168,7 @@ pub fn log_refused(fe: &FrontendRt, conn: &ConnInfo, refused: &crate::server::fr
         .as_deref()
         .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
         .unwrap_or_else(|| Method::from_bytes(b"BADREQ").expect("a valid token"));
-    let target = refused.target.clone().unwrap_or_default();
+    let target = Target::Text(refused.target.clone().unwrap_or_default());
     let mut record = new_record(
         fe,
         conn,
@@ -189,7 +189,7 @@ fn new_record(
     fe: &FrontendRt,
     conn: &ConnInfo,
     method: Method,
-    uri: String,
+    uri: Target,
     version: Version,
     bytes_in: u64,
 ) -> LogRecord {
@@ -278,7 +278,7 @@ pub async fn handle(
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
 ) -> Response<ResponseBody> {
-    let uri = req.uri().to_string();
+    let uri = Target::Uri(req.uri().clone());
     let head = head_size(&req, &uri);
     let mut record = new_record(&fe, &conn, req.method().clone(), uri, req.version(), head);
     let version = req.version();
@@ -318,8 +318,8 @@ fn redirect_https(
 
 /// The size of a request head as HTTP/1.1 writes it: request line (`uri` is its target
 /// as written), header lines, blank line.
-fn head_size<B>(req: &Request<B>, uri: &str) -> u64 {
-    let line = req.method().as_str().len() + 1 + uri.len() + " HTTP/1.1\r\n".len();
+fn head_size<B>(req: &Request<B>, uri: &Target) -> u64 {
+    let line = req.method().as_str().len() + 1 + uri.written_len() + " HTTP/1.1\r\n".len();
     let fields: usize = req
         .headers()
         .iter()
