@@ -48,8 +48,8 @@ pub mod bindings {
 pub use bindings::weir::plugin::backends::{ServerInfo, ServerState};
 pub use bindings::weir::plugin::log::Level;
 pub use bindings::weir::plugin::types::{
-    Header, HeaderOp, Hooks, Info, LocalResponse, Probe, Proceed, Request, RequestAction, Response,
-    ResponseAction, Verdict,
+    Header, HeaderOp, Hooks, Info, LocalResponse, Probe, Proceed, Request, RequestAction,
+    RequestFields, Response, ResponseAction, Verdict,
 };
 #[doc(hidden)]
 pub use serde_json;
@@ -69,6 +69,13 @@ pub trait Plugin: Sized + 'static {
     /// The request headers `on_request` reads, lower-case; `None` (the default) for all.
     /// weir copies only these into `request.headers`, which makes every call cheaper.
     fn request_headers(&self) -> Option<Vec<String>> {
+        None
+    }
+
+    /// The request fields `on_request` reads; `None` (the default) for all. The others
+    /// arrive empty (`""`, or `None` for `query` and `host`), which makes every call
+    /// cheaper: a plugin that reads only the path says `Some(RequestFields::PATH)`.
+    fn request_fields(&self) -> Option<RequestFields> {
         None
     }
 
@@ -242,6 +249,9 @@ macro_rules! export_plugin {
                 }
                 fn request_headers() -> Option<Vec<String>> {
                     __with(|p| $crate::Plugin::request_headers(p))
+                }
+                fn request_fields() -> Option<__types::RequestFields> {
+                    __with(|p| $crate::Plugin::request_fields(p))
                 }
                 fn response_headers() -> Option<Vec<String>> {
                     __with(|p| $crate::Plugin::response_headers(p))

@@ -470,3 +470,37 @@ async fn a_plugin_gets_only_the_headers_it_asks_for() {
         assert!(back.split(',').any(|n| n == name), "{back}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_gets_only_the_request_fields_it_asks_for() {
+    let seen = |fields: &str| {
+        format!(
+            "[plugin.p]\nwasm = \"{}\"\nconfig = {{ mode = \"seen\"{fields} }}\n",
+            weir_tests::FIXTURE_WASM
+        )
+    };
+    let request = || {
+        http::Request::get("/a?b=1")
+            .header("host", "example.com")
+            .body(weir_tests::empty())
+            .unwrap()
+    };
+    let asked = ", fields = [\"path\", \"client-ip\", \"query\"]";
+    let (_server, proxy) = proxy_with(&["p"], &[seen(asked)]).await;
+    let reply = Client::connect(proxy.addr()).await.send(request()).await;
+    assert_eq!(
+        reply.json()["headers"]["x-seen-fields"],
+        "path,query,client-ip"
+    );
+
+    let (_server, proxy) = proxy_with(&["p"], &[seen(", fields = []")]).await;
+    let reply = Client::connect(proxy.addr()).await.send(request()).await;
+    assert_eq!(reply.json()["headers"]["x-seen-fields"], "");
+
+    let (_server, proxy) = proxy_with(&["p"], &[seen("")]).await;
+    let reply = Client::connect(proxy.addr()).await.send(request()).await;
+    assert_eq!(
+        reply.json()["headers"]["x-seen-fields"],
+        "method,path,query,host,client-ip,frontend,scheme,backend"
+    );
+}

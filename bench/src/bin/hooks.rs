@@ -8,9 +8,9 @@
 //! - empty: no rules, a request without headers: the fixed cost of a call;
 //! - router-like: ten rules of the usual kinds (path prefixes, a regex, a host, a header,
 //!   a method, a source block), a request with ten headers, matched by the last rule. The
-//!   headers are selected as the proxy selects them: only those the router declared it
-//!   reads (two of the ten) are copied. A third case copies all ten, as every call did
-//!   before plugins declared their headers.
+//!   headers and fields are selected as the proxy selects them: only those the router
+//!   declared it reads (two of the ten headers) are copied. A third case copies all ten
+//!   headers, as every call did before plugins declared their headers.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -130,7 +130,7 @@ async fn main() {
         (
             "router-like hook, 10 rules, 10 headers (2 copied)",
             Arc::clone(&router),
-            request("/api/users", &declared),
+            router.fields_read(request("/api/users", &declared)),
             2000.0,
         ),
         (

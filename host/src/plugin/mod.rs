@@ -395,6 +395,8 @@ pub struct Plugin {
     pub request_headers: Option<Vec<http::HeaderName>>,
     /// The response headers its `on-response` reads; None for all.
     pub response_headers: Option<Vec<http::HeaderName>>,
+    /// The request fields its `on-request` reads.
+    pub request_fields: types::RequestFields,
     timeout: Duration,
     memory: usize,
     config_json: String,
@@ -457,6 +459,7 @@ impl Plugin {
             stats: PluginStats::default(),
             request_headers: None,
             response_headers: None,
+            request_fields: types::RequestFields::all(),
             timeout: cfg.timeout,
             memory: cfg.memory as usize,
             config_json: cfg.config_json.clone(),
@@ -479,6 +482,12 @@ impl Plugin {
             .map_err(|e| LoadError::Component(format!("request-headers: {e:#}")))?;
         plugin.request_headers = header_names(wanted)
             .map_err(|e| LoadError::Component(format!("request-headers: {e}")))?;
+        plugin.request_fields = instance
+            .bindings
+            .call_request_fields(&mut instance.store)
+            .await
+            .map_err(|e| LoadError::Component(format!("request-fields: {e:#}")))?
+            .unwrap_or(types::RequestFields::all());
         let wanted = instance
             .bindings
             .call_response_headers(&mut instance.store)
@@ -504,6 +513,26 @@ impl Plugin {
         map: &'a http::HeaderMap,
     ) -> Vec<types::HeaderParam<'a>> {
         selected_headers(self.request_headers.as_deref(), map)
+    }
+
+    /// What `on-request` gets of a request's fields: those the plugin declared; the others
+    /// empty, so they cost nothing to copy into the sandbox.
+    pub fn fields_read<'a>(&self, request: types::Request<'a>) -> types::Request<'a> {
+        use types::RequestFields as F;
+        let fields = self.request_fields;
+        let text = |flag, value| if fields.contains(flag) { value } else { "" };
+        let optional = |flag, value| if fields.contains(flag) { value } else { None };
+        types::Request {
+            method: text(F::METHOD, request.method),
+            path: text(F::PATH, request.path),
+            query: optional(F::QUERY, request.query),
+            host: optional(F::HOST, request.host),
+            client_ip: text(F::CLIENT_IP, request.client_ip),
+            frontend: text(F::FRONTEND, request.frontend),
+            scheme: text(F::SCHEME, request.scheme),
+            backend: text(F::BACKEND, request.backend),
+            ..request
+        }
     }
 
     /// What `on-response` gets of a response's headers: those the plugin declared, or all.

@@ -115,18 +115,19 @@ pub async fn on_request(
             });
             continue;
         }
-        let request = types::Request {
+        let headers = plugin.request_headers_of(&parts.headers);
+        let request = plugin.fields_read(types::Request {
             method: parts.method.as_str(),
             path: parts.uri.path(),
             query: parts.uri.query(),
             host,
-            headers: &plugin.request_headers_of(&parts.headers),
+            headers: &headers,
             client_ip: &client_ip,
             frontend: client.frontend,
             scheme: client.scheme,
             backend: &backend.as_ref().unwrap_or(default).name,
             id: client.id,
-        };
+        });
         let action = match plugin.on_request(request).await {
             Ok(a) => a,
             Err(e) => {

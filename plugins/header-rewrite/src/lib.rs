@@ -19,8 +19,8 @@
 use regex_lite::Regex;
 use serde::Deserialize;
 use weir_sdk::{
-    Header, HeaderOp, Hooks, Plugin, Proceed, Request, RequestAction, Response, ResponseAction,
-    export_plugin,
+    Header, HeaderOp, Hooks, Plugin, Proceed, Request, RequestAction, RequestFields, Response,
+    ResponseAction, export_plugin,
 };
 
 #[derive(Deserialize)]
@@ -71,6 +71,23 @@ const VARS: [(&str, Var); 11] = [
     ("scheme", Var::Scheme),
     ("status", Var::Status),
 ];
+
+impl Var {
+    /// The request field the variable reads, if any.
+    fn field(self) -> RequestFields {
+        match self {
+            Var::Src => RequestFields::CLIENT_IP,
+            Var::Frontend => RequestFields::FRONTEND,
+            Var::Backend => RequestFields::BACKEND,
+            Var::Method => RequestFields::METHOD,
+            Var::Path => RequestFields::PATH,
+            Var::Query => RequestFields::QUERY,
+            Var::Host => RequestFields::HOST,
+            Var::Scheme => RequestFields::SCHEME,
+            Var::Server | Var::RequestId | Var::Status => RequestFields::empty(),
+        }
+    }
+}
 
 enum Part {
     Text(String),
@@ -312,6 +329,19 @@ impl Plugin for HeaderRewrite {
         Some(replaced(&self.response))
     }
 
+    /// The fields its request templates name.
+    fn request_fields(&self) -> Option<RequestFields> {
+        let templates = self.request.iter().filter_map(|op| match op {
+            Op::Set(_, t) | Op::Add(_, t) | Op::SetPath(t) => Some(t),
+            Op::Del(_) | Op::Replace { .. } => None,
+        });
+        let vars = templates.flat_map(|t| &t.0).filter_map(|part| match part {
+            Part::Var(v) => Some(*v),
+            Part::Text(_) => None,
+        });
+        Some(vars.fold(RequestFields::empty(), |all, v| all | v.field()))
+    }
+
     fn on_request(&self, mut request: Request) -> RequestAction {
         if self.request.is_empty() {
             return RequestAction::Proceed(Proceed::unchanged());
@@ -393,6 +423,14 @@ mod tests {
         );
         assert_eq!(p.request_headers(), Some(vec!["x-b".to_owned()]));
         assert_eq!(p.response_headers(), Some(vec!["set-cookie".to_owned()]));
+        assert_eq!(p.request_fields(), Some(RequestFields::empty()));
+        let p = plugin(
+            r#"{"request": [{"set": "x-a", "value": "%[src] %[path]"}, {"set_path": "/v2%[host]"}]}"#,
+        );
+        assert_eq!(
+            p.request_fields(),
+            Some(RequestFields::CLIENT_IP | RequestFields::PATH | RequestFields::HOST)
+        );
     }
 
     #[test]

@@ -16,7 +16,8 @@
 use serde::Deserialize;
 use weir_sdk::util::{Cidr, Millis, in_any};
 use weir_sdk::{
-    Hooks, LocalResponse, Plugin, Proceed, Request, RequestAction, export_plugin, host,
+    Hooks, LocalResponse, Plugin, Proceed, Request, RequestAction, RequestFields, export_plugin,
+    host,
 };
 
 #[derive(Deserialize)]
@@ -136,6 +137,11 @@ impl Plugin for RateLimit {
             Key::Header(name) => vec![name.clone()],
             Key::Cookie(_) => vec!["cookie".into()],
         })
+    }
+
+    /// The client address: for `allow`, and as the key (or the fallback key).
+    fn request_fields(&self) -> Option<RequestFields> {
+        Some(RequestFields::CLIENT_IP)
     }
 
     fn on_request(&self, request: Request) -> RequestAction {

@@ -18,7 +18,8 @@ use regex_lite::Regex;
 use serde::Deserialize;
 use weir_sdk::util::{Cidr, OneOrMany};
 use weir_sdk::{
-    Hooks, LocalResponse, Plugin, Proceed, Request, RequestAction, export_plugin, host,
+    Hooks, LocalResponse, Plugin, Proceed, Request, RequestAction, RequestFields, export_plugin,
+    host,
 };
 
 /// `header` and `query` conditions: a name alone (present), or a name and how its value
@@ -149,6 +150,8 @@ pub struct Router {
     rules: Vec<Rule>,
     /// The headers any rule looks at.
     headers: Vec<String>,
+    /// The request fields any rule looks at.
+    fields: RequestFields,
 }
 
 /// What a condition sees of a request, computed once per request.
@@ -160,6 +163,20 @@ struct Subject<'a> {
 }
 
 impl Test {
+    /// The request field the test reads (none for headers, which are declared apart).
+    fn field(&self) -> RequestFields {
+        match self {
+            Test::Path(_) | Test::PathBeg(_) | Test::PathEnd(_) | Test::PathReg(_) => {
+                RequestFields::PATH
+            }
+            Test::Host(_) => RequestFields::HOST,
+            Test::Method(_) => RequestFields::METHOD,
+            Test::Header(_) => RequestFields::empty(),
+            Test::Query(_) => RequestFields::QUERY,
+            Test::Src(_) => RequestFields::CLIENT_IP,
+        }
+    }
+
     fn holds(&self, s: &Subject<'_>) -> bool {
         let path = s.request.path.as_str();
         match self {
@@ -438,11 +455,24 @@ impl Plugin for Router {
             .collect();
         headers.sort();
         headers.dedup();
-        Ok(Router { rules, headers })
+        let fields = rules
+            .iter()
+            .flat_map(|r| &r.conditions)
+            .map(|c| c.test.field())
+            .fold(RequestFields::empty(), |all, f| all | f);
+        Ok(Router {
+            rules,
+            headers,
+            fields,
+        })
     }
 
     fn request_headers(&self) -> Option<Vec<String>> {
         Some(self.headers.clone())
+    }
+
+    fn request_fields(&self) -> Option<RequestFields> {
+        Some(self.fields)
     }
 
     fn on_request(&self, request: Request) -> RequestAction {
@@ -690,7 +720,7 @@ mod tests {
     }
 
     #[test]
-    fn only_the_headers_rules_read_are_asked_for() {
+    fn only_the_headers_and_fields_rules_read_are_asked_for() {
         let _h = host();
         let r = router(
             r#"[{"header": [{"name": "X-B", "exact": "1"}, "x-a"], "deny": 403},
@@ -699,6 +729,11 @@ mod tests {
         );
         assert_eq!(r.request_headers(), Some(vec!["x-a".into(), "x-b".into()]));
         assert_eq!(router("[]").request_headers(), Some(vec![]));
+        assert_eq!(router("[]").request_fields(), Some(RequestFields::empty()));
+        assert_eq!(
+            r.request_fields(),
+            Some(RequestFields::PATH | RequestFields::QUERY)
+        );
     }
 
     #[test]

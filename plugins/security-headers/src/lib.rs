@@ -10,8 +10,8 @@
 
 use serde::Deserialize;
 use weir_sdk::{
-    Header, HeaderOp, Hooks, LocalResponse, Plugin, Proceed, Request, RequestAction, Response,
-    ResponseAction, export_plugin,
+    Header, HeaderOp, Hooks, LocalResponse, Plugin, Proceed, Request, RequestAction, RequestFields,
+    Response, ResponseAction, export_plugin,
 };
 
 fn some(v: &str) -> Option<String> {
@@ -146,6 +146,15 @@ impl Plugin for SecurityHeaders {
 
     fn request_headers(&self) -> Option<Vec<String>> {
         Some(vec![])
+    }
+
+    /// Only the https redirect reads the request.
+    fn request_fields(&self) -> Option<RequestFields> {
+        Some(if self.https_redirect {
+            RequestFields::SCHEME | RequestFields::HOST | RequestFields::PATH | RequestFields::QUERY
+        } else {
+            RequestFields::empty()
+        })
     }
 
     /// Without `override`, whether the server already set a header decides whether it is

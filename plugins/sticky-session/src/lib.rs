@@ -15,8 +15,8 @@ use serde::Deserialize;
 use sha2::Sha256;
 use weir_sdk::util::Millis;
 use weir_sdk::{
-    Header, HeaderOp, Hooks, Plugin, Proceed, Request, RequestAction, Response, ResponseAction,
-    ServerState, export_plugin, host,
+    Header, HeaderOp, Hooks, Plugin, Proceed, Request, RequestAction, RequestFields, Response,
+    ResponseAction, ServerState, export_plugin, host,
 };
 
 #[derive(Deserialize)]
@@ -236,6 +236,11 @@ impl Plugin for Sticky {
 
     fn request_headers(&self) -> Option<Vec<String>> {
         Some(vec!["cookie".into()])
+    }
+
+    /// The backend the request goes to, whose servers the cookie may name.
+    fn request_fields(&self) -> Option<RequestFields> {
+        Some(RequestFields::BACKEND)
     }
 
     /// It only adds a cookie to a response; it reads none of its headers.

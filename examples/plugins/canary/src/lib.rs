@@ -8,7 +8,9 @@
 //! ```
 
 use serde::Deserialize;
-use weir_sdk::{Hooks, Level, Plugin, Proceed, Request, RequestAction, export_plugin, host};
+use weir_sdk::{
+    Hooks, Level, Plugin, Proceed, Request, RequestAction, RequestFields, export_plugin, host,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -53,6 +55,11 @@ impl Plugin for Canary {
                 .map(|h| h.to_ascii_lowercase())
                 .collect(),
         )
+    }
+
+    /// The client address picks the bucket.
+    fn request_fields(&self) -> Option<RequestFields> {
+        Some(RequestFields::CLIENT_IP)
     }
 
     fn on_request(&self, request: Request) -> RequestAction {
