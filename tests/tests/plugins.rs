@@ -432,14 +432,16 @@ async fn a_preferred_server_that_refuses_is_left_on_redispatch() {
     assert_eq!(reply.server(), "good");
 }
 
+/// The fixture plugin `p` in mode `seen`, with `extra` config keys (", key = value").
+fn seen(extra: &str) -> String {
+    format!(
+        "[plugin.p]\nwasm = \"{}\"\nconfig = {{ mode = \"seen\"{extra} }}\n",
+        weir_tests::FIXTURE_WASM
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_gets_only_the_headers_it_asks_for() {
-    let seen = |needs: &str| {
-        format!(
-            "[plugin.p]\nwasm = \"{}\"\nconfig = {{ mode = \"seen\"{needs} }}\n",
-            weir_tests::FIXTURE_WASM
-        )
-    };
     let request = || {
         http::Request::get("/")
             .header("host", "a")
@@ -473,12 +475,6 @@ async fn a_plugin_gets_only_the_headers_it_asks_for() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_gets_only_the_request_fields_it_asks_for() {
-    let seen = |fields: &str| {
-        format!(
-            "[plugin.p]\nwasm = \"{}\"\nconfig = {{ mode = \"seen\"{fields} }}\n",
-            weir_tests::FIXTURE_WASM
-        )
-    };
     let request = || {
         http::Request::get("/a?b=1")
             .header("host", "example.com")
