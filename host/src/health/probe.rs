@@ -216,16 +216,7 @@ async fn plugin_verdict(
         backend: judge.backend,
         server: judge.server,
         status: code,
-        headers: &response
-            .headers
-            .iter()
-            .filter_map(|(n, v)| {
-                v.to_str().ok().map(|v| types::HeaderParam {
-                    name: n.as_str(),
-                    value: v,
-                })
-            })
-            .collect::<Vec<_>>(),
+        headers: &crate::plugin::headers_of(&response.headers),
         body_prefix: &response.body_prefix,
     };
     match judge.plugin.on_health_check(probe).await {
