@@ -11,7 +11,7 @@ use super::error::ProxyError;
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1, plus the
 /// non-standard Keep-Alive and Proxy-Connection).
-const HOP_BY_HOP: [HeaderName; 7] = [
+static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -42,6 +42,11 @@ pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// `upgrade`, the `Upgrade` value is kept and `Connection: upgrade` restored, so that an
 /// upgrade handshake passes through.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // Most messages carry no hop-by-hop header but `Connection`, or none at all: one look
+    // at each name (standard names compare as numbers) settles those without hashing.
+    if !headers.keys().any(|n| HOP_BY_HOP.contains(n)) {
+        return;
+    }
     let upgrade_value = if upgrade {
         headers.get(header::UPGRADE).cloned()
     } else {
@@ -63,7 +68,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
         .filter(|n| !PROTECTED.contains(n))
         .collect();
-    for name in nominated.iter().chain(HOP_BY_HOP.iter()) {
+    // Only the names present are removed (each removal hashes its name).
+    let present: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| HOP_BY_HOP.contains(n) || nominated.contains(n))
+        .cloned()
+        .collect();
+    for name in &present {
         headers.remove(name);
     }
     if let Some(value) = upgrade_value {
@@ -169,11 +180,17 @@ pub fn prepare_request(
     }
     *version = Version::HTTP_11;
     strip_hop_by_hop(headers, upgrade);
-    if let Some(host) = host
-        && let Ok(v) = HeaderValue::from_str(host.as_str())
-    {
-        headers.insert(header::HOST, v.clone());
-        if forwarded.is_some() {
+    if let Some(host) = host {
+        // Usually the Host the client sent, left as it is.
+        let unchanged = headers
+            .get(header::HOST)
+            .is_some_and(|v| v.as_bytes() == host.as_str().as_bytes());
+        if !unchanged && let Ok(v) = HeaderValue::from_str(host.as_str()) {
+            headers.insert(header::HOST, v);
+        }
+        if forwarded.is_some()
+            && let Some(v) = headers.get(header::HOST).cloned()
+        {
             headers.insert(X_FORWARDED_HOST.clone(), v);
         }
     }
@@ -267,8 +284,15 @@ mod tests {
             ("x-kept", "yes"),
         ]);
         strip_hop_by_hop(&mut h, false);
-        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        names.sort();
         assert_eq!(names, vec!["content-length", "x-kept"]);
+
+        // Without hop-by-hop headers, nothing changes.
+        let plain = map(&[("host", "a"), ("x-kept", "yes"), ("accept", "*/*")]);
+        let mut h = plain.clone();
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h, plain);
 
         // TE: trailers goes on (gRPC), alone.
         let mut h = map(&[("te", "deflate, Trailers")]);

@@ -114,10 +114,13 @@ impl Pool {
         None
     }
 
-    /// Keeps an HTTP/1.1 connection for reuse, if there is room.
+    /// Keeps an HTTP/1.1 connection for reuse, if there is room (made by closing expired
+    /// or closed ones when full; otherwise the generation's periodic sweep closes them).
     fn put(&self, sender: http1::SendRequest<ClientBody>) {
         let mut idle = self.lock();
-        Self::purge_locked(&mut idle, self.idle_timeout);
+        if idle.len() >= self.max_idle {
+            Self::purge_locked(&mut idle, self.idle_timeout);
+        }
         if idle.len() < self.max_idle {
             idle.push(Idle {
                 sender,
