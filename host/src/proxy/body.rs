@@ -110,7 +110,9 @@ enum Source {
     Server {
         body: Incoming,
         idle: Duration,
-        timer: Pin<Box<Sleep>>,
+        /// Armed the first time the body has to wait for the server: most bodies come
+        /// with their head and never need it.
+        timer: Option<Pin<Box<Sleep>>>,
         /// The connection the body comes on, for its pool once the body has ended.
         connection: Option<(Arc<Pool>, Sender)>,
     },
@@ -118,30 +120,26 @@ enum Source {
 
 /// A response on its way to the client: a local one (an error page) or a server's body
 /// streamed through. When it ends, or the client goes away first, it releases the server
-/// slot and writes the access log line with the byte count and termination state.
+/// slot and, once a record is attached, writes the access log line with the byte count
+/// and termination state.
 pub struct ResponseBody {
     source: Source,
-    record: Option<Box<LogRecord>>,
-    log: AccessLog,
+    logged: Option<Box<Logged>>,
     in_flight: Option<InFlight>,
 }
 
-impl ResponseBody {
-    pub fn local(bytes: Bytes, record: LogRecord, log: AccessLog) -> Self {
-        Self {
-            source: Source::Local(Some(bytes)),
-            record: Some(Box::new(record)),
-            log,
-            in_flight: None,
-        }
-    }
+/// The request's log record and where its line goes.
+struct Logged {
+    record: LogRecord,
+    log: AccessLog,
+}
 
-    /// A local response that is neither logged nor counted.
-    pub fn unlogged(bytes: Bytes) -> Self {
+impl ResponseBody {
+    /// A local response; neither logged nor counted until [`Self::attach`].
+    pub fn local(bytes: Bytes) -> Self {
         Self {
             source: Source::Local(Some(bytes)),
-            record: None,
-            log: AccessLog::disabled(),
+            logged: None,
             in_flight: None,
         }
     }
@@ -151,23 +149,25 @@ impl ResponseBody {
     pub fn server(
         body: Incoming,
         idle: Duration,
-        record: LogRecord,
-        log: AccessLog,
         in_flight: InFlight,
         connection: (Arc<Pool>, Sender),
     ) -> Self {
-        let timer = Box::pin(tokio::time::sleep(idle));
         Self {
             source: Source::Server {
                 body,
                 idle,
-                timer,
+                timer: None,
                 connection: Some(connection),
             },
-            record: Some(Box::new(record)),
-            log,
+            logged: None,
             in_flight: Some(in_flight),
         }
+    }
+
+    /// The request's record, logged and counted when the body ends. The record moves
+    /// here from the request's handler once the response is decided.
+    pub fn attach(&mut self, record: LogRecord, log: AccessLog) {
+        self.logged = Some(Box::new(Logged { record, log }));
     }
 
     /// Releases the server slot and logs, once. `termination` overrides the record's own
@@ -181,18 +181,19 @@ impl ResponseBody {
             pool.recycle(sender);
         }
         self.in_flight = None;
-        if let Some(mut record) = self.record.take() {
+        if let Some(mut logged) = self.logged.take() {
+            let record = &mut logged.record;
             if let Some(t) = termination {
                 record.termination = t;
             }
-            record.tally.count(&record);
-            self.log.emit(&record);
+            record.tally.count(record);
+            logged.log.emit(record);
         }
     }
 
     fn count(&mut self, frame: &Frame<Bytes>) {
-        if let (Some(record), Some(data)) = (self.record.as_mut(), frame.data_ref()) {
-            record.bytes += data.len() as u64;
+        if let (Some(logged), Some(data)) = (self.logged.as_mut(), frame.data_ref()) {
+            logged.record.bytes += data.len() as u64;
         }
     }
 }
@@ -212,7 +213,9 @@ impl Body for ResponseBody {
                 body, idle, timer, ..
             } => match Pin::new(body).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
-                    timer.as_mut().reset(Instant::now() + *idle);
+                    if let Some(timer) = timer {
+                        timer.as_mut().reset(Instant::now() + *idle);
+                    }
                     Poll::Ready(Some(Ok(frame)))
                 }
                 Poll::Ready(Some(Err(e))) => {
@@ -221,6 +224,7 @@ impl Body for ResponseBody {
                 }
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => {
+                    let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(*idle)));
                     if timer.as_mut().poll(cx).is_ready() {
                         let idle = *idle;
                         this.finish(Some(*b"sD"));
@@ -258,7 +262,7 @@ impl Body for ResponseBody {
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
-        if self.record.is_some() {
+        if self.logged.is_some() || self.in_flight.is_some() {
             // Dropped before its end: the client went away (or the connection was cut).
             let ended = self.is_end_stream();
             self.finish(if ended { None } else { Some(*b"CD") });

@@ -47,34 +47,36 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     if !headers.keys().any(|n| HOP_BY_HOP.contains(n)) {
         return;
     }
-    let upgrade_value = if upgrade {
+    let connection = headers.get_all(header::CONNECTION);
+    let nominated = |name: &HeaderName| {
+        !PROTECTED.contains(name)
+            && connection
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .any(|t| t.trim().eq_ignore_ascii_case(name.as_str()))
+    };
+    // The names present are found first, then removed (each removal hashes its name).
+    let remove: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| HOP_BY_HOP.contains(n) || nominated(n))
+        .cloned()
+        .collect();
+    let upgrade_value = if upgrade && remove.contains(&header::UPGRADE) {
         headers.get(header::UPGRADE).cloned()
     } else {
         None
     };
     // `TE: trailers` says the client takes trailers, which weir passes on: gRPC servers
     // ask for it, so it stays. Other TE codings are the client's business with weir.
-    let te_trailers = headers.get_all(header::TE).iter().any(|v| {
-        v.to_str().is_ok_and(|s| {
-            s.split(',')
-                .any(|c| c.trim().eq_ignore_ascii_case("trailers"))
-        })
-    });
-    let nominated: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .filter(|n| !PROTECTED.contains(n))
-        .collect();
-    // Only the names present are removed (each removal hashes its name).
-    let present: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| HOP_BY_HOP.contains(n) || nominated.contains(n))
-        .cloned()
-        .collect();
-    for name in &present {
+    let te_trailers = remove.contains(&header::TE)
+        && headers.get_all(header::TE).iter().any(|v| {
+            v.to_str().is_ok_and(|s| {
+                s.split(',')
+                    .any(|c| c.trim().eq_ignore_ascii_case("trailers"))
+            })
+        });
+    for name in &remove {
         headers.remove(name);
     }
     if let Some(value) = upgrade_value {

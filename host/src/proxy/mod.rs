@@ -147,7 +147,7 @@ impl Proxy {
 /// The answer to a request that arrived on a listener a reload just removed: 503, and the
 /// connection closes. Not logged: the frontend it would be logged under is gone.
 pub fn frontend_gone() -> Response<ResponseBody> {
-    let mut response = Response::new(ResponseBody::unlogged(Bytes::from_static(
+    let mut response = Response::new(ResponseBody::local(Bytes::from_static(
         b"503 Service Unavailable: this listener was removed by a reload\n",
     )));
     *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
@@ -283,7 +283,10 @@ pub async fn handle(
     let mut record = new_record(&fe, &conn, req.method().clone(), uri, req.version(), head);
     let version = req.version();
     let response = match forward(&fe, &conn, req, &mut record).await {
-        Ok(response) => response,
+        Ok(mut response) => {
+            response.body_mut().attach(record, fe.log.clone());
+            response
+        }
         Err(err) => error_response(&fe, &err, record, version),
     };
     conn.mark_ready();
@@ -293,7 +296,6 @@ pub async fn handle(
 /// `redirect_https`: a 301 to the same host (without its port, so https's own) and
 /// path over https.
 fn redirect_https(
-    fe: &FrontendRt,
     host: Option<&http::uri::Authority>,
     uri: &http::Uri,
     record: &mut LogRecord,
@@ -306,11 +308,7 @@ fn redirect_https(
         .map_err(|_| ProxyError::BadRequest("Invalid Host header."))?;
     record.status = 301;
     record.termination = *b"LR";
-    let mut response = Response::new(ResponseBody::local(
-        Bytes::new(),
-        record.clone(),
-        fe.log.clone(),
-    ));
+    let mut response = Response::new(ResponseBody::local(Bytes::new()));
     *response.status_mut() = StatusCode::MOVED_PERMANENTLY;
     response.headers_mut().insert(header::LOCATION, location);
     Ok(response)
@@ -356,7 +354,8 @@ fn error_response(
     };
     record.status = status.as_u16();
     record.termination = err.termination();
-    let mut response = Response::new(ResponseBody::local(body, record, fe.log.clone()));
+    let mut response = Response::new(ResponseBody::local(body));
+    response.body_mut().attach(record, fe.log.clone());
     *response.status_mut() = status;
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -367,6 +366,8 @@ fn error_response(
     response
 }
 
+/// Decides a request's response: a server's, a plugin's or weir's own. `record` fills in
+/// on the way; [`handle`] attaches it to the response body, which logs it at its end.
 async fn forward(
     fe: &FrontendRt,
     conn: &Arc<ConnInfo>,
@@ -380,7 +381,7 @@ async fn forward(
     headers::check_target(req.method(), req.version(), req.uri())?;
     let host = headers::request_host(req.version(), req.uri(), req.headers())?;
     if fe.cfg.redirect_https && conn.proto == "http" {
-        return redirect_https(fe, host.as_ref(), req.uri(), record);
+        return redirect_https(host.as_ref(), req.uri(), record);
     }
     let upgrade = headers::is_upgrade(req.version(), req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -439,7 +440,12 @@ async fn forward(
     let backend = routed.as_ref().unwrap_or(&fe.backend);
     record.backend = Some(Arc::clone(&backend.name));
     record.tally.backend = Some(Arc::clone(&backend.stats));
-    let (method, path) = (parts.method.to_string(), parts.uri.path().to_owned());
+    // What on-response is told of the request, kept only for plugins that will see it.
+    let (method, path) = if ran.is_empty() {
+        (String::new(), String::new())
+    } else {
+        (parts.method.to_string(), parts.uri.path().to_owned())
+    };
 
     let retry_on = &backend.cfg.retry_on;
     // A request can be sent again after reaching a server only if repeating it is safe
@@ -582,7 +588,7 @@ async fn forward(
                         Arc::clone(conn),
                         slot,
                     ));
-                    let body = ResponseBody::local(Bytes::new(), record.clone(), fe.log.clone());
+                    let body = ResponseBody::local(Bytes::new());
                     return Ok(Response::from_parts(head, body));
                 }
                 let (mut head, body) = response.into_parts();
@@ -610,15 +616,13 @@ async fn forward(
                         drop(slot);
                         head.headers.remove(http::header::CONTENT_LENGTH);
                         head.headers.remove(http::header::TRANSFER_ENCODING);
-                        let local = ResponseBody::local(replaced, record.clone(), fe.log.clone());
+                        let local = ResponseBody::local(replaced);
                         return Ok(Response::from_parts(head, local));
                     }
                 }
                 let body = ResponseBody::server(
                     body,
                     backend.cfg.timeout_server,
-                    record.clone(),
-                    fe.log.clone(),
                     slot,
                     (Arc::clone(&server.pool), sender),
                 );
@@ -657,7 +661,7 @@ async fn plugin_response(
         body = replaced;
     }
     record.status = status.as_u16();
-    let mut response = Response::new(ResponseBody::local(body, record.clone(), fe.log.clone()));
+    let mut response = Response::new(ResponseBody::local(body));
     *response.status_mut() = status;
     *response.headers_mut() = head_headers;
     Ok(response)
