@@ -19,40 +19,41 @@ use crate::server::io::{Activity, ReceivingBody};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The client's request body, forwarded as it arrives. Remembers whether reading it
-/// failed, because a broken chunk from the client is a 400, not a server failure.
+/// What a request has received from the client so far, shared by its body, the pipeline
+/// and its log record (one allocation for all three).
+#[derive(Debug, Default)]
+pub struct Received {
+    /// The head (as sent on HTTP/1.1) and the body read so far: the log's `bytes_in`.
+    pub bytes: AtomicU64,
+    /// Reading the body failed: a broken chunk from the client is a 400, not a server
+    /// failure.
+    pub failed: AtomicBool,
+}
+
+/// The client's request body, forwarded as it arrives.
 pub struct ClientBody {
     /// None for a bodiless request sent again.
     inner: Option<Incoming>,
-    failed: Arc<AtomicBool>,
-    /// Adds the bytes read (the request's `bytes_in`).
-    received: Option<Arc<AtomicU64>>,
+    /// Counts the bytes read and notes a failure; None for a body sent again.
+    received: Option<Arc<Received>>,
     /// Held until the body ends: while it is coming, the client timeout applies.
     receiving: Option<ReceivingBody>,
 }
 
 impl ClientBody {
-    pub fn new(
-        inner: Incoming,
-        received: Arc<AtomicU64>,
-        activity: &Arc<Activity>,
-    ) -> (Self, Arc<AtomicBool>) {
-        let failed = Arc::new(AtomicBool::new(false));
+    pub fn new(inner: Incoming, received: Arc<Received>, activity: &Arc<Activity>) -> Self {
         let receiving = (!inner.is_end_stream()).then(|| activity.receiving_body());
-        let body = Self {
+        Self {
             inner: Some(inner),
-            failed: Arc::clone(&failed),
             received: Some(received),
             receiving,
-        };
-        (body, failed)
+        }
     }
 
     /// The body of a bodiless request sent again.
     pub fn empty() -> Self {
         Self {
             inner: None,
-            failed: Arc::new(AtomicBool::new(false)),
             received: None,
             receiving: None,
         }
@@ -73,12 +74,16 @@ impl Body for ClientBody {
         let polled = Pin::new(inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Err(_))) => {
-                self.failed.store(true, Ordering::Release);
+                if let Some(received) = &self.received {
+                    received.failed.store(true, Ordering::Release);
+                }
                 self.receiving = None;
             }
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(data), Some(received)) = (frame.data_ref(), &self.received) {
-                    received.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    received
+                        .bytes
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
                 }
                 if self.inner.as_ref().is_some_and(|b| b.is_end_stream()) {
                     self.receiving = None;

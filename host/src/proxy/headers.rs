@@ -11,6 +11,7 @@ use super::error::ProxyError;
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1, plus the
 /// non-standard Keep-Alive and Proxy-Connection).
+/// (`Connection` comes first: [`strip_hop_by_hop`] relies on it.)
 static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -20,6 +21,8 @@ static HOP_BY_HOP: [HeaderName; 7] = [
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
+const TE_AT: usize = 3;
+const UPGRADE_AT: usize = 6;
 
 /// Headers that a client's `Connection` header may not strip: weir sets or needs them.
 const PROTECTED: [HeaderName; 3] = [header::HOST, header::CONTENT_LENGTH, header::CONTENT_TYPE];
@@ -42,41 +45,64 @@ pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// `upgrade`, the `Upgrade` value is kept and `Connection: upgrade` restored, so that an
 /// upgrade handshake passes through.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    // Most messages carry no hop-by-hop header but `Connection`, or none at all: one look
-    // at each name (standard names compare as numbers) settles those without hashing.
-    if !headers.keys().any(|n| HOP_BY_HOP.contains(n)) {
-        return;
+    // One look at each name (standard names compare as numbers) finds the hop-by-hop
+    // headers present, as bits of HOP_BY_HOP's positions.
+    let mut present = 0u8;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        }
     }
-    let connection = headers.get_all(header::CONNECTION);
-    let nominated = |name: &HeaderName| {
-        !PROTECTED.contains(name)
-            && connection
+    let has = |i: usize| present & (1 << i) != 0;
+    let plain = |v: &HeaderValue| {
+        v.as_bytes().eq_ignore_ascii_case(b"keep-alive")
+            || v.as_bytes().eq_ignore_ascii_case(b"close")
+    };
+    match present {
+        0 => return,
+        // The usual case: `Connection: keep-alive` or `close`, nothing else to remove.
+        1 if headers.get_all(header::CONNECTION).iter().all(plain) => {
+            headers.remove(header::CONNECTION);
+            return;
+        }
+        _ => {}
+    }
+    // Headers `Connection` nominates besides the hop-by-hop ones.
+    let nominated: Vec<HeaderName> = {
+        let tokens = || {
+            headers
+                .get_all(header::CONNECTION)
                 .iter()
                 .filter_map(|v| v.to_str().ok())
                 .flat_map(|v| v.split(','))
-                .any(|t| t.trim().eq_ignore_ascii_case(name.as_str()))
+                .map(str::trim)
+        };
+        headers
+            .keys()
+            .filter(|n| {
+                !PROTECTED.contains(n)
+                    && !HOP_BY_HOP.contains(n)
+                    && tokens().any(|t| t.eq_ignore_ascii_case(n.as_str()))
+            })
+            .cloned()
+            .collect()
     };
-    // The names present are found first, then removed (each removal hashes its name).
-    let remove: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| HOP_BY_HOP.contains(n) || nominated(n))
-        .cloned()
-        .collect();
-    let upgrade_value = if upgrade && remove.contains(&header::UPGRADE) {
+    let upgrade_value = if upgrade && has(UPGRADE_AT) {
         headers.get(header::UPGRADE).cloned()
     } else {
         None
     };
     // `TE: trailers` says the client takes trailers, which weir passes on: gRPC servers
     // ask for it, so it stays. Other TE codings are the client's business with weir.
-    let te_trailers = remove.contains(&header::TE)
+    let te_trailers = has(TE_AT)
         && headers.get_all(header::TE).iter().any(|v| {
             v.to_str().is_ok_and(|s| {
                 s.split(',')
                     .any(|c| c.trim().eq_ignore_ascii_case("trailers"))
             })
         });
-    for name in &remove {
+    let hop_by_hop = HOP_BY_HOP.iter().enumerate().filter(|&(i, _)| has(i));
+    for name in hop_by_hop.map(|(_, n)| n).chain(&nominated) {
         headers.remove(name);
     }
     if let Some(value) = upgrade_value {
@@ -289,6 +315,17 @@ mod tests {
         let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         names.sort();
         assert_eq!(names, vec!["content-length", "x-kept"]);
+
+        // The usual `Connection: keep-alive` (or close) goes, alone; a name it nominates
+        // goes with it.
+        for value in ["keep-alive", "Close"] {
+            let mut h = map(&[("connection", value), ("x-kept", "yes")]);
+            strip_hop_by_hop(&mut h, false);
+            assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-kept"]);
+        }
+        let mut h = map(&[("connection", "x-gone"), ("x-gone", "1"), ("x-kept", "yes")]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-kept"]);
 
         // Without hop-by-hop headers, nothing changes.
         let plain = map(&[("host", "a"), ("x-kept", "yes"), ("accept", "*/*")]);

@@ -34,8 +34,9 @@ pub struct LogRecord {
     pub tr: Option<Duration>,
     pub status: u16,
     pub bytes: u64,
-    /// Request bytes received: the head (as sent on HTTP/1.1) and the body read so far.
-    pub bytes_in: Arc<AtomicU64>,
+    /// Request bytes received (the head as sent on HTTP/1.1 and the body read so far),
+    /// and whether reading the body failed.
+    pub received: Arc<super::body::Received>,
     pub termination: [u8; 2],
     pub retries: u32,
     /// Retries that went to another server.
@@ -383,7 +384,7 @@ mod tests {
             tr: None,
             status: 503,
             bytes: 57,
-            bytes_in: Default::default(),
+            received: Default::default(),
             termination: *b"SC",
             retries: 3,
             redispatches: 0,

@@ -29,7 +29,7 @@ use crate::config::{Config, Frontend};
 use crate::plugin::{self, LoadError, Plugin};
 use crate::server::io::Activity;
 use backend::{BackendRt, InFlight, QueueError, ServerRt};
-use body::{ClientBody, ResponseBody};
+use body::{ClientBody, Received, ResponseBody};
 pub use error::ProxyError;
 use log::{AccessLog, LogRecord, Target};
 
@@ -207,7 +207,10 @@ fn new_record(
         tr: None,
         status: 0,
         bytes: 0,
-        bytes_in: Arc::new(AtomicU64::new(bytes_in)),
+        received: Arc::new(Received {
+            bytes: AtomicU64::new(bytes_in),
+            ..Default::default()
+        }),
         termination: *b"--",
         retries: 0,
         redispatches: 0,
@@ -455,8 +458,7 @@ async fn forward(
         && is_idempotent(&parts.method)
         && !upgrade)
         .then(|| parts.clone());
-    let (client_body, client_failed) =
-        ClientBody::new(body, Arc::clone(&record.bytes_in), &conn.activity);
+    let client_body = ClientBody::new(body, Arc::clone(&record.received), &conn.activity);
     let mut pending = Some(Request::from_parts(parts, client_body));
     let mut excluded = Vec::new();
     let started = Instant::now();
@@ -534,7 +536,15 @@ async fn forward(
         let request = headers::for_server(request, sender.is_h2(), server.cfg.tls.is_some());
         let sent_at = Instant::now();
         let waiting = conn.activity.awaiting_server();
-        let sent = send(backend, &server, sender, reused, request, &client_failed).await;
+        let sent = send(
+            backend,
+            &server,
+            sender,
+            reused,
+            request,
+            &record.received.failed,
+        )
+        .await;
         drop(waiting);
         match sent {
             Outcome::Unsent(request, e) => {

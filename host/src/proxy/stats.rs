@@ -125,7 +125,7 @@ impl Counters {
         self.durations.observe(took);
         self.bytes_out.fetch_add(r.bytes, Ordering::Relaxed);
         self.bytes_in
-            .fetch_add(r.bytes_in.load(Ordering::Relaxed), Ordering::Relaxed);
+            .fetch_add(r.received.bytes.load(Ordering::Relaxed), Ordering::Relaxed);
         let class = match r.status {
             100..=199 => 0,
             200..=299 => 1,
