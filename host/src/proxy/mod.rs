@@ -471,7 +471,10 @@ async fn forward(
         };
         let can_retry = record.retries < backend.cfg.retries;
         let slot = choose(backend, &request, conn.peer.ip(), &mut excluded, pinned).await?;
-        record.tw.get_or_insert_with(|| started.elapsed());
+        // One clock reading serves the wait's end, the pool's freshness check and, on a
+        // pooled connection, the moment the request is sent.
+        let chosen_at = Instant::now();
+        record.tw.get_or_insert_with(|| chosen_at - started);
         let server = Arc::clone(slot.server());
         let index = slot.index();
         record.server = Some(Arc::clone(&server.name));
@@ -489,7 +492,7 @@ async fn forward(
             }
         };
 
-        let (sender, reused) = match server.pool.take() {
+        let (sender, reused) = match server.pool.take(chosen_at) {
             Some(sender) => {
                 record.tc = Some(Duration::ZERO);
                 (sender, true)
@@ -534,7 +537,7 @@ async fn forward(
             ));
         }
         let request = headers::for_server(request, sender.is_h2(), server.cfg.tls.is_some());
-        let sent_at = Instant::now();
+        let sent_at = if reused { chosen_at } else { Instant::now() };
         let waiting = conn.activity.awaiting_server();
         let sent = send(
             backend,

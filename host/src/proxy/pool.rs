@@ -93,8 +93,9 @@ impl Pool {
     }
 
     /// The shared HTTP/2 connection if it is open, else the most recently used idle
-    /// HTTP/1.1 connection that is still open and fresh.
-    pub fn take(&self) -> Option<Sender> {
+    /// HTTP/1.1 connection that is still open and fresh (idle less than the timeout at
+    /// `now`).
+    pub fn take(&self, now: Instant) -> Option<Sender> {
         if self.h2 {
             return self
                 .shared
@@ -105,7 +106,6 @@ impl Pool {
                 .map(|s| Sender::H2(s.clone()));
         }
         let mut idle = self.lock();
-        let now = Instant::now();
         while let Some(c) = idle.pop() {
             if now.duration_since(c.since) < self.idle_timeout && c.sender.is_ready() {
                 return Some(Sender::H1(c.sender));
