@@ -352,6 +352,47 @@ async fn idle_keep_alive_connections_are_closed_after_timeout_client() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connections_are_closed_after_timeout_http_request() {
+    // As HAProxy without `timeout http-keep-alive`: the wait for the next request head
+    // counts from the end of the previous response.
+    let server = MockServer::start("s1").await;
+    let proxy = proxy_to(server.addr, "client = \"10s\", http_request = \"300ms\"").await;
+    let mut stream = TcpStream::connect(proxy.addr()).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let (response, closed) = read_until_close(&mut stream, Duration::from_secs(3)).await;
+    assert_eq!(raw_status(&response), 200);
+    assert!(closed, "an idle keep-alive connection must be closed");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_millis(1500),
+        "closed after {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_response_is_not_cut_by_timeout_http_request() {
+    let server = MockServer::start("s1").await;
+    let proxy = proxy_to(server.addr, "http_request = \"300ms\", server = \"5s\"").await;
+    let mut client = Client::connect(proxy.addr()).await;
+    let gate = std::sync::Arc::clone(&server.gate);
+    // /gate sends its first chunk, then the rest only once released: well after the
+    // head timeout, while the response is still on its way.
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        gate.release.notify_one();
+    });
+    let reply = client.get("/gate").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text(), "first;rest");
+    // And the connection still serves the next request.
+    assert_eq!(client.get("/").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_server_is_not_cut_by_the_client_timeout() {
     let server = MockServer::start("s1").await;
     let proxy = proxy_to(server.addr, "client = \"200ms\", server = \"5s\"").await;

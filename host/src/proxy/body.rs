@@ -15,7 +15,7 @@ use tokio::time::{Instant, Sleep};
 use super::backend::InFlight;
 use super::log::{AccessLog, LogRecord};
 use super::pool::{Pool, Sender};
-use crate::server::io::{Activity, ReceivingBody};
+use crate::server::io::{Activity, InRequest, ReceivingBody};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -133,10 +133,12 @@ pub struct ResponseBody {
     in_flight: Option<InFlight>,
 }
 
-/// The request's log record and where its line goes.
+/// The request's log record and where its line goes, and the request's mark on its
+/// connection (released when the response ends).
 struct Logged {
     record: LogRecord,
     log: AccessLog,
+    _request: InRequest,
 }
 
 impl ResponseBody {
@@ -169,10 +171,14 @@ impl ResponseBody {
         }
     }
 
-    /// The request's record, logged and counted when the body ends. The record moves
-    /// here from the request's handler once the response is decided.
-    pub fn attach(&mut self, record: LogRecord, log: AccessLog) {
-        self.logged = Some(Box::new(Logged { record, log }));
+    /// The request's record, logged and counted when the body ends, and its mark on the
+    /// connection. Both move here from the request's handler once the response is decided.
+    pub fn attach(&mut self, record: LogRecord, log: AccessLog, request: InRequest) {
+        self.logged = Some(Box::new(Logged {
+            record,
+            log,
+            _request: request,
+        }));
     }
 
     /// Releases the server slot and logs, once. `termination` overrides the record's own

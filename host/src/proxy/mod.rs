@@ -27,7 +27,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use crate::balance::RequestKey;
 use crate::config::{Config, Frontend};
 use crate::plugin::{self, LoadError, Plugin};
-use crate::server::io::Activity;
+use crate::server::io::{Activity, InRequest};
 use backend::{BackendRt, InFlight, QueueError, ServerRt};
 use body::{ClientBody, Received, ResponseBody};
 pub use error::ProxyError;
@@ -281,16 +281,17 @@ pub async fn handle(
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
 ) -> Response<ResponseBody> {
+    let request = conn.activity.request();
     let uri = Target::Uri(req.uri().clone());
     let head = head_size(&req, &uri);
     let mut record = new_record(&fe, &conn, req.method().clone(), uri, req.version(), head);
     let version = req.version();
     let response = match forward(&fe, &conn, req, &mut record).await {
         Ok(mut response) => {
-            response.body_mut().attach(record, fe.log.clone());
+            response.body_mut().attach(record, fe.log.clone(), request);
             response
         }
-        Err(err) => error_response(&fe, &err, record, version),
+        Err(err) => error_response(&fe, &err, record, version, request),
     };
     conn.mark_ready();
     response
@@ -334,6 +335,7 @@ fn error_response(
     err: &ProxyError,
     mut record: LogRecord,
     version: Version,
+    request: InRequest,
 ) -> Response<ResponseBody> {
     let status = err.status();
     if status.is_server_error() {
@@ -358,7 +360,7 @@ fn error_response(
     record.status = status.as_u16();
     record.termination = err.termination();
     let mut response = Response::new(ResponseBody::local(body));
-    response.body_mut().attach(record, fe.log.clone());
+    response.body_mut().attach(record, fe.log.clone(), request);
     *response.status_mut() = status;
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -592,6 +594,7 @@ async fn forward(
                         ));
                     };
                     let server_upgrade = hyper::upgrade::on(&mut response);
+                    conn.activity.upgraded();
                     let (mut head, _) = response.into_parts();
                     headers::strip_hop_by_hop(&mut head.headers, true);
                     tokio::spawn(tunnel::run(

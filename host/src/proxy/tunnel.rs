@@ -38,7 +38,7 @@ pub async fn run(
                 tracing::debug!("tunnel from {} ended: {e}", conn.peer);
             }
         }
-        _ = activity.idle_timeout(idle) => {
+        _ = activity.expired(idle, None) => {
             tracing::debug!("tunnel from {} closed after {idle:?} idle", conn.peer);
         }
     }

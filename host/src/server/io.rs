@@ -4,7 +4,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -49,12 +49,20 @@ pub const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// When a connection last moved a byte, and whether weir is waiting on a server for it
 /// (the server timeout governs that wait, not the client timeout) or on the client's
-/// request body (which the client timeout governs even while a server waits for it).
+/// request body (which the client timeout governs even while a server waits for it);
+/// and, for HTTP/1, since when it has been waiting for its next request head.
 pub struct Activity {
     base: Instant,
     last_ms: AtomicU64,
     awaiting_server: AtomicU32,
     receiving_body: AtomicU32,
+    /// Requests between their head and the end of their response.
+    requests: AtomicU32,
+    /// When the wait for the next request head began (the activity clock's
+    /// milliseconds): the end of the last response, or the start of the connection.
+    head_wait_ms: AtomicU64,
+    /// No more request heads come: the connection became a tunnel.
+    heads_over: AtomicBool,
 }
 
 impl Default for Activity {
@@ -64,19 +72,46 @@ impl Default for Activity {
             last_ms: AtomicU64::new(0),
             awaiting_server: AtomicU32::new(0),
             receiving_body: AtomicU32::new(0),
+            requests: AtomicU32::new(0),
+            head_wait_ms: AtomicU64::new(0),
+            heads_over: AtomicBool::new(false),
         }
     }
 }
 
+/// Why a connection's activity ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expired {
+    /// Idle for timeout.client while weir waited on the client.
+    Client,
+    /// No complete request head within timeout.http_request.
+    Head,
+}
+
 impl Activity {
     pub fn touch(&self) {
-        self.last_ms
-            .store(self.base.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.last_ms.store(self.now_ms(), Ordering::Relaxed);
     }
 
-    pub fn idle_for(&self) -> Duration {
-        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-        self.base.elapsed().saturating_sub(last)
+    fn now_ms(&self) -> u64 {
+        self.base.elapsed().as_millis() as u64
+    }
+
+    /// The wait for the first request head begins now.
+    pub fn await_heads(&self) {
+        self.head_wait_ms.store(self.now_ms(), Ordering::Release);
+    }
+
+    /// Marks a request from its head to the end of its response, until the guard drops;
+    /// the wait for the next head then begins.
+    pub fn request(self: &Arc<Self>) -> InRequest {
+        self.requests.fetch_add(1, Ordering::AcqRel);
+        InRequest(Arc::clone(self))
+    }
+
+    /// The connection became a tunnel: no more request heads to wait for.
+    pub fn upgraded(&self) {
+        self.heads_over.store(true, Ordering::Release);
     }
 
     /// Marks a wait for a server's response head until the guard drops.
@@ -91,19 +126,55 @@ impl Activity {
         ReceivingBody(Arc::clone(self))
     }
 
-    /// Resolves once nothing has moved for `limit` while weir was waiting on the client
-    /// (for a request, or for the rest of a request body), not on a server.
-    pub async fn idle_timeout(&self, limit: Duration) {
+    /// Resolves once nothing has moved for `client` while weir was waiting on the client
+    /// (for a request, or for the rest of a request body), not on a server; or, with
+    /// `head`, once a request head has been awaited that long (HAProxy's
+    /// `timeout http-request`: from the end of the previous response, or the start).
+    ///
+    /// One timer per connection, not one per request: it wakes at the earliest deadline
+    /// it knows of, and at least every `head` while requests run. A head wait that
+    /// begins later ends later than that, so it is never missed.
+    pub async fn expired(&self, client: Duration, head: Option<Duration>) -> Expired {
         loop {
-            let idle = self.idle_for();
+            let now = self.now_ms();
+            let idle =
+                Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)));
             let waiting = self.awaiting_server.load(Ordering::Acquire) > 0
                 && self.receiving_body.load(Ordering::Acquire) == 0;
-            if !waiting && idle >= limit {
-                return;
+            if !waiting && idle >= client {
+                return Expired::Client;
             }
-            let wait = if waiting { limit } else { limit - idle };
+            let mut wait = if waiting { client } else { client - idle };
+            if let Some(limit) = head
+                && !self.heads_over.load(Ordering::Acquire)
+            {
+                if self.requests.load(Ordering::Acquire) == 0 {
+                    let since = Duration::from_millis(
+                        now.saturating_sub(self.head_wait_ms.load(Ordering::Acquire)),
+                    );
+                    if since >= limit {
+                        return Expired::Head;
+                    }
+                    wait = wait.min(limit - since);
+                } else {
+                    wait = wait.min(limit);
+                }
+            }
             tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
         }
+    }
+}
+
+/// A request in progress on its connection; see [`Activity::request`].
+pub struct InRequest(Arc<Activity>);
+
+impl Drop for InRequest {
+    fn drop(&mut self) {
+        let activity = &self.0;
+        activity
+            .head_wait_ms
+            .store(activity.now_ms(), Ordering::Release);
+        activity.requests.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -29,7 +29,7 @@ use crate::proxy::log::AccessLog;
 use crate::proxy::stats::Gauge;
 use crate::proxy::{self, ConnInfo, Proxy};
 use crate::proxy_protocol;
-use io::{Activity, Tracked};
+use io::{Activity, Expired, Tracked};
 
 /// How long an HTTP/2 client that flooded weir with control frames has to read the GOAWAY
 /// before its connection is dropped.
@@ -605,8 +605,10 @@ struct FrontendServer {
 impl FrontendServer {
     fn new(cfg: Frontend, live: Current, connections: Arc<Gauge>) -> Self {
         let mut h1 = http1::Builder::new();
+        // timeout.http_request is the connection's own timer (`Activity::expired`), not
+        // hyper's, which would arm a timer for every request.
         h1.timer(TokioTimer::new())
-            .header_read_timeout(cfg.timeout_http_request)
+            .header_read_timeout(None)
             .max_headers(cfg.max_headers)
             .max_header_size(cfg.max_header_size)
             .max_buf_size(cfg.max_header_size.max(8192) + 8192)
@@ -814,7 +816,7 @@ async fn run<I>(
             connection,
             |c| c.graceful_shutdown(),
             &activity,
-            client_timeout,
+            (client_timeout, None),
             shutdown,
             Signals::Flood(flood),
             peer,
@@ -833,11 +835,12 @@ async fn run<I>(
             .h1
             .serve_connection(TokioIo::new(guard), service)
             .with_upgrades();
+        activity.await_heads();
         drive(
             connection,
             |c| c.graceful_shutdown(),
             &activity,
-            client_timeout,
+            (client_timeout, Some(server.cfg.timeout_http_request)),
             shutdown,
             Signals::Refused(Arc::clone(&verdict)),
             peer,
@@ -860,12 +863,13 @@ enum Signals {
 }
 
 /// Runs a connection to its end; on shutdown lets it finish gracefully; closes it when the
-/// client has been idle for timeout.client while weir was not waiting on a server.
+/// client has been idle for timeout.client while weir was not waiting on a server, or (for
+/// HTTP/1, with a head timeout) when a request head took longer than timeout.http_request.
 async fn drive<C: Future<Output = Result<(), hyper::Error>>>(
     connection: C,
     graceful: impl Fn(Pin<&mut C>),
     activity: &Activity,
-    client_timeout: Duration,
+    (client_timeout, head_timeout): (Duration, Option<Duration>),
     mut shutdown: watch::Receiver<bool>,
     signals: Signals,
     peer: SocketAddr,
@@ -921,8 +925,13 @@ async fn drive<C: Future<Output = Result<(), hyper::Error>>>(
                 cut_off = Some(tokio::time::Instant::now() + FLOOD_GRACE);
             }
             _ = cut => return,
-            _ = activity.idle_timeout(client_timeout) => {
-                tracing::debug!("{peer}: closed after timeout.client");
+            why = activity.expired(client_timeout, head_timeout) => {
+                match why {
+                    Expired::Client => tracing::debug!("{peer}: closed after timeout.client"),
+                    Expired::Head => {
+                        tracing::debug!("{peer}: no complete request within timeout.http_request");
+                    }
+                }
                 return;
             }
         }
