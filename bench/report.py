@@ -156,8 +156,9 @@ def main():
         samples = soak["rss_samples_kib"] or [soak["rss_start_kib"]]
         growth = (max(samples) - samples[0]) / samples[0] * 100 if samples[0] else 0
         section.append(
-            f"Soak: weir under load for {soak['seconds']} s: RSS {samples[0]} KiB at the first sample, "
-            f"{max(samples)} KiB at most ({growth:.1f}% growth; the target is at most 10%)."
+            f"Soak: weir under load for {soak['seconds']} s: RSS {soak['rss_start_kib']} KiB before "
+            f"the load, {samples[0]} KiB at the first sample (10 s in), {max(samples)} KiB at most "
+            f"({growth:.1f}% growth from the first sample; the target is at most 10%)."
         )
     else:
         section.append("Soak: not run this time (`SOAK=600 bench/run` runs a 10-minute one).")
