@@ -331,10 +331,11 @@ async fn slowloris_connections_are_closed_after_timeout_http_request() {
     assert_eq!(server.requests(), 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_keep_alive_connections_are_closed_after_timeout_client() {
+/// Sends one request on a connection, reads the answer, and asserts that the proxy then
+/// closes the idle connection after about 300 ms (the shorter of the two timeouts).
+async fn idle_keep_alive_closes_after_300ms(timeouts: &str) {
     let server = MockServer::start("s1").await;
-    let proxy = proxy_to(server.addr, "client = \"300ms\", http_request = \"10s\"").await;
+    let proxy = proxy_to(server.addr, timeouts).await;
     let mut stream = TcpStream::connect(proxy.addr()).await.unwrap();
     stream
         .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
@@ -343,34 +344,27 @@ async fn idle_keep_alive_connections_are_closed_after_timeout_client() {
     let started = Instant::now();
     let (response, closed) = read_until_close(&mut stream, Duration::from_secs(3)).await;
     assert_eq!(raw_status(&response), 200);
-    assert!(closed, "an idle client connection must be closed");
+    assert!(
+        closed,
+        "an idle keep-alive connection must be closed ({timeouts})"
+    );
     let took = started.elapsed();
     assert!(
         took >= Duration::from_millis(250) && took < Duration::from_millis(1500),
-        "closed after {took:?}"
+        "closed after {took:?} ({timeouts})"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connections_are_closed_after_timeout_client() {
+    idle_keep_alive_closes_after_300ms("client = \"300ms\", http_request = \"10s\"").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keep_alive_connections_are_closed_after_timeout_http_request() {
     // As HAProxy without `timeout http-keep-alive`: the wait for the next request head
     // counts from the end of the previous response.
-    let server = MockServer::start("s1").await;
-    let proxy = proxy_to(server.addr, "client = \"10s\", http_request = \"300ms\"").await;
-    let mut stream = TcpStream::connect(proxy.addr()).await.unwrap();
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .unwrap();
-    let started = Instant::now();
-    let (response, closed) = read_until_close(&mut stream, Duration::from_secs(3)).await;
-    assert_eq!(raw_status(&response), 200);
-    assert!(closed, "an idle keep-alive connection must be closed");
-    let took = started.elapsed();
-    assert!(
-        took >= Duration::from_millis(250) && took < Duration::from_millis(1500),
-        "closed after {took:?}"
-    );
+    idle_keep_alive_closes_after_300ms("client = \"10s\", http_request = \"300ms\"").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
