@@ -64,7 +64,11 @@ fn the_report_takes_medians_and_ratios_to_haproxy() {
         r#"{"weir": {"idle_kib": 1000, "with_1000_connections_kib": 5000}}"#,
     )
     .unwrap();
-    std::fs::write(dir.join("soak.json"), "null").unwrap();
+    std::fs::write(
+        dir.join("soak.json"),
+        r#"{"seconds": 600, "rss_start_kib": 900, "rss_samples_kib": [1000, 1050, 1020]}"#,
+    )
+    .unwrap();
     std::fs::write(dir.join("BENCHMARKS.md"), "# Benchmarks\n\nby hand\n").unwrap();
     let status = Command::new("python3")
         .arg(bench_dir().join("report.py"))
@@ -99,6 +103,11 @@ fn the_report_takes_medians_and_ratios_to_haproxy() {
         "{md}"
     );
     assert!(md.contains("| weir, no plugins | 1000 | 5000 |"), "{md}");
+    // The soak's growth counts from its first sample under load.
+    assert!(
+        md.contains("RSS 900 KiB before the load, 1000 KiB at the first sample (10 s in), 1050 KiB at most (5.0% growth from the first sample"),
+        "{md}"
+    );
 }
 
 /// One run as bench/run records it.
