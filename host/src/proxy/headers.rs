@@ -21,8 +21,6 @@ static HOP_BY_HOP: [HeaderName; 7] = [
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
-const TE_AT: usize = 3;
-const UPGRADE_AT: usize = 6;
 
 /// Headers that a client's `Connection` header may not strip: weir sets or needs them.
 const PROTECTED: [HeaderName; 3] = [header::HOST, header::CONTENT_LENGTH, header::CONTENT_TYPE];
@@ -53,7 +51,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
             present |= 1 << i;
         }
     }
-    let has = |i: usize| present & (1 << i) != 0;
+    let has = |name: &HeaderName| {
+        HOP_BY_HOP
+            .iter()
+            .position(|h| h == name)
+            .is_some_and(|i| present & (1 << i) != 0)
+    };
     let plain = |v: &HeaderValue| {
         v.as_bytes().eq_ignore_ascii_case(b"keep-alive")
             || v.as_bytes().eq_ignore_ascii_case(b"close")
@@ -68,41 +71,28 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         _ => {}
     }
     // Headers `Connection` nominates besides the hop-by-hop ones.
-    let nominated: Vec<HeaderName> = {
-        let tokens = || {
-            headers
-                .get_all(header::CONNECTION)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .map(str::trim)
-        };
-        headers
-            .keys()
-            .filter(|n| {
-                !PROTECTED.contains(n)
-                    && !HOP_BY_HOP.contains(n)
-                    && tokens().any(|t| t.eq_ignore_ascii_case(n.as_str()))
-            })
-            .cloned()
-            .collect()
-    };
-    let upgrade_value = if upgrade && has(UPGRADE_AT) {
+    let nominated: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| {
+            !PROTECTED.contains(n) && !HOP_BY_HOP.contains(n) && connection_has(headers, n.as_str())
+        })
+        .cloned()
+        .collect();
+    let upgrade_value = if upgrade && has(&header::UPGRADE) {
         headers.get(header::UPGRADE).cloned()
     } else {
         None
     };
     // `TE: trailers` says the client takes trailers, which weir passes on: gRPC servers
     // ask for it, so it stays. Other TE codings are the client's business with weir.
-    let te_trailers = has(TE_AT)
+    let te_trailers = has(&header::TE)
         && headers.get_all(header::TE).iter().any(|v| {
             v.to_str().is_ok_and(|s| {
                 s.split(',')
                     .any(|c| c.trim().eq_ignore_ascii_case("trailers"))
             })
         });
-    let hop_by_hop = HOP_BY_HOP.iter().enumerate().filter(|&(i, _)| has(i));
-    for name in hop_by_hop.map(|(_, n)| n).chain(&nominated) {
+    for name in HOP_BY_HOP.iter().filter(|n| has(n)).chain(&nominated) {
         headers.remove(name);
     }
     if let Some(value) = upgrade_value {
