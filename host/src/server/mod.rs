@@ -606,9 +606,9 @@ impl FrontendServer {
     fn new(cfg: Frontend, live: Current, connections: Arc<Gauge>) -> Self {
         let mut h1 = http1::Builder::new();
         // timeout.http_request is the connection's own timer (`Activity::expired`), not
-        // hyper's, which would arm a timer for every request.
-        h1.timer(TokioTimer::new())
-            .header_read_timeout(None)
+        // hyper's, which would arm a timer for every request (hyper's HTTP/1 server uses a
+        // timer for nothing else, so it gets none).
+        h1.header_read_timeout(None)
             .max_headers(cfg.max_headers)
             .max_header_size(cfg.max_header_size)
             .max_buf_size(cfg.max_header_size.max(8192) + 8192)
