@@ -1,13 +1,18 @@
 //! The CPU deadline of a plugin call, alone in its test binary: its timing is measured
-//! with nothing else of the suite running beside it.
+//! with nothing else of the suite running beside it. The two tests here take turns, as
+//! one of them stops the process's epoch thread.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use weir_tests::{Client, MockServer, TestProxy, config, fixture_plugin, with_plugins};
 
+/// One test at a time in this binary.
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endless_loop_is_cut_at_the_deadline_while_another_frontend_keeps_serving() {
+    let _turn = TURN.lock().await;
     let server = MockServer::start("s1").await;
     let mut toml = with_plugins(
         config("roundrobin", &[("s1", server.addr, "")], ""),
@@ -94,5 +99,48 @@ async fn an_endless_loop_is_cut_at_the_deadline_while_another_frontend_keeps_ser
         p99 <= baseline_p99 * 2 + Duration::from_millis(1),
         "the other frontend's p99 was {p99:?} over {} requests, alone {baseline_p99:?}",
         other.len()
+    );
+}
+
+/// The deadline holds without the epoch thread (on a loaded machine it may wait for a
+/// core for longer than a deadline): each thread running a call has a timer on its own
+/// CPU clock that wakes the check. With the epoch thread stopped and no such timer, a
+/// looping call would never be checked and never answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deadline_holds_while_the_epoch_thread_is_not_running() {
+    let _turn = TURN.lock().await;
+    let server = MockServer::start("s1").await;
+    let toml = with_plugins(
+        config("roundrobin", &[("s1", server.addr, "")], ""),
+        &["spin"],
+        &[fixture_plugin("spin", "loop", "timeout = \"20ms\"")],
+    );
+    let proxy = TestProxy::start(&toml).await;
+    let mut client = Client::connect(proxy.addr()).await;
+
+    /// Lets the epoch thread run again however the test ends.
+    struct Resume;
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            weir::plugin::stall_epoch_thread(false);
+        }
+    }
+    let _resume = Resume;
+    weir::plugin::stall_epoch_thread(true);
+    for _ in 0..10 {
+        let answer = tokio::time::timeout(Duration::from_secs(5), client.get("/"))
+            .await
+            .expect("a looping call is stopped without the epoch thread");
+        assert_eq!(answer.status, 503);
+    }
+    let spin = &proxy.running.plugins()[0];
+    assert_eq!(spin.stats.timeouts.load(Ordering::Relaxed), 10);
+    // Each check comes within a timer interval (2 ms of the thread's CPU, which the
+    // kernel rounds up to its scheduler tick: 4 ms at 250 Hz) of the last.
+    let cpu = Duration::from_nanos(spin.stats.timeout_cpu_max_ns.load(Ordering::Relaxed));
+    eprintln!("without the epoch thread, calls stopped after at most {cpu:?} of CPU");
+    assert!(
+        cpu >= Duration::from_millis(20) && cpu <= Duration::from_millis(30),
+        "a call was stopped after {cpu:?} of CPU"
     );
 }

@@ -1,13 +1,14 @@
 //! The plugin runtime: WebAssembly components against the `weir:plugin` world.
 //!
 //! One wasmtime engine for the process (pooling allocator, epoch interruption, a 1 ms
-//! epoch ticker). Each configured plugin is compiled and pre-instantiated once; a pool of
+//! epoch ticker, backed by a CPU timer on each thread that runs calls, in `cpu_timer`). Each configured plugin is compiled and pre-instantiated once; a pool of
 //! configured instances serves its hook calls. Every call has a CPU deadline (the
 //! plugin's `timeout` of the thread's CPU time, enforced to within one tick; time spent
 //! waiting for a core does not count) and every instance a memory cap; an
 //! instance whose call failed in any way is dropped, never reused. WASI grants nothing:
 //! no files, environment, arguments or sockets.
 
+mod cpu_timer;
 mod host;
 pub mod stock;
 pub mod validate;
@@ -182,7 +183,7 @@ impl CpuMeter {
         std::future::poll_fn(|cx| {
             let start = thread_cpu_at_least_ns();
             self.poll_start_ns.store(start, Ordering::Relaxed);
-            let r = call.as_mut().poll(cx);
+            let r = cpu_timer::in_call(|| call.as_mut().poll(cx));
             if r.is_pending() {
                 // The next poll may run on another thread: keep what this one used.
                 self.used_ns
@@ -194,9 +195,48 @@ impl CpuMeter {
     }
 }
 
+/// The process's engine, once created.
+static ENGINE: OnceLock<Engine> = OnceLock::new();
+
+/// Brings the epoch up to real time (a late ticker, a busy machine): one increment per
+/// tick missed, each claimed on [`EPOCH`] so that the ticker and the CPU timers'
+/// signal handlers ([`cpu_timer`]) never count a tick twice. Whether it advanced.
+fn catch_up(engine: &Engine) -> bool {
+    let due = ticks_since_start();
+    let mut seen = EPOCH.load(Ordering::Acquire);
+    let mut advanced = false;
+    while seen < due {
+        match EPOCH.compare_exchange_weak(seen, seen + 1, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => {
+                engine.increment_epoch();
+                seen += 1;
+                advanced = true;
+            }
+            Err(now) => seen = now,
+        }
+    }
+    advanced
+}
+
+/// From a CPU timer's signal, on a thread in the middle of a call: the epoch up to
+/// date and one more, so that the running call checks its deadline now.
+fn advance_epoch_from_signal() {
+    if let Some(engine) = ENGINE.get() {
+        catch_up(engine);
+        engine.increment_epoch();
+    }
+}
+
+/// Stops the epoch thread from advancing the epoch (true) or lets it go on (false).
+/// For tests of the deadline's backstop, which must hold without that thread.
+#[doc(hidden)]
+pub fn stall_epoch_thread(stalled: bool) {
+    TICKER_STALLED.store(stalled, Ordering::Release);
+}
+static TICKER_STALLED: AtomicBool = AtomicBool::new(false);
+
 /// The process's engine, and the thread that advances its epoch.
 fn engine() -> &'static Engine {
-    static ENGINE: OnceLock<Engine> = OnceLock::new();
     ENGINE.get_or_init(|| {
         let mut pooling = wasmtime::PoolingAllocationConfig::default();
         pooling
@@ -225,15 +265,8 @@ fn engine() -> &'static Engine {
                 // (a busy machine) catches up, so a deadline holds to about one tick.
                 // While calls run long, it also advances every slice between ticks.
                 while let Some(engine) = ticking.upgrade() {
-                    let due = ticks_since_start();
-                    let mut advanced = false;
-                    while EPOCH.load(Ordering::Acquire) < due {
-                        engine.increment_epoch();
-                        EPOCH.fetch_add(1, Ordering::AcqRel);
-                        advanced = true;
-                    }
                     let long = LONG_CALLS.load(Ordering::Acquire) > 0;
-                    if long && !advanced {
+                    if !TICKER_STALLED.load(Ordering::Acquire) && !catch_up(&engine) && long {
                         engine.increment_epoch();
                     }
                     drop(engine);
