@@ -4,6 +4,7 @@
 //! in-process: build a [`config::Config`], then [`server::start`] it on a tokio runtime.
 
 pub mod admin;
+pub mod alloc;
 pub mod balance;
 pub mod config;
 pub mod demo;

@@ -34,11 +34,9 @@ enum Command {
     Demo,
 }
 
-/// mimalloc rather than the system allocator: a request allocates and frees many small
-/// blocks; with glibc's malloc that took about 6 % of weir's CPU under load, and with
-/// mimalloc the median CPU per request fell by about 8 % (bench/profile, BENCHMARKS.md).
+/// mimalloc, called the way it is fast ([`weir::alloc`]).
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: weir::alloc::Allocator = weir::alloc::Allocator;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
