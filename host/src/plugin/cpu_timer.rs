@@ -25,16 +25,38 @@ pub const INTERVAL: Duration = Duration::from_millis(2);
 thread_local! {
     /// A plugin call is being polled on this thread (read by the signal handler).
     static IN_CALL: Cell<bool> = const { Cell::new(false) };
+    /// This thread has its timer (or was refused one): the cheap check before the
+    /// thread-local that owns the timer, which has a destructor to register.
+    static TIMED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Marks the current thread as running a call for the duration of `poll`, creating the
 /// thread's timer the first time.
 pub fn in_call<R>(poll: impl FnOnce() -> R) -> R {
-    imp::ensure_timer();
+    if !TIMED.get() {
+        imp::ensure_timer();
+        TIMED.set(true);
+    }
     IN_CALL.set(true);
     let r = poll();
     IN_CALL.set(false);
     r
+}
+
+/// CPU time the current thread has used (a system call: about a microsecond).
+pub fn thread_cpu_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: the clock id is valid and `t` is a writable timespec.
+    let ok = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) } == 0;
+    if !ok {
+        return 0;
+    }
+    (t.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(t.tv_nsec as u64)
 }
 
 /// What the handler does: only on a thread inside a call (elsewhere the signal means

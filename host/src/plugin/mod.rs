@@ -76,13 +76,7 @@ fn ticks_since_start() -> u64 {
         / TICK.as_micros()) as u64
 }
 
-/// CPU time the current thread has used (a system call: about a microsecond).
-fn thread_cpu_ns() -> u64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
-    (t.tv_sec as u64)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(t.tv_nsec as u64)
-}
+use cpu_timer::thread_cpu_ns;
 
 /// How old a thread's CPU clock sample may be when a call starts.
 const CPU_SAMPLE_AGE: Duration = Duration::from_micros(250);
@@ -238,12 +232,18 @@ static TICKER_STALLED: AtomicBool = AtomicBool::new(false);
 /// The process's engine, and the thread that advances its epoch.
 fn engine() -> &'static Engine {
     ENGINE.get_or_init(|| {
+        // For profiling under valgrind, which cannot map the address space reserved for
+        // 2,000 memories of up to 256 MiB: `WEIR_PLUGIN_INSTANCES` sets a smaller pool.
+        let instances = std::env::var("WEIR_PLUGIN_INSTANCES")
+            .ok()
+            .and_then(|n| n.parse::<u32>().ok())
+            .unwrap_or(2_000);
         let mut pooling = wasmtime::PoolingAllocationConfig::default();
         pooling
-            .total_component_instances(2_000)
-            .total_memories(2_000)
-            .total_tables(2_000)
-            .total_core_instances(10_000)
+            .total_component_instances(instances)
+            .total_memories(instances)
+            .total_tables(instances)
+            .total_core_instances(instances.saturating_mul(5))
             .max_memory_size(validate::MAX_MEMORY as usize);
         ticks_since_start();
         let mut config = wasmtime::Config::new();
