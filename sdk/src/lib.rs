@@ -48,11 +48,58 @@ pub mod bindings {
 pub use bindings::weir::plugin::backends::{ServerInfo, ServerState};
 pub use bindings::weir::plugin::log::Level;
 pub use bindings::weir::plugin::types::{
-    Header, HeaderOp, Hooks, Info, LocalResponse, Probe, Proceed, Request, RequestAction,
-    RequestFields, Response, ResponseAction, Verdict,
+    Header, HeaderOp, Hooks, Info, LocalResponse, Probe, Proceed, RequestAction, RequestFields,
+    Response, ResponseAction, Verdict,
 };
 #[doc(hidden)]
 pub use serde_json;
+
+/// A client request, as `on_request` sees it. A field the plugin did not declare in
+/// [`Plugin::request_fields`] is empty (`""`, or `None` for `query` and `host`).
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// "GET", "POST", ...
+    pub method: String,
+    /// The path, without the query string.
+    pub path: String,
+    /// The query string, without the "?".
+    pub query: Option<String>,
+    /// The host the client addressed: the target's authority, else the Host header.
+    pub host: Option<String>,
+    /// The headers the plugin declared in [`Plugin::request_headers`] (all by default).
+    pub headers: Vec<Header>,
+    /// The client's IP address, as text.
+    pub client_ip: String,
+    /// The frontend the request came in on.
+    pub frontend: String,
+    /// "http" or "https".
+    pub scheme: String,
+    /// The backend the request is going to as things stand: the frontend's default, or
+    /// the one an earlier plugin of the chain chose.
+    pub backend: String,
+    /// A number that identifies this request within the weir process.
+    pub id: u64,
+}
+
+impl From<bindings::weir::plugin::types::Request> for Request {
+    /// What weir sent: its undeclared fields (none on the wire, where an empty string
+    /// would still cost a copy into the sandbox) become empty strings, which allocate
+    /// nothing.
+    fn from(wire: bindings::weir::plugin::types::Request) -> Self {
+        Request {
+            method: wire.method.unwrap_or_default(),
+            path: wire.path.unwrap_or_default(),
+            query: wire.query,
+            host: wire.host,
+            headers: wire.headers,
+            client_ip: wire.client_ip.unwrap_or_default(),
+            frontend: wire.frontend.unwrap_or_default(),
+            scheme: wire.scheme.unwrap_or_default(),
+            backend: wire.backend.unwrap_or_default(),
+            id: wire.id,
+        }
+    }
+}
 
 /// A weir plugin. Every hook has a safe default; declare the hooks you implement in
 /// `HOOKS`, since weir calls no others.
@@ -73,8 +120,8 @@ pub trait Plugin: Sized + 'static {
     }
 
     /// The request fields `on_request` reads; `None` (the default) for all. The others
-    /// arrive empty (`""`, or `None` for `query` and `host`), which makes every call
-    /// cheaper: a plugin that reads only the path says `Some(RequestFields::PATH)`.
+    /// arrive empty (`""`, or `None` for `query` and `host`) and cost nothing to send: a
+    /// plugin that reads only the path says `Some(RequestFields::PATH)`.
     fn request_fields(&self) -> Option<RequestFields> {
         None
     }
@@ -257,7 +304,7 @@ macro_rules! export_plugin {
                     __with(|p| $crate::Plugin::response_headers(p))
                 }
                 fn on_request(request: __types::Request) -> __types::RequestAction {
-                    __with(|p| $crate::Plugin::on_request(p, request))
+                    __with(|p| $crate::Plugin::on_request(p, request.into()))
                 }
                 fn on_response(response: __types::Response) -> __types::ResponseAction {
                     __with(|p| $crate::Plugin::on_response(p, response))

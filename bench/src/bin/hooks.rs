@@ -53,15 +53,15 @@ config = { rules = [
 
 fn request<'a>(path: &'a str, headers: &'a [HeaderParam<'a>]) -> Request<'a> {
     Request {
-        method: "GET",
-        path,
+        method: Some("GET"),
+        path: Some(path),
         query: Some("page=2"),
         host: Some("www.example.com"),
         headers,
-        client_ip: "192.0.2.10",
-        frontend: "www",
-        scheme: "http",
-        backend: "app",
+        client_ip: Some("192.0.2.10"),
+        frontend: Some("www"),
+        scheme: Some("http"),
+        backend: Some("app"),
         id: 1,
     }
 }

@@ -549,21 +549,20 @@ impl Plugin {
     }
 
     /// What `on-request` gets of a request's fields: those the plugin declared; the others
-    /// empty, so they cost nothing to copy into the sandbox.
+    /// none, so they cost nothing to copy into the sandbox.
     pub fn fields_read<'a>(&self, request: types::Request<'a>) -> types::Request<'a> {
         use types::RequestFields as F;
         let fields = self.request_fields;
-        let text = |flag, value| if fields.contains(flag) { value } else { "" };
-        let optional = |flag, value| if fields.contains(flag) { value } else { None };
+        let read = |flag, value| if fields.contains(flag) { value } else { None };
         types::Request {
-            method: text(F::METHOD, request.method),
-            path: text(F::PATH, request.path),
-            query: optional(F::QUERY, request.query),
-            host: optional(F::HOST, request.host),
-            client_ip: text(F::CLIENT_IP, request.client_ip),
-            frontend: text(F::FRONTEND, request.frontend),
-            scheme: text(F::SCHEME, request.scheme),
-            backend: text(F::BACKEND, request.backend),
+            method: read(F::METHOD, request.method),
+            path: read(F::PATH, request.path),
+            query: read(F::QUERY, request.query),
+            host: read(F::HOST, request.host),
+            client_ip: read(F::CLIENT_IP, request.client_ip),
+            frontend: read(F::FRONTEND, request.frontend),
+            scheme: read(F::SCHEME, request.scheme),
+            backend: read(F::BACKEND, request.backend),
             ..request
         }
     }

@@ -117,15 +117,15 @@ pub async fn on_request(
         }
         let headers = plugin.request_headers_of(&parts.headers);
         let request = plugin.fields_read(types::Request {
-            method: parts.method.as_str(),
-            path: parts.uri.path(),
+            method: Some(parts.method.as_str()),
+            path: Some(parts.uri.path()),
             query: parts.uri.query(),
             host,
             headers: &headers,
-            client_ip: &client_ip,
-            frontend: client.frontend,
-            scheme: client.scheme,
-            backend: &backend.as_ref().unwrap_or(default).name,
+            client_ip: Some(&client_ip),
+            frontend: Some(client.frontend),
+            scheme: Some(client.scheme),
+            backend: Some(&backend.as_ref().unwrap_or(default).name),
             id: client.id,
         });
         let action = match plugin.on_request(request).await {
