@@ -49,7 +49,7 @@ pub use bindings::weir::plugin::backends::{ServerInfo, ServerState};
 pub use bindings::weir::plugin::log::Level;
 pub use bindings::weir::plugin::types::{
     Header, HeaderOp, Hooks, Info, LocalResponse, Probe, Proceed, RequestAction, RequestFields,
-    Response, ResponseAction, Verdict,
+    ResponseAction, Verdict,
 };
 #[doc(hidden)]
 pub use serde_json;
@@ -91,12 +91,54 @@ impl From<bindings::weir::plugin::types::Request> for Request {
             path: wire.path.unwrap_or_default(),
             query: wire.query,
             host: wire.host,
-            headers: wire.headers,
+            headers: wire.headers.unwrap_or_default(),
             client_ip: wire.client_ip.unwrap_or_default(),
             frontend: wire.frontend.unwrap_or_default(),
             scheme: wire.scheme.unwrap_or_default(),
             backend: wire.backend.unwrap_or_default(),
             id: wire.id,
+        }
+    }
+}
+
+/// A response on its way to the client, as `on_response` sees it.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    /// The headers the plugin declared in [`Plugin::response_headers`] (all by default).
+    pub headers: Vec<Header>,
+    /// The backend and server that answered; `None` for a local response.
+    pub backend: Option<String>,
+    pub server: Option<String>,
+    /// The request this answers.
+    pub method: String,
+    pub path: String,
+    pub client_ip: String,
+    /// "http" or "https".
+    pub scheme: String,
+    /// The frontend the request came in on.
+    pub frontend: String,
+    /// The request's `id`.
+    pub id: u64,
+    /// What this plugin's `on_request` left for it with [`Proceed::note`], if anything.
+    pub note: Option<String>,
+}
+
+impl From<bindings::weir::plugin::types::Response> for Response {
+    /// What weir sent; no headers to send arrive as none on the wire.
+    fn from(wire: bindings::weir::plugin::types::Response) -> Self {
+        Response {
+            status: wire.status,
+            headers: wire.headers.unwrap_or_default(),
+            backend: wire.backend,
+            server: wire.server,
+            method: wire.method,
+            path: wire.path,
+            client_ip: wire.client_ip,
+            scheme: wire.scheme,
+            frontend: wire.frontend,
+            id: wire.id,
+            note: wire.note,
         }
     }
 }
@@ -307,7 +349,7 @@ macro_rules! export_plugin {
                     __with(|p| $crate::Plugin::on_request(p, request.into()))
                 }
                 fn on_response(response: __types::Response) -> __types::ResponseAction {
-                    __with(|p| $crate::Plugin::on_response(p, response))
+                    __with(|p| $crate::Plugin::on_response(p, response.into()))
                 }
                 fn on_health_check(probe: __types::Probe) -> __types::Verdict {
                     __with(|p| $crate::Plugin::on_health_check(p, probe))

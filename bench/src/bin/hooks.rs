@@ -57,7 +57,7 @@ fn request<'a>(path: &'a str, headers: &'a [HeaderParam<'a>]) -> Request<'a> {
         path: Some(path),
         query: Some("page=2"),
         host: Some("www.example.com"),
-        headers,
+        headers: weir::plugin::header_list(headers),
         client_ip: Some("192.0.2.10"),
         frontend: Some("www"),
         scheme: Some("http"),

@@ -796,6 +796,14 @@ fn selected_headers<'a>(
     }
 }
 
+/// A header list as it goes into a hook: none when empty, since even an empty list costs
+/// a call into the plugin's allocator.
+pub fn header_list<'a, 'h>(
+    headers: &'a [types::HeaderParam<'h>],
+) -> Option<&'a [types::HeaderParam<'h>]> {
+    (!headers.is_empty()).then_some(headers)
+}
+
 /// A header map as plugins see it (values that are not text are left out).
 /// The headers borrow from the map: they are copied once, into the sandbox.
 pub fn headers_of(map: &http::HeaderMap) -> Vec<types::HeaderParam<'_>> {

@@ -121,7 +121,7 @@ pub async fn on_request(
             path: Some(parts.uri.path()),
             query: parts.uri.query(),
             host,
-            headers: &headers,
+            headers: crate::plugin::header_list(&headers),
             client_ip: Some(&client_ip),
             frontend: Some(client.frontend),
             scheme: Some(client.scheme),
@@ -239,9 +239,10 @@ pub async fn on_response(
             continue;
         }
         let note = ran.note.take();
+        let response_headers = plugin.response_headers_of(headers);
         let response = types::Response {
             status: status.as_u16(),
-            headers: &plugin.response_headers_of(headers),
+            headers: crate::plugin::header_list(&response_headers),
             backend: answered.backend,
             server: answered.server,
             method: answered.method,
