@@ -37,10 +37,16 @@ pub fn in_call<R>(poll: impl FnOnce() -> R) -> R {
         imp::ensure_timer();
         TIMED.set(true);
     }
+    /// Clears the mark however the poll ends (a panic included).
+    struct Leave;
+    impl Drop for Leave {
+        fn drop(&mut self) {
+            IN_CALL.set(false);
+        }
+    }
     IN_CALL.set(true);
-    let r = poll();
-    IN_CALL.set(false);
-    r
+    let _leave = Leave;
+    poll()
 }
 
 /// CPU time the current thread has used (a system call: about a microsecond).
