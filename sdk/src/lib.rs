@@ -49,7 +49,7 @@ pub use bindings::weir::plugin::backends::{ServerInfo, ServerState};
 pub use bindings::weir::plugin::log::Level;
 pub use bindings::weir::plugin::types::{
     Header, HeaderOp, Hooks, Info, LocalResponse, Probe, Proceed, RequestAction, RequestFields,
-    ResponseAction, Verdict,
+    ResponseAction, ResponseFields, Verdict,
 };
 #[doc(hidden)]
 pub use serde_json;
@@ -101,7 +101,9 @@ impl From<bindings::weir::plugin::types::Request> for Request {
     }
 }
 
-/// A response on its way to the client, as `on_response` sees it.
+/// A response on its way to the client, as `on_response` sees it. A field the plugin did
+/// not declare in [`Plugin::response_fields`] is empty (`""`, or `None` for `backend` and
+/// `server`).
 #[derive(Debug, Clone)]
 pub struct Response {
     pub status: u16,
@@ -132,11 +134,11 @@ impl From<bindings::weir::plugin::types::Response> for Response {
             headers: wire.headers.unwrap_or_default(),
             backend: wire.backend,
             server: wire.server,
-            method: wire.method,
-            path: wire.path,
-            client_ip: wire.client_ip,
-            scheme: wire.scheme,
-            frontend: wire.frontend,
+            method: wire.method.unwrap_or_default(),
+            path: wire.path.unwrap_or_default(),
+            client_ip: wire.client_ip.unwrap_or_default(),
+            scheme: wire.scheme.unwrap_or_default(),
+            frontend: wire.frontend.unwrap_or_default(),
             id: wire.id,
             note: wire.note,
         }
@@ -171,6 +173,13 @@ pub trait Plugin: Sized + 'static {
     /// The response headers `on_response` reads, lower-case; `None` (the default) for
     /// all. A plugin that only sets or removes response headers reads none: `Some(vec![])`.
     fn response_headers(&self) -> Option<Vec<String>> {
+        None
+    }
+
+    /// The response fields `on_response` reads; `None` (the default) for all. The others
+    /// arrive empty and cost nothing to send: a plugin that reads only the scheme says
+    /// `Some(ResponseFields::SCHEME)`.
+    fn response_fields(&self) -> Option<ResponseFields> {
         None
     }
 
@@ -344,6 +353,9 @@ macro_rules! export_plugin {
                 }
                 fn response_headers() -> Option<Vec<String>> {
                     __with(|p| $crate::Plugin::response_headers(p))
+                }
+                fn response_fields() -> Option<__types::ResponseFields> {
+                    __with(|p| $crate::Plugin::response_fields(p))
                 }
                 fn on_request(request: __types::Request) -> __types::RequestAction {
                     __with(|p| $crate::Plugin::on_request(p, request.into()))

@@ -500,3 +500,28 @@ async fn a_plugin_gets_only_the_request_fields_it_asks_for() {
         "method,path,query,host,client-ip,frontend,scheme,backend"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_gets_only_the_response_fields_it_asks_for() {
+    let fields_back = |reply: &weir_tests::Reply| {
+        reply.headers["x-seen-back-fields"]
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    let asked = ", response_fields = [\"server\", \"path\", \"scheme\"]";
+    let (_server, proxy) = proxy_with(&["p"], &[seen(asked)]).await;
+    let reply = Client::connect(proxy.addr()).await.get("/a?b=1").await;
+    assert_eq!(fields_back(&reply), "server,path,scheme");
+
+    let (_server, proxy) = proxy_with(&["p"], &[seen(", response_fields = []")]).await;
+    let reply = Client::connect(proxy.addr()).await.get("/a?b=1").await;
+    assert_eq!(fields_back(&reply), "");
+
+    let (_server, proxy) = proxy_with(&["p"], &[seen("")]).await;
+    let reply = Client::connect(proxy.addr()).await.get("/a?b=1").await;
+    assert_eq!(
+        fields_back(&reply),
+        "backend,server,method,path,client-ip,scheme,frontend"
+    );
+}

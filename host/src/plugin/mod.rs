@@ -1,8 +1,9 @@
 //! The plugin runtime: WebAssembly components against the `weir:plugin` world.
 //!
 //! One wasmtime engine for the process (pooling allocator, epoch interruption, a 1 ms
-//! epoch ticker, backed by a CPU timer on each thread that runs calls, in `cpu_timer`). Each configured plugin is compiled and pre-instantiated once; a pool of
-//! configured instances serves its hook calls. Every call has a CPU deadline (the
+//! epoch ticker, backed by a CPU timer on each thread that runs calls, in `cpu_timer`).
+//! Each configured plugin is compiled and pre-instantiated once; a pool of configured
+//! instances serves its hook calls. Every call has a CPU deadline (the
 //! plugin's `timeout` of the thread's CPU time, enforced to within one tick; time spent
 //! waiting for a core does not count) and every instance a memory cap; an
 //! instance whose call failed in any way is dropped, never reused. WASI grants nothing:
@@ -430,6 +431,8 @@ pub struct Plugin {
     pub response_headers: Option<Vec<http::HeaderName>>,
     /// The request fields its `on-request` reads.
     pub request_fields: types::RequestFields,
+    /// The response fields its `on-response` reads.
+    pub response_fields: types::ResponseFields,
     timeout: Duration,
     memory: usize,
     config_json: String,
@@ -493,6 +496,7 @@ impl Plugin {
             request_headers: None,
             response_headers: None,
             request_fields: types::RequestFields::all(),
+            response_fields: types::ResponseFields::all(),
             timeout: cfg.timeout,
             memory: cfg.memory as usize,
             config_json: cfg.config_json.clone(),
@@ -528,6 +532,12 @@ impl Plugin {
             .map_err(|e| LoadError::Component(format!("response-headers: {e:#}")))?;
         plugin.response_headers = header_names(wanted)
             .map_err(|e| LoadError::Component(format!("response-headers: {e}")))?;
+        plugin.response_fields = instance
+            .bindings
+            .call_response_fields(&mut instance.store)
+            .await
+            .map_err(|e| LoadError::Component(format!("response-fields: {e:#}")))?
+            .unwrap_or(types::ResponseFields::all());
         plugin
             .pool
             .get_mut()
@@ -564,6 +574,24 @@ impl Plugin {
             scheme: read(F::SCHEME, request.scheme),
             backend: read(F::BACKEND, request.backend),
             ..request
+        }
+    }
+
+    /// What `on-response` gets of a response's fields: those the plugin declared; the
+    /// others none.
+    pub fn response_fields_read<'a>(&self, response: types::Response<'a>) -> types::Response<'a> {
+        use types::ResponseFields as F;
+        let fields = self.response_fields;
+        let read = |flag, value| if fields.contains(flag) { value } else { None };
+        types::Response {
+            backend: read(F::BACKEND, response.backend),
+            server: read(F::SERVER, response.server),
+            method: read(F::METHOD, response.method),
+            path: read(F::PATH, response.path),
+            client_ip: read(F::CLIENT_IP, response.client_ip),
+            scheme: read(F::SCHEME, response.scheme),
+            frontend: read(F::FRONTEND, response.frontend),
+            ..response
         }
     }
 

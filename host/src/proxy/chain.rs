@@ -240,19 +240,19 @@ pub async fn on_response(
         }
         let note = ran.note.take();
         let response_headers = plugin.response_headers_of(headers);
-        let response = types::Response {
+        let response = plugin.response_fields_read(types::Response {
             status: status.as_u16(),
             headers: crate::plugin::header_list(&response_headers),
             backend: answered.backend,
             server: answered.server,
-            method: answered.method,
-            path: answered.path,
-            client_ip: &client_ip,
-            scheme: answered.client.scheme,
-            frontend: answered.client.frontend,
+            method: Some(answered.method),
+            path: Some(answered.path),
+            client_ip: Some(&client_ip),
+            scheme: Some(answered.client.scheme),
+            frontend: Some(answered.client.frontend),
             id: answered.client.id,
             note: note.as_deref(),
-        };
+        });
         let result = match plugin.on_response(response).await {
             Ok(types::ResponseAction::Proceed(ops)) => {
                 validate::edits(&ops).and_then(|()| validate::apply(&ops, headers))

@@ -20,7 +20,7 @@ use regex_lite::Regex;
 use serde::Deserialize;
 use weir_sdk::{
     Header, HeaderOp, Hooks, Plugin, Proceed, Request, RequestAction, RequestFields, Response,
-    ResponseAction, export_plugin,
+    ResponseAction, ResponseFields, export_plugin,
 };
 
 #[derive(Deserialize)]
@@ -87,6 +87,32 @@ impl Var {
             Var::Server | Var::RequestId | Var::Status => RequestFields::empty(),
         }
     }
+
+    /// The response field the variable reads, if any.
+    fn response_field(self) -> ResponseFields {
+        match self {
+            Var::Src => ResponseFields::CLIENT_IP,
+            Var::Frontend => ResponseFields::FRONTEND,
+            Var::Backend => ResponseFields::BACKEND,
+            Var::Server => ResponseFields::SERVER,
+            Var::Method => ResponseFields::METHOD,
+            Var::Path => ResponseFields::PATH,
+            Var::Scheme => ResponseFields::SCHEME,
+            Var::Query | Var::Host | Var::RequestId | Var::Status => ResponseFields::empty(),
+        }
+    }
+}
+
+/// The variables the templates of `ops` name.
+fn vars_of(ops: &[Op]) -> impl Iterator<Item = Var> + '_ {
+    let templates = ops.iter().filter_map(|op| match op {
+        Op::Set(_, t) | Op::Add(_, t) | Op::SetPath(t) => Some(t),
+        Op::Del(_) | Op::Replace { .. } => None,
+    });
+    templates.flat_map(|t| &t.0).filter_map(|part| match part {
+        Part::Var(v) => Some(*v),
+        Part::Text(_) => None,
+    })
 }
 
 enum Part {
@@ -331,15 +357,15 @@ impl Plugin for HeaderRewrite {
 
     /// The fields its request templates name.
     fn request_fields(&self) -> Option<RequestFields> {
-        let templates = self.request.iter().filter_map(|op| match op {
-            Op::Set(_, t) | Op::Add(_, t) | Op::SetPath(t) => Some(t),
-            Op::Del(_) | Op::Replace { .. } => None,
-        });
-        let vars = templates.flat_map(|t| &t.0).filter_map(|part| match part {
-            Part::Var(v) => Some(*v),
-            Part::Text(_) => None,
-        });
-        Some(vars.fold(RequestFields::empty(), |all, v| all | v.field()))
+        Some(vars_of(&self.request).fold(RequestFields::empty(), |all, v| all | v.field()))
+    }
+
+    /// The fields its response templates name.
+    fn response_fields(&self) -> Option<ResponseFields> {
+        Some(
+            vars_of(&self.response)
+                .fold(ResponseFields::empty(), |all, v| all | v.response_field()),
+        )
     }
 
     fn on_request(&self, mut request: Request) -> RequestAction {
@@ -424,12 +450,18 @@ mod tests {
         assert_eq!(p.request_headers(), Some(vec!["x-b".to_owned()]));
         assert_eq!(p.response_headers(), Some(vec!["set-cookie".to_owned()]));
         assert_eq!(p.request_fields(), Some(RequestFields::empty()));
+        assert_eq!(p.response_fields(), Some(ResponseFields::empty()));
         let p = plugin(
-            r#"{"request": [{"set": "x-a", "value": "%[src] %[path]"}, {"set_path": "/v2%[host]"}]}"#,
+            r#"{"request": [{"set": "x-a", "value": "%[src] %[path]"}, {"set_path": "/v2%[host]"}],
+                "response": [{"set": "x-by", "value": "%[server] for %[method] (%[status])"}]}"#,
         );
         assert_eq!(
             p.request_fields(),
             Some(RequestFields::CLIENT_IP | RequestFields::PATH | RequestFields::HOST)
+        );
+        assert_eq!(
+            p.response_fields(),
+            Some(ResponseFields::SERVER | ResponseFields::METHOD)
         );
     }
 

@@ -11,7 +11,7 @@
 use serde::Deserialize;
 use weir_sdk::{
     Header, HeaderOp, Hooks, LocalResponse, Plugin, Proceed, Request, RequestAction, RequestFields,
-    Response, ResponseAction, export_plugin,
+    Response, ResponseAction, ResponseFields, export_plugin,
 };
 
 fn some(v: &str) -> Option<String> {
@@ -155,6 +155,11 @@ impl Plugin for SecurityHeaders {
         } else {
             RequestFields::empty()
         })
+    }
+
+    /// `on_response` reads the scheme only (HSTS goes on HTTPS responses alone).
+    fn response_fields(&self) -> Option<ResponseFields> {
+        Some(ResponseFields::SCHEME)
     }
 
     /// Without `override`, whether the server already set a header decides whether it is

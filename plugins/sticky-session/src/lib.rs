@@ -16,7 +16,7 @@ use sha2::Sha256;
 use weir_sdk::util::Millis;
 use weir_sdk::{
     Header, HeaderOp, Hooks, Plugin, Proceed, Request, RequestAction, RequestFields, Response,
-    ResponseAction, ServerState, export_plugin, host,
+    ResponseAction, ResponseFields, ServerState, export_plugin, host,
 };
 
 #[derive(Deserialize)]
@@ -241,6 +241,11 @@ impl Plugin for Sticky {
     /// The backend the request goes to, whose servers the cookie may name.
     fn request_fields(&self) -> Option<RequestFields> {
         Some(RequestFields::BACKEND)
+    }
+
+    /// `on_response` reads which backend and server answered (and its note).
+    fn response_fields(&self) -> Option<ResponseFields> {
+        Some(ResponseFields::BACKEND | ResponseFields::SERVER)
     }
 
     /// It only adds a cookie to a response; it reads none of its headers.
