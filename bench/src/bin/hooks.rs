@@ -66,9 +66,8 @@ fn request<'a>(path: &'a str, headers: &'a [HeaderParam<'a>]) -> Request<'a> {
     }
 }
 
-/// Calls that fill the instance pool and warm the caches, not measured (apart from
-/// [`measure`], so that callgrind can count only the latter: `--toggle-collect`).
-async fn warm_up(plugin: &Arc<weir::plugin::Plugin>, request: &Request<'_>, calls: usize) {
+/// `calls` calls in a row.
+async fn call(plugin: &Arc<weir::plugin::Plugin>, request: &Request<'_>, calls: usize) {
     for _ in 0..calls {
         let action = plugin
             .on_request(request.clone())
@@ -81,13 +80,7 @@ async fn warm_up(plugin: &Arc<weir::plugin::Plugin>, request: &Request<'_>, call
 /// Nanoseconds per call over `calls` calls.
 async fn measure(plugin: &Arc<weir::plugin::Plugin>, request: &Request<'_>, calls: usize) -> f64 {
     let started = Instant::now();
-    for _ in 0..calls {
-        let action = plugin
-            .on_request(request.clone())
-            .await
-            .expect("the call succeeds");
-        std::hint::black_box(action);
-    }
+    call(plugin, request, calls).await;
     started.elapsed().as_nanos() as f64 / calls as f64
 }
 
@@ -173,7 +166,7 @@ async fn main() {
     // hits them alike; each case reports its median round.
     let (rounds, calls) = (setting("ROUNDS", 15), setting("CALLS", 30_000));
     for (_, plugin, req, _) in &cases {
-        warm_up(plugin, req, setting("WARMUP", 20_000)).await;
+        call(plugin, req, setting("WARMUP", 20_000)).await; // fills the pool, warms caches
     }
     let mut samples = vec![Vec::with_capacity(rounds); cases.len()];
     for _ in 0..rounds {
