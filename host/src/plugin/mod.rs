@@ -512,32 +512,28 @@ impl Plugin {
             Instantiate::Failed(msg) => LoadError::Component(msg),
         })?;
         plugin.info = info;
-        let wanted = instance
-            .bindings
-            .call_request_headers(&mut instance.store)
-            .await
-            .map_err(|e| LoadError::Component(format!("request-headers: {e:#}")))?;
-        plugin.request_headers = header_names(wanted)
-            .map_err(|e| LoadError::Component(format!("request-headers: {e}")))?;
-        plugin.request_fields = instance
-            .bindings
-            .call_request_fields(&mut instance.store)
-            .await
-            .map_err(|e| LoadError::Component(format!("request-fields: {e:#}")))?
-            .unwrap_or(types::RequestFields::all());
-        let wanted = instance
-            .bindings
-            .call_response_headers(&mut instance.store)
-            .await
-            .map_err(|e| LoadError::Component(format!("response-headers: {e:#}")))?;
-        plugin.response_headers = header_names(wanted)
-            .map_err(|e| LoadError::Component(format!("response-headers: {e}")))?;
-        plugin.response_fields = instance
-            .bindings
-            .call_response_fields(&mut instance.store)
-            .await
-            .map_err(|e| LoadError::Component(format!("response-fields: {e:#}")))?
-            .unwrap_or(types::ResponseFields::all());
+        // What the plugin reads, declared once after configure.
+        let Instance {
+            store, bindings, ..
+        } = &mut instance;
+        plugin.request_headers = declared_headers(
+            "request-headers",
+            bindings.call_request_headers(&mut *store).await,
+        )?;
+        plugin.request_fields = declared(
+            "request-fields",
+            bindings.call_request_fields(&mut *store).await,
+        )?
+        .unwrap_or(types::RequestFields::all());
+        plugin.response_headers = declared_headers(
+            "response-headers",
+            bindings.call_response_headers(&mut *store).await,
+        )?;
+        plugin.response_fields = declared(
+            "response-fields",
+            bindings.call_response_fields(&mut *store).await,
+        )?
+        .unwrap_or(types::ResponseFields::all());
         plugin
             .pool
             .get_mut()
@@ -803,6 +799,20 @@ enum Instantiate {
 }
 
 /// The header names a plugin declared it reads, checked; None (all) stays None.
+/// A plugin's answer to one of its declaration exports, or the load error naming it.
+fn declared<T>(export: &str, answer: wasmtime::Result<T>) -> Result<T, LoadError> {
+    answer.map_err(|e| LoadError::Component(format!("{export}: {e:#}")))
+}
+
+/// The header names a plugin declared (None for all), each checked.
+fn declared_headers(
+    export: &str,
+    answer: wasmtime::Result<Option<Vec<String>>>,
+) -> Result<Option<Vec<http::HeaderName>>, LoadError> {
+    header_names(declared(export, answer)?)
+        .map_err(|e| LoadError::Component(format!("{export}: {e}")))
+}
+
 fn header_names(names: Option<Vec<String>>) -> Result<Option<Vec<http::HeaderName>>, String> {
     names
         .map(|names| names.iter().map(|n| validate::header_name(n)).collect())
