@@ -798,25 +798,20 @@ enum Instantiate {
     Configure(String),
 }
 
-/// The header names a plugin declared it reads, checked; None (all) stays None.
 /// A plugin's answer to one of its declaration exports, or the load error naming it.
 fn declared<T>(export: &str, answer: wasmtime::Result<T>) -> Result<T, LoadError> {
     answer.map_err(|e| LoadError::Component(format!("{export}: {e:#}")))
 }
 
-/// The header names a plugin declared (None for all), each checked.
+/// The header names a plugin declared it reads, each checked; None (all) stays None.
 fn declared_headers(
     export: &str,
     answer: wasmtime::Result<Option<Vec<String>>>,
 ) -> Result<Option<Vec<http::HeaderName>>, LoadError> {
-    header_names(declared(export, answer)?)
-        .map_err(|e| LoadError::Component(format!("{export}: {e}")))
-}
-
-fn header_names(names: Option<Vec<String>>) -> Result<Option<Vec<http::HeaderName>>, String> {
-    names
+    declared(export, answer)?
         .map(|names| names.iter().map(|n| validate::header_name(n)).collect())
         .transpose()
+        .map_err(|e| LoadError::Component(format!("{export}: {e}")))
 }
 
 /// The headers of `names` (all of them for None) as plugins see them.
