@@ -84,8 +84,8 @@ async fn measure(plugin: &Arc<weir::plugin::Plugin>, request: &Request<'_>, call
     started.elapsed().as_nanos() as f64 / calls as f64
 }
 
-/// Rounds and calls per round; `ROUNDS` and `CALLS` in the environment override them
-/// (for a run under callgrind, which is about fifty times slower).
+/// A count from the environment (`ROUNDS`, `CALLS` per round, `WARMUP` calls), else
+/// `default`: smaller ones for a run under callgrind, which is about fifty times slower.
 fn setting(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
