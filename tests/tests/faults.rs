@@ -36,19 +36,30 @@ async fn a_server_breaking_off_a_response_is_a_truncation_never_a_short_complete
             .try_send(Request::get("/").header("host", "a").body(empty()).unwrap())
             .await;
         assert!(result.is_err(), "{fault:?} over HTTP/1.1: {result:?}");
-        // HTTP/2: the stream is reset.
+        // HTTP/2: the stream is reset. Usually the client has the head by then; when
+        // the server's break follows its head at once, the reset can overtake the head
+        // still queued in weir's HTTP/2 connection (a reset discards the stream's
+        // unsent frames), and the client gets the reset alone. Either way the stream
+        // never ends as if complete.
         let mut h2 = h2_client(proxy.addr()).await;
-        let response = h2
+        let sent = h2
             .send_request(
                 Request::get(format!("http://{}/", proxy.addr()))
                     .body(empty())
                     .unwrap(),
             )
-            .await
-            .expect("the head arrives");
-        assert_eq!(response.status(), 200);
-        let body = response.into_body().collect().await;
-        assert!(body.is_err(), "{fault:?} over HTTP/2: {body:?}");
+            .await;
+        match sent {
+            Ok(response) => {
+                assert_eq!(response.status(), 200);
+                let body = response.into_body().collect().await;
+                assert!(body.is_err(), "{fault:?} over HTTP/2: {body:?}");
+            }
+            Err(e) => assert!(
+                format!("{e:?}").contains("Reset("),
+                "{fault:?} over HTTP/2: a stream reset, not {e:?}"
+            ),
+        }
         let lines = proxy.log.wait_for(2).await;
         assert!(
             lines.iter().all(|l| l.contains(" SD ")),
