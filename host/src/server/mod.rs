@@ -901,7 +901,10 @@ async fn drive<C: Future<Output = Result<(), hyper::Error>>>(
                 None => std::future::pending().await,
             }
         };
+        // In this order, not at random: the connection is what every wake-up is nearly
+        // always for, and the rest are checked after it.
         tokio::select! {
+            biased;
             result = connection.as_mut() => {
                 if let Err(e) = result {
                     tracing::debug!("{peer}: {e}");
