@@ -37,7 +37,7 @@ fn the_script_parses_and_explains_itself() {
 fn the_profile_script_parses_and_explains_itself() {
     parses_and_explains_itself(
         "profile",
-        &["PLUGINS", "perf", "WEIR_B", "COUNT", "callgrind"],
+        &["PLUGINS", "perf", "WEIR_B", "COUNT", "CACHE", "callgrind"],
     );
 }
 
