@@ -7,12 +7,36 @@ use std::time::Duration;
 
 const WEIR: &str = env!("CARGO_BIN_EXE_weir");
 
-fn write_config(name: &str, text: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("weir-cli-{}", std::process::id()));
+/// A config file in a directory of its own, removed with it when the test ends.
+struct Written(std::path::PathBuf);
+
+impl std::ops::Deref for Written {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for Written {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl Drop for Written {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+fn write_config(name: &str, text: &str) -> Written {
+    let dir = std::env::temp_dir().join(format!("weir-cli-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
-    path
+    Written(path)
 }
 
 fn config(bind: &str, extra_global: &str) -> String {
