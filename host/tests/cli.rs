@@ -222,11 +222,9 @@ fn wait_for_body(addr: &str, body: &str) -> bool {
 
 #[test]
 fn sighup_reloads_the_config_file_and_keeps_the_old_one_when_the_new_is_invalid() {
-    let dir = std::env::temp_dir().join(format!("weir-cli-hup-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let path = write_config("hup.toml", &config("127.0.0.1:0", ""));
+    let dir = path.parent().unwrap();
     std::fs::write(dir.join("sorry.txt"), "back soon\n").unwrap();
-    let path = dir.join("weir.toml");
-    std::fs::write(&path, config("127.0.0.1:0", "")).unwrap();
     let (mut child, addr, mut stderr) = spawn_run(&path);
     std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
     assert!(get_body(&addr).starts_with("503 Service Unavailable"));
@@ -236,14 +234,14 @@ fn sighup_reloads_the_config_file_and_keeps_the_old_one_when_the_new_is_invalid(
         "[backend.app]",
         "[backend.app]\nerrorfiles = { 503 = \"sorry.txt\" }",
     );
-    std::fs::write(&path, reloaded).unwrap();
+    std::fs::write(&*path, reloaded).unwrap();
     Command::new("kill")
         .args(["-HUP", &child.id().to_string()])
         .status()
         .unwrap();
     let reloaded = wait_for_body(&addr, "back soon\n");
 
-    std::fs::write(&path, "this is not toml [").unwrap();
+    std::fs::write(&*path, "this is not toml [").unwrap();
     Command::new("kill")
         .args(["-HUP", &child.id().to_string()])
         .status()
@@ -253,7 +251,6 @@ fn sighup_reloads_the_config_file_and_keeps_the_old_one_when_the_new_is_invalid(
     let alive = child.try_wait().unwrap().is_none();
     let _ = child.kill();
     let _ = child.wait();
-    std::fs::remove_dir_all(&dir).unwrap();
     assert!(reloaded, "SIGHUP did not apply the new config");
     assert!(alive, "an invalid config on SIGHUP must not stop weir");
     assert_eq!(
@@ -366,17 +363,14 @@ fn wait_for_lines(path: &std::path::Path, n: usize) -> Vec<String> {
 
 #[test]
 fn the_access_log_goes_to_a_file_that_sigusr1_reopens() {
-    let dir = std::env::temp_dir().join(format!("weir-cli-log-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("weir.toml");
-    std::fs::write(
-        &path,
-        config("127.0.0.1:0", "access_log = \"access.log\"").replace(
+    let path = write_config(
+        "log.toml",
+        &config("127.0.0.1:0", "access_log = \"access.log\"").replace(
             "[backend.app]",
             "[defaults]\nlog_format = \"json\"\n\n[backend.app]",
         ),
-    )
-    .unwrap();
+    );
+    let dir = path.parent().unwrap();
     let (log, rotated) = (dir.join("access.log"), dir.join("access.log.1"));
     let (mut child, addr, stderr) = spawn_run(&path);
     let stderr = std::thread::spawn(move || {
@@ -402,7 +396,6 @@ fn the_access_log_goes_to_a_file_that_sigusr1_reopens() {
     let status = terminate(&mut child);
     let stderr = stderr.join().unwrap();
     let old = std::fs::read_to_string(&rotated).unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
 
     assert!(status.is_some_and(|s| s.success()));
     assert_eq!(first.len(), 1, "{first:?}");
