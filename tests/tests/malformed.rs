@@ -1,10 +1,13 @@
 //! Malformed requests, one table: each gets its status, the connection is closed (RFC
 //! 9112 §11.2: after a framing error the rest of the stream cannot be trusted), and none
 //! of them reaches a server. The one exception is a body that turns out malformed after
-//! data began to flow (bodies are streamed): the server then sees its request cut off
-//! mid-body, never a complete request.
+//! data began to flow (bodies are streamed): the server may then see its request cut off
+//! mid-body (or nothing, when the error shows before the request's head was written to
+//! it), never a complete request.
 
-use weir_tests::{MockServer, TestProxy, config, raw, raw_status};
+use std::time::Duration;
+
+use weir_tests::{MockServer, TestProxy, config, raw, raw_status, wait_until};
 
 /// (what is wrong, the raw request, the status weir answers)
 const MALFORMED: &[(&str, &[u8], u16)] = &[
@@ -57,7 +60,7 @@ const MALFORMED: &[(&str, &[u8], u16)] = &[
     ("HTTP/1.1 without Host", b"GET / HTTP/1.1\r\n\r\n", 400),
     ("two Host headers", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
     ("invalid Host", b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400),
-    // Last: this one's first chunk is streamed to a server before the error shows.
+    // Last: this one's first chunk may be streamed to a server before the error shows.
     ("chunk longer than its size", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabcdef\r\n0\r\n\r\n", 400),
 ];
 
@@ -82,6 +85,7 @@ async fn each_malformed_request_gets_its_status_closes_and_is_never_forwarded() 
     let cases: Vec<_> = MALFORMED.iter().chain(&sizes).collect();
     assert!(cases.len() >= 40);
     let mut wrong = Vec::new();
+    // What reached the server so far: only ever the streamed case.
     let mut reached = 0;
     for (what, request, status) in cases {
         let (response, closed) = raw(proxy.addr(), request).await;
@@ -95,8 +99,19 @@ async fn each_malformed_request_gets_its_status_closes_and_is_never_forwarded() 
                 "{what}: got {got} (closed: {closed}), want {status}"
             ));
         }
-        reached += usize::from(what.starts_with("chunk longer"));
-        assert_eq!(server.requests(), reached, "{what}: reached the server");
+        if what.starts_with("chunk longer") {
+            // Streamed: whether the head reached the server depends on how far weir had
+            // written it when the error showed, and the server counts it in a task of its
+            // own. Give it time to arrive; it must never arrive whole.
+            wait_until(Duration::from_millis(500), || server.requests() > reached).await;
+            assert!(
+                server.requests() <= reached + 1,
+                "{what}: reached the server twice"
+            );
+            reached = server.requests();
+        } else {
+            assert_eq!(server.requests(), reached, "{what}: reached the server");
+        }
         assert_eq!(server.completed(), 0, "{what}: reached the server whole");
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
