@@ -241,6 +241,37 @@ async fn hung_server_is_504_within_the_timeout_and_the_client_connection_stays_u
     );
 }
 
+/// A client connection keeps one timer for timeout.server from request to request; each
+/// request's deadline is its own, whether the previous one's passed during the request
+/// or while the connection was idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_request_on_a_keep_alive_connection_gets_its_own_server_timeout() {
+    let server = MockServer::start("s1").await;
+    let proxy = proxy_to(server.addr, "server = \"400ms\"").await;
+    let mut client = Client::connect(proxy.addr()).await;
+    assert_eq!(client.get("/").await.status, 200);
+    // The first request's deadline falls in the middle of this one, which is in time.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let reply = client.get("/sleep/300").await;
+    assert_eq!(
+        reply.status, 200,
+        "a deadline of the request before cut this one"
+    );
+    // Idle past the last deadline: the timer goes off with no request waiting.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for round in 0..2 {
+        let started = Instant::now();
+        let reply = client.get("/hang").await;
+        let took = started.elapsed();
+        assert_eq!(reply.status, 504, "round {round}");
+        assert!(
+            took >= Duration::from_millis(400) && took <= Duration::from_millis(440 + 200),
+            "round {round}: 504 after {took:?} with timeout.server = 400ms"
+        );
+        assert_eq!(client.get("/").await.status, 200, "round {round}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_silent_mid_body_cuts_the_response_rather_than_completing_it() {
     let server = MockServer::start("s1").await;

@@ -138,7 +138,7 @@ pub struct ResponseBody {
 struct Logged {
     record: LogRecord,
     log: AccessLog,
-    _request: InRequest,
+    request: InRequest,
 }
 
 impl ResponseBody {
@@ -177,7 +177,7 @@ impl ResponseBody {
         self.logged = Some(Box::new(Logged {
             record,
             log,
-            _request: request,
+            request,
         }));
     }
 
@@ -185,20 +185,28 @@ impl ResponseBody {
     /// (which a local error response has already set); with none, the body ended as it
     /// should and the server connection can serve another request.
     fn finish(&mut self, termination: Option<[u8; 2]>) {
+        // One clock reading for the pool, the counters and the connection's wait for its
+        // next request.
+        let now = std::time::Instant::now();
         if let Source::Server { connection, .. } = &mut self.source
             && let Some((pool, sender)) = connection.take()
             && termination.is_none()
         {
-            pool.recycle(sender);
+            pool.recycle(sender, now);
         }
         self.in_flight = None;
-        if let Some(mut logged) = self.logged.take() {
-            let record = &mut logged.record;
+        if let Some(logged) = self.logged.take() {
+            let Logged {
+                mut record,
+                log,
+                request,
+            } = *logged;
             if let Some(t) = termination {
                 record.termination = t;
             }
-            record.tally.count(record);
-            logged.log.emit(record);
+            record.tally.count_at(&record, now);
+            log.emit(&record);
+            request.end_at(now.into());
         }
     }
 

@@ -259,6 +259,11 @@ impl AccessLog {
         self.dropped.load(Ordering::Relaxed)
     }
 
+    /// Whether lines are written at all (`access_log` is not "off").
+    pub fn is_on(&self) -> bool {
+        self.tx.is_some()
+    }
+
     pub fn emit(&self, record: &LogRecord) {
         let Some(tx) = &self.tx else { return };
         if let Err(TrySendError::Full(_)) = tx.try_send(Message::Line(record.line())) {

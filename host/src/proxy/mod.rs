@@ -15,14 +15,16 @@ pub mod stats;
 mod tunnel;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use hyper::body::Incoming;
 use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Sleep;
 
 use crate::balance::RequestKey;
 use crate::config::{Config, Frontend};
@@ -196,7 +198,12 @@ fn new_record(
     let start = Instant::now();
     LogRecord {
         client: conn.peer,
-        time: SystemTime::now(),
+        // Only the log line shows it.
+        time: if fe.log.is_on() {
+            SystemTime::now()
+        } else {
+            SystemTime::UNIX_EPOCH
+        },
         start,
         frontend: Arc::clone(&fe.name),
         backend: None,
@@ -237,6 +244,11 @@ pub struct ConnInfo {
     /// Milliseconds (on the activity clock) when the connection became ready for its next request.
     ready_since: AtomicU64,
     accepted: Instant,
+    /// The timer of the wait for a server's response head (timeout.server), kept from one
+    /// request to the next: moving a registered timer's deadline later costs one atomic
+    /// operation, where a timer per request is registered in tokio's timer wheel and
+    /// removed again. None while a request holds it.
+    server_timer: Mutex<Option<Pin<Box<Sleep>>>>,
     /// The connection's share of `global.maxconn`, held while any request or tunnel lives.
     _permit: Option<OwnedSemaphorePermit>,
 }
@@ -256,7 +268,30 @@ impl ConnInfo {
             activity,
             ready_since: AtomicU64::new(0),
             accepted: Instant::now(),
+            server_timer: Mutex::new(None),
             _permit: permit,
+        }
+    }
+
+    /// A timer that goes off at `deadline`: the connection's own, or a new one while
+    /// another request of the connection holds that (HTTP/2 requests run side by side).
+    fn server_timer(&self, deadline: Instant) -> ServerTimer<'_> {
+        let deadline = tokio::time::Instant::from_std(deadline);
+        let taken = self
+            .server_timer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let sleep = match taken {
+            Some(mut sleep) => {
+                sleep.as_mut().reset(deadline);
+                sleep
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline)),
+        };
+        ServerTimer {
+            conn: self,
+            sleep: Some(sleep),
         }
     }
 
@@ -272,6 +307,42 @@ impl ConnInfo {
             self.accepted.elapsed().as_millis() as u64,
             Ordering::Relaxed,
         );
+    }
+}
+
+/// A request's hold on a timer from [`ConnInfo::server_timer`]; gives it back when dropped.
+struct ServerTimer<'a> {
+    conn: &'a ConnInfo,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl ServerTimer<'_> {
+    fn reset(&mut self, deadline: Instant) {
+        if let Some(sleep) = &mut self.sleep {
+            sleep
+                .as_mut()
+                .reset(tokio::time::Instant::from_std(deadline));
+        }
+    }
+
+    fn poll(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        match &mut self.sleep {
+            Some(sleep) => sleep.as_mut().poll(cx),
+            None => std::task::Poll::Pending,
+        }
+    }
+}
+
+impl Drop for ServerTimer<'_> {
+    fn drop(&mut self) {
+        let mut slot = self
+            .conn
+            .server_timer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = self.sleep.take();
+        }
     }
 }
 
@@ -463,7 +534,13 @@ async fn forward(
     let client_body = ClientBody::new(body, Arc::clone(&record.received), &conn.activity);
     let mut pending = Some(Request::from_parts(parts, client_body));
     let mut excluded = Vec::new();
-    let started = Instant::now();
+    // The wait for a server (Tw) starts when the plugins are done: without plugins, when
+    // the request did.
+    let started = if fe.plugins.is_empty() {
+        record.start
+    } else {
+        Instant::now()
+    };
 
     loop {
         let request = match (pending.take(), &replay) {
@@ -544,13 +621,15 @@ async fn forward(
         let sent = send(
             backend,
             &server,
-            sender,
-            reused,
+            (sender, reused, sent_at),
             request,
+            conn,
             &record.received.failed,
         )
         .await;
-        drop(waiting);
+        // One clock reading for the end of the wait and the response time.
+        let answered = Instant::now();
+        waiting.end_at(answered.into());
         match sent {
             Outcome::Unsent(request, e) => {
                 backend.observe(index, true, false);
@@ -585,7 +664,7 @@ async fn forward(
                     next_attempt(record);
                     continue;
                 }
-                record.tr = Some(sent_at.elapsed());
+                record.tr = Some(answered - sent_at);
                 record.status = status;
                 if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                     let Some(client_upgrade) = client_upgrade else {
@@ -731,23 +810,34 @@ enum Outcome {
     ClientBody,
 }
 
-/// Sends one request within `timeout.server`. A pooled connection that turns out closed
-/// before the request was written gets one fresh connection to the same server.
+/// Sends one request within `timeout.server` (from `sent_at`, when it goes out on
+/// `sender`). A pooled connection that turns out closed before the request was written
+/// gets one fresh connection to the same server.
 async fn send(
     backend: &BackendRt,
     server: &ServerRt,
-    mut sender: pool::Sender,
-    mut reused: bool,
+    (mut sender, mut reused, sent_at): (pool::Sender, bool, Instant),
     mut request: Request<ClientBody>,
+    conn: &ConnInfo,
     client_failed: &AtomicBool,
 ) -> Outcome {
+    let mut timer = conn.server_timer(sent_at + backend.cfg.timeout_server);
     loop {
-        match tokio::time::timeout(backend.cfg.timeout_server, sender.try_send_request(request))
+        let answer = {
+            let mut sending = std::pin::pin!(sender.try_send_request(request));
+            std::future::poll_fn(|cx| {
+                // The answer first: one that is in wins over the timer.
+                if let std::task::Poll::Ready(answer) = sending.as_mut().poll(cx) {
+                    return std::task::Poll::Ready(Some(answer));
+                }
+                timer.poll(cx).map(|()| None)
+            })
             .await
-        {
-            Err(_) => return Outcome::Timeout,
-            Ok(Ok(response)) => return Outcome::Response(response, sender),
-            Ok(Err(mut e)) => {
+        };
+        match answer {
+            None => return Outcome::Timeout,
+            Some(Ok(response)) => return Outcome::Response(response, sender),
+            Some(Err(mut e)) => {
                 if client_failed.load(Ordering::Acquire) {
                     return Outcome::ClientBody;
                 }
@@ -776,6 +866,7 @@ async fn send(
                         sender = fresh;
                         reused = false;
                         request = unsent;
+                        timer.reset(Instant::now() + backend.cfg.timeout_server);
                     }
                     Err(ce) => {
                         return Outcome::Unsent(unsent, ProxyError::ConnectFailed(ce.to_string()));

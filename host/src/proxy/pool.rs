@@ -116,16 +116,13 @@ impl Pool {
 
     /// Keeps an HTTP/1.1 connection for reuse, if there is room (made by closing expired
     /// or closed ones when full; otherwise the generation's periodic sweep closes them).
-    fn put(&self, sender: http1::SendRequest<ClientBody>) {
+    fn put(&self, sender: http1::SendRequest<ClientBody>, now: Instant) {
         let mut idle = self.lock();
         if idle.len() >= self.max_idle {
             Self::purge_locked(&mut idle, self.idle_timeout);
         }
         if idle.len() < self.max_idle {
-            idle.push(Idle {
-                sender,
-                since: Instant::now(),
-            });
+            idle.push(Idle { sender, since: now });
         }
     }
 
@@ -148,8 +145,8 @@ impl Pool {
     /// and is ready for the next request, so it goes straight back; if not yet, a small
     /// task waits for it. A connection that never becomes ready (the server closed it,
     /// or the response was cut short) is dropped. An HTTP/2 connection stays shared
-    /// anyway.
-    pub fn recycle(self: &Arc<Self>, sender: Sender) {
+    /// anyway. `now`: the caller's clock reading, when the response ended.
+    pub fn recycle(self: &Arc<Self>, sender: Sender, now: Instant) {
         let Sender::H1(mut sender) = sender else {
             return;
         };
@@ -157,13 +154,13 @@ impl Pool {
             return;
         }
         if sender.is_ready() {
-            self.put(sender);
+            self.put(sender, now);
             return;
         }
         let pool = Arc::clone(self);
         tokio::spawn(async move {
             if sender.ready().await.is_ok() {
-                pool.put(sender);
+                pool.put(sender, Instant::now());
             }
         });
     }

@@ -192,7 +192,12 @@ impl std::fmt::Debug for Tally {
 
 impl Tally {
     pub fn count(&self, r: &LogRecord) {
-        let took = r.tq + r.start.elapsed();
+        self.count_at(r, std::time::Instant::now());
+    }
+
+    /// [`Self::count`], for a request that ended at `end`.
+    pub fn count_at(&self, r: &LogRecord, end: std::time::Instant) {
+        let took = r.tq + end.saturating_duration_since(r.start);
         for c in [&self.frontend, &self.backend, &self.server]
             .into_iter()
             .flatten()

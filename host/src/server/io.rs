@@ -97,6 +97,11 @@ impl Activity {
         self.base.elapsed().as_millis() as u64
     }
 
+    /// `at` on the activity clock, in milliseconds.
+    fn ms_at(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.base).as_millis() as u64
+    }
+
     /// The wait for the first request head begins now.
     pub fn await_heads(&self) {
         self.head_wait_ms.store(self.now_ms(), Ordering::Release);
@@ -106,7 +111,10 @@ impl Activity {
     /// the wait for the next head then begins.
     pub fn request(self: &Arc<Self>) -> InRequest {
         self.requests.fetch_add(1, Ordering::AcqRel);
-        InRequest(Arc::clone(self))
+        InRequest {
+            activity: Arc::clone(self),
+            ended: None,
+        }
     }
 
     /// The connection became a tunnel: no more request heads to wait for.
@@ -117,7 +125,10 @@ impl Activity {
     /// Marks a wait for a server's response head until the guard drops.
     pub fn awaiting_server(self: &Arc<Self>) -> AwaitingServer {
         self.awaiting_server.fetch_add(1, Ordering::AcqRel);
-        AwaitingServer(Arc::clone(self))
+        AwaitingServer {
+            activity: Arc::clone(self),
+            ended: None,
+        }
     }
 
     /// Marks a request body still to come from the client until the guard drops.
@@ -166,24 +177,50 @@ impl Activity {
 }
 
 /// A request in progress on its connection; see [`Activity::request`].
-pub struct InRequest(Arc<Activity>);
+pub struct InRequest {
+    activity: Arc<Activity>,
+    /// When it ended, if the caller read the clock for other uses too.
+    ended: Option<Instant>,
+}
+
+impl InRequest {
+    /// The request ended at `at`: the wait for the next request head begins then.
+    pub fn end_at(mut self, at: Instant) {
+        self.ended = Some(at);
+    }
+}
 
 impl Drop for InRequest {
     fn drop(&mut self) {
-        let activity = &self.0;
-        activity
-            .head_wait_ms
-            .store(activity.now_ms(), Ordering::Release);
+        let activity = &self.activity;
+        let ms = self
+            .ended
+            .map_or_else(|| activity.now_ms(), |at| activity.ms_at(at));
+        activity.head_wait_ms.store(ms, Ordering::Release);
         activity.requests.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
-pub struct AwaitingServer(Arc<Activity>);
+pub struct AwaitingServer {
+    activity: Arc<Activity>,
+    ended: Option<Instant>,
+}
+
+impl AwaitingServer {
+    /// The wait ended at `at` (the caller's clock reading).
+    pub fn end_at(mut self, at: Instant) {
+        self.ended = Some(at);
+    }
+}
 
 impl Drop for AwaitingServer {
     fn drop(&mut self) {
-        self.0.touch();
-        self.0.awaiting_server.fetch_sub(1, Ordering::AcqRel);
+        let activity = &self.activity;
+        let ms = self
+            .ended
+            .map_or_else(|| activity.now_ms(), |at| activity.ms_at(at));
+        activity.last_ms.store(ms, Ordering::Relaxed);
+        activity.awaiting_server.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
