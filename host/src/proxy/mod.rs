@@ -823,55 +823,59 @@ async fn send(
 ) -> Outcome {
     let mut timer = conn.server_timer(sent_at + backend.cfg.timeout_server);
     loop {
-        let answer = {
-            let mut sending = std::pin::pin!(sender.try_send_request(request));
-            std::future::poll_fn(|cx| {
-                // The answer first: one that is in wins over the timer.
-                if let std::task::Poll::Ready(answer) = sending.as_mut().poll(cx) {
-                    return std::task::Poll::Ready(Some(answer));
+        // In a block of its own, so that the answer and its parts are not held (as room
+        // in every request's future) across the reconnection below.
+        request = {
+            let answer = {
+                let mut sending = std::pin::pin!(sender.try_send_request(request));
+                std::future::poll_fn(|cx| {
+                    // The answer first: one that is in wins over the timer.
+                    if let std::task::Poll::Ready(answer) = sending.as_mut().poll(cx) {
+                        return std::task::Poll::Ready(Some(answer));
+                    }
+                    timer.poll(cx).map(|()| None)
+                })
+                .await
+            };
+            match answer {
+                None => return Outcome::Timeout,
+                Some(Ok(response)) => return Outcome::Response(response, sender),
+                Some(Err(mut e)) => {
+                    if client_failed.load(Ordering::Acquire) {
+                        return Outcome::ClientBody;
+                    }
+                    let Some(unsent) = e.take_message() else {
+                        return Outcome::Failed(e.into_error().to_string());
+                    };
+                    if !reused {
+                        return Outcome::Unsent(
+                            unsent,
+                            ProxyError::ServerFailed(e.into_error().to_string()),
+                        );
+                    }
+                    unsent
                 }
-                timer.poll(cx).map(|()| None)
+            }
+        };
+        // Only pooled connections get here, and servers with send_proxy have no pool:
+        // no PROXY header is due.
+        match server
+            .pool
+            .connect(pool::Route {
+                addr: server.cfg.addr,
+                timeout: backend.cfg.timeout_connect,
+                preface: None,
+                tls: server.cfg.tls.as_ref(),
             })
             .await
-        };
-        match answer {
-            None => return Outcome::Timeout,
-            Some(Ok(response)) => return Outcome::Response(response, sender),
-            Some(Err(mut e)) => {
-                if client_failed.load(Ordering::Acquire) {
-                    return Outcome::ClientBody;
-                }
-                let Some(unsent) = e.take_message() else {
-                    return Outcome::Failed(e.into_error().to_string());
-                };
-                if !reused {
-                    return Outcome::Unsent(
-                        unsent,
-                        ProxyError::ServerFailed(e.into_error().to_string()),
-                    );
-                }
-                // Only pooled connections get here, and servers with send_proxy have
-                // no pool: no PROXY header is due.
-                match server
-                    .pool
-                    .connect(pool::Route {
-                        addr: server.cfg.addr,
-                        timeout: backend.cfg.timeout_connect,
-                        preface: None,
-                        tls: server.cfg.tls.as_ref(),
-                    })
-                    .await
-                {
-                    Ok(fresh) => {
-                        sender = fresh;
-                        reused = false;
-                        request = unsent;
-                        timer.reset(Instant::now() + backend.cfg.timeout_server);
-                    }
-                    Err(ce) => {
-                        return Outcome::Unsent(unsent, ProxyError::ConnectFailed(ce.to_string()));
-                    }
-                }
+        {
+            Ok(fresh) => {
+                sender = fresh;
+                reused = false;
+                timer.reset(Instant::now() + backend.cfg.timeout_server);
+            }
+            Err(ce) => {
+                return Outcome::Unsent(request, ProxyError::ConnectFailed(ce.to_string()));
             }
         }
     }

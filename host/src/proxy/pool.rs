@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::future::Either;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{TrySendError, http1, http2};
@@ -26,13 +27,16 @@ pub enum Sender {
 
 impl Sender {
     /// Sends a request; on an error before it was written, the request comes back.
-    pub async fn try_send_request(
+    /// (Not an `async fn`: that would hold room for both protocols' futures, where an
+    /// `Either` holds one or the other, and every request's future is smaller by one.)
+    pub fn try_send_request(
         &mut self,
         req: Request<ClientBody>,
-    ) -> Result<Response<Incoming>, TrySendError<Request<ClientBody>>> {
+    ) -> impl Future<Output = Result<Response<Incoming>, TrySendError<Request<ClientBody>>>> + use<>
+    {
         match self {
-            Sender::H1(s) => s.try_send_request(req).await,
-            Sender::H2(s) => s.try_send_request(req).await,
+            Sender::H1(s) => Either::Left(s.try_send_request(req)),
+            Sender::H2(s) => Either::Right(s.try_send_request(req)),
         }
     }
 

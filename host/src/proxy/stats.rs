@@ -145,10 +145,15 @@ impl Counters {
         if let Some(error) = error {
             error.fetch_add(1, Ordering::Relaxed);
         }
-        self.retries
-            .fetch_add(u64::from(r.retries), Ordering::Relaxed);
-        self.redispatches
-            .fetch_add(u64::from(r.redispatches), Ordering::Relaxed);
+        // Most requests have neither: an atomic add of zero costs as much as any other.
+        if r.retries > 0 {
+            self.retries
+                .fetch_add(u64::from(r.retries), Ordering::Relaxed);
+        }
+        if r.redispatches > 0 {
+            self.redispatches
+                .fetch_add(u64::from(r.redispatches), Ordering::Relaxed);
+        }
     }
 }
 
