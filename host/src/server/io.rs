@@ -97,9 +97,12 @@ impl Activity {
         self.base.elapsed().as_millis() as u64
     }
 
-    /// `at` on the activity clock, in milliseconds.
-    fn ms_at(&self, at: Instant) -> u64 {
-        at.saturating_duration_since(self.base).as_millis() as u64
+    /// `at` (a reading the caller took), else now, on the activity clock in milliseconds.
+    fn ms_at_or_now(&self, at: Option<Instant>) -> u64 {
+        match at {
+            Some(at) => at.saturating_duration_since(self.base).as_millis() as u64,
+            None => self.now_ms(),
+        }
     }
 
     /// The wait for the first request head begins now.
@@ -193,9 +196,7 @@ impl InRequest {
 impl Drop for InRequest {
     fn drop(&mut self) {
         let activity = &self.activity;
-        let ms = self
-            .ended
-            .map_or_else(|| activity.now_ms(), |at| activity.ms_at(at));
+        let ms = activity.ms_at_or_now(self.ended);
         activity.head_wait_ms.store(ms, Ordering::Release);
         activity.requests.fetch_sub(1, Ordering::AcqRel);
     }
@@ -216,9 +217,7 @@ impl AwaitingServer {
 impl Drop for AwaitingServer {
     fn drop(&mut self) {
         let activity = &self.activity;
-        let ms = self
-            .ended
-            .map_or_else(|| activity.now_ms(), |at| activity.ms_at(at));
+        let ms = activity.ms_at_or_now(self.ended);
         activity.last_ms.store(ms, Ordering::Relaxed);
         activity.awaiting_server.fetch_sub(1, Ordering::AcqRel);
     }
