@@ -896,8 +896,8 @@ async fn drive<C: Future<Output = Result<(), hyper::Error>>>(
     let mut refused = std::pin::pin!(refused);
     let mut cut_off: Option<tokio::time::Instant> = None;
     // The futures besides the connection are polled only after one of them woke the task:
-    // nearly every wake-up is the connection's, and polling four other futures on each
-    // cost about 700 instructions per request.
+    // nearly every wake-up is the connection's, and polling the five others on each cost
+    // about 1,100 instructions per request (BENCHMARKS.md).
     let others = Arc::new(Others::default());
     let others_waker = std::task::Waker::from(Arc::clone(&others));
     loop {
@@ -922,11 +922,11 @@ async fn drive<C: Future<Output = Result<(), hyper::Error>>>(
                 return Poll::Pending;
             }
             let mut ocx = std::task::Context::from_waker(&others_waker);
-            if !draining && changed.as_mut().poll(&mut ocx).is_ready() {
-                return Poll::Ready(Event::Shutdown);
-            }
-            if !draining && refused.as_mut().poll(&mut ocx).is_ready() {
-                return Poll::Ready(Event::Refused);
+            if !draining
+                && (changed.as_mut().poll(&mut ocx).is_ready()
+                    || refused.as_mut().poll(&mut ocx).is_ready())
+            {
+                return Poll::Ready(Event::Drain);
             }
             if cut_off.is_none() && flooded.as_mut().poll(&mut ocx).is_ready() {
                 return Poll::Ready(Event::Flooded);
@@ -944,12 +944,8 @@ async fn drive<C: Future<Output = Result<(), hyper::Error>>>(
                 }
                 return;
             }
-            Event::Shutdown => {
-                draining = true;
-                graceful(connection.as_mut());
-            }
-            Event::Refused => {
-                // The refusal is written when hyper closes the connection.
+            Event::Drain => {
+                // On a refusal, the refusal is written when hyper closes the connection.
                 draining = true;
                 graceful(connection.as_mut());
             }
@@ -977,8 +973,8 @@ async fn drive<C: Future<Output = Result<(), hyper::Error>>>(
 /// What ended one wait of [`drive`].
 enum Event {
     Ended(Result<(), hyper::Error>),
-    Shutdown,
-    Refused,
+    /// Shutdown began, or an HTTP/1 request head was refused: finish what is under way.
+    Drain,
     Flooded,
     Cut,
     Expired(Expired),
