@@ -476,19 +476,28 @@ impl Plugin for Router {
     }
 
     fn on_request(&self, request: Request) -> RequestAction {
+        // The host and the address are prepared only when a rule reads them: most rule
+        // sets test the path alone, and parsing an address costs more than the match.
+        let reads = |field| self.fields.contains(field);
         let subject = Subject {
-            host: request.host.as_deref().map(|h| {
-                let h = match h.rsplit_once(':') {
-                    Some((name, port))
-                        if !name.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) =>
-                    {
-                        name
-                    }
-                    _ => h,
-                };
-                h.trim_end_matches('.').to_ascii_lowercase()
-            }),
-            ip: request.client_ip.parse().ok(),
+            host: request
+                .host
+                .as_deref()
+                .filter(|_| reads(RequestFields::HOST))
+                .map(|h| {
+                    let h = match h.rsplit_once(':') {
+                        Some((name, port))
+                            if !name.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) =>
+                        {
+                            name
+                        }
+                        _ => h,
+                    };
+                    h.trim_end_matches('.').to_ascii_lowercase()
+                }),
+            ip: reads(RequestFields::CLIENT_IP)
+                .then(|| request.client_ip.parse().ok())
+                .flatten(),
             request: &request,
         };
         let Some(rule) = self.rules.iter().find(|r| {
