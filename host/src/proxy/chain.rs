@@ -2,7 +2,6 @@
 //! stopping it; `on-response` in reverse order over the plugins that ran (so a local
 //! response from plugin k passes back through k-1 … 0).
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -34,7 +33,8 @@ pub struct Local {
 /// Who sent the request, as plugins see it.
 #[derive(Clone, Copy)]
 pub struct Client<'a> {
-    pub ip: IpAddr,
+    /// The connection, which gives the client's address.
+    pub conn: &'a super::ConnInfo,
     pub frontend: &'a str,
     /// "http" or "https".
     pub scheme: &'static str,
@@ -106,7 +106,6 @@ pub async fn on_request(
 ) -> Result<Decision, Failed> {
     let mut backend: Option<Arc<BackendRt>> = None;
     let mut prefer = None;
-    let client_ip = client.ip.to_string();
     for (i, plugin) in plugins.iter().enumerate() {
         if !plugin.hooks().contains(types::Hooks::ON_REQUEST) {
             ran.push(Ran {
@@ -122,7 +121,7 @@ pub async fn on_request(
             query: parts.uri.query(),
             host,
             headers: crate::plugin::header_list(&headers),
-            client_ip: Some(&client_ip),
+            client_ip: Some(client.conn.peer_ip_text()),
             frontend: Some(client.frontend),
             scheme: Some(client.scheme),
             backend: Some(&backend.as_ref().unwrap_or(default).name),
@@ -232,7 +231,6 @@ pub async fn on_response(
     answered: &Answered<'_>,
 ) -> Result<ResponseChange, Failed> {
     let mut change = ResponseChange::Keep;
-    let client_ip = answered.client.ip.to_string();
     for ran in ran.iter_mut().rev() {
         let plugin = &plugins[ran.index];
         if !plugin.hooks().contains(types::Hooks::ON_RESPONSE) {
@@ -247,7 +245,7 @@ pub async fn on_response(
             server: answered.server,
             method: Some(answered.method),
             path: Some(answered.path),
-            client_ip: Some(&client_ip),
+            client_ip: Some(answered.client.conn.peer_ip_text()),
             scheme: Some(answered.client.scheme),
             frontend: Some(answered.client.frontend),
             id: answered.client.id,

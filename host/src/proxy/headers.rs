@@ -1,8 +1,6 @@
 //! Header handling between client and server: hop-by-hop removal (RFC 9110 §7.6.1),
 //! the request's host (RFC 9112 §3.2), and X-Forwarded-*.
 
-use std::net::IpAddr;
-
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, Uri};
 use http::{Method, Version};
@@ -198,7 +196,7 @@ pub fn prepare_request(
     headers: &mut HeaderMap,
     host: Option<&Authority>,
     upgrade: bool,
-    forwarded: Option<(IpAddr, &'static str)>,
+    forwarded: Option<(&str, &'static str)>,
 ) {
     if method != Method::OPTIONS || uri.path() != "*" {
         let origin = uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
@@ -271,7 +269,7 @@ pub fn for_server<B>(mut req: http::Request<B>, h2: bool, tls: bool) -> http::Re
 }
 
 /// Appends the client to X-Forwarded-For, folding any earlier headers into one list.
-fn append_forwarded_for(headers: &mut HeaderMap, client_ip: IpAddr) {
+fn append_forwarded_for(headers: &mut HeaderMap, client_ip: &str) {
     let mut list = String::new();
     for v in headers.get_all(&X_FORWARDED_FOR).iter() {
         if let Ok(s) = v.to_str() {
@@ -279,7 +277,7 @@ fn append_forwarded_for(headers: &mut HeaderMap, client_ip: IpAddr) {
             list.push_str(", ");
         }
     }
-    list.push_str(&client_ip.to_string());
+    list.push_str(client_ip);
     if let Ok(v) = HeaderValue::from_str(&list) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
@@ -401,7 +399,7 @@ mod tests {
             ("x-forwarded-for", "10.0.0.1"),
             ("x-forwarded-for", "10.0.0.2"),
         ]);
-        append_forwarded_for(&mut h, IpAddr::from([127, 0, 0, 1]));
+        append_forwarded_for(&mut h, "127.0.0.1");
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(
             h.get("x-forwarded-for").unwrap(),

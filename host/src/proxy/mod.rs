@@ -17,7 +17,7 @@ mod tunnel;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -249,6 +249,8 @@ pub struct ConnInfo {
     /// operation, where a timer per request is registered in tokio's timer wheel and
     /// removed again. None while a request holds it.
     server_timer: Mutex<Option<Pin<Box<Sleep>>>>,
+    /// The client's address as text, made on first use ([`Self::peer_ip_text`]).
+    peer_ip_text: OnceLock<Box<str>>,
     /// The connection's share of `global.maxconn`, held while any request or tunnel lives.
     _permit: Option<OwnedSemaphorePermit>,
 }
@@ -269,8 +271,16 @@ impl ConnInfo {
             ready_since: AtomicU64::new(0),
             accepted: Instant::now(),
             server_timer: Mutex::new(None),
+            peer_ip_text: OnceLock::new(),
             _permit: permit,
         }
+    }
+
+    /// The client's address as X-Forwarded-For and plugins get it: formatted for the
+    /// connection's first request that needs it, kept for the requests after it.
+    pub fn peer_ip_text(&self) -> &str {
+        self.peer_ip_text
+            .get_or_init(|| self.peer.ip().to_string().into())
     }
 
     /// A timer that goes off at `deadline`: the connection's own, or a new one while
@@ -462,7 +472,7 @@ async fn forward(
     let upgrade = headers::is_upgrade(req.version(), req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    let forwarded = fe.cfg.forwardfor.then_some((conn.peer.ip(), conn.proto));
+    let forwarded = fe.cfg.forwardfor.then(|| (conn.peer_ip_text(), conn.proto));
     headers::prepare_request(
         &parts.method,
         &mut parts.uri,
@@ -475,7 +485,7 @@ async fn forward(
 
     // The plugin chain: edits, a route, or a response of its own.
     let client = chain::Client {
-        ip: conn.peer.ip(),
+        conn,
         frontend: &fe.name,
         scheme: conn.proto,
         id: chain::next_request_id(),
