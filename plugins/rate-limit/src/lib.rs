@@ -61,7 +61,12 @@ impl RateLimit {
             Key::Header(name) => request.header(name).map(|v| format!("h:{v}")),
             Key::Cookie(name) => request.cookie(name).map(|v| format!("c:{v}")),
         };
-        found.unwrap_or_else(|| format!("ip:{}", request.client_ip))
+        found.unwrap_or_else(|| {
+            let mut id = String::with_capacity(3 + request.client_ip.len() + 21);
+            id.push_str("ip:");
+            id.push_str(&request.client_ip);
+            id
+        })
     }
 
     /// The sliding-window count at `elapsed` ms into the current window.
@@ -152,8 +157,14 @@ impl Plugin for RateLimit {
         let now = host::now_ms();
         let index = now / self.window;
         let elapsed = now % self.window;
-        let current_key = format!("{id}|{index}");
-        let previous = host::counter_get(&format!("{id}|{}", index.wrapping_sub(1))).max(0) as u64;
+        let mut key = id;
+        key.push('|');
+        let prefix = key.len();
+        push_decimal(&mut key, index.wrapping_sub(1));
+        let previous = host::counter_get(&key).max(0) as u64;
+        key.truncate(prefix);
+        push_decimal(&mut key, index);
+        let current_key = key;
         // Counted first, then taken back if refused: concurrent requests never get past
         // the limit together.
         let current = host::counter_add(&current_key, 1, 2 * self.window).max(0) as u64;
@@ -167,6 +178,23 @@ impl Plugin for RateLimit {
                 .with_header("retry-after", &retry.to_string()),
         )
     }
+}
+
+/// Appends `n` in decimal: the counter keys are built per request, and `format!` costs
+/// several times what the rest of the hook does.
+fn push_decimal(out: &mut String, n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(digits[at..].iter().map(|&d| char::from(d)));
 }
 
 export_plugin!(RateLimit);
@@ -189,6 +217,15 @@ mod tests {
                 let h = r.headers.iter().find(|h| h.name == "retry-after").unwrap();
                 Some(h.value.parse().unwrap())
             }
+        }
+    }
+
+    #[test]
+    fn decimal_keys() {
+        for n in [0, 7, 10, 1234567890, u64::MAX] {
+            let mut s = String::from("k|");
+            push_decimal(&mut s, n);
+            assert_eq!(s, format!("k|{n}"));
         }
     }
 
