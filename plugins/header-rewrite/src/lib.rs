@@ -18,6 +18,7 @@
 
 use regex_lite::Regex;
 use serde::Deserialize;
+use std::borrow::Cow;
 use weir_sdk::{
     Header, HeaderOp, Hooks, Plugin, Proceed, Request, RequestAction, RequestFields, Response,
     ResponseAction, ResponseFields, export_plugin,
@@ -162,7 +163,7 @@ impl Template {
         Ok(Template(parts))
     }
 
-    fn render(&self, vars: &dyn Fn(Var) -> String) -> String {
+    fn render<'a>(&self, vars: &dyn Fn(Var) -> Cow<'a, str>) -> String {
         let mut out = String::new();
         for part in &self.0 {
             match part {
@@ -264,13 +265,16 @@ fn compile(op: OpFile, at: &str, response: bool) -> Result<Op, String> {
 }
 
 /// Runs `ops` over a copy of `headers`, returning the edits for weir and the new path.
-fn run(
+fn run<'a>(
     ops: &[Op],
     headers: &mut Vec<Header>,
-    vars: &dyn Fn(Var) -> String,
+    vars: &dyn Fn(Var) -> Cow<'a, str>,
 ) -> (Vec<HeaderOp>, Option<String>) {
-    let mut edits = Vec::new();
+    let mut edits = Vec::with_capacity(ops.len());
     let mut path = None;
+    // Only a `replace` reads the headers: without one, the edits need not be mirrored
+    // into them (which would copy every header set).
+    let mirror = ops.iter().any(|op| matches!(op, Op::Replace { .. }));
     for op in ops {
         match op {
             Op::Set(name, t) => {
@@ -278,8 +282,10 @@ fn run(
                     name: name.clone(),
                     value: t.render(vars),
                 };
-                headers.retain(|x| x.name != *name);
-                headers.push(h.clone());
+                if mirror {
+                    headers.retain(|x| x.name != *name);
+                    headers.push(h.clone());
+                }
                 edits.push(HeaderOp::Set(h));
             }
             Op::Add(name, t) => {
@@ -287,11 +293,15 @@ fn run(
                     name: name.clone(),
                     value: t.render(vars),
                 };
-                headers.push(h.clone());
+                if mirror {
+                    headers.push(h.clone());
+                }
                 edits.push(HeaderOp::Append(h));
             }
             Op::Del(name) => {
-                headers.retain(|x| x.name != *name);
+                if mirror {
+                    headers.retain(|x| x.name != *name);
+                }
                 edits.push(HeaderOp::Remove(name.clone()));
             }
             Op::Replace { name, regex, with } => {
@@ -374,17 +384,19 @@ impl Plugin for HeaderRewrite {
         }
         let mut headers = std::mem::take(&mut request.headers);
         let r = &request;
-        let vars = |v: Var| match v {
-            Var::Src => r.client_ip.clone(),
-            Var::Frontend => r.frontend.clone(),
-            Var::Backend => r.backend.clone(),
-            Var::Server | Var::Status => String::new(),
-            Var::RequestId => request_id(r.id),
-            Var::Method => r.method.clone(),
-            Var::Path => r.path.clone(),
-            Var::Query => r.query.clone().unwrap_or_default(),
-            Var::Host => r.host.clone().unwrap_or_default(),
-            Var::Scheme => r.scheme.clone(),
+        let vars = |v: Var| -> Cow<'_, str> {
+            match v {
+                Var::Src => Cow::Borrowed(&r.client_ip),
+                Var::Frontend => Cow::Borrowed(&r.frontend),
+                Var::Backend => Cow::Borrowed(&r.backend),
+                Var::Server | Var::Status => Cow::Borrowed(""),
+                Var::RequestId => Cow::Owned(request_id(r.id)),
+                Var::Method => Cow::Borrowed(&r.method),
+                Var::Path => Cow::Borrowed(&r.path),
+                Var::Query => Cow::Borrowed(r.query.as_deref().unwrap_or_default()),
+                Var::Host => Cow::Borrowed(r.host.as_deref().unwrap_or_default()),
+                Var::Scheme => Cow::Borrowed(&r.scheme),
+            }
         };
         let (edits, path) = run(&self.request, &mut headers, &vars);
         let mut p = Proceed::unchanged();
@@ -399,17 +411,19 @@ impl Plugin for HeaderRewrite {
         }
         let mut headers = std::mem::take(&mut response.headers);
         let r = &response;
-        let vars = |v: Var| match v {
-            Var::Src => r.client_ip.clone(),
-            Var::Frontend => r.frontend.clone(),
-            Var::Backend => r.backend.clone().unwrap_or_default(),
-            Var::Server => r.server.clone().unwrap_or_default(),
-            Var::RequestId => request_id(r.id),
-            Var::Method => r.method.clone(),
-            Var::Path => r.path.clone(),
-            Var::Query | Var::Host => String::new(),
-            Var::Scheme => r.scheme.clone(),
-            Var::Status => r.status.to_string(),
+        let vars = |v: Var| -> Cow<'_, str> {
+            match v {
+                Var::Src => Cow::Borrowed(&r.client_ip),
+                Var::Frontend => Cow::Borrowed(&r.frontend),
+                Var::Backend => Cow::Borrowed(r.backend.as_deref().unwrap_or_default()),
+                Var::Server => Cow::Borrowed(r.server.as_deref().unwrap_or_default()),
+                Var::RequestId => Cow::Owned(request_id(r.id)),
+                Var::Method => Cow::Borrowed(&r.method),
+                Var::Path => Cow::Borrowed(&r.path),
+                Var::Query | Var::Host => Cow::Borrowed(""),
+                Var::Scheme => Cow::Borrowed(&r.scheme),
+                Var::Status => Cow::Owned(r.status.to_string()),
+            }
         };
         let (edits, _) = run(&self.response, &mut headers, &vars);
         ResponseAction::Proceed(edits)
