@@ -28,6 +28,8 @@
 //! `.wasm` file. The same crate builds natively too, so its logic is unit-tested with
 //! [`testing::FakeHost`] standing in for weir.
 
+#[cfg(any(test, all(target_arch = "wasm32", feature = "size-classes")))]
+mod alloc;
 pub mod host;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
