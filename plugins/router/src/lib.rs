@@ -105,6 +105,46 @@ impl FieldMatch {
     }
 }
 
+/// A path regex, and the text any path it matches starts with (from an anchored
+/// pattern's leading literal characters): most paths are ruled out by that comparison,
+/// at a fraction of the cost of running the regex.
+struct PathRegex {
+    prefix: String,
+    regex: Regex,
+}
+
+impl PathRegex {
+    fn new(pattern: &str) -> Result<Self, regex_lite::Error> {
+        Ok(PathRegex {
+            prefix: anchored_prefix(pattern),
+            regex: Regex::new(pattern)?,
+        })
+    }
+
+    fn is_match(&self, path: &str) -> bool {
+        path.starts_with(self.prefix.as_str()) && self.regex.is_match(path)
+    }
+}
+
+/// The literal text an anchored pattern requires at the start (`"/v"` for
+/// `^/v[0-9]+/`), or "" when it is not anchored or could match otherwise (an alternation
+/// anywhere, a flag group). Conservative: it stops at the first character that is not
+/// plainly literal, and drops a literal that a quantifier makes optional.
+fn anchored_prefix(pattern: &str) -> String {
+    let Some(rest) = pattern.strip_prefix('^') else {
+        return String::new();
+    };
+    if pattern.contains('|') {
+        return String::new();
+    }
+    let literal = |c: char| c.is_ascii_alphanumeric() || "/-_~%=&,:;@!'\"<># ".contains(c);
+    let mut prefix: String = rest.chars().take_while(|&c| literal(c)).collect();
+    if matches!(rest[prefix.len()..].chars().next(), Some('*' | '?' | '{')) {
+        prefix.pop();
+    }
+    prefix
+}
+
 /// A host pattern: exact, or `*.example.com` for any subdomain.
 enum HostPattern {
     Exact(String),
@@ -116,7 +156,7 @@ enum Test {
     Path(Vec<String>),
     PathBeg(Vec<String>),
     PathEnd(Vec<String>),
-    PathReg(Vec<Regex>),
+    PathReg(Vec<PathRegex>),
     Host(Vec<HostPattern>),
     Method(Vec<String>),
     Header(Vec<FieldMatch>),
@@ -320,7 +360,7 @@ fn compile_rule(rule: RuleFile, at: &str) -> Result<Rule, String> {
         if let Some(v) = v {
             let regexes =
                 v.0.iter()
-                    .map(|r| Regex::new(r).map_err(|e| format!("{}: {e}", key(name))))
+                    .map(|r| PathRegex::new(r).map_err(|e| format!("{}: {e}", key(name))))
                     .collect::<Result<_, _>>()?;
             add(Test::PathReg(regexes), negate);
         }
@@ -626,6 +666,29 @@ mod tests {
             outcome(&r, request("GET", "/public").from_ip("8.8.8.8")),
             "-"
         );
+    }
+
+    #[test]
+    fn an_anchored_regex_is_checked_against_its_literal_prefix_first() {
+        assert_eq!(anchored_prefix("^/v[0-9]+/internal/"), "/v");
+        assert_eq!(anchored_prefix("^/api/users$"), "/api/users");
+        assert_eq!(anchored_prefix("/api"), "");
+        assert_eq!(anchored_prefix("^(?i)/api"), "");
+        assert_eq!(anchored_prefix("^/a|/b"), "");
+        assert_eq!(anchored_prefix("^/ab?c"), "/a");
+        assert_eq!(anchored_prefix("^/ab*"), "/a");
+        assert_eq!(anchored_prefix("^/ab{0,2}"), "/a");
+        assert_eq!(anchored_prefix("^/ab+"), "/ab");
+        assert_eq!(anchored_prefix("^/a\\.b"), "/a");
+        let _h = host();
+        let r = router(
+            r#"[{"path_reg": "^/ab?c/", "deny": 403},
+                {"path_reg": "^/a|^/b", "deny": 404}]"#,
+        );
+        assert_eq!(outcome(&r, request("GET", "/ac/x")), "deny:403");
+        assert_eq!(outcome(&r, request("GET", "/abc/x")), "deny:403");
+        assert_eq!(outcome(&r, request("GET", "/b/x")), "deny:404");
+        assert_eq!(outcome(&r, request("GET", "/c/x")), "-");
     }
 
     #[test]
