@@ -83,7 +83,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     let nominated: Vec<HeaderName> = headers
         .keys()
         .filter(|n| {
-            !PROTECTED.contains(n) && !HOP_BY_HOP.contains(n) && connection_has(headers, n.as_str())
+            !PROTECTED.contains(n)
+                && hop_by_hop_index(n).is_none()
+                && connection_has(headers, n.as_str())
         })
         .cloned()
         .collect();
