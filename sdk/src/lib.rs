@@ -84,22 +84,40 @@ pub struct Request {
 }
 
 impl From<bindings::weir::plugin::types::Request> for Request {
-    /// What weir sent: its undeclared fields (none on the wire, where an empty string
-    /// would still cost a copy into the sandbox) become empty strings, which allocate
-    /// nothing.
+    /// What weir sent: the fields the plugin declared (the others empty strings, which
+    /// allocate nothing), their strings taken over as they came.
     fn from(wire: bindings::weir::plugin::types::Request) -> Self {
-        Request {
-            method: wire.method.unwrap_or_default(),
-            path: wire.path.unwrap_or_default(),
-            query: wire.query,
-            host: wire.host,
+        use bindings::weir::plugin::types::RequestValue as V;
+        let mut request = Request {
+            method: String::new(),
+            path: String::new(),
+            query: None,
+            host: None,
             headers: wire.headers.unwrap_or_default(),
-            client_ip: wire.client_ip.unwrap_or_default(),
-            frontend: wire.frontend.unwrap_or_default(),
-            scheme: wire.scheme.unwrap_or_default(),
-            backend: wire.backend.unwrap_or_default(),
+            client_ip: String::new(),
+            frontend: String::new(),
+            scheme: String::new(),
+            backend: String::new(),
             id: wire.id,
+        };
+        // Matched as a plain list (a flattening iterator over the option made a loop of
+        // some 550 instructions even when there was nothing in it).
+        let Some(values) = wire.fields else {
+            return request;
+        };
+        for value in values {
+            match value {
+                V::Method(v) => request.method = v,
+                V::Path(v) => request.path = v,
+                V::Query(v) => request.query = Some(v),
+                V::Host(v) => request.host = Some(v),
+                V::ClientIp(v) => request.client_ip = v,
+                V::Frontend(v) => request.frontend = v,
+                V::Scheme(v) => request.scheme = v,
+                V::Backend(v) => request.backend = v,
+            }
         }
+        request
     }
 }
 
@@ -129,21 +147,37 @@ pub struct Response {
 }
 
 impl From<bindings::weir::plugin::types::Response> for Response {
-    /// What weir sent; no headers to send arrive as none on the wire.
+    /// What weir sent, as for [`Request`].
     fn from(wire: bindings::weir::plugin::types::Response) -> Self {
-        Response {
+        use bindings::weir::plugin::types::ResponseValue as V;
+        let mut response = Response {
             status: wire.status,
             headers: wire.headers.unwrap_or_default(),
-            backend: wire.backend,
-            server: wire.server,
-            method: wire.method.unwrap_or_default(),
-            path: wire.path.unwrap_or_default(),
-            client_ip: wire.client_ip.unwrap_or_default(),
-            scheme: wire.scheme.unwrap_or_default(),
-            frontend: wire.frontend.unwrap_or_default(),
+            backend: None,
+            server: None,
+            method: String::new(),
+            path: String::new(),
+            client_ip: String::new(),
+            scheme: String::new(),
+            frontend: String::new(),
             id: wire.id,
             note: wire.note,
+        };
+        let Some(values) = wire.fields else {
+            return response;
+        };
+        for value in values {
+            match value {
+                V::Backend(v) => response.backend = Some(v),
+                V::Server(v) => response.server = Some(v),
+                V::Method(v) => response.method = v,
+                V::Path(v) => response.path = v,
+                V::ClientIp(v) => response.client_ip = v,
+                V::Scheme(v) => response.scheme = v,
+                V::Frontend(v) => response.frontend = v,
+            }
         }
+        response
     }
 }
 

@@ -10,13 +10,14 @@
 //!   a method, a source block), a request with ten headers, matched by the last rule. The
 //!   headers and fields are selected as the proxy selects them: only those the router
 //!   declared it reads (two of the ten headers) are copied. A third case copies all ten
-//!   headers, as every call did before plugins declared their headers.
+//!   headers and every field, as every call did before plugins declared what they read.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use weir::plugin::types::{HeaderParam, Request};
+use weir::plugin::types::{HeaderParam, Request, RequestFields, RequestValue};
+use weir::plugin::{Fields, RequestInfo};
 use weir::proxy::backend::BackendRt;
 
 const CONFIG: &str = r#"
@@ -51,17 +52,28 @@ config = { rules = [
 ] }
 "#;
 
-fn request<'a>(path: &'a str, headers: &'a [HeaderParam<'a>]) -> Request<'a> {
-    Request {
-        method: Some("GET"),
-        path: Some(path),
+/// The request's fields, as the proxy knows them.
+fn info(path: &str) -> RequestInfo<'_> {
+    RequestInfo {
+        method: "GET",
+        path,
         query: Some("page=2"),
         host: Some("www.example.com"),
+        client_ip: "192.0.2.10",
+        frontend: "www",
+        scheme: "http",
+        backend: "app",
+    }
+}
+
+/// A hook's input: the fields and headers selected for it.
+fn request<'a>(
+    fields: &'a Fields<RequestValue<'a>, 8>,
+    headers: &'a [HeaderParam<'a>],
+) -> Request<'a> {
+    Request {
+        fields: fields.list(),
         headers: weir::plugin::header_list(headers),
-        client_ip: Some("192.0.2.10"),
-        frontend: Some("www"),
-        scheme: Some("http"),
-        backend: Some("app"),
         id: 1,
     }
 }
@@ -133,26 +145,29 @@ async fn main() {
     ] {
         ten_headers.insert(name, http::HeaderValue::from_static(value));
     }
-    let router = by_name("router");
+    let (empty, router) = (by_name("empty"), by_name("router"));
     let declared = router.request_headers_of(&ten_headers);
     let all = weir::plugin::headers_of(&ten_headers);
+    let empty_fields = empty.request_values(&info("/"));
+    let router_fields = router.request_values(&info("/api/users"));
+    let all_fields = info("/api/users").values(RequestFields::all());
     let cases = [
         (
             "empty hook",
-            by_name("empty"),
-            by_name("empty").fields_read(request("/", &[])),
+            Arc::clone(&empty),
+            request(&empty_fields, &[]),
             500.0,
         ),
         (
             "router-like hook, 10 rules, 10 headers (2 copied)",
             Arc::clone(&router),
-            router.fields_read(request("/api/users", &declared)),
+            request(&router_fields, &declared),
             2000.0,
         ),
         (
             "router-like hook, 10 rules, 10 headers (all copied)",
             Arc::clone(&router),
-            request("/api/users", &all),
+            request(&all_fields, &all),
             2000.0,
         ),
     ];

@@ -558,41 +558,20 @@ impl Plugin {
         selected_headers(self.request_headers.as_deref(), map)
     }
 
-    /// What `on-request` gets of a request's fields: those the plugin declared; the others
-    /// none, so they cost nothing to copy into the sandbox.
-    pub fn fields_read<'a>(&self, request: types::Request<'a>) -> types::Request<'a> {
-        use types::RequestFields as F;
-        let fields = self.request_fields;
-        let read = |flag, value| if fields.contains(flag) { value } else { None };
-        types::Request {
-            method: read(F::METHOD, request.method),
-            path: read(F::PATH, request.path),
-            query: read(F::QUERY, request.query),
-            host: read(F::HOST, request.host),
-            client_ip: read(F::CLIENT_IP, request.client_ip),
-            frontend: read(F::FRONTEND, request.frontend),
-            scheme: read(F::SCHEME, request.scheme),
-            backend: read(F::BACKEND, request.backend),
-            ..request
-        }
+    /// What `on-request` gets of a request's fields: those the plugin declared.
+    pub fn request_values<'a>(
+        &self,
+        request: &RequestInfo<'a>,
+    ) -> Fields<types::RequestValue<'a>, 8> {
+        request.values(self.request_fields)
     }
 
-    /// What `on-response` gets of a response's fields: those the plugin declared; the
-    /// others none.
-    pub fn response_fields_read<'a>(&self, response: types::Response<'a>) -> types::Response<'a> {
-        use types::ResponseFields as F;
-        let fields = self.response_fields;
-        let read = |flag, value| if fields.contains(flag) { value } else { None };
-        types::Response {
-            backend: read(F::BACKEND, response.backend),
-            server: read(F::SERVER, response.server),
-            method: read(F::METHOD, response.method),
-            path: read(F::PATH, response.path),
-            client_ip: read(F::CLIENT_IP, response.client_ip),
-            scheme: read(F::SCHEME, response.scheme),
-            frontend: read(F::FRONTEND, response.frontend),
-            ..response
-        }
+    /// What `on-response` gets of a response's fields: those the plugin declared.
+    pub fn response_values<'a>(
+        &self,
+        response: &ResponseInfo<'a>,
+    ) -> Fields<types::ResponseValue<'a>, 7> {
+        response.values(self.response_fields)
     }
 
     /// What `on-response` gets of a response's headers: those the plugin declared, or all.
@@ -830,6 +809,103 @@ fn selected_headers<'a>(
             .flat_map(|n| map.get_all(n).iter().map(move |v| (n, v)))
             .filter_map(header_of)
             .collect(),
+    }
+}
+
+/// What the proxy knows of a request: every field `on-request` may get.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestInfo<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub host: Option<&'a str>,
+    pub client_ip: &'a str,
+    pub frontend: &'a str,
+    pub scheme: &'a str,
+    pub backend: &'a str,
+}
+
+impl<'a> RequestInfo<'a> {
+    /// The fields in `read` that the request has, in the order of `request-fields`.
+    pub fn values(&self, read: types::RequestFields) -> Fields<types::RequestValue<'a>, 8> {
+        use types::{RequestFields as F, RequestValue as V};
+        let mut values = Fields::new(|| V::Method(""));
+        for (field, value) in [
+            (F::METHOD, Some(V::Method(self.method))),
+            (F::PATH, Some(V::Path(self.path))),
+            (F::QUERY, self.query.map(V::Query)),
+            (F::HOST, self.host.map(V::Host)),
+            (F::CLIENT_IP, Some(V::ClientIp(self.client_ip))),
+            (F::FRONTEND, Some(V::Frontend(self.frontend))),
+            (F::SCHEME, Some(V::Scheme(self.scheme))),
+            (F::BACKEND, Some(V::Backend(self.backend))),
+        ] {
+            if let Some(value) = value.filter(|_| read.contains(field)) {
+                values.push(value);
+            }
+        }
+        values
+    }
+}
+
+/// What the proxy knows of a response: every field `on-response` may get.
+#[derive(Debug, Clone, Copy)]
+pub struct ResponseInfo<'a> {
+    /// The backend and server that answered; none for a local response.
+    pub backend: Option<&'a str>,
+    pub server: Option<&'a str>,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub client_ip: &'a str,
+    pub scheme: &'a str,
+    pub frontend: &'a str,
+}
+
+impl<'a> ResponseInfo<'a> {
+    /// The fields in `read` that the response has, in the order of `response-fields`.
+    pub fn values(&self, read: types::ResponseFields) -> Fields<types::ResponseValue<'a>, 7> {
+        use types::{ResponseFields as F, ResponseValue as V};
+        let mut values = Fields::new(|| V::Method(""));
+        for (field, value) in [
+            (F::BACKEND, self.backend.map(V::Backend)),
+            (F::SERVER, self.server.map(V::Server)),
+            (F::METHOD, Some(V::Method(self.method))),
+            (F::PATH, Some(V::Path(self.path))),
+            (F::CLIENT_IP, Some(V::ClientIp(self.client_ip))),
+            (F::SCHEME, Some(V::Scheme(self.scheme))),
+            (F::FRONTEND, Some(V::Frontend(self.frontend))),
+        ] {
+            if let Some(value) = value.filter(|_| read.contains(field)) {
+                values.push(value);
+            }
+        }
+        values
+    }
+}
+
+/// The fields a hook gets, at most `N` (one of each kind), kept on the stack.
+pub struct Fields<T, const N: usize> {
+    items: [T; N],
+    len: usize,
+}
+
+impl<T, const N: usize> Fields<T, N> {
+    fn new(filler: impl Fn() -> T) -> Self {
+        Fields {
+            items: std::array::from_fn(|_| filler()),
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, value: T) {
+        self.items[self.len] = value;
+        self.len += 1;
+    }
+
+    /// As a hook's `fields`: none when there are none, since even an empty list costs a
+    /// call into the plugin's allocator.
+    pub fn list(&self) -> Option<&[T]> {
+        (self.len > 0).then(|| &self.items[..self.len])
     }
 }
 

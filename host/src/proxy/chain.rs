@@ -10,7 +10,7 @@ use http::{HeaderMap, StatusCode, Uri};
 
 use super::backend::BackendRt;
 use crate::config::FailPolicy;
-use crate::plugin::{HookError, Plugin, types, validate};
+use crate::plugin::{HookError, Plugin, RequestInfo, ResponseInfo, types, validate};
 
 /// Where the chain leaves a request.
 pub enum Decision {
@@ -115,18 +115,21 @@ pub async fn on_request(
             continue;
         }
         let headers = plugin.request_headers_of(&parts.headers);
-        let request = plugin.fields_read(types::Request {
-            method: Some(parts.method.as_str()),
-            path: Some(parts.uri.path()),
+        let fields = plugin.request_values(&RequestInfo {
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
             query: parts.uri.query(),
             host,
-            headers: crate::plugin::header_list(&headers),
-            client_ip: Some(client.conn.peer_ip_text()),
-            frontend: Some(client.frontend),
-            scheme: Some(client.scheme),
-            backend: Some(&backend.as_ref().unwrap_or(default).name),
-            id: client.id,
+            client_ip: client.conn.peer_ip_text(),
+            frontend: client.frontend,
+            scheme: client.scheme,
+            backend: &backend.as_ref().unwrap_or(default).name,
         });
+        let request = types::Request {
+            fields: fields.list(),
+            headers: crate::plugin::header_list(&headers),
+            id: client.id,
+        };
         let action = match plugin.on_request(request).await {
             Ok(a) => a,
             Err(e) => {
@@ -238,19 +241,22 @@ pub async fn on_response(
         }
         let note = ran.note.take();
         let response_headers = plugin.response_headers_of(headers);
-        let response = plugin.response_fields_read(types::Response {
-            status: status.as_u16(),
-            headers: crate::plugin::header_list(&response_headers),
+        let fields = plugin.response_values(&ResponseInfo {
             backend: answered.backend,
             server: answered.server,
-            method: Some(answered.method),
-            path: Some(answered.path),
-            client_ip: Some(answered.client.conn.peer_ip_text()),
-            scheme: Some(answered.client.scheme),
-            frontend: Some(answered.client.frontend),
+            method: answered.method,
+            path: answered.path,
+            client_ip: answered.client.conn.peer_ip_text(),
+            scheme: answered.client.scheme,
+            frontend: answered.client.frontend,
+        });
+        let response = types::Response {
+            status: status.as_u16(),
+            headers: crate::plugin::header_list(&response_headers),
+            fields: fields.list(),
             id: answered.client.id,
             note: note.as_deref(),
-        });
+        };
         let result = match plugin.on_response(response).await {
             Ok(types::ResponseAction::Proceed(ops)) => {
                 validate::edits(&ops).and_then(|()| validate::apply(&ops, headers))
