@@ -142,6 +142,7 @@ pub async fn on_request(
                 Ok(l) => return Ok(Decision::Respond(l)),
                 Err(e) => Err(e),
             },
+            types::RequestAction::Unchanged => Ok(None),
             types::RequestAction::Proceed(mut p) => {
                 let note = p.note.take();
                 apply(p, parts, backends, default, &mut backend, &mut prefer).map(|()| note)
@@ -261,6 +262,7 @@ pub async fn on_response(
             Ok(types::ResponseAction::Proceed(ops)) => {
                 validate::edits(&ops).and_then(|()| validate::apply(&ops, headers))
             }
+            Ok(types::ResponseAction::Unchanged) => Ok(()),
             Ok(types::ResponseAction::Replace(r)) => local(r).map(|l| {
                 *status = l.status;
                 *headers = l.headers;

@@ -212,7 +212,7 @@ mod tests {
     /// The Retry-After of a refusal, or None when the request may go on.
     fn refused(p: &RateLimit, req: Request) -> Option<u64> {
         match p.on_request(req) {
-            RequestAction::Proceed(_) => None,
+            RequestAction::Proceed(_) | RequestAction::Unchanged => None,
             RequestAction::Respond(r) => {
                 assert_eq!(r.status, 429);
                 let h = r.headers.iter().find(|h| h.name == "retry-after").unwrap();

@@ -630,6 +630,7 @@ mod tests {
                 (None, Some(p)) => format!("path:{p}"),
                 (Some(b), Some(p)) => format!("backend:{b} path:{p}"),
             },
+            RequestAction::Unchanged => "-".into(),
             RequestAction::Respond(l) if l.status >= 400 => format!("deny:{}", l.status),
             RequestAction::Respond(l) => {
                 let loc = l.headers.iter().find(|h| h.name == "location").unwrap();

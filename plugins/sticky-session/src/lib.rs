@@ -351,6 +351,7 @@ mod tests {
     fn proceed(p: &Sticky, req: Request) -> Proceed {
         match p.on_request(req) {
             RequestAction::Proceed(p) => p,
+            RequestAction::Unchanged => Proceed::unchanged(),
             RequestAction::Respond(_) => panic!("answered"),
         }
     }
