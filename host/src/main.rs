@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -172,6 +173,8 @@ fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
         if left > 0 {
             tracing::warn!("{left} connections still open after timeout.shutdown ({grace:?}); closing them");
         }
+        // The lines of the last requests may still be queued for the writer thread.
+        log.flush(Duration::from_secs(2));
         Ok(())
     })
 }

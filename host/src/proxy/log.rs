@@ -149,6 +149,8 @@ enum Message {
     Line(String),
     /// Open the log file again (it was moved away by log rotation).
     Reopen,
+    /// Write what came before, flush, and say so.
+    Flush(SyncSender<()>),
 }
 
 /// Where the writer thread writes.
@@ -230,6 +232,10 @@ impl AccessLog {
                         let _ = writeln!(sink.writer(), "{line}");
                     }
                     Message::Reopen => sink.reopen(),
+                    Message::Flush(done) => {
+                        let _ = sink.writer().flush();
+                        let _ = done.send(());
+                    }
                 };
                 while let Ok(message) = rx.recv() {
                     handle(&mut sink, message);
@@ -252,6 +258,26 @@ impl AccessLog {
         if let Some(tx) = &self.tx {
             let _ = tx.send(Message::Reopen);
         }
+    }
+
+    /// Waits until the lines emitted so far are written and flushed, for at most
+    /// `timeout`: before the process exits, which would lose the ones still queued.
+    pub fn flush(&self, timeout: Duration) {
+        let Some(tx) = &self.tx else { return };
+        let deadline = Instant::now() + timeout;
+        let (done, written) = mpsc::sync_channel(1);
+        let mut message = Message::Flush(done);
+        loop {
+            match tx.try_send(message) {
+                Ok(()) => break,
+                Err(TrySendError::Full(m)) if Instant::now() < deadline => {
+                    message = m;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(_) => return,
+            }
+        }
+        let _ = written.recv_timeout(deadline.saturating_duration_since(Instant::now()));
     }
 
     /// Lines dropped because the writer could not keep up.
@@ -362,6 +388,35 @@ mod tests {
             let target = Target::Uri(text.parse().unwrap());
             assert_eq!(target.written_len(), target.to_string().len(), "{text}");
         }
+    }
+
+    /// A writer that takes its time, as a slow disk or a full pipe would.
+    #[derive(Clone, Default)]
+    struct Slow(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl Write for Slow {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            std::thread::sleep(Duration::from_millis(20));
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn flush_waits_for_the_lines_already_emitted() {
+        let out = Slow::default();
+        let log = AccessLog::to_writer(out.clone());
+        let tx = log.tx.as_ref().unwrap();
+        for i in 0..5 {
+            tx.send(Message::Line(format!("line {i}"))).unwrap();
+        }
+        log.flush(Duration::from_secs(10));
+        let written = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(written.lines().count(), 5, "{written}");
+        assert!(written.ends_with("line 4\n"), "{written}");
     }
 
     #[test]
