@@ -549,7 +549,7 @@ impl Plugin for Router {
                 .iter()
                 .all(|c| c.test.holds(&subject) != c.negate)
         }) else {
-            return RequestAction::Proceed(Proceed::unchanged());
+            return RequestAction::Unchanged;
         };
         match &rule.action {
             Action::Route { backend, set_path } => {
