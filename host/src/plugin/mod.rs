@@ -94,16 +94,16 @@ thread_local! {
 /// charged at most its true CPU time, and a call costs no system call.
 fn thread_cpu_at_least_ns() -> u64 {
     let now = std::time::Instant::now();
-    CPU_SAMPLE.with(|sample| match sample.get() {
-        Some((at, cpu)) if now.duration_since(at) < CPU_SAMPLE_AGE => {
-            cpu + now.duration_since(at).as_nanos() as u64
-        }
-        _ => {
-            let cpu = thread_cpu_ns();
-            sample.set(Some((now, cpu)));
-            cpu
-        }
-    })
+    CPU_SAMPLE.with(
+        |sample| match sample.get().map(|(at, cpu)| (now.duration_since(at), cpu)) {
+            Some((since, cpu)) if since < CPU_SAMPLE_AGE => cpu + since.as_nanos() as u64,
+            _ => {
+                let cpu = thread_cpu_ns();
+                sample.set(Some((now, cpu)));
+                cpu
+            }
+        },
+    )
 }
 
 /// The CPU time one call into an instance has used, summed over the polls of its future
