@@ -829,22 +829,22 @@ impl<'a> RequestInfo<'a> {
     /// The fields in `read` that the request has, in the order of `request-fields`.
     pub fn values(&self, read: types::RequestFields) -> Fields<types::RequestValue<'a>, 8> {
         use types::{RequestFields as F, RequestValue as V};
-        let mut values = Fields::new(|| V::Method(""));
-        for (field, value) in [
-            (F::METHOD, Some(V::Method(self.method))),
-            (F::PATH, Some(V::Path(self.path))),
-            (F::QUERY, self.query.map(V::Query)),
-            (F::HOST, self.host.map(V::Host)),
-            (F::CLIENT_IP, Some(V::ClientIp(self.client_ip))),
-            (F::FRONTEND, Some(V::Frontend(self.frontend))),
-            (F::SCHEME, Some(V::Scheme(self.scheme))),
-            (F::BACKEND, Some(V::Backend(self.backend))),
-        ] {
-            if let Some(value) = value.filter(|_| read.contains(field)) {
-                values.push(value);
-            }
-        }
-        values
+        Fields::select(
+            || V::Method(""),
+            [
+                (read.contains(F::METHOD), Some(V::Method(self.method))),
+                (read.contains(F::PATH), Some(V::Path(self.path))),
+                (read.contains(F::QUERY), self.query.map(V::Query)),
+                (read.contains(F::HOST), self.host.map(V::Host)),
+                (
+                    read.contains(F::CLIENT_IP),
+                    Some(V::ClientIp(self.client_ip)),
+                ),
+                (read.contains(F::FRONTEND), Some(V::Frontend(self.frontend))),
+                (read.contains(F::SCHEME), Some(V::Scheme(self.scheme))),
+                (read.contains(F::BACKEND), Some(V::Backend(self.backend))),
+            ],
+        )
     }
 }
 
@@ -865,21 +865,21 @@ impl<'a> ResponseInfo<'a> {
     /// The fields in `read` that the response has, in the order of `response-fields`.
     pub fn values(&self, read: types::ResponseFields) -> Fields<types::ResponseValue<'a>, 7> {
         use types::{ResponseFields as F, ResponseValue as V};
-        let mut values = Fields::new(|| V::Method(""));
-        for (field, value) in [
-            (F::BACKEND, self.backend.map(V::Backend)),
-            (F::SERVER, self.server.map(V::Server)),
-            (F::METHOD, Some(V::Method(self.method))),
-            (F::PATH, Some(V::Path(self.path))),
-            (F::CLIENT_IP, Some(V::ClientIp(self.client_ip))),
-            (F::SCHEME, Some(V::Scheme(self.scheme))),
-            (F::FRONTEND, Some(V::Frontend(self.frontend))),
-        ] {
-            if let Some(value) = value.filter(|_| read.contains(field)) {
-                values.push(value);
-            }
-        }
-        values
+        Fields::select(
+            || V::Method(""),
+            [
+                (read.contains(F::BACKEND), self.backend.map(V::Backend)),
+                (read.contains(F::SERVER), self.server.map(V::Server)),
+                (read.contains(F::METHOD), Some(V::Method(self.method))),
+                (read.contains(F::PATH), Some(V::Path(self.path))),
+                (
+                    read.contains(F::CLIENT_IP),
+                    Some(V::ClientIp(self.client_ip)),
+                ),
+                (read.contains(F::SCHEME), Some(V::Scheme(self.scheme))),
+                (read.contains(F::FRONTEND), Some(V::Frontend(self.frontend))),
+            ],
+        )
     }
 }
 
@@ -890,16 +890,19 @@ pub struct Fields<T, const N: usize> {
 }
 
 impl<T, const N: usize> Fields<T, N> {
-    fn new(filler: impl Fn() -> T) -> Self {
-        Fields {
+    /// The values that are present and wanted, in order (`filler` fills the unused slots).
+    fn select(filler: impl Fn() -> T, values: [(bool, Option<T>); N]) -> Self {
+        let mut fields = Fields {
             items: std::array::from_fn(|_| filler()),
             len: 0,
+        };
+        for (wanted, value) in values {
+            if let Some(value) = value.filter(|_| wanted) {
+                fields.items[fields.len] = value;
+                fields.len += 1;
+            }
         }
-    }
-
-    fn push(&mut self, value: T) {
-        self.items[self.len] = value;
-        self.len += 1;
+        fields
     }
 
     /// As a hook's `fields`: none when there are none, since even an empty list costs a
