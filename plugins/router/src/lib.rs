@@ -521,7 +521,8 @@ impl Plugin for Router {
 
     fn on_request(&self, request: Request) -> RequestAction {
         // The host and the address are prepared only when a rule reads them: most rule
-        // sets test the path alone, and parsing an address costs more than the match.
+        // sets test the path alone, and parsing an address costs more than the match
+        // (even the empty one weir sends when no rule reads it: about 600 instructions).
         let reads = |field| self.fields.contains(field);
         let subject = Subject {
             host: request
