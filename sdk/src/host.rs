@@ -2,12 +2,12 @@
 //! component these call weir; in a native build they call the installed
 //! [`FakeHost`](crate::testing::FakeHost), so plugin logic runs in ordinary unit tests.
 
-use crate::{Level, ServerInfo};
+use crate::{Level, ServerInfo, Sliding};
 
 #[cfg(target_arch = "wasm32")]
 mod imp {
     use crate::bindings::weir::plugin::{backends, clock, counters, kv, log};
-    use crate::{Level, ServerInfo};
+    use crate::{Level, ServerInfo, Sliding};
 
     pub fn log(level: Level, message: &str) {
         log::write(level, message)
@@ -23,6 +23,9 @@ mod imp {
     }
     pub fn counter_remaining_ms(key: &str) -> u64 {
         counters::remaining_ms(key)
+    }
+    pub fn add_sliding(key: &str, delta: i64, window_ms: u64, limit: Option<i64>) -> Sliding {
+        counters::add_sliding(key, delta, window_ms, limit)
     }
     pub fn kv_get(key: &str) -> Option<Vec<u8>> {
         kv::get(key)
@@ -41,7 +44,7 @@ mod imp {
 #[cfg(not(target_arch = "wasm32"))]
 mod imp {
     use crate::testing::with_host;
-    use crate::{Level, ServerInfo};
+    use crate::{Level, ServerInfo, Sliding};
 
     pub fn log(level: Level, message: &str) {
         with_host(|h| h.log(level, message))
@@ -57,6 +60,9 @@ mod imp {
     }
     pub fn counter_remaining_ms(key: &str) -> u64 {
         with_host(|h| h.counter_remaining_ms(key))
+    }
+    pub fn add_sliding(key: &str, delta: i64, window_ms: u64, limit: Option<i64>) -> Sliding {
+        with_host(|h| h.add_sliding(key, delta, window_ms, limit))
     }
     pub fn kv_get(key: &str) -> Option<Vec<u8>> {
         with_host(|h| h.kv_get(key))
@@ -95,6 +101,15 @@ pub fn counter_get(key: &str) -> i64 {
 /// Milliseconds left in the current window of `key`.
 pub fn counter_remaining_ms(key: &str) -> u64 {
     imp::counter_remaining_ms(key)
+}
+
+/// Adds `delta` to the current window's count of `key` (windows of `window_ms` aligned
+/// to the clock) and returns it with the previous window's count, in one call to weir.
+/// With a `limit`, adds only when the sliding count after adding stays within it (the
+/// current count plus the previous window's weighted by how much of it the last
+/// `window_ms` still covers): check and add are one step, shared by every instance.
+pub fn add_sliding(key: &str, delta: i64, window_ms: u64, limit: Option<i64>) -> Sliding {
+    imp::add_sliding(key, delta, window_ms, limit)
 }
 
 pub fn kv_get(key: &str) -> Option<Vec<u8>> {

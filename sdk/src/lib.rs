@@ -48,6 +48,7 @@ pub mod bindings {
 }
 
 pub use bindings::weir::plugin::backends::{ServerInfo, ServerState};
+pub use bindings::weir::plugin::counters::Sliding;
 pub use bindings::weir::plugin::log::Level;
 pub use bindings::weir::plugin::types::{
     Header, HeaderOp, Hooks, Info, LocalResponse, Probe, Proceed, RequestAction, RequestFields,

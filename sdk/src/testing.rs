@@ -19,6 +19,8 @@ use crate::{Level, ServerInfo};
 struct State {
     now_ms: u64,
     counters: HashMap<String, (u64, u64, i64)>,
+    /// Per key: window length, window index, previous and current count.
+    sliding: HashMap<String, (u64, u64, i64, i64)>,
     kv: HashMap<String, (Vec<u8>, Option<u64>)>,
     logs: Vec<(Level, String)>,
     backends: HashMap<String, Vec<ServerInfo>>,
@@ -90,6 +92,39 @@ impl FakeHost {
         }
         entry.2 += delta;
         entry.2
+    }
+
+    pub(crate) fn add_sliding(
+        &self,
+        key: &str,
+        delta: i64,
+        window_ms: u64,
+        limit: Option<i64>,
+    ) -> crate::Sliding {
+        let mut s = self.0.borrow_mut();
+        let window_ms = window_ms.max(1);
+        let (index, elapsed_ms) = (s.now_ms / window_ms, s.now_ms % window_ms);
+        let (previous, current) = match s.sliding.get(key) {
+            Some(&(w, i, previous, current)) if w == window_ms && i == index => (previous, current),
+            Some(&(w, i, _, current)) if w == window_ms && i + 1 == index => (current, 0),
+            _ => (0, 0),
+        };
+        let after = current.saturating_add(delta);
+        // As weir does: the previous window weighted by how much of it is still covered.
+        let overlap = (window_ms - elapsed_ms) as i64;
+        let estimate =
+            after + (previous.max(0) * overlap + window_ms as i64 - 1) / window_ms as i64;
+        let added = limit.is_none_or(|l| estimate <= l);
+        if added {
+            s.sliding
+                .insert(key.to_owned(), (window_ms, index, previous, after));
+        }
+        crate::Sliding {
+            previous,
+            current: if added { after } else { current },
+            elapsed_ms,
+            added,
+        }
     }
 
     fn live_counter(&self, key: &str) -> Option<(u64, u64, i64)> {
@@ -272,6 +307,24 @@ mod tests {
         h.advance_ms(600);
         assert_eq!(host::counter_get("k"), 0);
         assert_eq!(host::counter_add("k", 1, 1000), 1);
+    }
+
+    #[test]
+    fn sliding_counts_follow_the_clock_and_the_limit() {
+        let host = FakeHost::install();
+        host.set_now_ms(5_100);
+        assert_eq!(host::add_sliding("k", 3, 1000, None).current, 3);
+        host.set_now_ms(6_250);
+        let s = host::add_sliding("k", 1, 1000, Some(4));
+        assert_eq!(
+            (s.previous, s.current, s.elapsed_ms, s.added),
+            (3, 1, 250, true)
+        );
+        let s = host::add_sliding("k", 1, 1000, Some(4));
+        assert_eq!((s.previous, s.current, s.added), (3, 1, false));
+        host.set_now_ms(8_000);
+        let s = host::add_sliding("k", 1, 1000, Some(4));
+        assert_eq!((s.previous, s.current, s.added), (0, 1, true));
     }
 
     #[test]

@@ -53,6 +53,22 @@ impl counters::Host for StoreState {
     fn remaining_ms(&mut self, key: String) -> u64 {
         self.state.counter_remaining(&key).as_millis() as u64
     }
+
+    fn add_sliding(
+        &mut self,
+        key: String,
+        delta: i64,
+        window_ms: u64,
+        limit: Option<i64>,
+    ) -> counters::Sliding {
+        let c = self.state.sliding_add(&key, delta, window_ms, limit);
+        counters::Sliding {
+            previous: c.previous,
+            current: c.current,
+            elapsed_ms: c.elapsed_ms,
+            added: c.added,
+        }
+    }
 }
 
 impl kv::Host for StoreState {

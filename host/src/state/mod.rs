@@ -24,7 +24,47 @@ type Entry = (Vec<u8>, Option<Instant>);
 #[derive(Default)]
 pub struct PluginState {
     counters: Mutex<HashMap<String, Counter>>,
+    sliding: Mutex<HashMap<String, Sliding>>,
     kv: Mutex<Kv>,
+}
+
+/// A key's counts in two windows aligned to the clock: window `index` (the latest one
+/// counted in) and the one before it.
+struct Sliding {
+    window_ms: u64,
+    index: u64,
+    current: i64,
+    previous: i64,
+}
+
+impl Sliding {
+    /// The counts as of window `index`: the window before it, and `index` itself.
+    fn at(&self, index: u64) -> (i64, i64) {
+        match index.checked_sub(self.index) {
+            Some(0) => (self.previous, self.current),
+            Some(1) => (self.current, 0),
+            _ => (0, 0),
+        }
+    }
+}
+
+/// What [`PluginState::sliding_add`] found and did.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SlidingCount {
+    pub previous: i64,
+    pub current: i64,
+    pub elapsed_ms: u64,
+    pub added: bool,
+}
+
+/// The sliding count at `elapsed_ms` into the current window of `window_ms`: the current
+/// count, plus the previous window's weighted by how much of it the last `window_ms`
+/// still covers, rounded up.
+pub fn sliding_estimate(previous: i64, current: i64, elapsed_ms: u64, window_ms: u64) -> i64 {
+    let previous = previous.max(0) as u128;
+    let overlap = u128::from(window_ms - elapsed_ms.min(window_ms));
+    let weighted = (previous * overlap).div_ceil(u128::from(window_ms.max(1)));
+    current.saturating_add(i64::try_from(weighted).unwrap_or(i64::MAX))
 }
 
 /// The kv entries, and the bytes of their keys and values.
@@ -112,6 +152,72 @@ impl PluginState {
         c.count
     }
 
+    /// Adds `delta` to the current window's count of `key` (windows of `window_ms`
+    /// aligned to the Unix epoch), unless `limit` is given and the sliding count after
+    /// adding would exceed it; returns both windows' counts.
+    pub fn sliding_add(
+        &self,
+        key: &str,
+        delta: i64,
+        window_ms: u64,
+        limit: Option<i64>,
+    ) -> SlidingCount {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.sliding_add_at(key, delta, window_ms, limit, now_ms)
+    }
+
+    fn sliding_add_at(
+        &self,
+        key: &str,
+        delta: i64,
+        window_ms: u64,
+        limit: Option<i64>,
+        now_ms: u64,
+    ) -> SlidingCount {
+        let window_ms = window_ms.max(1);
+        let (index, elapsed_ms) = (now_ms / window_ms, now_ms % window_ms);
+        let key = &*counter_key(key);
+        let mut all = self.sliding.lock().unwrap_or_else(|p| p.into_inner());
+        let (previous, current) = all
+            .get(key)
+            .filter(|s| s.window_ms == window_ms)
+            .map_or((0, 0), |s| s.at(index));
+        let after = current.saturating_add(delta);
+        let added =
+            limit.is_none_or(|l| sliding_estimate(previous, after, elapsed_ms, window_ms) <= l);
+        if !added {
+            return SlidingCount {
+                previous,
+                current,
+                elapsed_ms,
+                added,
+            };
+        }
+        let entry = Sliding {
+            window_ms,
+            index,
+            current: after,
+            previous,
+        };
+        match all.get_mut(key) {
+            Some(s) => *s = entry,
+            None => {
+                if all.len() >= MAX_COUNTERS {
+                    all.retain(|_, s| s.index + 1 >= now_ms / s.window_ms);
+                }
+                all.insert(key.to_owned(), entry);
+            }
+        }
+        SlidingCount {
+            previous,
+            current: after,
+            elapsed_ms,
+            added,
+        }
+    }
+
     fn live_counter<R>(&self, key: &str, f: impl FnOnce(&Counter, Instant) -> R) -> Option<R> {
         let key = &*counter_key(key);
         let now = Instant::now();
@@ -189,6 +295,38 @@ mod tests {
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(s.counter_get("a"), 0);
         assert_eq!(s.counter_add("a", 1, Duration::from_millis(50)), 1);
+    }
+
+    #[test]
+    fn sliding_counts_keep_the_window_before_and_check_the_limit() {
+        let s = PluginState::default();
+        let add = |delta, limit, now| s.sliding_add_at("k", delta, 1000, limit, now);
+        let counted = |previous, current, elapsed_ms, added| SlidingCount {
+            previous,
+            current,
+            elapsed_ms,
+            added,
+        };
+        assert_eq!(add(1, None, 5_100), counted(0, 1, 100, true));
+        assert_eq!(add(2, None, 5_900), counted(0, 3, 900, true));
+        // The next window: 3 weighted by the 750 ms of it still covered, rounded up.
+        assert_eq!(add(1, Some(4), 6_250), counted(3, 1, 250, true));
+        assert_eq!(sliding_estimate(3, 1, 250, 1000), 4);
+        // Over the limit: not added, and the counts say why.
+        assert_eq!(add(1, Some(4), 6_300), counted(3, 1, 300, false));
+        assert_eq!(add(1, Some(4), 6_700), counted(3, 2, 700, true));
+        // A window skipped: nothing counts any more.
+        assert_eq!(add(1, Some(4), 8_000), counted(0, 1, 0, true));
+        // Another window length starts the key again.
+        assert_eq!(
+            s.sliding_add_at("k", 1, 500, None, 8_100),
+            counted(0, 1, 100, true)
+        );
+        // Taking back works as adding does.
+        assert_eq!(
+            s.sliding_add_at("k", -1, 500, None, 8_200),
+            counted(0, 0, 200, true)
+        );
     }
 
     #[test]

@@ -2,10 +2,10 @@
 //! a cookie); over the limit a request is answered 429 with `Retry-After` and never
 //! reaches a server.
 //!
-//! The count is a sliding window kept in the host's counters, so it is shared by every
-//! instance of the plugin and survives reloads: the count of the current fixed window
-//! plus the previous window's count weighted by how much of it still overlaps the last
-//! `window`. Refused requests are not counted.
+//! The count is a sliding window kept by the host (`add-sliding`, one host call per
+//! request), so it is shared by every instance of the plugin and survives reloads: the
+//! count of the current fixed window plus the previous window's count weighted by how
+//! much of it still overlaps the last `window`. Refused requests are not counted.
 //!
 //! ```toml
 //! [plugin.limit]
@@ -62,17 +62,11 @@ impl RateLimit {
             Key::Cookie(name) => request.cookie(name).map(|v| format!("c:{v}")),
         };
         found.unwrap_or_else(|| {
-            let mut id = String::with_capacity(3 + request.client_ip.len() + 21);
+            let mut id = String::with_capacity(3 + request.client_ip.len());
             id.push_str("ip:");
             id.push_str(&request.client_ip);
             id
         })
-    }
-
-    /// The sliding-window count at `elapsed` ms into the current window.
-    fn estimate(&self, previous: u64, current: u64, elapsed: u64) -> u64 {
-        let overlap = self.window - elapsed;
-        (previous * overlap).div_ceil(self.window) + current
     }
 
     /// Seconds until one more request would be allowed, if no other came meanwhile:
@@ -154,48 +148,23 @@ impl Plugin for RateLimit {
             return RequestAction::Proceed(Proceed::unchanged());
         }
         let id = self.identity(&request);
-        let now = host::now_ms();
-        let index = now / self.window;
-        let elapsed = now % self.window;
-        let mut key = id;
-        key.push('|');
-        let prefix = key.len();
-        push_decimal(&mut key, index.wrapping_sub(1));
-        let previous = host::counter_get(&key).max(0) as u64;
-        key.truncate(prefix);
-        push_decimal(&mut key, index);
-        let current_key = key;
-        // Counted first, then taken back if refused: concurrent requests never get past
-        // the limit together.
-        let current = host::counter_add(&current_key, 1, 2 * self.window).max(0) as u64;
-        if self.estimate(previous, current, elapsed) <= self.limit {
+        // Counted only when within the limit, in one step with the check: concurrent
+        // requests never get past the limit together, and refused ones are not counted.
+        let limit = i64::try_from(self.limit).unwrap_or(i64::MAX);
+        let count = host::add_sliding(&id, 1, self.window, Some(limit));
+        if count.added {
             return RequestAction::Proceed(Proceed::unchanged());
         }
-        host::counter_add(&current_key, -1, 2 * self.window);
-        let retry = self.retry_after(previous, current - 1, elapsed);
+        let retry = self.retry_after(
+            count.previous.max(0) as u64,
+            count.current.max(0) as u64,
+            count.elapsed_ms,
+        );
         RequestAction::Respond(
             LocalResponse::text(429, "Too Many Requests\n")
                 .with_header("retry-after", &retry.to_string()),
         )
     }
-}
-
-/// Appends `n` in decimal: the counter keys are built per request, and `format!` costs
-/// several times what the rest of the hook does.
-fn push_decimal(out: &mut String, n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut n = n;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    // ASCII digits: always UTF-8 (pushing them one char at a time cost ten times more).
-    out.push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
 }
 
 export_plugin!(RateLimit);
@@ -218,15 +187,6 @@ mod tests {
                 let h = r.headers.iter().find(|h| h.name == "retry-after").unwrap();
                 Some(h.value.parse().unwrap())
             }
-        }
-    }
-
-    #[test]
-    fn decimal_keys() {
-        for n in [0, 7, 10, 1234567890, u64::MAX] {
-            let mut s = String::from("k|");
-            push_decimal(&mut s, n);
-            assert_eq!(s, format!("k|{n}"));
         }
     }
 
