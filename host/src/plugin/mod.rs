@@ -69,10 +69,13 @@ static EPOCH: AtomicU64 = AtomicU64::new(0);
 
 /// Ticks of real time since the engine started: what the epoch should be now.
 fn ticks_since_start() -> u64 {
+    ticks_at(std::time::Instant::now())
+}
+
+/// Ticks of real time from the engine's start to `now`.
+fn ticks_at(now: std::time::Instant) -> u64 {
     static STARTED: OnceLock<std::time::Instant> = OnceLock::new();
-    (STARTED
-        .get_or_init(std::time::Instant::now)
-        .elapsed()
+    (now.saturating_duration_since(*STARTED.get_or_init(std::time::Instant::now))
         .as_micros()
         / TICK.as_micros()) as u64
 }
@@ -91,9 +94,9 @@ thread_local! {
 /// The thread's CPU clock, read at most every [`CPU_SAMPLE_AGE`]: in between, the last
 /// reading plus the wall time since, as if the thread had run all along. Never below the
 /// true value and at most `CPU_SAMPLE_AGE` above it, so a call measured from here is
-/// charged at most its true CPU time, and a call costs no system call.
-fn thread_cpu_at_least_ns() -> u64 {
-    let now = std::time::Instant::now();
+/// charged at most its true CPU time, and a call costs no system call. `now` is the
+/// current time, read by the caller.
+fn thread_cpu_at_least_ns(now: std::time::Instant) -> u64 {
     CPU_SAMPLE.with(
         |sample| match sample.get().map(|(at, cpu)| (now.duration_since(at), cpu)) {
             Some((since, cpu)) if since < CPU_SAMPLE_AGE => cpu + since.as_nanos() as u64,
@@ -167,7 +170,13 @@ impl CpuMeter {
 
     /// Runs `call` (a future driving the instance), metering the CPU time of each poll.
     /// The caller pins it where it stands: moving the future of a call here would copy it.
-    async fn metered<F: std::future::Future>(&self, mut call: std::pin::Pin<&mut F>) -> F::Output {
+    /// `now` is the time of the first poll, read by the caller (one clock reading less
+    /// per call); later polls read the clock.
+    async fn metered<F: std::future::Future>(
+        &self,
+        now: std::time::Instant,
+        mut call: std::pin::Pin<&mut F>,
+    ) -> F::Output {
         struct Finish<'a>(&'a CpuMeter);
         impl Drop for Finish<'_> {
             fn drop(&mut self) {
@@ -175,8 +184,10 @@ impl CpuMeter {
             }
         }
         let _finish = Finish(self);
+        let mut first = Some(now);
         std::future::poll_fn(|cx| {
-            let start = thread_cpu_at_least_ns();
+            let now = first.take().unwrap_or_else(std::time::Instant::now);
+            let start = thread_cpu_at_least_ns(now);
             self.poll_start_ns.store(start, Ordering::Relaxed);
             let r = cpu_timer::in_call(|| call.as_mut().poll(cx));
             if r.is_pending() {
@@ -607,8 +618,8 @@ impl Plugin {
     /// one more; and when the ticker runs late, a busy machine, the epoch lags real time,
     /// so the lag is added). From then on the check runs every tick ([`CpuMeter::check`]);
     /// calls of the usual few microseconds never reach it.
-    fn deadline_ticks(&self) -> u64 {
-        let lag = ticks_since_start().saturating_sub(EPOCH.load(Ordering::Acquire));
+    fn deadline_ticks(&self, now: std::time::Instant) -> u64 {
+        let lag = ticks_at(now).saturating_sub(EPOCH.load(Ordering::Acquire));
         2 + lag
     }
 
@@ -620,22 +631,25 @@ impl Plugin {
         meter.start(Duration::from_secs(1));
         store.set_epoch_deadline(1000);
         let (bindings, info) = meter
-            .metered(std::pin::pin!(async {
-                let bindings = self
-                    .pre
-                    .instantiate_async(&mut store)
-                    .await
-                    .map_err(|e| Instantiate::Failed(format!("{e:#}")))?;
-                let info = bindings
-                    .call_describe(&mut store)
-                    .await
-                    .map_err(|e| Instantiate::Failed(format!("describe: {e:#}")))?;
-                match bindings.call_configure(&mut store, &self.config_json).await {
-                    Ok(Ok(())) => Ok((bindings, info)),
-                    Ok(Err(msg)) => Err(Instantiate::Configure(msg)),
-                    Err(e) => Err(Instantiate::Configure(format!("trapped: {e:#}"))),
-                }
-            }))
+            .metered(
+                std::time::Instant::now(),
+                std::pin::pin!(async {
+                    let bindings = self
+                        .pre
+                        .instantiate_async(&mut store)
+                        .await
+                        .map_err(|e| Instantiate::Failed(format!("{e:#}")))?;
+                    let info = bindings
+                        .call_describe(&mut store)
+                        .await
+                        .map_err(|e| Instantiate::Failed(format!("describe: {e:#}")))?;
+                    match bindings.call_configure(&mut store, &self.config_json).await {
+                        Ok(Ok(())) => Ok((bindings, info)),
+                        Ok(Err(msg)) => Err(Instantiate::Configure(msg)),
+                        Err(e) => Err(Instantiate::Configure(format!("trapped: {e:#}"))),
+                    }
+                }),
+            )
             .await?;
         Ok((
             Box::new(Instance {
@@ -647,20 +661,28 @@ impl Plugin {
         ))
     }
 
-    /// A pooled instance, or a fresh one, armed with the call deadline.
-    async fn take(&self) -> Result<Box<Instance>, HookError> {
+    /// A pooled instance, or a fresh one, armed with the call deadline, and the time the
+    /// call begins: `now`, read by the caller, for a pooled instance; a new reading once a
+    /// fresh one is made.
+    async fn take(
+        &self,
+        now: std::time::Instant,
+    ) -> Result<(Box<Instance>, std::time::Instant), HookError> {
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         let pooled = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let mut instance = match pooled {
-            Some(i) => i,
-            None => self.instantiate().await.map(|(i, _)| i).map_err(|e| {
-                self.stats.traps.fetch_add(1, Ordering::Relaxed);
-                HookError::Trap(e.to_string())
-            })?,
+        let (mut instance, now) = match pooled {
+            Some(i) => (i, now),
+            None => {
+                let fresh = self.instantiate().await.map(|(i, _)| i).map_err(|e| {
+                    self.stats.traps.fetch_add(1, Ordering::Relaxed);
+                    HookError::Trap(e.to_string())
+                })?;
+                (fresh, std::time::Instant::now())
+            }
         };
         instance.meter.start(self.timeout);
-        instance.store.set_epoch_deadline(self.deadline_ticks());
-        Ok(instance)
+        instance.store.set_epoch_deadline(self.deadline_ticks(now));
+        Ok((instance, now))
     }
 
     /// Returns a healthy instance to the pool. An instance whose call failed is dropped
@@ -716,14 +738,17 @@ impl Plugin {
         request: types::Request<'_>,
     ) -> Result<types::RequestAction, HookError> {
         let started = std::time::Instant::now();
-        let mut i = self.take().await?;
+        let (mut i, now) = self.take(started).await?;
         let Instance {
             store,
             bindings,
             meter,
         } = &mut *i;
         let result = meter
-            .metered(std::pin::pin!(bindings.call_on_request(store, request)))
+            .metered(
+                now,
+                std::pin::pin!(bindings.call_on_request(store, request)),
+            )
             .await;
         self.finish(i, started, result)
     }
@@ -733,14 +758,17 @@ impl Plugin {
         response: types::Response<'_>,
     ) -> Result<types::ResponseAction, HookError> {
         let started = std::time::Instant::now();
-        let mut i = self.take().await?;
+        let (mut i, now) = self.take(started).await?;
         let Instance {
             store,
             bindings,
             meter,
         } = &mut *i;
         let result = meter
-            .metered(std::pin::pin!(bindings.call_on_response(store, response)))
+            .metered(
+                now,
+                std::pin::pin!(bindings.call_on_response(store, response)),
+            )
             .await;
         self.finish(i, started, result)
     }
@@ -750,14 +778,17 @@ impl Plugin {
         probe: types::Probe<'_>,
     ) -> Result<types::Verdict, HookError> {
         let started = std::time::Instant::now();
-        let mut i = self.take().await?;
+        let (mut i, now) = self.take(started).await?;
         let Instance {
             store,
             bindings,
             meter,
         } = &mut *i;
         let result = meter
-            .metered(std::pin::pin!(bindings.call_on_health_check(store, probe)))
+            .metered(
+                now,
+                std::pin::pin!(bindings.call_on_health_check(store, probe)),
+            )
             .await;
         self.finish(i, started, result)
     }
@@ -968,16 +999,19 @@ mod tests {
         let meter = CpuMeter::default();
         meter.start(Duration::from_millis(10));
         meter
-            .metered(std::pin::pin!(async {
-                // Waiting (here: for a timer; on a busy machine: for a core) is free.
-                tokio::time::sleep(Duration::from_millis(30)).await;
-                spin(4);
-                assert!(matches!(meter.check(), wasmtime::UpdateDeadline::Yield(1)));
-                tokio::task::yield_now().await;
-                // CPU adds up across polls.
-                spin(7);
-                assert!(matches!(meter.check(), wasmtime::UpdateDeadline::Interrupt));
-            }))
+            .metered(
+                std::time::Instant::now(),
+                std::pin::pin!(async {
+                    // Waiting (here: for a timer; on a busy machine: for a core) is free.
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                    spin(4);
+                    assert!(matches!(meter.check(), wasmtime::UpdateDeadline::Yield(1)));
+                    tokio::task::yield_now().await;
+                    // CPU adds up across polls.
+                    spin(7);
+                    assert!(matches!(meter.check(), wasmtime::UpdateDeadline::Interrupt));
+                }),
+            )
             .await;
         meter.start(Duration::from_millis(10));
         assert!(meter.used_ns.load(Ordering::Relaxed) == 0);
