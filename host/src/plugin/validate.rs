@@ -84,37 +84,46 @@ pub fn path(p: &str) -> Result<http::uri::PathAndQuery, String> {
     p.parse().map_err(|_| format!("invalid path {p:?}"))
 }
 
-pub fn edits(ops: &[types::HeaderOp]) -> Result<(), String> {
+/// One header edit of a plugin, checked: its name and value parsed once, for [`apply`].
+pub enum Edit {
+    Set(HeaderName, HeaderValue),
+    Append(HeaderName, HeaderValue),
+    Remove(HeaderName),
+}
+
+/// Checks a list of header edits whole (its length, every name and value), parsing each
+/// once: nothing is applied when any is invalid.
+pub fn edits(ops: &[types::HeaderOp]) -> Result<Vec<Edit>, String> {
     if ops.len() > MAX_HEADERS {
         return Err(format!(
             "{} header edits, more than {MAX_HEADERS}",
             ops.len()
         ));
     }
-    ops.iter().try_for_each(|op| match op {
-        types::HeaderOp::Set(h) | types::HeaderOp::Append(h) => header(h).map(|_| ()),
-        types::HeaderOp::Remove(name) => header_name(name).map(|_| ()),
-    })
+    ops.iter()
+        .map(|op| match op {
+            types::HeaderOp::Set(h) => header(h).map(|(n, v)| Edit::Set(n, v)),
+            types::HeaderOp::Append(h) => header(h).map(|(n, v)| Edit::Append(n, v)),
+            types::HeaderOp::Remove(name) => header_name(name).map(Edit::Remove),
+        })
+        .collect()
 }
 
-/// Applies validated edits to a header map.
-pub fn apply(ops: &[types::HeaderOp], headers: &mut http::HeaderMap) -> Result<(), String> {
-    for op in ops {
-        match op {
-            types::HeaderOp::Set(h) => {
-                let (n, v) = header(h)?;
+/// Applies checked edits to a header map, in order.
+pub fn apply(edits: Vec<Edit>, headers: &mut http::HeaderMap) {
+    for edit in edits {
+        match edit {
+            Edit::Set(n, v) => {
                 headers.insert(n, v);
             }
-            types::HeaderOp::Append(h) => {
-                let (n, v) = header(h)?;
+            Edit::Append(n, v) => {
                 headers.append(n, v);
             }
-            types::HeaderOp::Remove(name) => {
-                headers.remove(header_name(name)?);
+            Edit::Remove(n) => {
+                headers.remove(n);
             }
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -168,7 +168,7 @@ fn apply(
     backend: &mut Option<Arc<BackendRt>>,
     prefer: &mut Option<usize>,
 ) -> Result<(), String> {
-    validate::edits(&p.edits)?;
+    let edits = validate::edits(&p.edits)?;
     if let Some(note) = &p.note {
         validate::note(note)?;
     }
@@ -195,7 +195,7 @@ fn apply(
         Some(name) => Some(target.server_index(name).map_err(|e| e.to_string())?),
         None => None,
     };
-    validate::apply(&p.edits, &mut parts.headers)?;
+    validate::apply(edits, &mut parts.headers);
     if let Some(pq) = path {
         parts.uri = Uri::from(pq);
     }
@@ -260,7 +260,7 @@ pub async fn on_response(
         };
         let result = match plugin.on_response(response).await {
             Ok(types::ResponseAction::Proceed(ops)) => {
-                validate::edits(&ops).and_then(|()| validate::apply(&ops, headers))
+                validate::edits(&ops).map(|edits| validate::apply(edits, headers))
             }
             Ok(types::ResponseAction::Unchanged) => Ok(()),
             Ok(types::ResponseAction::Replace(r)) => local(r).map(|l| {
