@@ -180,20 +180,20 @@ impl PluginState {
         let (index, elapsed_ms) = (now_ms / window_ms, now_ms % window_ms);
         let key = &*counter_key(key);
         let mut all = self.sliding.lock().unwrap_or_else(|p| p.into_inner());
-        let (previous, current) = all
-            .get(key)
-            .filter(|s| s.window_ms == window_ms)
-            .map_or((0, 0), |s| s.at(index));
+        // One lookup for a key that counts already (nearly every call).
+        let found = all.get_mut(key).filter(|s| s.window_ms == window_ms);
+        let (previous, current) = found.as_ref().map_or((0, 0), |s| s.at(index));
         let after = current.saturating_add(delta);
         let added =
             limit.is_none_or(|l| sliding_estimate(previous, after, elapsed_ms, window_ms) <= l);
+        let counted = SlidingCount {
+            previous,
+            current: if added { after } else { current },
+            elapsed_ms,
+            added,
+        };
         if !added {
-            return SlidingCount {
-                previous,
-                current,
-                elapsed_ms,
-                added,
-            };
+            return counted;
         }
         let entry = Sliding {
             window_ms,
@@ -201,7 +201,7 @@ impl PluginState {
             current: after,
             previous,
         };
-        match all.get_mut(key) {
+        match found {
             Some(s) => *s = entry,
             None => {
                 if all.len() >= MAX_COUNTERS {
@@ -210,12 +210,7 @@ impl PluginState {
                 all.insert(key.to_owned(), entry);
             }
         }
-        SlidingCount {
-            previous,
-            current: after,
-            elapsed_ms,
-            added,
-        }
+        counted
     }
 
     fn live_counter<R>(&self, key: &str, f: impl FnOnce(&Counter, Instant) -> R) -> Option<R> {
