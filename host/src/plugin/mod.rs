@@ -170,8 +170,9 @@ impl CpuMeter {
 
     /// Runs `call` (a future driving the instance), metering the CPU time of each poll.
     /// The caller pins it where it stands: moving the future of a call here would copy it.
-    /// `now` is the time of the first poll, read by the caller (one clock reading less
-    /// per call); later polls read the clock.
+    /// `now` stands for the time of the first poll: read by the caller just before, it
+    /// saves a clock reading per call, and charges the call for the little the caller did
+    /// in between (taking the instance from the pool). Later polls read the clock.
     async fn metered<F: std::future::Future>(
         &self,
         now: std::time::Instant,
