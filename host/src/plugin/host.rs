@@ -1,7 +1,7 @@
 //! The host side of the imports a plugin sees: log, clock, counters, kv, backends.
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use super::StoreState;
 use super::bindings::weir::plugin::{backends, clock, counters, kv, log, types};
@@ -34,9 +34,7 @@ impl log::Host for StoreState {
 
 impl clock::Host for StoreState {
     fn now_ms(&mut self) -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64)
+        crate::state::unix_ms()
     }
 }
 

@@ -57,6 +57,14 @@ pub struct SlidingCount {
     pub added: bool,
 }
 
+/// Milliseconds since the Unix epoch: the clock plugins read (`clock.now-ms`), and the
+/// one sliding windows are aligned to.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// The sliding count at `elapsed_ms` into the current window of `window_ms`: the current
 /// count, plus the previous window's weighted by how much of it the last `window_ms`
 /// still covers, rounded up.
@@ -162,10 +170,7 @@ impl PluginState {
         window_ms: u64,
         limit: Option<i64>,
     ) -> SlidingCount {
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        self.sliding_add_at(key, delta, window_ms, limit, now_ms)
+        self.sliding_add_at(key, delta, window_ms, limit, unix_ms())
     }
 
     fn sliding_add_at(
