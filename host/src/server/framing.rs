@@ -8,13 +8,17 @@
 //! follows the message boundaries of the byte stream (heads, Content-Length bodies,
 //! chunked bodies), and checks each request head before hyper sees any of it. A head it
 //! refuses is never passed on: the connection finishes the response in progress, if any,
-//! then answers the refused request itself and closes.
+//! then answers the refused request itself and closes. It does not parse a head in full
+//! (hyper does that next): one pass over its lines finds where it ends and what its
+//! framing headers say, reading the same lines as hyper's parser for every head that
+//! parser accepts.
 //!
 //! What it refuses: Content-Length together with Transfer-Encoding (400), more than one
 //! Content-Length (400), a line ending in a bare LF (400), a transfer coding other than
 //! `chunked` (501), a request line over [`MAX_REQUEST_LINE`] (414), and a head over
 //! `max_header_size` or with more than `max_headers` headers (431). Everything else that
-//! is malformed is left to hyper, which answers 400 and closes; from then on the guard
+//! is malformed is left to hyper, which answers 400 and closes; once hyper's parser
+//! refuses a head that is still incomplete, or a chunked body is malformed, the guard
 //! just passes bytes through, as it does after an upgrade or CONNECT request.
 
 use std::io;
@@ -256,102 +260,50 @@ impl<T> FramingGuard<T> {
 
     /// Reads the request head at the start of `data`.
     fn head(&self, data: &[u8]) -> Head {
-        let mut stack = [const { MaybeUninit::<httparse::Header>::uninit() }; STACK_HEADERS];
-        let mut req = httparse::Request::new(&mut []);
-        let mut parsed = req.parse_with_uninit_headers(data, &mut stack);
-        let mut heap;
-        if matches!(parsed, Err(httparse::Error::TooManyHeaders))
-            && self.limits.max_headers >= STACK_HEADERS
-        {
-            heap = vec![httparse::EMPTY_HEADER; self.limits.max_headers + 1];
-            req = httparse::Request::new(&mut heap);
-            parsed = req.parse(data);
-        }
-        let refuse = |status, reason, req: &httparse::Request, len: usize| {
+        let Some(head) = Scanned::head(data) else {
+            return self.incomplete(data);
+        };
+        let len = head.len;
+        let refuse = |status, reason| {
+            let (method, target) = request_line_parts(head.request_line);
             Head::Refused(Rejection {
                 status,
                 reason,
-                method: req.method.map(str::to_owned),
-                target: req.path.map(str::to_owned),
+                method,
+                target,
                 head_bytes: len as u64,
             })
         };
-        let len = match parsed {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) => {
-                let line = data.iter().position(|&b| b == b'\n').unwrap_or(data.len());
-                if line > self.limits.request_line() {
-                    return refuse(414, "the request line is too long", &req, data.len());
-                }
-                if data.len() > self.limits.max_header_size {
-                    return refuse(431, "the request head is too large", &req, data.len());
-                }
-                return Head::Incomplete;
-            }
-            Err(httparse::Error::TooManyHeaders) => {
-                return refuse(431, "too many request headers", &req, data.len());
-            }
-            // hyper parses the same bytes, answers 400 and closes.
-            Err(_) => return Head::Next(data.len(), State::Open),
-        };
-        let head = &data[..len];
-        let line = head.iter().position(|&b| b == b'\n').unwrap_or(len);
-        if line > self.limits.request_line() {
-            return refuse(414, "the request line is too long", &req, len);
+        if head.request_line.len() > self.limits.request_line() {
+            return refuse(414, "the request line is too long");
         }
         if len > self.limits.max_header_size {
-            return refuse(431, "the request head is too large", &req, len);
+            return refuse(431, "the request head is too large");
         }
-        if req.headers.len() > self.limits.max_headers {
-            return refuse(431, "too many request headers", &req, len);
+        if head.headers > self.limits.max_headers {
+            return refuse(431, "too many request headers");
         }
-        if head
-            .iter()
-            .enumerate()
-            .any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
-        {
-            return refuse(400, "a line ends in a bare LF", &req, len);
+        if head.bare_lf {
+            return refuse(400, "a line ends in a bare LF");
         }
-        let mut lengths = req
-            .headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case("content-length"));
-        let length = lengths.next();
-        if lengths.next().is_some() {
-            return refuse(400, "more than one Content-Length", &req, len);
+        if head.lengths > 1 {
+            return refuse(400, "more than one Content-Length");
         }
-        let mut codings = req
-            .headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
-            .peekable();
-        let chunked = codings.peek().is_some();
-        if chunked && length.is_some() {
-            return refuse(400, "both Content-Length and Transfer-Encoding", &req, len);
+        if head.chunked && head.length.is_some() {
+            return refuse(400, "both Content-Length and Transfer-Encoding");
         }
-        let mut only_chunked = true;
-        for coding in codings.flat_map(|h| h.value.split(|&b| b == b',')) {
-            let coding = coding.trim_ascii();
-            if !coding.eq_ignore_ascii_case(b"chunked") {
-                only_chunked = false;
-                if is_token(coding) {
-                    return refuse(501, "unsupported transfer coding", &req, len);
-                }
-            }
+        if head.unsupported_coding {
+            return refuse(501, "unsupported transfer coding");
         }
-        let upgrade = req.method == Some("CONNECT")
-            || req
-                .headers
-                .iter()
-                .any(|h| h.name.eq_ignore_ascii_case("upgrade"));
-        let next = if upgrade || !only_chunked {
+        let upgrade = head.upgrade || head.request_line.starts_with(b"CONNECT ");
+        let next = if upgrade || !head.only_chunked {
             State::Open
-        } else if chunked {
+        } else if head.chunked {
             // A repeated `chunked`, or chunked in HTTP/1.0, is refused after hyper parses
             // it; the body is followed all the same.
             State::Chunked(Chunk::Size { size: 0, digits: 0 })
-        } else if let Some(length) = length {
-            match parse_length(length.value) {
+        } else if let Some(length) = head.length {
+            match parse_length(length) {
                 Some(0) => State::Head,
                 Some(n) => State::Body(n),
                 // hyper refuses an invalid length.
@@ -362,6 +314,153 @@ impl<T> FramingGuard<T> {
         };
         Head::Next(len, next)
     }
+
+    /// A head not complete yet: refused when it is already too long, passed on as it is
+    /// when the parser hyper uses refuses it already (hyper answers 400 and closes), else
+    /// held until the rest comes.
+    fn incomplete(&self, data: &[u8]) -> Head {
+        let start = skip_empty_lines(data);
+        let line = memchr::memchr(b'\n', &data[start..]).unwrap_or(data.len() - start);
+        let refuse = |status, reason| {
+            let (method, target) = request_line_parts(&data[start..start + line]);
+            Head::Refused(Rejection {
+                status,
+                reason,
+                method,
+                target,
+                head_bytes: data.len() as u64,
+            })
+        };
+        if line > self.limits.request_line() {
+            return refuse(414, "the request line is too long");
+        }
+        if data.len() > self.limits.max_header_size {
+            return refuse(431, "the request head is too large");
+        }
+        // Header lines complete so far (the request line's end is not one).
+        let lines = memchr::memchr_iter(b'\n', &data[start..]).count();
+        if lines.saturating_sub(1) > self.limits.max_headers {
+            return refuse(431, "too many request headers");
+        }
+        let mut stack = [const { MaybeUninit::<httparse::Header>::uninit() }; STACK_HEADERS];
+        match httparse::Request::new(&mut []).parse_with_uninit_headers(data, &mut stack) {
+            Ok(_) | Err(httparse::Error::TooManyHeaders) => Head::Incomplete,
+            Err(_) => Head::Next(data.len(), State::Open),
+        }
+    }
+}
+
+/// What one pass over a complete request head found. Only a head that hyper's parser
+/// (httparse) accepts reaches a server, and for those this reads the same lines: the
+/// head ends at the first empty line after the request line (empty lines before it are
+/// skipped, as httparse skips them), and a header's name is what comes before its
+/// colon. A head that httparse refuses is passed on as well; hyper answers it with 400
+/// and closes the connection.
+struct Scanned<'a> {
+    /// The head's length, the empty line that ends it included.
+    len: usize,
+    request_line: &'a [u8],
+    headers: usize,
+    bare_lf: bool,
+    /// Content-Length headers, and the first one's value.
+    lengths: usize,
+    length: Option<&'a [u8]>,
+    /// Transfer-Encoding is present; every coding in it is `chunked`; one of them is a
+    /// token other than `chunked`.
+    chunked: bool,
+    only_chunked: bool,
+    unsupported_coding: bool,
+    upgrade: bool,
+}
+
+impl<'a> Scanned<'a> {
+    /// The head at the start of `data`, or None while it is incomplete.
+    fn head(data: &'a [u8]) -> Option<Self> {
+        let start = skip_empty_lines(data);
+        let mut scanned = Scanned {
+            len: 0,
+            request_line: &[],
+            headers: 0,
+            bare_lf: false,
+            lengths: 0,
+            length: None,
+            chunked: false,
+            only_chunked: true,
+            unsupported_coding: false,
+            upgrade: false,
+        };
+        let mut at = start;
+        loop {
+            let end = at + memchr::memchr(b'\n', &data[at..])?;
+            let line = match data[at..end].strip_suffix(b"\r") {
+                Some(line) => line,
+                None => {
+                    scanned.bare_lf = true;
+                    &data[at..end]
+                }
+            };
+            if at == start {
+                scanned.request_line = line;
+            } else if line.is_empty() {
+                scanned.len = end + 1;
+                return Some(scanned);
+            } else {
+                scanned.headers += 1;
+                scanned.header(line);
+            }
+            at = end + 1;
+        }
+    }
+
+    /// Notes what a header line says about the framing.
+    fn header(&mut self, line: &'a [u8]) {
+        // The names that matter begin with c, t or u: most lines need no closer look.
+        if !matches!(line[0] | 0x20, b'c' | b't' | b'u') {
+            return;
+        }
+        let Some(colon) = memchr::memchr(b':', line) else {
+            return;
+        };
+        let (name, value) = (&line[..colon], &line[colon + 1..]);
+        if name.eq_ignore_ascii_case(b"content-length") {
+            self.lengths += 1;
+            self.length.get_or_insert(value);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            self.chunked = true;
+            for coding in value.split(|&b| b == b',') {
+                let coding = coding.trim_ascii();
+                if !coding.eq_ignore_ascii_case(b"chunked") {
+                    self.only_chunked = false;
+                    self.unsupported_coding |= is_token(coding);
+                }
+            }
+        } else if name.eq_ignore_ascii_case(b"upgrade") {
+            self.upgrade = true;
+        }
+    }
+}
+
+/// Where the request line starts: after the empty lines httparse skips before it.
+fn skip_empty_lines(data: &[u8]) -> usize {
+    let mut at = 0;
+    loop {
+        match data.get(at..at + 2) {
+            Some(b"\r\n") => at += 2,
+            _ if data.get(at) == Some(&b'\n') => at += 1,
+            _ => return at,
+        }
+    }
+}
+
+/// A request line's method and target, for the log line of a refused head.
+fn request_line_parts(line: &[u8]) -> (Option<String>, Option<String>) {
+    let mut parts = line.split(|&b| b == b' ').filter(|p| !p.is_empty());
+    let mut text = || {
+        parts
+            .next()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+    };
+    (text(), text())
 }
 
 enum Head {
@@ -607,15 +706,189 @@ mod tests {
     }
 
     #[test]
-    fn what_hyper_refuses_is_passed_on_unchecked() {
+    fn bytes_past_a_malformed_body_or_an_upgrade_are_passed_on_unchecked() {
         for request in [
-            &b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\nGET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"[..],
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            &b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nGET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"[..],
             b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n\x81\x05hello",
         ] {
             let (out, refused) = feed(request, request.len());
             assert_eq!(refused, None);
             assert_eq!(out, request);
         }
+    }
+
+    #[test]
+    fn a_head_hyper_refuses_is_passed_on_and_the_heads_after_it_are_checked() {
+        // A complete head that hyper's parser refuses goes on: hyper answers it with 400
+        // and closes. A smuggling attempt behind it is refused all the same.
+        let bad: &[u8] = b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n";
+        let stream = [
+            bad,
+            b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        ]
+        .concat();
+        assert_eq!(feed(&stream, stream.len()), (bad.to_vec(), Some(400)));
+        // In pieces, the parser refuses the first head before it is complete, and from
+        // then on everything goes on unchecked: hyper closes at that head.
+        assert_eq!(feed(&stream, 1), (stream.clone(), None));
+        // An incomplete head that the parser refuses already is not held back either.
+        let garbage: &[u8] = b"GET / HTTP/1.1\r\nBad Name: x\r\n";
+        assert_eq!(feed(garbage, garbage.len()), (garbage.to_vec(), None));
+    }
+
+    #[test]
+    fn heads_are_read_as_httparse_reads_them() {
+        let mut g = guard();
+        for head in [
+            &b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+            b"\r\n\nGET /x?y HTTP/1.1\r\nHost: a\r\nX: 1\r\n\r\n",
+            b"POST / HTTP/1.1\r\ncontent-LENGTH:  7 \r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET / HTTP/1.0\r\n\r\n",
+        ] {
+            let mut headers = [httparse::EMPTY_HEADER; 8];
+            let mut req = httparse::Request::new(&mut headers);
+            let len = match req.parse(head) {
+                Ok(httparse::Status::Complete(len)) => len,
+                other => panic!("{other:?}"),
+            };
+            let scanned = Scanned::head(head).expect("a complete head");
+            assert_eq!(scanned.len, len);
+            assert_eq!(scanned.headers, req.headers.len());
+            let line = format!(
+                "{} {} HTTP/1.{}",
+                req.method.unwrap(),
+                req.path.unwrap(),
+                req.version.unwrap()
+            );
+            assert_eq!(scanned.request_line, line.as_bytes());
+            assert!(Scanned::head(&head[..len - 1]).is_none());
+            g.state = State::Head;
+            assert!(matches!(g.head(head), Head::Next(n, _) if n == len));
+        }
+        assert_eq!(
+            Scanned::head(b"POST / HTTP/1.1\r\ncontent-LENGTH:  7 \r\n\r\n")
+                .unwrap()
+                .length,
+            Some(&b"  7 "[..])
+        );
+        assert!(matches!(
+            g.head(b"POST / HTTP/1.1\r\nContent-Length: 7\r\n\r\n"),
+            Head::Next(_, State::Body(7))
+        ));
+        let refused = g.head(b"CONNECT a:1 HTTP/1.1\nHost: a\r\n\r\n");
+        let Head::Refused(r) = refused else {
+            panic!("a bare LF is refused")
+        };
+        assert_eq!(
+            (r.method.as_deref(), r.target.as_deref()),
+            (Some("CONNECT"), Some("a:1"))
+        );
+    }
+
+    /// Differential check against httparse on generated heads: whatever it parses as a
+    /// complete head, the scan reads with the same length, header count and framing
+    /// headers (what a server behind weir would act on).
+    #[test]
+    fn every_head_httparse_completes_is_scanned_alike() {
+        const PIECES: &[&[u8]] = &[
+            b"GET / HTTP/1.1\r\n",
+            b"\r\n",
+            b"\n",
+            b"\r",
+            b":",
+            b": ",
+            b" ",
+            b"\t",
+            b"Content-Length",
+            b"content-length",
+            b"Transfer-Encoding",
+            b"TRANSFER-encoding",
+            b"chunked",
+            b"gzip",
+            b",",
+            b"5",
+            b"10",
+            b"Host",
+            b"Upgrade",
+            b"a",
+            b"x-y",
+            b"\x00",
+            b"\xc3\xa9",
+            b"HTTP/1.0",
+            b"/p?q",
+            b"POST",
+            b"Host: a\r\n",
+            b"Content-Length: 5\r\n",
+            b"Transfer-Encoding: chunked\r\n",
+            b"Upgrade: x\r\n",
+            b"X: gzip, chunked\r\n",
+        ];
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut complete = 0;
+        for _ in 0..50_000 {
+            let mut head = Vec::new();
+            if next() % 4 != 0 {
+                head.extend_from_slice(PIECES[0]);
+            }
+            for _ in 0..(2 + next() % 24) {
+                head.extend_from_slice(PIECES[(next() % PIECES.len() as u64) as usize]);
+            }
+            if next() % 2 == 0 {
+                head.extend_from_slice(b"\r\n\r\n");
+            }
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut req = httparse::Request::new(&mut headers);
+            let scanned = Scanned::head(&head);
+            let Ok(httparse::Status::Complete(len)) = req.parse(&head) else {
+                continue;
+            };
+            complete += 1;
+            let shown = String::from_utf8_lossy(&head);
+            let scanned = scanned.unwrap_or_else(|| panic!("not scanned: {shown:?}"));
+            assert_eq!(scanned.len, len, "{shown:?}");
+            assert_eq!(scanned.headers, req.headers.len(), "{shown:?}");
+            let named = |name: &'static str| {
+                req.headers
+                    .iter()
+                    .filter(move |h| h.name.eq_ignore_ascii_case(name))
+            };
+            assert_eq!(
+                scanned.lengths,
+                named("content-length").count(),
+                "{shown:?}"
+            );
+            assert_eq!(
+                scanned.length.map(<[u8]>::trim_ascii),
+                named("content-length").next().map(|h| h.value),
+                "{shown:?}"
+            );
+            assert_eq!(
+                scanned.chunked,
+                named("transfer-encoding").next().is_some(),
+                "{shown:?}"
+            );
+            let codings: Vec<&[u8]> = named("transfer-encoding")
+                .flat_map(|h| h.value.split(|&b| b == b','))
+                .map(<[u8]>::trim_ascii)
+                .collect();
+            assert_eq!(
+                scanned.only_chunked,
+                codings.iter().all(|c| c.eq_ignore_ascii_case(b"chunked")),
+                "{shown:?}"
+            );
+            assert_eq!(
+                scanned.upgrade,
+                named("upgrade").next().is_some(),
+                "{shown:?}"
+            );
+        }
+        assert!(complete > 3_000, "only {complete} complete heads generated");
     }
 }
