@@ -220,6 +220,21 @@ pub trait Plugin: Sized + 'static {
         None
     }
 
+    /// Header edits `on_request` would make to every request, whatever it is: when a
+    /// plugin's request edits depend on nothing in the request, it says so here and weir
+    /// applies them itself, without calling `on_request` (which then never runs). `None`
+    /// (the default): every request goes to `on_request`.
+    fn request_edits(&self) -> Option<Vec<HeaderOp>> {
+        None
+    }
+
+    /// The same for `on_response`: edits made to every response whatever it is, applied
+    /// by weir without a call. `None` (the default): every response goes to
+    /// `on_response`.
+    fn response_edits(&self) -> Option<Vec<HeaderOp>> {
+        None
+    }
+
     /// Decides what happens to a request. Default: it goes on unchanged.
     fn on_request(&self, _request: Request) -> RequestAction {
         RequestAction::Unchanged
@@ -422,6 +437,12 @@ macro_rules! export_plugin {
                 }
                 fn response_fields() -> Option<__types::ResponseFields> {
                     __with(|p| $crate::Plugin::response_fields(p))
+                }
+                fn request_edits() -> Option<Vec<__types::HeaderOp>> {
+                    __with(|p| $crate::Plugin::request_edits(p))
+                }
+                fn response_edits() -> Option<Vec<__types::HeaderOp>> {
+                    __with(|p| $crate::Plugin::response_edits(p))
                 }
                 fn on_request(request: __types::Request) -> __types::RequestAction {
                     $crate::request_action_to_wire(__with(|p| $crate::Plugin::on_request(p, request.into())))

@@ -304,6 +304,19 @@ async fn a_plugin_config_error_names_the_plugin_and_the_field() {
         err,
         "plugin.needy: configure failed: missing field `required`"
     );
+    // Edits declared for every response are checked at load as a hook's would be.
+    let fixed = toml.replace(
+        "mode = \"require\"",
+        "mode = \"tag\", fixed = [\"x-a\", \"bad name\"]",
+    );
+    let config = weir::Config::from_toml(&fixed, std::path::Path::new(".")).unwrap();
+    let err = weir::check(&config)
+        .await
+        .expect_err("a bad edit must fail");
+    assert!(
+        err.starts_with("plugin.needy: ") && err.contains("response-edits: "),
+        "{err}"
+    );
     let toml = toml.replace("mode = \"require\"", "mode = \"tag\", colour = \"red\"");
     let config = weir::Config::from_toml(&toml, std::path::Path::new(".")).unwrap();
     let err = weir::check(&config)

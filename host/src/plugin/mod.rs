@@ -447,6 +447,11 @@ pub struct Plugin {
     pub request_fields: types::RequestFields,
     /// The response fields its `on-response` reads.
     pub response_fields: types::ResponseFields,
+    /// The edits its `on-request` makes to every request, when it declared them: weir
+    /// makes them instead of calling it.
+    pub request_edits: Option<Vec<validate::Edit>>,
+    /// The same for `on-response`.
+    pub response_edits: Option<Vec<validate::Edit>>,
     timeout: Duration,
     memory: usize,
     config_json: String,
@@ -513,6 +518,8 @@ impl Plugin {
             response_headers: None,
             request_fields: types::RequestFields::all(),
             response_fields: types::ResponseFields::all(),
+            request_edits: None,
+            response_edits: None,
             timeout: cfg.timeout,
             memory: cfg.memory as usize,
             config_json: cfg.config_json.clone(),
@@ -550,6 +557,17 @@ impl Plugin {
             bindings.call_response_fields(&mut *store).await,
         )?
         .unwrap_or(types::ResponseFields::all());
+        let hooks = plugin.info.hooks;
+        plugin.request_edits = declared_edits(
+            "request-edits",
+            bindings.call_request_edits(&mut *store).await,
+        )?
+        .filter(|_| hooks.contains(types::Hooks::ON_REQUEST));
+        plugin.response_edits = declared_edits(
+            "response-edits",
+            bindings.call_response_edits(&mut *store).await,
+        )?
+        .filter(|_| hooks.contains(types::Hooks::ON_RESPONSE));
         plugin
             .pool
             .get_mut()
@@ -825,6 +843,17 @@ fn declared_headers(
 ) -> Result<Option<Vec<http::HeaderName>>, LoadError> {
     declared(export, answer)?
         .map(|names| names.iter().map(|n| validate::header_name(n)).collect())
+        .transpose()
+        .map_err(|e| LoadError::Component(format!("{export}: {e}")))
+}
+
+/// The edits a plugin declared it makes to every message, checked as a hook's edits are.
+fn declared_edits(
+    export: &str,
+    answer: wasmtime::Result<Option<Vec<types::HeaderOp>>>,
+) -> Result<Option<Vec<validate::Edit>>, LoadError> {
+    declared(export, answer)?
+        .map(|ops| validate::edits(&ops))
         .transpose()
         .map_err(|e| LoadError::Component(format!("{export}: {e}")))
 }

@@ -85,6 +85,7 @@ pub fn path(p: &str) -> Result<http::uri::PathAndQuery, String> {
 }
 
 /// One header edit of a plugin, checked: its name and value parsed once, for [`apply`].
+#[derive(Clone, Debug)]
 pub enum Edit {
     Set(HeaderName, HeaderValue),
     Append(HeaderName, HeaderValue),
@@ -110,7 +111,7 @@ pub fn edits(ops: &[types::HeaderOp]) -> Result<Vec<Edit>, String> {
 }
 
 /// Applies checked edits to a header map, in order.
-pub fn apply(edits: Vec<Edit>, headers: &mut http::HeaderMap) {
+pub fn apply(edits: impl IntoIterator<Item = Edit>, headers: &mut http::HeaderMap) {
     for edit in edits {
         match edit {
             Edit::Set(n, v) => {

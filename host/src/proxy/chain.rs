@@ -114,6 +114,15 @@ pub async fn on_request(
             });
             continue;
         }
+        if let Some(edits) = &plugin.request_edits {
+            // The same for every request: made here, without a call.
+            validate::apply(edits.iter().cloned(), &mut parts.headers);
+            ran.push(Ran {
+                index: i,
+                note: None,
+            });
+            continue;
+        }
         let headers = plugin.request_headers_of(&parts.headers);
         let fields = plugin.request_values(&RequestInfo {
             method: parts.method.as_str(),
@@ -238,6 +247,10 @@ pub async fn on_response(
     for ran in ran.iter_mut().rev() {
         let plugin = &plugins[ran.index];
         if !plugin.hooks().contains(types::Hooks::ON_RESPONSE) {
+            continue;
+        }
+        if let Some(edits) = &plugin.response_edits {
+            validate::apply(edits.iter().cloned(), headers);
             continue;
         }
         let note = ran.note.take();
