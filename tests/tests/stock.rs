@@ -333,6 +333,61 @@ async fn header_rewrite_edits_requests_and_responses_with_variables() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixed_edits_are_made_in_the_plugins_place_without_calling_it() {
+    let server = MockServer::start("s1").await;
+    // `fixed` edits every request and response alike: weir makes its edits itself.
+    let fixed = r#"{ request = [
+        { set = "x-fixed", value = "1" },
+        { del = "x-internal-token" },
+    ], response = [
+        { del = "x-powered-by" },
+        { set = "x-order", value = "fixed" },
+    ] }"#;
+    // `called` reads what `fixed` did (after it on requests, before it on responses).
+    let called = r#"{ request = [
+        { replace = "x-fixed", regex = "1", with = "seen" },
+    ], response = [
+        { set = "x-order", value = "called %[status]" },
+        { add = "x-called", value = "%[status]" },
+    ] }"#;
+    let toml = with_plugins(
+        config("roundrobin", &[("s1", server.addr, "")], ""),
+        &["fixed", "called"],
+        &[
+            stock_plugin("fixed", "header-rewrite", fixed),
+            stock_plugin("called", "header-rewrite", called),
+        ],
+    );
+    let proxy = TestProxy::start(&toml).await;
+    let mut c = Client::connect(proxy.addr()).await;
+    for _ in 0..3 {
+        let req = http::Request::get("/headers?x-powered-by=php")
+            .header("host", "x")
+            .header("x-internal-token", "secret")
+            .body(weir_tests::empty())
+            .unwrap();
+        let r = c.send(req).await;
+        let seen = r.json();
+        assert_eq!(seen["headers"]["x-fixed"], "seen");
+        assert!(seen["headers"].get("x-internal-token").is_none());
+        assert!(r.headers.get("x-powered-by").is_none());
+        assert_eq!(r.headers["x-order"], "fixed");
+        assert_eq!(r.headers["x-called"], "200");
+    }
+    let calls = |name: &str| {
+        let plugins = proxy.running.plugins();
+        let p = plugins.iter().find(|p| &*p.name == name).unwrap();
+        p.stats.calls.load(std::sync::atomic::Ordering::Relaxed)
+    };
+    assert_eq!(calls("fixed"), 0, "no call for fixed edits");
+    assert_eq!(
+        calls("called"),
+        6,
+        "on-request and on-response, three times"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_json_reads_the_status_field_and_degrades_weight() {
     let (s1, s2, s3) = (
         MockServer::start("s1").await,

@@ -333,6 +333,17 @@ fn run<'a>(
     (edits, path)
 }
 
+/// The edits of `ops` when they are the same for every message: `set`, `add` and `del`
+/// with values without variables (none at all for an empty list).
+fn fixed(ops: &[Op]) -> Option<Vec<HeaderOp>> {
+    let constant = ops.iter().all(|op| match op {
+        Op::Set(_, t) | Op::Add(_, t) => t.0.iter().all(|p| matches!(p, Part::Text(_))),
+        Op::Del(_) => true,
+        Op::Replace { .. } | Op::SetPath(_) => false,
+    });
+    constant.then(|| run(ops, &mut Vec::new(), &|_| Cow::Borrowed("")).0)
+}
+
 fn request_id(id: u64) -> String {
     format!("{id:016x}")
 }
@@ -376,6 +387,16 @@ impl Plugin for HeaderRewrite {
             vars_of(&self.response)
                 .fold(ResponseFields::empty(), |all, v| all | v.response_field()),
         )
+    }
+
+    /// Without variables, `replace` or `set_path`, the edits are the same for every
+    /// request, and weir makes them without calling the plugin.
+    fn request_edits(&self) -> Option<Vec<HeaderOp>> {
+        fixed(&self.request)
+    }
+
+    fn response_edits(&self) -> Option<Vec<HeaderOp>> {
+        fixed(&self.response)
     }
 
     fn on_request(&self, mut request: Request) -> RequestAction {
@@ -477,6 +498,43 @@ mod tests {
             p.response_fields(),
             Some(ResponseFields::SERVER | ResponseFields::METHOD)
         );
+    }
+
+    #[test]
+    fn fixed_edits_are_declared_so_that_weir_makes_them_without_a_call() {
+        let p = plugin(
+            r#"{"request": [{"del": "x-internal"}, {"set": "X-A", "value": "1"}],
+                "response": [{"del": "x-powered-by"}, {"add": "x-b", "value": "2"}]}"#,
+        );
+        let headers = [Header {
+            name: "x-internal".into(),
+            value: "secret".into(),
+        }];
+        let called = match p.on_request(request("GET", "/").with_header("x-internal", "secret")) {
+            RequestAction::Proceed(p) => p.edits,
+            _ => panic!("proceed"),
+        };
+        let fixed = p.request_edits().expect("fixed request edits");
+        assert_eq!(apply(&headers, fixed), apply(&headers, called));
+        assert_eq!(apply(&headers, p.request_edits().unwrap()), ["x-a: 1"]);
+        let powered = [Header {
+            name: "x-powered-by".into(),
+            value: "php".into(),
+        }];
+        assert_eq!(apply(&powered, p.response_edits().unwrap()), ["x-b: 2"]);
+        assert!(plugin("{}").request_edits().unwrap().is_empty());
+        // A variable, a `replace` or a new path depends on the message: calls.
+        for request in [
+            r#"{"set": "x-a", "value": "%[frontend]"}"#,
+            r#"{"replace": "x-a", "regex": "a", "with": "b"}"#,
+            r#"{"set_path": "/v2"}"#,
+        ] {
+            let p = plugin(&format!(r#"{{"request": [{{"del": "x-b"}}, {request}]}}"#));
+            assert!(p.request_edits().is_none(), "{request}");
+            assert!(p.response_edits().unwrap().is_empty());
+        }
+        let p = plugin(r#"{"response": [{"set": "x-s", "value": "%[status]"}]}"#);
+        assert!(p.response_edits().is_none());
     }
 
     #[test]

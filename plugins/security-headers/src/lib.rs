@@ -199,6 +199,22 @@ impl Plugin for SecurityHeaders {
         )
     }
 
+    /// Without `https_redirect`, requests need no call.
+    fn request_edits(&self) -> Option<Vec<HeaderOp>> {
+        (!self.https_redirect).then(Vec::new)
+    }
+
+    /// With `override` and no HSTS (which depends on the scheme), every response gets the
+    /// same edits, which weir then makes without a call.
+    fn response_edits(&self) -> Option<Vec<HeaderOp>> {
+        if !self.override_ || self.hsts.is_some() {
+            return None;
+        }
+        let remove = self.remove.iter().map(|n| HeaderOp::Remove(n.clone()));
+        let set = self.always.iter().map(|h| HeaderOp::Set(h.clone()));
+        Some(remove.chain(set).collect())
+    }
+
     fn on_response(&self, response: Response) -> ResponseAction {
         let mut ops: Vec<HeaderOp> = self
             .remove
@@ -235,6 +251,28 @@ mod tests {
         let mut lines = weir_sdk::testing::apply_edits(&headers, ops);
         lines.sort();
         lines
+    }
+
+    #[test]
+    fn fixed_edits_only_when_nothing_depends_on_the_message() {
+        let p = plugin(r#"{"override": true, "hsts_max_age": 0}"#);
+        let r = response(200)
+            .with_header("server", "nginx")
+            .with_header("x-frame-options", "ALLOW");
+        let fixed = p.response_edits().expect("fixed edits");
+        let mut lines = weir_sdk::testing::apply_edits(&r.headers, fixed);
+        lines.sort();
+        assert_eq!(lines, after(&p, r));
+        assert!(p.request_edits().unwrap().is_empty());
+        // HSTS depends on the scheme, keeping the server's headers on the response, a
+        // redirect on the request.
+        assert!(plugin(r#"{"override": true}"#).response_edits().is_none());
+        assert!(plugin(r#"{"hsts_max_age": 0}"#).response_edits().is_none());
+        assert!(
+            plugin(r#"{"https_redirect": true}"#)
+                .request_edits()
+                .is_none()
+        );
     }
 
     #[test]
