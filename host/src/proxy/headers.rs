@@ -232,7 +232,7 @@ pub fn prepare_request(
 /// Fits a prepared request to the protocol of the connection it goes out on: HTTP/1.1 with
 /// an origin-form target, or HTTP/2 with the scheme and authority (from Host) in the
 /// target, as HTTP/2 carries them in pseudo-headers.
-pub fn for_server<B>(mut req: http::Request<B>, h2: bool, tls: bool) -> http::Request<B> {
+pub fn for_server<B>(req: &mut http::Request<B>, h2: bool, tls: bool) {
     if h2 {
         *req.version_mut() = Version::HTTP_2;
         let authority = req
@@ -267,7 +267,6 @@ pub fn for_server<B>(mut req: http::Request<B>, h2: bool, tls: bool) -> http::Re
             *req.uri_mut() = uri;
         }
     }
-    req
 }
 
 /// Appends the client to X-Forwarded-For, folding any earlier headers into one list.

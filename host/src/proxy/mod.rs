@@ -553,7 +553,7 @@ async fn forward(
     };
 
     loop {
-        let request = match (pending.take(), &replay) {
+        let mut request = match (pending.take(), &replay) {
             (Some(r), _) => r,
             (None, Some(parts)) => Request::from_parts(parts.clone(), ClientBody::empty()),
             (None, None) => unreachable!("a retry after sending needs a replayable request"),
@@ -625,7 +625,7 @@ async fn forward(
                 "an upgrade (WebSocket) cannot go to a server spoken to in HTTP/2".into(),
             ));
         }
-        let request = headers::for_server(request, sender.is_h2(), server.cfg.tls.is_some());
+        headers::for_server(&mut request, sender.is_h2(), server.cfg.tls.is_some());
         let sent_at = if reused { chosen_at } else { Instant::now() };
         let waiting = conn.activity.awaiting_server();
         let sent = send(
