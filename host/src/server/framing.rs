@@ -36,7 +36,8 @@ use tokio::sync::Notify;
 /// smaller `max_header_size` lowers it.
 pub const MAX_REQUEST_LINE: usize = 8 * 1024;
 
-/// Headers parsed without allocating; heads with more take a heap-allocated table.
+/// The headers httparse reads of an incomplete head (on the stack) to tell whether it
+/// refuses the head already; past them it only says there are more, which is no refusal.
 const STACK_HEADERS: usize = 128;
 
 /// A request head the guard refused.
