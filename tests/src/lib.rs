@@ -432,6 +432,47 @@ pub async fn faulty_server(fault: Fault) -> (SocketAddr, Arc<AtomicUsize>) {
     (addr, seen)
 }
 
+/// A raw HTTP/1.1 server that answers every request head it reads with `reply`, as
+/// given, and closes the connection after it when `close` is set. Counts connections
+/// and requests. For responses that hyper's server would not write.
+pub async fn canned_server(
+    reply: &'static [u8],
+    close: bool,
+) -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let requests = Arc::new(AtomicUsize::new(0));
+    let (conns, reqs) = (Arc::clone(&connections), Arc::clone(&requests));
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            conns.fetch_add(1, Ordering::SeqCst);
+            let reqs = Arc::clone(&reqs);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        reqs.fetch_add(1, Ordering::SeqCst);
+                        if stream.write_all(reply).await.is_err() || close {
+                            return;
+                        }
+                    }
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (addr, connections, requests)
+}
+
 /// Closes a connection with a TCP RST instead of a FIN.
 fn reset(stream: TcpStream) {
     let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));

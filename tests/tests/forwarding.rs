@@ -7,8 +7,11 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
+use std::sync::atomic::Ordering;
+
 use weir_tests::{
-    Client, MockServer, TestProxy, body, config, empty, get, h2_client, raw, read_reply,
+    Client, MockServer, TestProxy, body, canned_server, config, empty, get, h2_client, raw,
+    read_reply,
 };
 
 async fn one_server(extra_frontend: &str) -> (MockServer, TestProxy) {
@@ -36,6 +39,150 @@ async fn a_thousand_sequential_requests_reuse_server_connections() {
         "{} server connections for 1000 requests",
         server.connections()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_with_and_without_bodies_share_server_connections() {
+    let (server, proxy) = one_server("").await;
+    let mut client = Client::connect(proxy.addr()).await;
+    for i in 0..30 {
+        let reply = if i % 3 == 0 {
+            client
+                .send(
+                    Request::post("/up")
+                        .header("host", "a")
+                        .body(body("x".repeat(i)))
+                        .unwrap(),
+                )
+                .await
+        } else {
+            client.get("/").await
+        };
+        assert_eq!(reply.status, 200);
+        if i % 3 == 0 {
+            assert_eq!(reply.json()["body_len"], i, "{}", reply.text());
+        }
+    }
+    assert_eq!(server.requests(), 30);
+    assert_eq!(
+        server.connections(),
+        1,
+        "one server connection serves both kinds"
+    );
+}
+
+/// A proxy in front of one canned server.
+async fn canned(reply: &'static [u8], close: bool) -> (TestProxy, SocketAddr, Counters) {
+    let (addr, connections, requests) = canned_server(reply, close).await;
+    let proxy = TestProxy::start(&config("roundrobin", &[("s1", addr, "")], "")).await;
+    (proxy, addr, Counters(connections, requests))
+}
+
+struct Counters(
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+);
+
+impl Counters {
+    fn connections(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+    fn requests(&self) -> usize {
+        self.1.load(Ordering::SeqCst)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_responses_arrive_whole_and_keep_their_connection() {
+    let (proxy, _, server) = canned(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+          5;name=value\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 1\r\n\r\n",
+        false,
+    )
+    .await;
+    let mut client = Client::connect(proxy.addr()).await;
+    for _ in 0..3 {
+        let reply = client.get("/").await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.text(), "hello world");
+    }
+    assert_eq!(server.requests(), 3);
+    assert_eq!(server.connections(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_without_a_length_is_read_to_the_close_and_its_connection_not_kept() {
+    let (proxy, _, server) = canned(b"HTTP/1.1 200 OK\r\n\r\nuntil the end", true).await;
+    let mut client = Client::connect(proxy.addr()).await;
+    for _ in 0..2 {
+        let reply = client.get("/").await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.text(), "until the end");
+    }
+    assert_eq!(server.connections(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn informational_responses_before_the_final_one_are_skipped() {
+    let (proxy, _, _server) = canned(
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n\
+          HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        false,
+    )
+    .await;
+    let reply = get(proxy.addr(), "/").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text(), "ok");
+    assert!(reply.headers.get("link").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicting_content_lengths_from_a_server_are_a_502() {
+    let (proxy, _, _server) = canned(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        false,
+    )
+    .await;
+    assert_eq!(get(proxy.addr(), "/").await.status, 502);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_response_has_no_body_whatever_its_length_says() {
+    let (proxy, _, server) = canned(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n", false).await;
+    let mut client = Client::connect(proxy.addr()).await;
+    for _ in 0..2 {
+        let reply = client
+            .send(
+                Request::head("/")
+                    .header("host", "a")
+                    .body(empty())
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.headers["content-length"], "100");
+        assert!(reply.body.is_empty());
+    }
+    assert_eq!(
+        server.connections(),
+        1,
+        "the connection is kept after a HEAD"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_the_server_closed_is_not_sent_the_next_request() {
+    // Keep-alive by the response's word, but the server closes after each response.
+    let (proxy, _, server) = canned(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", true).await;
+    let mut client = Client::connect(proxy.addr()).await;
+    for i in 0..5 {
+        let reply = client.get("/").await;
+        assert_eq!(reply.status, 200, "request {i}");
+        assert_eq!(reply.text(), "ok");
+        // Time for the server's close to arrive before the next request.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(server.connections(), 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,8 +13,9 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use super::backend::InFlight;
+use super::direct;
 use super::log::{AccessLog, LogRecord};
-use super::pool::{Pool, Sender};
+use super::pool::{Hyper, Pool, Sender};
 use crate::server::io::{Activity, InRequest, ReceivingBody};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -110,16 +111,71 @@ impl Body for ClientBody {
 #[error("server sent nothing for {0:?} in the middle of its response")]
 pub struct ServerIdle(Duration);
 
+/// A server's response body, and the connection it comes on.
+pub enum ServerBody {
+    /// Read by the request's task; the body owns its connection.
+    Direct(direct::Body),
+    /// Read by hyper's client; its sender, for the pool once the body has ended.
+    Hyper(Incoming, Option<Hyper>),
+}
+
+impl ServerBody {
+    /// The connection, for its pool: only once the body has been read to its end.
+    fn take_idle(&mut self) -> Option<Sender> {
+        match self {
+            ServerBody::Direct(body) => body.take_idle().map(Sender::Direct),
+            ServerBody::Hyper(_, sender) => sender.take().map(Sender::Hyper),
+        }
+    }
+
+    /// Closes the connection (the body ended some other way).
+    fn close(&mut self) {
+        match self {
+            ServerBody::Direct(body) => body.abandon(),
+            ServerBody::Hyper(_, sender) => *sender = None,
+        }
+    }
+}
+
+impl Body for ServerBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ServerBody::Direct(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            ServerBody::Hyper(body, _) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ServerBody::Direct(body) => body.is_end_stream(),
+            ServerBody::Hyper(body, _) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ServerBody::Direct(body) => body.size_hint(),
+            ServerBody::Hyper(body, _) => body.size_hint(),
+        }
+    }
+}
+
 enum Source {
     Local(Option<Bytes>),
     Server {
-        body: Incoming,
+        body: ServerBody,
         idle: Duration,
         /// Armed the first time the body has to wait for the server: most bodies come
         /// with their head and never need it.
         timer: Option<Pin<Box<Sleep>>>,
-        /// The connection the body comes on, for its pool once the body has ended.
-        connection: Option<(Arc<Pool>, Sender)>,
+        /// The pool the connection goes back to once the body has ended.
+        pool: Option<Arc<Pool>>,
     },
 }
 
@@ -151,20 +207,15 @@ impl ResponseBody {
         }
     }
 
-    /// A server's response body; `connection` goes back to its pool when the body has
+    /// A server's response body; its connection goes back to `pool` when the body has
     /// been read to the end, and is closed if it ends any other way.
-    pub fn server(
-        body: Incoming,
-        idle: Duration,
-        in_flight: InFlight,
-        connection: (Arc<Pool>, Sender),
-    ) -> Self {
+    pub fn server(body: ServerBody, idle: Duration, in_flight: InFlight, pool: Arc<Pool>) -> Self {
         Self {
             source: Source::Server {
                 body,
                 idle,
                 timer: None,
-                connection: Some(connection),
+                pool: Some(pool),
             },
             logged: None,
             in_flight: Some(in_flight),
@@ -188,11 +239,17 @@ impl ResponseBody {
         // One clock reading for the pool, the counters and the connection's wait for its
         // next request.
         let now = std::time::Instant::now();
-        if let Source::Server { connection, .. } = &mut self.source
-            && let Some((pool, sender)) = connection.take()
-            && termination.is_none()
+        if let Source::Server { body, pool, .. } = &mut self.source
+            && let Some(pool) = pool.take()
         {
-            pool.recycle(sender, now);
+            match termination {
+                None => {
+                    if let Some(sender) = body.take_idle() {
+                        pool.recycle(sender, now);
+                    }
+                }
+                Some(_) => body.close(),
+            }
         }
         self.in_flight = None;
         if let Some(logged) = self.logged.take() {
@@ -239,7 +296,7 @@ impl Body for ResponseBody {
                 }
                 Poll::Ready(Some(Err(e))) => {
                     this.finish(Some(*b"SD"));
-                    return Poll::Ready(Some(Err(e.into())));
+                    return Poll::Ready(Some(Err(e)));
                 }
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => {

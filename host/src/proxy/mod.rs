@@ -7,6 +7,7 @@
 pub mod backend;
 pub mod body;
 mod chain;
+pub mod direct;
 mod error;
 pub mod headers;
 pub mod log;
@@ -23,6 +24,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Sleep;
 
@@ -31,7 +33,7 @@ use crate::config::{Config, Frontend};
 use crate::plugin::{self, LoadError, Plugin};
 use crate::server::io::{Activity, InRequest};
 use backend::{BackendRt, InFlight, QueueError, ServerRt};
-use body::{ClientBody, Received, ResponseBody};
+use body::{ClientBody, Received, ResponseBody, ServerBody};
 pub use error::ProxyError;
 use log::{AccessLog, LogRecord, Target};
 
@@ -541,6 +543,9 @@ async fn forward(
         && is_idempotent(&parts.method)
         && !upgrade)
         .then(|| parts.clone());
+    // Bodiless requests that ask for no upgrade are sent by this task itself on plain-TCP
+    // HTTP/1.1 connections (`direct`); the others go through hyper's client.
+    let direct = !upgrade && http_body::Body::is_end_stream(&body);
     let client_body = ClientBody::new(body, Arc::clone(&record.received), &conn.activity);
     let mut pending = Some(Request::from_parts(parts, client_body));
     let mut excluded = Vec::new();
@@ -581,7 +586,7 @@ async fn forward(
             }
         };
 
-        let (sender, reused) = match server.pool.take(chosen_at) {
+        let (sender, reused) = match server.pool.take(chosen_at, direct, server.cfg.addr) {
             Some(sender) => {
                 record.tc = Some(Duration::ZERO);
                 (sender, true)
@@ -594,12 +599,15 @@ async fn forward(
                     .map(|v| crate::proxy_protocol::encode(v, conn.peer, conn.local));
                 match server
                     .pool
-                    .connect(pool::Route {
-                        addr: server.cfg.addr,
-                        timeout: backend.cfg.timeout_connect,
-                        preface: preface.as_deref(),
-                        tls: server.cfg.tls.as_ref(),
-                    })
+                    .connect(
+                        pool::Route {
+                            addr: server.cfg.addr,
+                            timeout: backend.cfg.timeout_connect,
+                            preface: preface.as_deref(),
+                            tls: server.cfg.tls.as_ref(),
+                        },
+                        direct,
+                    )
                     .await
                 {
                     Ok(sender) => {
@@ -667,7 +675,7 @@ async fn forward(
                 }
                 return Err(ProxyError::ServerFailed(why));
             }
-            Outcome::Response(mut response, sender) => {
+            Outcome::Response(response, server_upgrade) => {
                 let status = response.status().as_u16();
                 backend.observe(index, status >= 500 && status != 501 && status != 505, true);
                 if retry_on.statuses.contains(&status) && replay.is_some() && can_retry {
@@ -677,12 +685,13 @@ async fn forward(
                 record.tr = Some(answered - sent_at);
                 record.status = status;
                 if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-                    let Some(client_upgrade) = client_upgrade else {
+                    let (Some(client_upgrade), Some(server_upgrade)) =
+                        (client_upgrade, server_upgrade)
+                    else {
                         return Err(ProxyError::ServerFailed(
                             "101 Switching Protocols to a request that asked for no upgrade".into(),
                         ));
                     };
-                    let server_upgrade = hyper::upgrade::on(&mut response);
                     conn.activity.upgraded();
                     let (mut head, _) = response.into_parts();
                     headers::strip_hop_by_hop(&mut head.headers, true);
@@ -729,7 +738,7 @@ async fn forward(
                     body,
                     backend.cfg.timeout_server,
                     slot,
-                    (Arc::clone(&server.pool), sender),
+                    Arc::clone(&server.pool),
                 );
                 return Ok(Response::from_parts(head, body));
             }
@@ -812,7 +821,8 @@ async fn choose(
 }
 
 enum Outcome {
-    Response(Response<Incoming>, pool::Sender),
+    /// With the server's side of an upgrade, for a 101 from hyper's client.
+    Response(Response<ServerBody>, Option<OnUpgrade>),
     /// Nothing reached the server; the request comes back for another attempt.
     Unsent(Request<ClientBody>, ProxyError),
     Timeout,
@@ -833,52 +843,63 @@ async fn send(
 ) -> Outcome {
     let mut timer = conn.server_timer(sent_at + backend.cfg.timeout_server);
     loop {
-        // In a block of its own, so that the answer and its parts are not held (as room
-        // in every request's future) across the reconnection below.
-        request = {
-            let answer = {
-                let mut sending = std::pin::pin!(sender.try_send_request(request));
-                std::future::poll_fn(|cx| {
-                    // The answer first: one that is in wins over the timer.
-                    if let std::task::Poll::Ready(answer) = sending.as_mut().poll(cx) {
-                        return std::task::Poll::Ready(Some(answer));
+        let direct = matches!(sender, pool::Sender::Direct(_));
+        match sender {
+            pool::Sender::Direct(connection) => {
+                match within(connection.exchange(&request), &mut timer).await {
+                    None => return Outcome::Timeout,
+                    Some(Ok(response)) => {
+                        return Outcome::Response(response.map(ServerBody::Direct), None);
                     }
-                    timer.poll(cx).map(|()| None)
-                })
-                .await
-            };
-            match answer {
-                None => return Outcome::Timeout,
-                Some(Ok(response)) => return Outcome::Response(response, sender),
-                Some(Err(mut e)) => {
-                    if client_failed.load(Ordering::Acquire) {
-                        return Outcome::ClientBody;
+                    Some(Err(direct::Failure::Response(why))) => return Outcome::Failed(why),
+                    Some(Err(direct::Failure::Write(e))) if !reused => {
+                        return Outcome::Unsent(request, ProxyError::ServerFailed(e.to_string()));
                     }
-                    let Some(unsent) = e.take_message() else {
-                        return Outcome::Failed(e.into_error().to_string());
-                    };
-                    if !reused {
-                        return Outcome::Unsent(
-                            unsent,
-                            ProxyError::ServerFailed(e.into_error().to_string()),
-                        );
-                    }
-                    unsent
+                    // A pooled connection the server had closed: once more on a fresh one.
+                    Some(Err(direct::Failure::Write(_))) => {}
                 }
             }
-        };
+            pool::Sender::Hyper(mut hyper) => {
+                // In a block of its own, so that the answer and its parts are not held (as
+                // room in every request's future) across the reconnection below.
+                request = {
+                    let answer = within(hyper.try_send_request(request), &mut timer).await;
+                    match answer {
+                        None => return Outcome::Timeout,
+                        Some(Ok(mut response)) => {
+                            let upgrade = (response.status() == StatusCode::SWITCHING_PROTOCOLS)
+                                .then(|| hyper::upgrade::on(&mut response));
+                            let response = response.map(|b| ServerBody::Hyper(b, Some(hyper)));
+                            return Outcome::Response(response, upgrade);
+                        }
+                        Some(Err(mut e)) => {
+                            if client_failed.load(Ordering::Acquire) {
+                                return Outcome::ClientBody;
+                            }
+                            let Some(unsent) = e.take_message() else {
+                                return Outcome::Failed(e.into_error().to_string());
+                            };
+                            if !reused {
+                                return Outcome::Unsent(
+                                    unsent,
+                                    ProxyError::ServerFailed(e.into_error().to_string()),
+                                );
+                            }
+                            unsent
+                        }
+                    }
+                };
+            }
+        }
         // Only pooled connections get here, and servers with send_proxy have no pool:
         // no PROXY header is due.
-        match server
-            .pool
-            .connect(pool::Route {
-                addr: server.cfg.addr,
-                timeout: backend.cfg.timeout_connect,
-                preface: None,
-                tls: server.cfg.tls.as_ref(),
-            })
-            .await
-        {
+        let route = pool::Route {
+            addr: server.cfg.addr,
+            timeout: backend.cfg.timeout_connect,
+            preface: None,
+            tls: server.cfg.tls.as_ref(),
+        };
+        match server.pool.connect(route, direct).await {
             Ok(fresh) => {
                 sender = fresh;
                 reused = false;
@@ -889,4 +910,16 @@ async fn send(
             }
         }
     }
+}
+
+/// `fut`'s output, or `None` if `timer` fires first (an output that is in wins).
+async fn within<T>(fut: impl Future<Output = T>, timer: &mut ServerTimer<'_>) -> Option<T> {
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(|cx| {
+        if let std::task::Poll::Ready(out) = fut.as_mut().poll(cx) {
+            return std::task::Poll::Ready(Some(out));
+        }
+        timer.poll(cx).map(|()| None)
+    })
+    .await
 }

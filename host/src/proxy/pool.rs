@@ -1,8 +1,9 @@
 //! Connections to one server. HTTP/1.1: keep-alive connections, one request at a time; a
 //! connection goes back to the pool once its response has been read to the end, the most
 //! recently used is reused first, and idle ones are closed after `pool_idle_timeout` or
-//! beyond `pool_max_idle`. HTTP/2: one connection shared by all requests, opened again
-//! when it closes.
+//! beyond `pool_max_idle`. A plain-TCP connection serves bodiless requests itself
+//! ([`super::direct`]) and is handed to hyper's client for the others. HTTP/2: one
+//! connection shared by all requests, opened again when it closes.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -17,15 +18,24 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::body::ClientBody;
+use super::direct;
 use crate::server::tls::ServerTls;
 
 /// A connection's request side.
 pub enum Sender {
+    /// Driven by the request's task (bodiless requests on plain TCP).
+    Direct(direct::Conn),
+    /// Driven by hyper's client, in a task of its own.
+    Hyper(Hyper),
+}
+
+/// A connection hyper's client drives.
+pub enum Hyper {
     H1(http1::SendRequest<ClientBody>),
     H2(http2::SendRequest<ClientBody>),
 }
 
-impl Sender {
+impl Hyper {
     /// Sends a request; on an error before it was written, the request comes back.
     /// (Not an `async fn`: that would hold room for both protocols' futures, where an
     /// `Either` holds one or the other, and every request's future is smaller by one.)
@@ -35,14 +45,29 @@ impl Sender {
     ) -> impl Future<Output = Result<Response<Incoming>, TrySendError<Request<ClientBody>>>> + use<>
     {
         match self {
-            Sender::H1(s) => Either::Left(s.try_send_request(req)),
-            Sender::H2(s) => Either::Right(s.try_send_request(req)),
+            Hyper::H1(s) => Either::Left(s.try_send_request(req)),
+            Hyper::H2(s) => Either::Right(s.try_send_request(req)),
+        }
+    }
+}
+
+impl Sender {
+    /// This connection ready for a request: a direct one as it is when `direct`, else
+    /// handed to hyper's client. `None`: the connection could not be handed over.
+    fn for_request(self, direct: bool, addr: SocketAddr) -> Option<Sender> {
+        match self {
+            Sender::Direct(conn) if !direct => {
+                // hyper's HTTP/1.1 handshake does no I/O: it is ready when first polled.
+                let handshake = handshake(conn.into_stream(), addr, false);
+                futures_util::FutureExt::now_or_never(handshake)?.ok()
+            }
+            s => Some(s),
         }
     }
 
     /// Whether requests go out as HTTP/2.
     pub fn is_h2(&self) -> bool {
-        matches!(self, Sender::H2(_))
+        matches!(self, Sender::Hyper(Hyper::H2(_)))
     }
 }
 
@@ -65,8 +90,20 @@ pub struct Pool {
 }
 
 struct Idle {
-    sender: http1::SendRequest<ClientBody>,
+    /// `Direct` or HTTP/1.1 `Hyper`.
+    sender: Sender,
     since: Instant,
+}
+
+impl Idle {
+    /// Whether the connection is still open and can take a request.
+    fn is_open(&mut self) -> bool {
+        match &mut self.sender {
+            Sender::Direct(c) => c.is_open(),
+            Sender::Hyper(Hyper::H1(s)) => s.is_ready(),
+            Sender::Hyper(Hyper::H2(s)) => !s.is_closed(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -98,8 +135,8 @@ impl Pool {
 
     /// The shared HTTP/2 connection if it is open, else the most recently used idle
     /// HTTP/1.1 connection that is still open and fresh (idle less than the timeout at
-    /// `now`).
-    pub fn take(&self, now: Instant) -> Option<Sender> {
+    /// `now`), ready for a request that is `direct` (see [`Sender::for_request`]).
+    pub fn take(&self, now: Instant, direct: bool, addr: SocketAddr) -> Option<Sender> {
         if self.h2 {
             return self
                 .shared
@@ -107,12 +144,15 @@ impl Pool {
                 .unwrap_or_else(|p| p.into_inner())
                 .as_ref()
                 .filter(|s| !s.is_closed() && s.is_ready())
-                .map(|s| Sender::H2(s.clone()));
+                .map(|s| Sender::Hyper(Hyper::H2(s.clone())));
         }
         let mut idle = self.lock();
-        while let Some(c) = idle.pop() {
-            if now.duration_since(c.since) < self.idle_timeout && c.sender.is_ready() {
-                return Some(Sender::H1(c.sender));
+        while let Some(mut c) = idle.pop() {
+            if now.duration_since(c.since) < self.idle_timeout
+                && c.is_open()
+                && let Some(sender) = c.sender.for_request(direct, addr)
+            {
+                return Some(sender);
             }
         }
         None
@@ -120,7 +160,7 @@ impl Pool {
 
     /// Keeps an HTTP/1.1 connection for reuse, if there is room (made by closing expired
     /// or closed ones when full; otherwise the generation's periodic sweep closes them).
-    fn put(&self, sender: http1::SendRequest<ClientBody>, now: Instant) {
+    fn put(&self, sender: Sender, now: Instant) {
         let mut idle = self.lock();
         if idle.len() >= self.max_idle {
             Self::purge_locked(&mut idle, self.idle_timeout);
@@ -141,7 +181,7 @@ impl Pool {
 
     fn purge_locked(idle: &mut Vec<Idle>, timeout: Duration) {
         let now = Instant::now();
-        idle.retain(|c| now.duration_since(c.since) < timeout && !c.sender.is_closed());
+        idle.retain_mut(|c| now.duration_since(c.since) < timeout && c.is_open());
     }
 
     /// Returns an HTTP/1.1 `sender` to the pool; called once its response has been read
@@ -151,33 +191,39 @@ impl Pool {
     /// or the response was cut short) is dropped. An HTTP/2 connection stays shared
     /// anyway. `now`: the caller's clock reading, when the response ended.
     pub fn recycle(self: &Arc<Self>, sender: Sender, now: Instant) {
-        let Sender::H1(mut sender) = sender else {
+        if self.max_idle == 0 {
             return;
+        }
+        let mut sender = match sender {
+            Sender::Hyper(Hyper::H2(_)) => return,
+            direct @ Sender::Direct(_) => return self.put(direct, now),
+            Sender::Hyper(Hyper::H1(sender)) => sender,
         };
-        if self.max_idle == 0 || sender.is_closed() {
+        if sender.is_closed() {
             return;
         }
         if sender.is_ready() {
-            self.put(sender, now);
+            self.put(Sender::Hyper(Hyper::H1(sender)), now);
             return;
         }
         let pool = Arc::clone(self);
         tokio::spawn(async move {
             if sender.ready().await.is_ok() {
-                pool.put(sender, Instant::now());
+                pool.put(Sender::Hyper(Hyper::H1(sender)), Instant::now());
             }
         });
     }
 
-    /// Opens a new connection within the route's timeout (TLS handshake included). An
-    /// HTTP/2 one becomes the shared connection.
-    pub async fn connect(&self, route: Route<'_>) -> Result<Sender, ConnectError> {
+    /// Opens a new connection within the route's timeout (TLS handshake included), for a
+    /// request that is `direct` (see [`Sender::for_request`]). An HTTP/2 one becomes the
+    /// shared connection.
+    pub async fn connect(&self, route: Route<'_>, direct: bool) -> Result<Sender, ConnectError> {
         // Boxed: the TCP, TLS and HTTP handshakes make a large future, which would
         // otherwise be part of every request's future, connection reused or not.
-        Box::pin(self.open(route)).await
+        Box::pin(self.open(route, direct)).await
     }
 
-    async fn open(&self, route: Route<'_>) -> Result<Sender, ConnectError> {
+    async fn open(&self, route: Route<'_>, direct: bool) -> Result<Sender, ConnectError> {
         let addr = route.addr;
         let opened = async {
             let mut stream = TcpStream::connect(addr)
@@ -199,6 +245,7 @@ impl Pool {
                         .map_err(|e| ConnectError::Tls(addr, e))?;
                     handshake(stream, addr, self.h2).await
                 }
+                None if direct && !self.h2 => Ok(Sender::Direct(direct::Conn::new(stream))),
                 None => handshake(stream, addr, self.h2).await,
             }
         };
@@ -206,7 +253,7 @@ impl Pool {
             Err(_) => return Err(ConnectError::Timeout(addr)),
             Ok(result) => result?,
         };
-        if let Sender::H2(h2) = &sender {
+        if let Sender::Hyper(Hyper::H2(h2)) = &sender {
             *self.shared.lock().unwrap_or_else(|p| p.into_inner()) = Some(h2.clone());
         }
         Ok(sender)
@@ -229,7 +276,7 @@ where
                 tracing::debug!("HTTP/2 server connection to {addr} ended: {e}");
             }
         });
-        Ok(Sender::H2(sender))
+        Ok(Sender::Hyper(Hyper::H2(sender)))
     } else {
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(io))
@@ -240,6 +287,6 @@ where
                 tracing::debug!("server connection to {addr} ended: {e}");
             }
         });
-        Ok(Sender::H1(sender))
+        Ok(Sender::Hyper(Hyper::H1(sender)))
     }
 }

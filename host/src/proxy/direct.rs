@@ -1,0 +1,826 @@
+//! HTTP/1.1 exchanges with a server, driven by the request's own task: for requests
+//! without a body on plain TCP connections, which are most requests.
+//!
+//! hyper's client connection runs as a task of its own and takes requests and gives back
+//! responses and their bodies through channels: per request, two more task switches, four
+//! channel passes and a second read buffer. Here the request's task writes the head and
+//! reads the response head, and the response body reads its bytes from the socket as the
+//! client takes them. The connection goes back to the pool when the body has been read to
+//! its end. Requests with a body (which may go on after the response has begun), upgrades,
+//! TLS and HTTP/2 keep hyper's client; an idle connection of this kind becomes one of
+//! hyper's when such a request takes it.
+//!
+//! Responses are read as hyper reads them (RFC 9112 §6.3): no body after HEAD, 1xx, 204
+//! and 304; chunked when Transfer-Encoding ends in chunked, else (and without
+//! Content-Length) up to the connection's end; Content-Length values must agree;
+//! informational responses are skipped. A connection is kept only when the response said
+//! nothing against it, was read to its end and nothing followed it.
+
+use std::fmt::Write as _;
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http_body::{Frame, SizeHint};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// The most header fields in a response head or trailer section (hyper's default).
+const MAX_HEADERS: usize = 100;
+/// The largest response head, and what may be buffered while looking for its end
+/// (hyper's default read buffer limit).
+const MAX_HEAD: usize = 8192 + 4096 * 100;
+/// The longest chunk-size line, extensions included.
+const MAX_CHUNK_LINE: usize = 16 * 1024;
+/// Room made in the read buffer before each read.
+const READ_SIZE: usize = 8192;
+
+/// An HTTP/1.1 connection to a server, idle between exchanges.
+pub struct Conn {
+    io: TcpStream,
+    /// Read from the server and not yet used; empty while the connection is idle.
+    buf: BytesMut,
+    /// The request head being written (kept for its room).
+    out: Vec<u8>,
+}
+
+/// Why an exchange failed.
+#[derive(Debug)]
+pub enum Failure {
+    /// Writing the request head failed: no response was read.
+    Write(io::Error),
+    /// The response head was broken, too large or never came.
+    Response(String),
+}
+
+/// What decides where a response body ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// This many bytes are left.
+    Length(u64),
+    Chunked(Chunk),
+    /// Up to the connection's end.
+    Eof,
+    /// Read to its end.
+    Done,
+}
+
+/// Where the chunked decoder is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// At a chunk-size line.
+    Size,
+    /// In a chunk's data, this many bytes left.
+    Data(u64),
+    /// At the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: trailer fields, then an empty line.
+    Trailers,
+}
+
+impl Conn {
+    pub fn new(io: TcpStream) -> Self {
+        Self {
+            io,
+            buf: BytesMut::new(),
+            out: Vec::new(),
+        }
+    }
+
+    /// The socket, for hyper's client to take over (an idle connection has nothing
+    /// buffered).
+    pub fn into_stream(self) -> TcpStream {
+        debug_assert!(self.buf.is_empty());
+        self.io
+    }
+
+    /// Whether an idle connection can take a request: the server has neither closed it
+    /// nor sent anything since the last response. Costs a system call only when the
+    /// socket was reported readable.
+    pub fn is_open(&mut self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match self.io.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => matches!(
+                self.io.try_read(&mut [0u8; 1]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock
+            ),
+        }
+    }
+
+    /// Sends `req`'s head and reads the response's; the response body takes the
+    /// connection. The request has no body.
+    pub async fn exchange<B>(mut self, req: &Request<B>) -> Result<Response<Body>, Failure> {
+        encode(&mut self.out, req);
+        self.io.write_all(&self.out).await.map_err(Failure::Write)?;
+        loop {
+            if !self.buf.is_empty()
+                && let Some((head, state)) = parse_head(&mut self.buf, req.method())?
+            {
+                return Ok(Response::from_parts(head, Body::new(self, state)));
+            }
+            if self.buf.len() >= MAX_HEAD {
+                return Err(Failure::Response("the response head is too large".into()));
+            }
+            let n = std::future::poll_fn(|cx| fill(&mut self.io, &mut self.buf, cx))
+                .await
+                .map_err(|e| Failure::Response(format!("reading the response: {e}")))?;
+            if n == 0 {
+                return Err(Failure::Response(
+                    "the connection closed before the response head".into(),
+                ));
+            }
+        }
+    }
+}
+
+/// Reads what the socket has into `buf`, making room first. `Ok(0)`: the server closed.
+fn fill(io: &mut TcpStream, buf: &mut BytesMut, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+    if buf.capacity() - buf.len() < READ_SIZE / 8 {
+        buf.reserve(READ_SIZE);
+    }
+    tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
+}
+
+/// The request head as HTTP/1.1 writes it. Transfer-Encoding is left out: the request
+/// has no body (as hyper's client does).
+fn encode<B>(out: &mut Vec<u8>, req: &Request<B>) {
+    out.clear();
+    out.extend_from_slice(req.method().as_str().as_bytes());
+    out.push(b' ');
+    let uri = req.uri();
+    match (uri.scheme(), uri.path_and_query()) {
+        (None, Some(target)) => out.extend_from_slice(target.as_str().as_bytes()),
+        _ => {
+            let mut s = String::new();
+            let _ = write!(s, "{uri}");
+            out.extend_from_slice(s.as_bytes());
+        }
+    }
+    out.extend_from_slice(if req.version() == Version::HTTP_10 {
+        b" HTTP/1.0\r\n"
+    } else {
+        b" HTTP/1.1\r\n"
+    });
+    for (name, value) in req.headers() {
+        if name == TRANSFER_ENCODING {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// How the body of a response just parsed is read, and whether its connection may be
+/// kept.
+#[derive(Debug)]
+struct BodyState {
+    framing: Framing,
+    keep_alive: bool,
+}
+
+/// Parses a response head at the start of `buf`, taking it out. `None`: more is needed
+/// (or an informational response was skipped and nothing follows it yet).
+fn parse_head(
+    buf: &mut BytesMut,
+    method: &Method,
+) -> Result<Option<(http::response::Parts, BodyState)>, Failure> {
+    let bad = |why: &dyn std::fmt::Display| Failure::Response(format!("invalid response: {why}"));
+    loop {
+        // Where each field's name and value are in the head, to be cut from it once the
+        // head is taken out of `buf`.
+        let mut spans = [[0u32; 4]; MAX_HEADERS];
+        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut res = httparse::Response::new(&mut []);
+        let len = match httparse::ParserConfig::default()
+            .parse_response_with_uninit_headers(&mut res, buf, &mut slots)
+        {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(e) => return Err(bad(&e)),
+        };
+        let code = res.code.unwrap_or(0);
+        let status = StatusCode::from_u16(code).map_err(|e| bad(&e))?;
+        let version = if res.version == Some(1) {
+            Version::HTTP_11
+        } else {
+            Version::HTTP_10
+        };
+        let reason = res
+            .reason
+            .filter(|r| Some(*r) != status.canonical_reason())
+            .and_then(|r| hyper::ext::ReasonPhrase::try_from(r.as_bytes()).ok());
+        let base = buf.as_ptr() as usize;
+        let count = res.headers.len();
+        for (span, h) in spans.iter_mut().zip(res.headers.iter()) {
+            let name = h.name.as_ptr() as usize - base;
+            let value = h.value.as_ptr() as usize - base;
+            *span = [
+                name as u32,
+                (name + h.name.len()) as u32,
+                value as u32,
+                (value + h.value.len()) as u32,
+            ];
+        }
+        let head = buf.split_to(len).freeze();
+        if (100..200).contains(&code) && code != 101 {
+            // Informational: skipped, as hyper's client does.
+            if buf.is_empty() {
+                return Ok(None);
+            }
+            continue;
+        }
+
+        let mut headers = HeaderMap::with_capacity(count);
+        let mut keep_alive = version == Version::HTTP_11;
+        let mut saw_close = false;
+        let mut lengths: Option<Option<u64>> = None;
+        let mut chunked = None;
+        for &[ns, ne, vs, ve] in &spans[..count] {
+            let name =
+                HeaderName::from_bytes(&head[ns as usize..ne as usize]).map_err(|e| bad(&e))?;
+            let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
+                .map_err(|e| bad(&e))?;
+            if name == CONNECTION {
+                // Once any Connection field asks to close, a later keep-alive cannot undo it.
+                if saw_close || has_token(value.as_bytes(), b"close") {
+                    saw_close = true;
+                    keep_alive = false;
+                } else if !keep_alive {
+                    keep_alive = has_token(value.as_bytes(), b"keep-alive");
+                }
+            } else if name == CONTENT_LENGTH {
+                let parsed = content_length(value.as_bytes());
+                lengths = Some(match (lengths, parsed) {
+                    (None, n) => n,
+                    (Some(Some(a)), Some(b)) if a == b => Some(a),
+                    _ => None,
+                });
+            } else if name == TRANSFER_ENCODING {
+                // The last field's last coding decides.
+                chunked = Some(last_token_is(value.as_bytes(), b"chunked"));
+            }
+            headers.append(name, value);
+        }
+
+        let framing = if code == 101 || code == 204 || code == 304 || method == Method::HEAD {
+            Framing::Length(0)
+        } else if let Some(chunked) = chunked {
+            if version == Version::HTTP_10 {
+                return Err(bad(&"Transfer-Encoding in an HTTP/1.0 response"));
+            }
+            if lengths.is_some() {
+                // Both: the coding decides, and the connection is not trusted after.
+                keep_alive = false;
+            }
+            if chunked {
+                Framing::Chunked(Chunk::Size)
+            } else {
+                Framing::Eof
+            }
+        } else {
+            match lengths {
+                Some(Some(n)) => Framing::Length(n),
+                Some(None) => return Err(bad(&"Content-Length")),
+                None => Framing::Eof,
+            }
+        };
+        if framing == Framing::Eof || code == 101 {
+            keep_alive = false;
+        }
+
+        let mut response = Response::new(());
+        *response.status_mut() = status;
+        *response.version_mut() = version;
+        *response.headers_mut() = headers;
+        if let Some(reason) = reason {
+            response.extensions_mut().insert(reason);
+        }
+        let (parts, ()) = response.into_parts();
+        return Ok(Some((
+            parts,
+            BodyState {
+                framing,
+                keep_alive,
+            },
+        )));
+    }
+}
+
+/// Whether a comma-separated list holds `token` (ASCII case aside).
+fn has_token(list: &[u8], token: &[u8]) -> bool {
+    list.split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// Whether a comma-separated list ends with `token` (ASCII case aside).
+fn last_token_is(list: &[u8], token: &[u8]) -> bool {
+    list.rsplit(|&b| b == b',')
+        .next()
+        .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// A Content-Length value: one number, or a list of the same number. `None`: invalid.
+fn content_length(value: &[u8]) -> Option<u64> {
+    let mut found = None;
+    for part in value.split(|&b| b == b',') {
+        let part = part.trim_ascii();
+        if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n = part.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+        if found.is_some_and(|f| f != n) {
+            return None;
+        }
+        found = Some(n);
+    }
+    found
+}
+
+/// A response body read from its connection, which it owns until the body's end.
+pub struct Body {
+    conn: Option<Conn>,
+    state: BodyState,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BodyError(String);
+
+impl Body {
+    fn new(conn: Conn, state: BodyState) -> Self {
+        Self {
+            conn: Some(conn),
+            state,
+        }
+    }
+
+    /// The connection, if the body has been read to its end and the connection can take
+    /// another request.
+    pub fn take_idle(&mut self) -> Option<Conn> {
+        let done = matches!(self.state.framing, Framing::Done | Framing::Length(0));
+        if !(done && self.state.keep_alive) {
+            return None;
+        }
+        self.conn.take().filter(|c| c.buf.is_empty())
+    }
+
+    /// Closes the connection now (the body will not be read to its end).
+    pub fn abandon(&mut self) {
+        self.conn = None;
+    }
+
+    fn fail(&mut self, why: String) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        self.conn = None;
+        self.state.framing = Framing::Done;
+        Poll::Ready(Some(Err(BodyError(why))))
+    }
+
+    /// Reads more into the buffer; a clean end is an error where the framing expected more.
+    fn read_more(&mut self, cx: &mut Context<'_>) -> Poll<Result<usize, String>> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Poll::Ready(Err("the connection is closed".into()));
+        };
+        match ready!(fill(&mut conn.io, &mut conn.buf, cx)) {
+            Ok(n) => Poll::Ready(Ok(n)),
+            Err(e) => Poll::Ready(Err(format!("reading the response body: {e}"))),
+        }
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return match this.state.framing {
+                    Framing::Done | Framing::Length(0) => Poll::Ready(None),
+                    _ => this.fail("the connection is closed".into()),
+                };
+            };
+            let buf = &mut conn.buf;
+            match this.state.framing {
+                Framing::Done | Framing::Length(0) => {
+                    this.state.framing = Framing::Done;
+                    return Poll::Ready(None);
+                }
+                Framing::Length(left) => {
+                    if !buf.is_empty() {
+                        let take = left.min(buf.len() as u64);
+                        this.state.framing = Framing::Length(left - take);
+                        let data = buf.split_to(take as usize).freeze();
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                }
+                Framing::Eof => {
+                    if !buf.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(buf.split().freeze()))));
+                    }
+                }
+                Framing::Chunked(chunk) => match decode_chunk(buf, chunk) {
+                    Ok(Step::Next(next, frame)) => {
+                        this.state.framing = next;
+                        if let Some(frame) = frame {
+                            return Poll::Ready(Some(Ok(frame)));
+                        }
+                        continue;
+                    }
+                    Ok(Step::More) => {}
+                    Err(why) => return this.fail(why),
+                },
+            }
+            // More is needed from the server.
+            match ready!(this.read_more(cx)) {
+                Ok(0) if this.state.framing == Framing::Eof => {
+                    this.state.framing = Framing::Done;
+                    this.conn = None;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => return this.fail("the server closed the connection mid-body".into()),
+                Ok(_) => {}
+                Err(why) => return this.fail(why),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.state.framing, Framing::Done | Framing::Length(0))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.state.framing {
+            Framing::Length(n) => SizeHint::with_exact(n),
+            Framing::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+/// What the chunked decoder did with what was buffered.
+enum Step {
+    /// Moved on, with a frame to pass on or none.
+    Next(Framing, Option<Frame<Bytes>>),
+    /// Needs more bytes.
+    More,
+}
+
+/// One step of the chunked decoder over `buf`.
+fn decode_chunk(buf: &mut BytesMut, chunk: Chunk) -> Result<Step, String> {
+    match chunk {
+        Chunk::Size => {
+            let end = memchr::memchr(b'\n', buf);
+            if end.unwrap_or(buf.len()) > MAX_CHUNK_LINE {
+                return Err("a chunk-size line is too long".into());
+            }
+            let Some(end) = end else {
+                return Ok(Step::More);
+            };
+            let size = chunk_size(&buf[..end]).ok_or("invalid chunk-size line")?;
+            buf.advance(end + 1);
+            let next = if size == 0 {
+                Chunk::Trailers
+            } else {
+                Chunk::Data(size)
+            };
+            Ok(Step::Next(Framing::Chunked(next), None))
+        }
+        Chunk::Data(left) => {
+            if buf.is_empty() {
+                return Ok(Step::More);
+            }
+            let take = left.min(buf.len() as u64);
+            let data = buf.split_to(take as usize).freeze();
+            let next = if take == left {
+                Chunk::DataEnd
+            } else {
+                Chunk::Data(left - take)
+            };
+            Ok(Step::Next(Framing::Chunked(next), Some(Frame::data(data))))
+        }
+        Chunk::DataEnd => {
+            if buf.len() < 2 {
+                return Ok(Step::More);
+            }
+            if &buf[..2] != b"\r\n" {
+                return Err("a chunk's data does not end with CRLF".into());
+            }
+            buf.advance(2);
+            Ok(Step::Next(Framing::Chunked(Chunk::Size), None))
+        }
+        Chunk::Trailers => {
+            if buf.len() >= 2 && &buf[..2] == b"\r\n" {
+                buf.advance(2);
+                return Ok(Step::Next(Framing::Done, None));
+            }
+            let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            match httparse::parse_headers(buf, &mut slots) {
+                Ok(httparse::Status::Partial) => {
+                    if buf.len() > MAX_HEAD {
+                        Err("the trailer section is too large".into())
+                    } else {
+                        Ok(Step::More)
+                    }
+                }
+                Err(e) => Err(format!("invalid trailer section: {e}")),
+                Ok(httparse::Status::Complete((len, fields))) => {
+                    let mut trailers = HeaderMap::with_capacity(fields.len());
+                    for f in fields.iter() {
+                        let name = HeaderName::from_bytes(f.name.as_bytes())
+                            .map_err(|e| format!("invalid trailer: {e}"))?;
+                        let value = HeaderValue::from_bytes(f.value)
+                            .map_err(|e| format!("invalid trailer: {e}"))?;
+                        trailers.append(name, value);
+                    }
+                    buf.advance(len);
+                    Ok(Step::Next(Framing::Done, Some(Frame::trailers(trailers))))
+                }
+            }
+        }
+    }
+}
+
+/// A chunk-size line (without its LF): hex digits, then optional extensions, then CR.
+fn chunk_size(line: &[u8]) -> Option<u64> {
+    let line = line.strip_suffix(b"\r")?;
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 16 {
+        return None;
+    }
+    let rest = line[digits..].trim_ascii_start();
+    if !(rest.is_empty() || rest[0] == b';') || rest.iter().any(|&b| b == b'\r' || b == 0) {
+        return None;
+    }
+    line[..digits].iter().try_fold(0u64, |n, &d| {
+        let v = (d as char).to_digit(16)? as u64;
+        n.checked_mul(16)?.checked_add(v)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(
+        raw: &[u8],
+        method: Method,
+    ) -> Result<Option<(http::response::Parts, BodyState)>, Failure> {
+        parse_head(&mut BytesMut::from(raw), &method)
+    }
+
+    fn framing_of(raw: &[u8], method: Method) -> (Framing, bool) {
+        let (_, state) = head(raw, method).ok().flatten().expect("a complete head");
+        (state.framing, state.keep_alive)
+    }
+
+    /// Data, trailers, and the bytes after the body.
+    type Decoded = (Vec<u8>, Option<HeaderMap>, Vec<u8>);
+
+    /// Feeds `wire` to the chunked decoder `step` bytes at a time, as reads would bring
+    /// it; returns the data and trailers decoded and what is left after the body.
+    fn dechunk(wire: &[u8], step: usize) -> Result<Decoded, String> {
+        let mut buf = BytesMut::new();
+        let mut fed = 0;
+        let mut framing = Framing::Chunked(Chunk::Size);
+        let (mut data, mut trailers) = (Vec::new(), None);
+        while let Framing::Chunked(chunk) = framing {
+            match decode_chunk(&mut buf, chunk)? {
+                Step::Next(next, frame) => {
+                    framing = next;
+                    match frame.map(Frame::into_data) {
+                        Some(Ok(d)) => data.extend_from_slice(&d),
+                        Some(Err(f)) => trailers = f.into_trailers().ok(),
+                        None => {}
+                    }
+                }
+                Step::More if fed < wire.len() => {
+                    let end = (fed + step).min(wire.len());
+                    buf.extend_from_slice(&wire[fed..end]);
+                    fed = end;
+                }
+                Step::More => return Err("cut short".into()),
+            }
+        }
+        let mut rest = buf.to_vec();
+        rest.extend_from_slice(&wire[fed..]);
+        Ok((data, trailers, rest))
+    }
+
+    #[test]
+    fn chunked_bodies_decode_alike_however_the_reads_split_them() {
+        let wire =
+            b"5;ext=1\r\nhello\r\n1a\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nx-sum: 7\r\n\r\nNEXT";
+        for step in 1..wire.len() {
+            let (data, trailers, rest) = dechunk(wire, step).unwrap();
+            assert_eq!(data, b"helloabcdefghijklmnopqrstuvwxyz", "step {step}");
+            assert_eq!(trailers.unwrap()["x-sum"], "7", "step {step}");
+            assert_eq!(rest, b"NEXT", "step {step}");
+        }
+        let (data, trailers, rest) = dechunk(b"3\r\nabc\r\n0\r\n\r\n", 1).unwrap();
+        assert_eq!(
+            (data.as_slice(), trailers.is_none(), rest.len()),
+            (&b"abc"[..], true, 0)
+        );
+    }
+
+    #[test]
+    fn broken_chunked_framing_is_an_error() {
+        for wire in [
+            &b"zz\r\nhello\r\n0\r\n\r\n"[..],
+            b"5\nhello\r\n0\r\n\r\n",
+            b"5\r\nhelloXX0\r\n\r\n",
+            b"\r\n",
+            b"5 x\r\nhello\r\n0\r\n\r\n",
+            b"11111111111111111\r\n",
+        ] {
+            assert!(
+                dechunk(wire, 4).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(wire)
+            );
+        }
+        let long = [b"5;".as_slice(), &[b'x'; MAX_CHUNK_LINE]].concat();
+        let too_long = "a chunk-size line is too long";
+        assert_eq!(dechunk(&long, 4096).unwrap_err(), too_long);
+        let ended = [&long, b"\r\nhello\r\n0\r\n\r\n".as_slice()].concat();
+        assert_eq!(dechunk(&ended, ended.len()).unwrap_err(), too_long);
+    }
+
+    #[test]
+    fn chunk_size_lines_take_hex_and_extensions() {
+        assert_eq!(chunk_size(b"1F\r"), Some(31));
+        assert_eq!(chunk_size(b"a ; x=\"y\"\r"), Some(10));
+        assert_eq!(chunk_size(b"0\r"), Some(0));
+        assert_eq!(chunk_size(b"ffffffffffffffff\r"), Some(u64::MAX));
+        for bad in [&b"1F"[..], b"\r", b" 1\r", b"1 2\r", b"-1\r", b"1;\r\r"] {
+            assert_eq!(chunk_size(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn content_length_values_must_be_one_number() {
+        assert_eq!(content_length(b"42"), Some(42));
+        assert_eq!(content_length(b"42, 42"), Some(42));
+        for bad in [
+            &b""[..],
+            b"4 2",
+            b"42, 43",
+            b"+1",
+            b"0x10",
+            b"99999999999999999999",
+        ] {
+            assert_eq!(content_length(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_framing_of_a_response_follows_its_status_method_and_fields() {
+        let get = || Method::GET;
+        assert_eq!(
+            framing_of(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", get()),
+            (Framing::Length(5), true)
+        );
+        assert_eq!(
+            framing_of(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+                Method::HEAD
+            ),
+            (Framing::Length(0), true)
+        );
+        for status in ["204 No Content", "304 Not Modified"] {
+            let raw = format!("HTTP/1.1 {status}\r\nContent-Length: 5\r\n\r\n");
+            assert_eq!(
+                framing_of(raw.as_bytes(), get()),
+                (Framing::Length(0), true)
+            );
+        }
+        assert_eq!(
+            framing_of(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                get()
+            ),
+            (Framing::Chunked(Chunk::Size), true)
+        );
+        // Both: the coding wins and the connection is not kept.
+        assert_eq!(
+            framing_of(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+                get()
+            ),
+            (Framing::Chunked(Chunk::Size), false)
+        );
+        assert_eq!(
+            framing_of(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+                get()
+            ),
+            (Framing::Eof, false)
+        );
+        assert_eq!(
+            framing_of(b"HTTP/1.1 200 OK\r\n\r\n", get()),
+            (Framing::Eof, false)
+        );
+        assert_eq!(
+            framing_of(
+                b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+                get()
+            ),
+            (Framing::Length(0), false)
+        );
+        assert_eq!(
+            framing_of(
+                b"HTTP/1.1 200 OK\r\nConnection: close\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n",
+                get()
+            ),
+            (Framing::Length(0), false)
+        );
+        assert_eq!(
+            framing_of(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", get()),
+            (Framing::Length(0), false)
+        );
+        assert_eq!(
+            framing_of(
+                b"HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 0\r\n\r\n",
+                get()
+            ),
+            (Framing::Length(0), true)
+        );
+        for bad in [
+            &b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: five\r\n\r\n",
+            b"HTTP/1.1 099 Odd\r\n\r\n",
+            b"not http\r\n\r\n",
+        ] {
+            assert!(
+                head(bad, get()).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn response_heads_are_read_whole_past_informational_ones() {
+        let raw = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 Fine\r\nX-A: 1\r\nx-a: 2\r\nContent-Length: 3\r\n\r\nabc";
+        for cut in 0..raw.len() - 3 {
+            let mut buf = BytesMut::from(&raw[..cut]);
+            match parse_head(&mut buf, &Method::GET) {
+                Ok(None) => {}
+                other => panic!("cut {cut}: {:?}", other.map(|h| h.map(|(p, _)| p.status))),
+            }
+        }
+        let mut buf = BytesMut::from(&raw[..]);
+        let (parts, state) = parse_head(&mut buf, &Method::GET).unwrap().unwrap();
+        assert_eq!(parts.status, StatusCode::OK);
+        let values: Vec<_> = parts.headers.get_all("x-a").iter().collect();
+        assert_eq!(values, ["1", "2"]);
+        assert_eq!(state.framing, Framing::Length(3));
+        assert_eq!(&buf[..], b"abc", "the body stays in the buffer");
+        let reason = parts.extensions.get::<hyper::ext::ReasonPhrase>().unwrap();
+        assert_eq!(reason.as_bytes(), b"Fine", "a reason of its own is kept");
+        let (canonical, _) = head(b"HTTP/1.1 200 OK\r\n\r\n", Method::GET)
+            .unwrap()
+            .unwrap();
+        assert!(
+            canonical
+                .extensions
+                .get::<hyper::ext::ReasonPhrase>()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn request_heads_are_written_as_http_1_1_without_transfer_encoding() {
+        let req = Request::get("/a/b?c=d")
+            .header("host", "example.com")
+            .header("transfer-encoding", "chunked")
+            .header("x-two", "1")
+            .header("x-two", "2")
+            .body(())
+            .unwrap();
+        let mut out = Vec::new();
+        encode(&mut out, &req);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET /a/b?c=d HTTP/1.1\r\nhost: example.com\r\nx-two: 1\r\nx-two: 2\r\n\r\n"
+        );
+        let absolute = Request::get("http://example.com/x").body(()).unwrap();
+        let mut out = Vec::new();
+        encode(&mut out, &absolute);
+        assert!(out.starts_with(b"GET http://example.com/x HTTP/1.1\r\n"));
+    }
+}
