@@ -13,8 +13,9 @@
 //! Responses are read as hyper reads them (RFC 9112 §6.3): no body after HEAD, 1xx, 204
 //! and 304; chunked when Transfer-Encoding ends in chunked, else (and without
 //! Content-Length) up to the connection's end; Content-Length values must agree;
-//! informational responses are skipped. A connection is kept only when the response said
-//! nothing against it, was read to its end and nothing followed it.
+//! informational responses are skipped (a test compares the two on generated responses).
+//! A connection is kept only when the response said nothing against it, was read to its
+//! end and nothing followed it.
 
 use std::fmt::Write as _;
 use std::io;
@@ -388,9 +389,10 @@ impl Body {
         self.conn = None;
     }
 
+    /// Ends the body with an error and closes the connection (the body is not at its end,
+    /// so a later poll gets an error too).
     fn fail(&mut self, why: String) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         self.conn = None;
-        self.state.framing = Framing::Done;
         Poll::Ready(Some(Err(BodyError(why))))
     }
 
