@@ -724,76 +724,84 @@ mod tests {
 
     #[test]
     fn the_framing_of_a_response_follows_its_status_method_and_fields() {
-        let get = || Method::GET;
-        assert_eq!(
-            framing_of(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", get()),
-            (Framing::Length(5), true)
-        );
-        assert_eq!(
-            framing_of(
-                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
-                Method::HEAD
+        use Framing::{Eof, Length};
+        let chunked = Framing::Chunked(Chunk::Size);
+        let cases: &[(&str, Method, Framing, bool)] = &[
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 5",
+                Method::GET,
+                Length(5),
+                true,
             ),
-            (Framing::Length(0), true)
-        );
-        for status in ["204 No Content", "304 Not Modified"] {
-            let raw = format!("HTTP/1.1 {status}\r\nContent-Length: 5\r\n\r\n");
-            assert_eq!(
-                framing_of(raw.as_bytes(), get()),
-                (Framing::Length(0), true)
-            );
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 5",
+                Method::HEAD,
+                Length(0),
+                true,
+            ),
+            (
+                "HTTP/1.1 204 No Content\r\nContent-Length: 5",
+                Method::GET,
+                Length(0),
+                true,
+            ),
+            (
+                "HTTP/1.1 304 Not Modified\r\nContent-Length: 5",
+                Method::GET,
+                Length(0),
+                true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked",
+                Method::GET,
+                chunked,
+                true,
+            ),
+            // Both: the coding wins and the connection is not kept.
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked",
+                Method::GET,
+                chunked,
+                false,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip",
+                Method::GET,
+                Eof,
+                false,
+            ),
+            ("HTTP/1.1 200 OK", Method::GET, Eof, false),
+            (
+                "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0",
+                Method::GET,
+                Length(0),
+                false,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nConnection: close\r\nConnection: keep-alive\r\nContent-Length: 0",
+                Method::GET,
+                Length(0),
+                false,
+            ),
+            (
+                "HTTP/1.0 200 OK\r\nContent-Length: 0",
+                Method::GET,
+                Length(0),
+                false,
+            ),
+            (
+                "HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 0",
+                Method::GET,
+                Length(0),
+                true,
+            ),
+        ];
+        for (raw, method, framing, keep_alive) in cases {
+            let raw = format!("{raw}\r\n\r\n");
+            let got = framing_of(raw.as_bytes(), method.clone());
+            assert_eq!(got, (*framing, *keep_alive), "{raw:?} to {method}");
         }
-        assert_eq!(
-            framing_of(
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
-                get()
-            ),
-            (Framing::Chunked(Chunk::Size), true)
-        );
-        // Both: the coding wins and the connection is not kept.
-        assert_eq!(
-            framing_of(
-                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
-                get()
-            ),
-            (Framing::Chunked(Chunk::Size), false)
-        );
-        assert_eq!(
-            framing_of(
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
-                get()
-            ),
-            (Framing::Eof, false)
-        );
-        assert_eq!(
-            framing_of(b"HTTP/1.1 200 OK\r\n\r\n", get()),
-            (Framing::Eof, false)
-        );
-        assert_eq!(
-            framing_of(
-                b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
-                get()
-            ),
-            (Framing::Length(0), false)
-        );
-        assert_eq!(
-            framing_of(
-                b"HTTP/1.1 200 OK\r\nConnection: close\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n",
-                get()
-            ),
-            (Framing::Length(0), false)
-        );
-        assert_eq!(
-            framing_of(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", get()),
-            (Framing::Length(0), false)
-        );
-        assert_eq!(
-            framing_of(
-                b"HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 0\r\n\r\n",
-                get()
-            ),
-            (Framing::Length(0), true)
-        );
+        let get = || Method::GET;
         for bad in [
             &b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
             b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
