@@ -30,6 +30,9 @@ use http_body::{Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use super::headers::list_has;
+use crate::server::framing::parse_length;
+
 /// The most header fields in a response head or trailer section (hyper's default).
 const MAX_HEADERS: usize = 100;
 /// The largest response head, and what may be buffered while looking for its end
@@ -242,6 +245,8 @@ fn parse_head(
             continue;
         }
 
+        // One pass over the fields: the framing and keep-alive are read as the map is
+        // built (looking them up after would cost three more hash probes per response).
         let mut headers = HeaderMap::with_capacity(count);
         let mut keep_alive = version == Version::HTTP_11;
         let mut saw_close = false;
@@ -254,11 +259,11 @@ fn parse_head(
                 .map_err(|e| bad(&e))?;
             if name == CONNECTION {
                 // Once any Connection field asks to close, a later keep-alive cannot undo it.
-                if saw_close || has_token(&value, "close") {
+                if saw_close || list_has(&value, "close") {
                     saw_close = true;
                     keep_alive = false;
                 } else if !keep_alive {
-                    keep_alive = has_token(&value, "keep-alive");
+                    keep_alive = list_has(&value, "keep-alive");
                 }
             } else if name == CONTENT_LENGTH {
                 let parsed = content_length(&value);
@@ -318,14 +323,6 @@ fn parse_head(
     }
 }
 
-/// Whether a comma-separated list holds `token` (ASCII case aside). Values that are not
-/// visible ASCII hold nothing, as hyper reads them.
-fn has_token(value: &HeaderValue, token: &str) -> bool {
-    value
-        .to_str()
-        .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-}
-
 /// Whether a comma-separated list ends with `token` (ASCII case aside).
 fn last_token_is(value: &HeaderValue, token: &str) -> bool {
     value.to_str().is_ok_and(|s| {
@@ -339,14 +336,7 @@ fn last_token_is(value: &HeaderValue, token: &str) -> bool {
 fn content_length(value: &HeaderValue) -> Option<u64> {
     let mut found = None;
     for part in value.to_str().ok()?.split(',') {
-        let part = part.trim().as_bytes();
-        if part.is_empty() {
-            return None;
-        }
-        let n = part.iter().try_fold(0u64, |n, &d| {
-            d.is_ascii_digit()
-                .then(|| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))?
-        })?;
+        let n = parse_length(part.as_bytes())?;
         if found.is_some_and(|f| f != n) {
             return None;
         }

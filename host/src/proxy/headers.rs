@@ -48,9 +48,15 @@ pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
     headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+        .any(|v| list_has(v, token))
+}
+
+/// True when the comma-separated list `value` holds `token` (case-insensitive). A value
+/// that is not visible ASCII holds none.
+pub fn list_has(value: &HeaderValue, token: &str) -> bool {
+    value
+        .to_str()
+        .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
 }
 
 /// Removes the hop-by-hop headers and every header that `Connection` nominates. With

@@ -516,7 +516,7 @@ fn chunk_step(chunk: Chunk, b: u8) -> Option<Option<Chunk>> {
 }
 
 /// A Content-Length value: digits only.
-fn parse_length(value: &[u8]) -> Option<u64> {
+pub(crate) fn parse_length(value: &[u8]) -> Option<u64> {
     let value = value.trim_ascii();
     if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
         return None;
