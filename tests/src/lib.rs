@@ -394,13 +394,9 @@ pub async fn faulty_server(fault: Fault) -> (SocketAddr, Arc<AtomicUsize>) {
             };
             let count = Arc::clone(&count);
             tokio::spawn(async move {
-                let mut buf = Vec::new();
                 let mut chunk = [0u8; 4096];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
+                if !read_head(&mut stream, &mut Vec::new()).await {
+                    return;
                 }
                 count.fetch_add(1, Ordering::SeqCst);
                 match fault {
@@ -453,24 +449,32 @@ pub async fn canned_server(
             let reqs = Arc::clone(&reqs);
             tokio::spawn(async move {
                 let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        buf.drain(..end + 4);
-                        reqs.fetch_add(1, Ordering::SeqCst);
-                        if stream.write_all(reply).await.is_err() || close {
-                            return;
-                        }
-                    }
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                while read_head(&mut stream, &mut buf).await {
+                    reqs.fetch_add(1, Ordering::SeqCst);
+                    if stream.write_all(reply).await.is_err() || close {
+                        return;
                     }
                 }
             });
         }
     });
     (addr, connections, requests)
+}
+
+/// Reads from `stream` into `buf` until it holds a request head, and takes the head out
+/// (what follows it stays). False when the connection ends first.
+async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            buf.drain(..end + 4);
+            return true;
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
 }
 
 /// Closes a connection with a TCP RST instead of a FIN.
