@@ -220,18 +220,20 @@ pub trait Plugin: Sized + 'static {
         None
     }
 
-    /// Header edits `on_request` would make to every request, whatever it is: when a
-    /// plugin's request edits depend on nothing in the request, it says so here and weir
-    /// applies them itself, without calling `on_request` (which then never runs). `None`
-    /// (the default): every request goes to `on_request`.
-    fn request_edits(&self) -> Option<Vec<HeaderOp>> {
+    /// Header edits `on_request` would make to every request of `frontend`, whatever it
+    /// is: when a plugin's request edits depend on nothing in the request (the
+    /// frontend's name, which `Request::frontend` would give, may be in them), it says
+    /// so here and weir applies them itself, without calling `on_request` (which then
+    /// never runs for that frontend). Asked once per frontend whose chain has the
+    /// plugin. `None` (the default): every request goes to `on_request`.
+    fn request_edits(&self, _frontend: &str) -> Option<Vec<HeaderOp>> {
         None
     }
 
-    /// The same for `on_response`: edits made to every response whatever it is, applied
-    /// by weir without a call. `None` (the default): every response goes to
-    /// `on_response`.
-    fn response_edits(&self) -> Option<Vec<HeaderOp>> {
+    /// The same for `on_response`: edits made to every response of `frontend` whatever
+    /// it is, applied by weir without a call. `None` (the default): every response goes
+    /// to `on_response`.
+    fn response_edits(&self, _frontend: &str) -> Option<Vec<HeaderOp>> {
         None
     }
 
@@ -438,11 +440,11 @@ macro_rules! export_plugin {
                 fn response_fields() -> Option<__types::ResponseFields> {
                     __with(|p| $crate::Plugin::response_fields(p))
                 }
-                fn request_edits() -> Option<Vec<__types::HeaderOp>> {
-                    __with(|p| $crate::Plugin::request_edits(p))
+                fn request_edits(frontend: String) -> Option<Vec<__types::HeaderOp>> {
+                    __with(|p| $crate::Plugin::request_edits(p, &frontend))
                 }
-                fn response_edits() -> Option<Vec<__types::HeaderOp>> {
-                    __with(|p| $crate::Plugin::response_edits(p))
+                fn response_edits(frontend: String) -> Option<Vec<__types::HeaderOp>> {
+                    __with(|p| $crate::Plugin::response_edits(p, &frontend))
                 }
                 fn on_request(request: __types::Request) -> __types::RequestAction {
                     $crate::request_action_to_wire(__with(|p| $crate::Plugin::on_request(p, request.into())))

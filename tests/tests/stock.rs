@@ -388,6 +388,37 @@ async fn fixed_edits_are_made_in_the_plugins_place_without_calling_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_naming_the_frontend_are_fixed_per_frontend() {
+    let server = MockServer::start("s1").await;
+    // One plugin section in two frontends' chains: each frontend gets its own name,
+    // made by weir from the edits the plugin declared for it, without a call.
+    let rewrite = r#"{ request = [
+        { set = "x-fe", value = "via %[frontend]" },
+    ], response = [
+        { add = "x-served-on", value = "%[frontend]" },
+    ] }"#;
+    let mut toml = with_plugins(
+        config("roundrobin", &[("s1", server.addr, "")], ""),
+        &["rw"],
+        &[stock_plugin("rw", "header-rewrite", rewrite)],
+    );
+    toml.push_str(
+        "\n[[frontend]]\nname = \"api\"\nbind = \"127.0.0.1:0\"\ndefault_backend = \"app\"\nplugins = [\"rw\"]\n",
+    );
+    let proxy = TestProxy::start(&toml).await;
+    for frontend in ["www", "api", "www"] {
+        let mut c = Client::connect(proxy.running.addr(frontend)).await;
+        let r = c.get("/headers").await;
+        assert_eq!(r.json()["headers"]["x-fe"], format!("via {frontend}"));
+        assert_eq!(r.headers["x-served-on"], frontend);
+    }
+    let plugins = proxy.running.plugins();
+    let rw = plugins.iter().find(|p| &*p.name == "rw").unwrap();
+    let calls = rw.stats.calls.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(calls, 0, "no call for edits fixed per frontend");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_json_reads_the_status_field_and_degrades_weight() {
     let (s1, s2, s3) = (
         MockServer::start("s1").await,

@@ -431,6 +431,14 @@ struct Instance {
     meter: Arc<CpuMeter>,
 }
 
+/// The header edits a plugin makes to every request or every response of one frontend,
+/// when it declared them: weir makes them instead of calling the hook.
+#[derive(Default)]
+pub struct FixedEdits {
+    pub request: Option<Vec<validate::Edit>>,
+    pub response: Option<Vec<validate::Edit>>,
+}
+
 /// A configured plugin, ready to serve hook calls.
 pub struct Plugin {
     pub name: Arc<str>,
@@ -447,11 +455,6 @@ pub struct Plugin {
     pub request_fields: types::RequestFields,
     /// The response fields its `on-response` reads.
     pub response_fields: types::ResponseFields,
-    /// The edits its `on-request` makes to every request, when it declared them: weir
-    /// makes them instead of calling it.
-    pub request_edits: Option<Vec<validate::Edit>>,
-    /// The same for `on-response`.
-    pub response_edits: Option<Vec<validate::Edit>>,
     timeout: Duration,
     memory: usize,
     config_json: String,
@@ -518,8 +521,6 @@ impl Plugin {
             response_headers: None,
             request_fields: types::RequestFields::all(),
             response_fields: types::ResponseFields::all(),
-            request_edits: None,
-            response_edits: None,
             timeout: cfg.timeout,
             memory: cfg.memory as usize,
             config_json: cfg.config_json.clone(),
@@ -530,10 +531,7 @@ impl Plugin {
         };
         // A first instance proves the plugin instantiates, describes itself and accepts its
         // config; it then serves the first calls.
-        let (mut instance, info) = plugin.instantiate().await.map_err(|e| match e {
-            Instantiate::Configure(msg) => LoadError::Configure(msg),
-            Instantiate::Failed(msg) => LoadError::Component(msg),
-        })?;
+        let (mut instance, info) = plugin.instantiate().await?;
         plugin.info = info;
         // What the plugin reads, declared once after configure.
         let Instance {
@@ -557,17 +555,6 @@ impl Plugin {
             bindings.call_response_fields(&mut *store).await,
         )?
         .unwrap_or(types::ResponseFields::all());
-        let hooks = plugin.info.hooks;
-        plugin.request_edits = declared_edits(
-            "request-edits",
-            bindings.call_request_edits(&mut *store).await,
-        )?
-        .filter(|_| hooks.contains(types::Hooks::ON_REQUEST));
-        plugin.response_edits = declared_edits(
-            "response-edits",
-            bindings.call_response_edits(&mut *store).await,
-        )?
-        .filter(|_| hooks.contains(types::Hooks::ON_RESPONSE));
         plugin
             .pool
             .get_mut()
@@ -578,6 +565,50 @@ impl Plugin {
 
     pub fn hooks(&self) -> types::Hooks {
         self.info.hooks
+    }
+
+    /// The edits the plugin declares it makes to every request and every response of
+    /// `frontend` (`request-edits`, `response-edits`), asked once for each frontend
+    /// whose chain has it; none for a hook it does not have.
+    pub async fn fixed_edits(&self, frontend: &str) -> Result<FixedEdits, LoadError> {
+        let hooks = self.hooks();
+        if !hooks.intersects(types::Hooks::ON_REQUEST | types::Hooks::ON_RESPONSE) {
+            return Ok(FixedEdits::default());
+        }
+        let pooled = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut instance = match pooled {
+            Some(instance) => instance,
+            None => self.instantiate().await?.0,
+        };
+        let Instance {
+            store,
+            bindings,
+            meter,
+        } = &mut *instance;
+        // Like instantiation and configure, allowed 1 s.
+        meter.start(Duration::from_secs(1));
+        store.set_epoch_deadline(1000);
+        let (request, response) = meter
+            .metered(
+                std::time::Instant::now(),
+                std::pin::pin!(async {
+                    let request = bindings.call_request_edits(&mut *store, frontend).await;
+                    let response = bindings.call_response_edits(&mut *store, frontend).await;
+                    (request, response)
+                }),
+            )
+            .await;
+        let fixed = FixedEdits {
+            request: declared_edits("request-edits", request)?
+                .filter(|_| hooks.contains(types::Hooks::ON_REQUEST)),
+            response: declared_edits("response-edits", response)?
+                .filter(|_| hooks.contains(types::Hooks::ON_RESPONSE)),
+        };
+        self.pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(instance);
+        Ok(fixed)
     }
 
     /// What `on-request` gets of a request's headers: those the plugin declared, or all.
@@ -829,6 +860,15 @@ enum Instantiate {
     Failed(String),
     #[error("configure failed: {0}")]
     Configure(String),
+}
+
+impl From<Instantiate> for LoadError {
+    fn from(e: Instantiate) -> LoadError {
+        match e {
+            Instantiate::Configure(msg) => LoadError::Configure(msg),
+            Instantiate::Failed(msg) => LoadError::Component(msg),
+        }
+    }
 }
 
 /// A plugin's answer to one of its declaration exports, or the load error naming it.

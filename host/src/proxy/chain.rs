@@ -10,7 +10,7 @@ use http::{HeaderMap, StatusCode, Uri};
 
 use super::backend::BackendRt;
 use crate::config::FailPolicy;
-use crate::plugin::{HookError, Plugin, RequestInfo, ResponseInfo, types, validate};
+use crate::plugin::{FixedEdits, HookError, Plugin, RequestInfo, ResponseInfo, types, validate};
 
 /// Where the chain leaves a request.
 pub enum Decision {
@@ -40,6 +40,12 @@ pub struct Client<'a> {
     pub scheme: &'static str,
     /// The request's number within the process.
     pub id: u64,
+}
+
+/// A plugin in a frontend's chain, with the edits it declared fixed for that frontend.
+pub struct Link {
+    pub plugin: Arc<Plugin>,
+    pub fixed: FixedEdits,
 }
 
 /// A plugin whose `on-response` must see the answer, and the note its `on-request` left.
@@ -96,7 +102,7 @@ fn on_failure(plugin: &Plugin, hook: &str, err: &HookError) -> Result<(), Failed
 /// Runs `on-request` over the chain, applying edits to `parts`. `ran` collects the
 /// plugins whose `on-response` must see the answer.
 pub async fn on_request(
-    plugins: &[Arc<Plugin>],
+    plugins: &[Link],
     backends: &[Arc<BackendRt>],
     default: &Arc<BackendRt>,
     parts: &mut Parts,
@@ -106,7 +112,7 @@ pub async fn on_request(
 ) -> Result<Decision, Failed> {
     let mut backend: Option<Arc<BackendRt>> = None;
     let mut prefer = None;
-    for (i, plugin) in plugins.iter().enumerate() {
+    for (i, Link { plugin, fixed }) in plugins.iter().enumerate() {
         if !plugin.hooks().contains(types::Hooks::ON_REQUEST) {
             ran.push(Ran {
                 index: i,
@@ -114,7 +120,7 @@ pub async fn on_request(
             });
             continue;
         }
-        if let Some(edits) = &plugin.request_edits {
+        if let Some(edits) = &fixed.request {
             // The same for every request: made here, without a call.
             validate::apply(edits.iter().cloned(), &mut parts.headers);
             ran.push(Ran {
@@ -237,7 +243,7 @@ pub struct Answered<'a> {
 /// Runs `on-response` over the plugins that ran, in reverse order, editing `headers`.
 /// A replacement replaces the whole response; the plugins before it still see it.
 pub async fn on_response(
-    plugins: &[Arc<Plugin>],
+    plugins: &[Link],
     ran: &mut [Ran],
     status: &mut StatusCode,
     headers: &mut HeaderMap,
@@ -245,11 +251,11 @@ pub async fn on_response(
 ) -> Result<ResponseChange, Failed> {
     let mut change = ResponseChange::Keep;
     for ran in ran.iter_mut().rev() {
-        let plugin = &plugins[ran.index];
+        let Link { plugin, fixed } = &plugins[ran.index];
         if !plugin.hooks().contains(types::Hooks::ON_RESPONSE) {
             continue;
         }
-        if let Some(edits) = &plugin.response_edits {
+        if let Some(edits) = &fixed.response {
             validate::apply(edits.iter().cloned(), headers);
             continue;
         }

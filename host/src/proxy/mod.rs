@@ -49,7 +49,7 @@ pub struct FrontendRt {
     pub name: Arc<str>,
     pub backend: Arc<BackendRt>,
     /// The plugin chain, in order.
-    pub plugins: Vec<Arc<Plugin>>,
+    pub plugins: Vec<chain::Link>,
     /// Every backend, for plugins that route.
     pub backends: Arc<[Arc<BackendRt>]>,
     pub log: AccessLog,
@@ -108,33 +108,40 @@ impl Proxy {
                 }
             }
         }
-        let by_name = |name: &String| {
-            let i = config
-                .plugins
+        let mut frontends = Vec::with_capacity(config.frontends.len());
+        for f in &config.frontends {
+            let backend = backends
                 .iter()
-                .position(|p| p.name == *name)
-                .expect("validation checked plugin names");
-            Arc::clone(&plugins[i])
-        };
-        let frontends = config
-            .frontends
-            .iter()
-            .map(|f| {
-                let backend = backends
+                .find(|b| b.cfg.name == f.default_backend)
+                .expect("validation checked default_backend");
+            let mut chain = Vec::with_capacity(f.plugins.len());
+            for name in &f.plugins {
+                let plugin = plugins
                     .iter()
-                    .find(|b| b.cfg.name == f.default_backend)
-                    .expect("validation checked default_backend");
-                Arc::new(FrontendRt {
-                    cfg: f.clone(),
-                    name: f.name.as_str().into(),
-                    backend: Arc::clone(backend),
-                    plugins: f.plugins.iter().map(by_name).collect(),
-                    backends: Arc::clone(&shared),
-                    log: log.clone(),
-                    stats: Arc::default(),
-                })
-            })
-            .collect();
+                    .find(|p| &*p.name == name)
+                    .expect("validation checked plugin names");
+                let fixed = plugin
+                    .fixed_edits(&f.name)
+                    .await
+                    .map_err(|error| PluginLoadError {
+                        name: name.clone(),
+                        error,
+                    })?;
+                chain.push(chain::Link {
+                    plugin: Arc::clone(plugin),
+                    fixed,
+                });
+            }
+            frontends.push(Arc::new(FrontendRt {
+                cfg: f.clone(),
+                name: f.name.as_str().into(),
+                backend: Arc::clone(backend),
+                plugins: chain,
+                backends: Arc::clone(&shared),
+                log: log.clone(),
+                stats: Arc::default(),
+            }));
+        }
         Ok(Self {
             frontends,
             backends,

@@ -333,15 +333,19 @@ fn run<'a>(
     (edits, path)
 }
 
-/// The edits of `ops` when they are the same for every message: `set`, `add` and `del`
-/// with values without variables (none at all for an empty list).
-fn fixed(ops: &[Op]) -> Option<Vec<HeaderOp>> {
+/// The edits of `ops` when they are the same for every message of `frontend`: `set`,
+/// `add` and `del` with values whose only variable is `%[frontend]` (none at all for an
+/// empty list).
+fn fixed(ops: &[Op], frontend: &str) -> Option<Vec<HeaderOp>> {
     let constant = ops.iter().all(|op| match op {
-        Op::Set(_, t) | Op::Add(_, t) => t.0.iter().all(|p| matches!(p, Part::Text(_))),
+        Op::Set(_, t) | Op::Add(_, t) => t.0.iter().all(|p| match p {
+            Part::Text(_) | Part::Var(Var::Frontend) => true,
+            Part::Var(_) => false,
+        }),
         Op::Del(_) => true,
         Op::Replace { .. } | Op::SetPath(_) => false,
     });
-    constant.then(|| run(ops, &mut Vec::new(), &|_| Cow::Borrowed("")).0)
+    constant.then(|| run(ops, &mut Vec::new(), &|_| Cow::Borrowed(frontend)).0)
 }
 
 fn request_id(id: u64) -> String {
@@ -389,14 +393,15 @@ impl Plugin for HeaderRewrite {
         )
     }
 
-    /// Without variables, `replace` or `set_path`, the edits are the same for every
-    /// request, and weir makes them without calling the plugin.
-    fn request_edits(&self) -> Option<Vec<HeaderOp>> {
-        fixed(&self.request)
+    /// Without `replace`, `set_path` or variables other than `%[frontend]`, the edits
+    /// are the same for every request of a frontend, and weir makes them without calling
+    /// the plugin.
+    fn request_edits(&self, frontend: &str) -> Option<Vec<HeaderOp>> {
+        fixed(&self.request, frontend)
     }
 
-    fn response_edits(&self) -> Option<Vec<HeaderOp>> {
-        fixed(&self.response)
+    fn response_edits(&self, frontend: &str) -> Option<Vec<HeaderOp>> {
+        fixed(&self.response, frontend)
     }
 
     fn on_request(&self, mut request: Request) -> RequestAction {
@@ -514,27 +519,53 @@ mod tests {
             RequestAction::Proceed(p) => p.edits,
             _ => panic!("proceed"),
         };
-        let fixed = p.request_edits().expect("fixed request edits");
+        let fixed = p.request_edits("www").expect("fixed request edits");
         assert_eq!(apply(&headers, fixed), apply(&headers, called));
-        assert_eq!(apply(&headers, p.request_edits().unwrap()), ["x-a: 1"]);
+        assert_eq!(apply(&headers, p.request_edits("www").unwrap()), ["x-a: 1"]);
         let powered = [Header {
             name: "x-powered-by".into(),
             value: "php".into(),
         }];
-        assert_eq!(apply(&powered, p.response_edits().unwrap()), ["x-b: 2"]);
-        assert!(plugin("{}").request_edits().unwrap().is_empty());
-        // A variable, a `replace` or a new path depends on the message: calls.
+        assert_eq!(
+            apply(&powered, p.response_edits("www").unwrap()),
+            ["x-b: 2"]
+        );
+        assert!(plugin("{}").request_edits("www").unwrap().is_empty());
+        // The frontend is the same for every message of a frontend: its edits are fixed
+        // there, and the same as a call on that frontend makes.
+        let p = plugin(
+            r#"{"request": [{"set": "x-fe", "value": "fe=%[frontend]!"}],
+                "response": [{"add": "x-fe", "value": "%[frontend]%[frontend]"}]}"#,
+        );
+        let called = match p.on_request(request("GET", "/")) {
+            RequestAction::Proceed(p) => p.edits,
+            _ => panic!("proceed"),
+        };
+        assert_eq!(
+            apply(&[], p.request_edits("www").unwrap()),
+            ["x-fe: fe=www!"]
+        );
+        assert_eq!(
+            apply(&[], p.request_edits("www").unwrap()),
+            apply(&[], called)
+        );
+        assert_eq!(
+            apply(&[], p.response_edits("api").unwrap()),
+            ["x-fe: apiapi"]
+        );
+        // Any other variable, a `replace` or a new path depends on the message: calls.
         for request in [
-            r#"{"set": "x-a", "value": "%[frontend]"}"#,
+            r#"{"set": "x-a", "value": "%[frontend] %[backend]"}"#,
+            r#"{"add": "x-a", "value": "%[src]"}"#,
             r#"{"replace": "x-a", "regex": "a", "with": "b"}"#,
             r#"{"set_path": "/v2"}"#,
         ] {
             let p = plugin(&format!(r#"{{"request": [{{"del": "x-b"}}, {request}]}}"#));
-            assert!(p.request_edits().is_none(), "{request}");
-            assert!(p.response_edits().unwrap().is_empty());
+            assert!(p.request_edits("www").is_none(), "{request}");
+            assert!(p.response_edits("www").unwrap().is_empty());
         }
         let p = plugin(r#"{"response": [{"set": "x-s", "value": "%[status]"}]}"#);
-        assert!(p.response_edits().is_none());
+        assert!(p.response_edits("www").is_none());
     }
 
     #[test]

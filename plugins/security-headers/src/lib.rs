@@ -200,13 +200,13 @@ impl Plugin for SecurityHeaders {
     }
 
     /// Without `https_redirect`, requests need no call.
-    fn request_edits(&self) -> Option<Vec<HeaderOp>> {
+    fn request_edits(&self, _frontend: &str) -> Option<Vec<HeaderOp>> {
         (!self.https_redirect).then(Vec::new)
     }
 
     /// With `override` and no HSTS (which depends on the scheme), every response gets the
     /// same edits, which weir then makes without a call.
-    fn response_edits(&self) -> Option<Vec<HeaderOp>> {
+    fn response_edits(&self, _frontend: &str) -> Option<Vec<HeaderOp>> {
         if !self.override_ || self.hsts.is_some() {
             return None;
         }
@@ -259,18 +259,26 @@ mod tests {
         let r = response(200)
             .with_header("server", "nginx")
             .with_header("x-frame-options", "ALLOW");
-        let fixed = p.response_edits().expect("fixed edits");
+        let fixed = p.response_edits("www").expect("fixed edits");
         let mut lines = weir_sdk::testing::apply_edits(&r.headers, fixed);
         lines.sort();
         assert_eq!(lines, after(&p, r));
-        assert!(p.request_edits().unwrap().is_empty());
+        assert!(p.request_edits("www").unwrap().is_empty());
         // HSTS depends on the scheme, keeping the server's headers on the response, a
         // redirect on the request.
-        assert!(plugin(r#"{"override": true}"#).response_edits().is_none());
-        assert!(plugin(r#"{"hsts_max_age": 0}"#).response_edits().is_none());
+        assert!(
+            plugin(r#"{"override": true}"#)
+                .response_edits("www")
+                .is_none()
+        );
+        assert!(
+            plugin(r#"{"hsts_max_age": 0}"#)
+                .response_edits("www")
+                .is_none()
+        );
         assert!(
             plugin(r#"{"https_redirect": true}"#)
-                .request_edits()
+                .request_edits("www")
                 .is_none()
         );
     }
