@@ -1,6 +1,7 @@
 //! The CPU deadline of a plugin call, alone in its test binary: its timing is measured
-//! with nothing else of the suite running beside it. The two tests here take turns, as
-//! one of them stops the process's epoch thread.
+//! with nothing else of the suite running beside it, and the epoch thread's idle sleep
+//! is seen only when no other test makes calls. The tests here take turns, as one of
+//! them stops the process's epoch thread.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -139,6 +140,55 @@ async fn the_deadline_holds_while_the_epoch_thread_is_not_running() {
     // kernel rounds up to its scheduler tick: 4 ms at 250 Hz) of the last.
     let cpu = Duration::from_nanos(spin.stats.timeout_cpu_max_ns.load(Ordering::Relaxed));
     eprintln!("without the epoch thread, calls stopped after at most {cpu:?} of CPU");
+    assert!(
+        cpu >= Duration::from_millis(20) && cpu <= Duration::from_millis(30),
+        "a call was stopped after {cpu:?} of CPU"
+    );
+}
+
+/// An idle process does not wake for plugin deadlines: the epoch thread sleeps once no
+/// call has started for a second, the next call wakes it, and deadlines hold after such
+/// a sleep as before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_epoch_thread_sleeps_while_no_call_starts() {
+    let _turn = TURN.lock().await;
+    let server = MockServer::start("s1").await;
+    let mut toml = with_plugins(
+        config("roundrobin", &[("s1", server.addr, "")], ""),
+        &["spin"],
+        &[fixture_plugin("spin", "loop", "timeout = \"20ms\"")],
+    );
+    toml.push_str(
+        "\n[[frontend]]\nname = \"other\"\nbind = \"127.0.0.1:0\"\ndefault_backend = \"app\"\nplugins = [\"tag\"]\n",
+    );
+    toml.push_str(&fixture_plugin("tag", "tag", ""));
+    let proxy = TestProxy::start(&toml).await;
+    let mut client = Client::connect(proxy.running.addr("other")).await;
+    assert_eq!(client.get("/").await.status, 200);
+    let asleep = |want: bool| async move {
+        weir_tests::wait_until(Duration::from_secs(5), || {
+            weir::plugin::epoch_thread_asleep() == want
+        })
+        .await
+    };
+    asleep(true)
+        .await
+        .expect("the epoch thread sleeps a second after the last call");
+    assert_eq!(client.get("/").await.status, 200);
+    asleep(false).await.expect("a call wakes the epoch thread");
+    asleep(true).await.expect("and it sleeps again once idle");
+    // A looping call that starts while the epoch thread sleeps is stopped at its
+    // deadline as ever.
+    let mut spin = Client::connect(proxy.addr()).await;
+    for _ in 0..5 {
+        let answer = tokio::time::timeout(Duration::from_secs(5), spin.get("/"))
+            .await
+            .expect("a looping call is stopped after the epoch thread slept");
+        assert_eq!(answer.status, 503);
+    }
+    let plugins = proxy.running.plugins();
+    let spin = plugins.iter().find(|p| &*p.name == "spin").unwrap();
+    let cpu = Duration::from_nanos(spin.stats.timeout_cpu_max_ns.load(Ordering::Relaxed));
     assert!(
         cpu >= Duration::from_millis(20) && cpu <= Duration::from_millis(30),
         "a call was stopped after {cpu:?} of CPU"

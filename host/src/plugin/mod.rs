@@ -1,7 +1,8 @@
 //! The plugin runtime: WebAssembly components against the `weir:plugin` world.
 //!
 //! One wasmtime engine for the process (pooling allocator, epoch interruption, a 1 ms
-//! epoch ticker, backed by a CPU timer on each thread that runs calls, in `cpu_timer`).
+//! epoch ticker that sleeps while no call starts, backed by a CPU timer on each thread
+//! that runs calls, in `cpu_timer`).
 //! Each configured plugin is compiled and pre-instantiated once; a pool of configured
 //! instances serves its hook calls. Every call has a CPU deadline (the
 //! plugin's `timeout` of the thread's CPU time, enforced to within one tick; time spent
@@ -58,8 +59,36 @@ pub fn calls_running_long() -> usize {
     LONG_CALLS.load(Ordering::Acquire)
 }
 
-/// The thread that advances the epoch, woken when a call starts running long.
+/// The thread that advances the epoch, woken when a call starts running long, and when
+/// a call starts while it sleeps.
 static TICKER: OnceLock<std::thread::Thread> = OnceLock::new();
+/// Calls started since the process began: the epoch thread sleeps once this has not
+/// moved for [`TICKER_IDLE`] (and no call runs long), and is woken by the next call.
+static CALLS_STARTED: AtomicU64 = AtomicU64::new(0);
+/// The epoch thread is asleep, or about to be, until a call starts.
+static TICKER_ASLEEP: AtomicBool = AtomicBool::new(false);
+/// How long the epoch thread goes on ticking after the last call started: an idle
+/// process wakes for nothing.
+const TICKER_IDLE: Duration = Duration::from_secs(1);
+
+/// A call is about to start on a store whose deadline is set from the epoch: wakes the
+/// epoch thread if it sleeps. The count and the flag are sequentially consistent on
+/// both sides, so the epoch thread either sees this call before it sleeps or is woken
+/// by it (a wake-up given before it parks is kept for the park).
+fn call_starting() {
+    CALLS_STARTED.fetch_add(1, Ordering::SeqCst);
+    if TICKER_ASLEEP.load(Ordering::SeqCst)
+        && let Some(ticker) = TICKER.get()
+    {
+        ticker.unpark();
+    }
+}
+
+/// Whether the epoch thread sleeps (no call has started for [`TICKER_IDLE`]).
+#[doc(hidden)]
+pub fn epoch_thread_asleep() -> bool {
+    TICKER_ASLEEP.load(Ordering::SeqCst)
+}
 /// Instances kept ready per plugin.
 const POOL_MAX: usize = 64;
 
@@ -209,6 +238,10 @@ static ENGINE: OnceLock<Engine> = OnceLock::new();
 /// tick missed, each claimed on [`EPOCH`] so that the ticker and the CPU timers'
 /// signal handlers ([`cpu_timer`]) never count a tick twice. Whether it advanced.
 fn catch_up(engine: &Engine) -> bool {
+    if TICKER_ASLEEP.load(Ordering::SeqCst) {
+        // The ticks of an idle sleep are skipped, not counted (see `engine`).
+        return false;
+    }
     let due = ticks_since_start();
     let mut seen = EPOCH.load(Ordering::Acquire);
     let mut advanced = false;
@@ -277,12 +310,32 @@ fn engine() -> &'static Engine {
                 // The epoch follows the clock, not the count of wake-ups: a late wake-up
                 // (a busy machine) catches up, so a deadline holds to about one tick.
                 // While calls run long, it also advances every slice between ticks.
+                let (mut seen, mut idle_since) = (0, std::time::Instant::now());
                 while let Some(engine) = ticking.upgrade() {
                     let long = LONG_CALLS.load(Ordering::Acquire) > 0;
                     if !TICKER_STALLED.load(Ordering::Acquire) && !catch_up(&engine) && long {
                         engine.increment_epoch();
                     }
                     drop(engine);
+                    let started = CALLS_STARTED.load(Ordering::SeqCst);
+                    if started != seen || long {
+                        (seen, idle_since) = (started, std::time::Instant::now());
+                    } else if idle_since.elapsed() >= TICKER_IDLE {
+                        // No call for a while: sleep until one starts (`call_starting`).
+                        TICKER_ASLEEP.store(true, Ordering::SeqCst);
+                        if CALLS_STARTED.load(Ordering::SeqCst) == seen {
+                            std::thread::park();
+                        }
+                        // The ticks slept through are skipped rather than counted one by
+                        // one: no call was running, and calls that started meanwhile set
+                        // their deadlines without a lag (`deadline_ticks`). Skipped
+                        // before the flag goes, so a call that sees it gone sees the
+                        // epoch up to date.
+                        EPOCH.fetch_max(ticks_since_start(), Ordering::SeqCst);
+                        TICKER_ASLEEP.store(false, Ordering::SeqCst);
+                        idle_since = std::time::Instant::now();
+                        continue;
+                    }
                     std::thread::park_timeout(if long { LONG_CALL_SLICE } else { TICK });
                 }
             })
@@ -587,6 +640,7 @@ impl Plugin {
         } = &mut *instance;
         // Like instantiation and configure, allowed 1 s.
         meter.start(Duration::from_secs(1));
+        call_starting();
         store.set_epoch_deadline(1000);
         let (request, response) = meter
             .metered(
@@ -669,7 +723,11 @@ impl Plugin {
     /// so the lag is added). From then on the check runs every tick ([`CpuMeter::check`]);
     /// calls of the usual few microseconds never reach it.
     fn deadline_ticks(&self, now: std::time::Instant) -> u64 {
-        let lag = ticks_at(now).saturating_sub(EPOCH.load(Ordering::Acquire));
+        if TICKER_ASLEEP.load(Ordering::SeqCst) {
+            // The ticker, woken by this call, skips the ticks it slept through.
+            return 2;
+        }
+        let lag = ticks_at(now).saturating_sub(EPOCH.load(Ordering::SeqCst));
         2 + lag
     }
 
@@ -679,6 +737,7 @@ impl Plugin {
         let meter = Arc::clone(&store.data().meter);
         // Instantiation and configure may take longer than a hook; allow them 1 s.
         meter.start(Duration::from_secs(1));
+        call_starting();
         store.set_epoch_deadline(1000);
         let (bindings, info) = meter
             .metered(
@@ -731,6 +790,7 @@ impl Plugin {
             }
         };
         instance.meter.start(self.timeout);
+        call_starting();
         instance.store.set_epoch_deadline(self.deadline_ticks(now));
         Ok((instance, now))
     }
