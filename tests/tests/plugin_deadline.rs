@@ -11,19 +11,30 @@ use weir_tests::{Client, MockServer, TestProxy, config, fixture_plugin, with_plu
 /// One test at a time in this binary.
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_endless_loop_is_cut_at_the_deadline_while_another_frontend_keeps_serving() {
-    let _turn = TURN.lock().await;
-    let server = MockServer::start("s1").await;
+/// Frontend "www" calls a plugin that loops until its 20 ms deadline; frontend "other"
+/// calls `other_plugin` (a `[plugin.tag]` section) when given, or none.
+fn spin_and_other(server: &MockServer, other_plugin: &str) -> String {
     let mut toml = with_plugins(
         config("roundrobin", &[("s1", server.addr, "")], ""),
         &["spin"],
         &[fixture_plugin("spin", "loop", "timeout = \"20ms\"")],
     );
-    toml.push_str(
-        "\n[[frontend]]\nname = \"other\"\nbind = \"127.0.0.1:0\"\ndefault_backend = \"app\"\n",
-    );
-    let proxy = TestProxy::start(&toml).await;
+    let chain = if other_plugin.is_empty() {
+        ""
+    } else {
+        "plugins = [\"tag\"]\n"
+    };
+    toml.push_str(&format!(
+        "\n[[frontend]]\nname = \"other\"\nbind = \"127.0.0.1:0\"\ndefault_backend = \"app\"\n{chain}\n{other_plugin}"
+    ));
+    toml
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_loop_is_cut_at_the_deadline_while_another_frontend_keeps_serving() {
+    let _turn = TURN.lock().await;
+    let server = MockServer::start("s1").await;
+    let proxy = TestProxy::start(&spin_and_other(&server, "")).await;
     let (spin_addr, other_addr) = (proxy.addr(), proxy.running.addr("other"));
 
     // The other frontend's latency with nothing else going on, for comparison.
@@ -153,16 +164,8 @@ async fn the_deadline_holds_while_the_epoch_thread_is_not_running() {
 async fn the_epoch_thread_sleeps_while_no_call_starts() {
     let _turn = TURN.lock().await;
     let server = MockServer::start("s1").await;
-    let mut toml = with_plugins(
-        config("roundrobin", &[("s1", server.addr, "")], ""),
-        &["spin"],
-        &[fixture_plugin("spin", "loop", "timeout = \"20ms\"")],
-    );
-    toml.push_str(
-        "\n[[frontend]]\nname = \"other\"\nbind = \"127.0.0.1:0\"\ndefault_backend = \"app\"\nplugins = [\"tag\"]\n",
-    );
-    toml.push_str(&fixture_plugin("tag", "tag", ""));
-    let proxy = TestProxy::start(&toml).await;
+    let tag = fixture_plugin("tag", "tag", "");
+    let proxy = TestProxy::start(&spin_and_other(&server, &tag)).await;
     let mut client = Client::connect(proxy.running.addr("other")).await;
     assert_eq!(client.get("/").await.status, 200);
     let asleep = |want: bool| async move {

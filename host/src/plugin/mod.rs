@@ -84,6 +84,14 @@ fn call_starting() {
     }
 }
 
+/// Readies a store for a call made while loading a plugin (instantiation, configure, the
+/// declarations), which may take longer than a hook: 1 s of CPU.
+fn arm_for_load(store: &mut Store<StoreState>, meter: &CpuMeter) {
+    meter.start(Duration::from_secs(1));
+    call_starting();
+    store.set_epoch_deadline(1000);
+}
+
 /// Whether the epoch thread sleeps (no call has started for [`TICKER_IDLE`]).
 #[doc(hidden)]
 pub fn epoch_thread_asleep() -> bool {
@@ -638,10 +646,7 @@ impl Plugin {
             bindings,
             meter,
         } = &mut *instance;
-        // Like instantiation and configure, allowed 1 s.
-        meter.start(Duration::from_secs(1));
-        call_starting();
-        store.set_epoch_deadline(1000);
+        arm_for_load(store, meter);
         let (request, response) = meter
             .metered(
                 std::time::Instant::now(),
@@ -735,10 +740,7 @@ impl Plugin {
     async fn instantiate(&self) -> Result<(Box<Instance>, types::Info), Instantiate> {
         let mut store = self.new_store();
         let meter = Arc::clone(&store.data().meter);
-        // Instantiation and configure may take longer than a hook; allow them 1 s.
-        meter.start(Duration::from_secs(1));
-        call_starting();
-        store.set_epoch_deadline(1000);
+        arm_for_load(&mut store, &meter);
         let (bindings, info) = meter
             .metered(
                 std::time::Instant::now(),
