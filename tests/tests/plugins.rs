@@ -304,7 +304,8 @@ async fn a_plugin_config_error_names_the_plugin_and_the_field() {
         err,
         "plugin.needy: configure failed: missing field `required`"
     );
-    // Edits declared for every response are checked at load as a hook's would be.
+    // Edits declared for every response are checked at load as a hook's would be, and
+    // the error names the frontend they were declared for.
     let fixed = toml.replace(
         "mode = \"require\"",
         "mode = \"tag\", fixed = [\"x-a\", \"bad name\"]",
@@ -314,7 +315,7 @@ async fn a_plugin_config_error_names_the_plugin_and_the_field() {
         .await
         .expect_err("a bad edit must fail");
     assert!(
-        err.starts_with("plugin.needy: ") && err.contains("response-edits: "),
+        err.starts_with("plugin.needy: ") && err.contains("response-edits(\"www\"): "),
         "{err}"
     );
     let toml = toml.replace("mode = \"require\"", "mode = \"tag\", colour = \"red\"");

@@ -658,9 +658,9 @@ impl Plugin {
             )
             .await;
         let fixed = FixedEdits {
-            request: declared_edits("request-edits", request)?
+            request: declared_edits(&format!("request-edits(\"{frontend}\")"), request)?
                 .filter(|_| hooks.contains(types::Hooks::ON_REQUEST)),
-            response: declared_edits("response-edits", response)?
+            response: declared_edits(&format!("response-edits(\"{frontend}\")"), response)?
                 .filter(|_| hooks.contains(types::Hooks::ON_RESPONSE)),
         };
         self.pool
