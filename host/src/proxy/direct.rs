@@ -30,7 +30,7 @@ use http_body::{Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::headers::list_has;
+use super::headers::{last_token_is, list_has};
 use crate::server::framing::parse_length;
 
 /// The most header fields in a response head or trailer section (hyper's default).
@@ -323,15 +323,6 @@ fn parse_head(
     }
 }
 
-/// Whether a comma-separated list ends with `token` (ASCII case aside).
-fn last_token_is(value: &HeaderValue, token: &str) -> bool {
-    value.to_str().is_ok_and(|s| {
-        s.rsplit(',')
-            .next()
-            .is_some_and(|t| t.trim().eq_ignore_ascii_case(token))
-    })
-}
-
 /// A Content-Length value: one number, or a list of the same number. `None`: invalid.
 fn content_length(value: &HeaderValue) -> Option<u64> {
     let mut found = None;
@@ -367,7 +358,7 @@ impl Body {
     /// The connection, if the body has been read to its end and the connection can take
     /// another request.
     pub fn take_idle(&mut self) -> Option<Conn> {
-        let done = matches!(self.state.framing, Framing::Done | Framing::Length(0));
+        let done = http_body::Body::is_end_stream(self);
         if !(done && self.state.keep_alive) {
             return None;
         }

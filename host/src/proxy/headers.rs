@@ -59,6 +59,16 @@ pub fn list_has(value: &HeaderValue, token: &str) -> bool {
         .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
 }
 
+/// True when the comma-separated list `value` ends with `token` (case-insensitive), as
+/// Transfer-Encoding's last coding decides a message's framing.
+pub fn last_token_is(value: &HeaderValue, token: &str) -> bool {
+    value.to_str().is_ok_and(|s| {
+        s.rsplit(',')
+            .next()
+            .is_some_and(|t| t.trim().eq_ignore_ascii_case(token))
+    })
+}
+
 /// Removes the hop-by-hop headers and every header that `Connection` nominates. With
 /// `upgrade`, the `Upgrade` value is kept and `Connection: upgrade` restored, so that an
 /// upgrade handshake passes through.
