@@ -30,7 +30,7 @@ fn spin_and_other(server: &MockServer, other_plugin: &str) -> String {
     toml
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(flavor = "current_thread")]
 async fn an_endless_loop_is_cut_at_the_deadline_while_another_frontend_keeps_serving() {
     let _turn = TURN.lock().await;
     let server = MockServer::start("s1").await;
@@ -87,9 +87,9 @@ async fn an_endless_loop_is_cut_at_the_deadline_while_another_frontend_keeps_ser
         cpu >= Duration::from_millis(20) && cpu <= Duration::from_millis(30),
         "a call was stopped after {cpu:?} of CPU"
     );
-    // In wall time the calls take longer, as they share the two cores with the other
-    // frontend's request loop and both clients (and yield to them every tick); an uncut
-    // loop would never answer at all.
+    // In wall time the calls take longer, as they share the thread with the other
+    // frontend's request loop and both clients (and yield to them at every check); an
+    // uncut loop would never answer at all.
     for t in took {
         assert!(
             t >= Duration::from_millis(20) && t < Duration::from_millis(500),
@@ -102,13 +102,15 @@ async fn an_endless_loop_is_cut_at_the_deadline_while_another_frontend_keeps_ser
         "the other frontend: p99 {p99:?} over {} requests (alone: {baseline_p99:?})",
         other.len()
     );
-    // Within 2× of its own p99 alone. The spinning calls take one of the two cores for
-    // the whole time, so the other frontend, its client and its server share the other
-    // one, and the operating system's time slices (milliseconds) show in the tail: 1 ms is
-    // allowed for them. A call that held its thread until the deadline would put 20 ms
-    // into that tail.
+    // Everything here (the proxy, the servers, both clients) shares one thread, as weir
+    // with `threads = 1` does: a call that held the thread until its deadline would hold
+    // every other connection with it, 20 ms at a time (a p99 of 50-70 ms over a few dozen
+    // requests, tried). Yielding at each check, a call holds the thread for its first
+    // tick or two (1-2 ms) and 100 µs slices after that. Allowed: the p99 alone plus
+    // half the deadline, room for the operating system's time slices on a busy machine
+    // (where the p99 alone is some milliseconds too).
     assert!(
-        p99 <= baseline_p99 * 2 + Duration::from_millis(1),
+        p99 <= baseline_p99 + Duration::from_millis(10),
         "the other frontend's p99 was {p99:?} over {} requests, alone {baseline_p99:?}",
         other.len()
     );

@@ -195,7 +195,11 @@ impl CpuMeter {
                 ticker.unpark();
             }
         }
-        wasmtime::UpdateDeadline::Yield(1)
+        // tokio's own yield: a task that woke itself would be polled again before the
+        // runtime looks for I/O (a single-threaded runtime polls for it only every 61
+        // polls, or once nothing is ready), so the requests waiting on a socket would not
+        // get the thread after all. A task yielding this way runs again after that poll.
+        wasmtime::UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now()))
     }
 
     /// The call is over (done, stopped, or dropped mid-way).
