@@ -48,6 +48,9 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    if let Err(e) = weir::alloc::without_huge_pages() {
+        tracing::warn!("could not turn transparent huge pages off: {e}");
+    }
     let result = match cli.command {
         Command::Check { config } => return check(&config),
         Command::Run { config: path } => load(&path).and_then(|c| run(c, Some(path))),
