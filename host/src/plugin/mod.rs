@@ -1141,7 +1141,10 @@ mod tests {
                     // Waiting (here: for a timer; on a busy machine: for a core) is free.
                     tokio::time::sleep(Duration::from_millis(30)).await;
                     spin(4);
-                    assert!(matches!(meter.check(), wasmtime::UpdateDeadline::Yield(1)));
+                    assert!(matches!(
+                        meter.check(),
+                        wasmtime::UpdateDeadline::YieldCustom(1, _)
+                    ));
                     tokio::task::yield_now().await;
                     // CPU adds up across polls.
                     spin(7);
