@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use weir_tests::{Client, MockServer, TestProxy, config, fixture_plugin, with_plugins};
 
@@ -82,6 +82,79 @@ async fn fifty_reloads_under_a_keep_alive_loop_lose_no_request() {
         last, "v50",
         "the keep-alive connection uses the newest plugins"
     );
+}
+
+/// Compiling a plugin takes a fraction of a second of CPU. weir with `threads = 1` serves
+/// every connection on one thread, as this test's runtime does (the proxy, the server and
+/// the client all run on it): a reload that compiled on that thread held every request
+/// until the plugin was compiled.
+#[tokio::test(flavor = "current_thread")]
+async fn a_reload_that_compiles_a_plugin_holds_up_no_request() {
+    let server = MockServer::start("s1").await;
+    let base = config("roundrobin", &[("s1", server.addr, "")], "");
+    let proxy = TestProxy::start(&base).await;
+    // Compiled components are cached by their SHA-256: the fixture with a custom section
+    // of its own has bytes that no other test of this process had compiled.
+    let dir = std::env::temp_dir().join(format!("weir-reload-compile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let wasm = dir.join("fresh.wasm");
+    let mut bytes = std::fs::read(weir_tests::FIXTURE_WASM).unwrap();
+    let name = b"weir-test";
+    bytes.extend_from_slice(&[0, 1 + name.len() as u8, name.len() as u8]);
+    bytes.extend_from_slice(name);
+    std::fs::write(&wasm, &bytes).unwrap();
+    let section = fixture_plugin("p", "tag", "")
+        .replace(weir_tests::FIXTURE_WASM, &wasm.display().to_string());
+    let with_plugin = load(&with_plugins(base, &["p"], &[section]));
+
+    let addr = proxy.addr();
+    let done = Arc::new(AtomicBool::new(false));
+    let looping = {
+        let done = Arc::clone(&done);
+        tokio::spawn(async move {
+            let mut client = Client::connect(addr).await;
+            let mut answered = Vec::new();
+            while !done.load(Ordering::SeqCst) {
+                assert_eq!(client.get("/").await.status, 200);
+                answered.push(Instant::now());
+            }
+            answered
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = Instant::now();
+    proxy.running.reload(&with_plugin).await.expect("reload");
+    let ended = Instant::now();
+    done.store(true, Ordering::SeqCst);
+    let answered = looping.await.unwrap();
+
+    // The longest time without an answer while the reload ran.
+    let during: Vec<Instant> = answered
+        .into_iter()
+        .filter(|t| (started..ended).contains(t))
+        .collect();
+    let mut longest = Duration::ZERO;
+    let mut last = started;
+    for t in during.iter().copied().chain([ended]) {
+        longest = longest.max(t - last);
+        last = t;
+    }
+    let took = ended - started;
+    eprintln!(
+        "the reload took {took:?}; {} requests answered meanwhile, at most {longest:?} apart",
+        during.len()
+    );
+    // Compiled on the runtime's thread, nothing is answered while the plugin compiles:
+    // most of the reload. Off it, the thread answers all along, but for the moments the
+    // operating system gives the two cores to other work.
+    assert!(
+        during.len() >= 10 && longest * 4 < took,
+        "{} requests answered during a reload of {took:?}, at most {longest:?} apart",
+        during.len()
+    );
+    let reply = Client::connect(addr).await.get("/").await;
+    assert_eq!(reply.json()["headers"]["x-chain"], "p");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Requests that take two seconds, in flight while the configuration is reloaded, finish

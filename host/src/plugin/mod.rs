@@ -373,13 +373,21 @@ fn linker() -> &'static Linker<StoreState> {
 
 /// Compiles a component, or takes it from the process's cache of compiled components
 /// (by SHA-256), so a reload does not recompile the plugins that did not change.
-fn compile(bytes: &[u8], sha256: &str) -> Result<Component, LoadError> {
+///
+/// Compiling takes a fraction of a second per plugin, all of it CPU: it runs on a thread
+/// of tokio's blocking pool, not on the runtime's, which with `threads = 1` is the one
+/// thread every connection is served on (a reload that added plugins held every request
+/// until they were compiled).
+async fn compile(bytes: &[u8], sha256: &str) -> Result<Component, LoadError> {
     static CACHE: OnceLock<Mutex<HashMap<String, Component>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
     if let Some(c) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(sha256) {
         return Ok(c.clone());
     }
-    let component = Component::from_binary(engine(), bytes)
+    let bytes = bytes.to_vec();
+    let component = tokio::task::spawn_blocking(move || Component::from_binary(engine(), &bytes))
+        .await
+        .map_err(|e| LoadError::Component(format!("compiling failed: {e}")))?
         .map_err(|e| LoadError::Component(format!("{e:#}")))?;
     let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
     if cache.len() >= 256 {
@@ -566,7 +574,7 @@ impl Plugin {
                 actual: sha256,
             });
         }
-        let component = compile(bytes, &sha256)?;
+        let component = compile(bytes, &sha256).await?;
         let pre = linker()
             .instantiate_pre(&component)
             .map_err(|e| LoadError::Component(format!("{e:#}")))?;
