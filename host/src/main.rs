@@ -95,14 +95,16 @@ fn check(path: &Path) -> ExitCode {
 }
 
 fn load(path: &Path) -> anyhow::Result<Config> {
-    Config::from_file(path).map_err(|errors| {
-        let lines: Vec<String> = errors
-            .0
-            .iter()
-            .map(|e| format!("{}: {e}", path.display()))
-            .collect();
-        anyhow::anyhow!("invalid configuration\n{}", lines.join("\n"))
-    })
+    Config::from_file(path).map_err(|errors| invalid(path, errors))
+}
+
+fn invalid(path: &Path, errors: weir::config::ConfigErrors) -> anyhow::Error {
+    let lines: Vec<String> = errors
+        .0
+        .iter()
+        .map(|e| format!("{}: {e}", path.display()))
+        .collect();
+    anyhow::anyhow!("invalid configuration\n{}", lines.join("\n"))
 }
 
 /// Runs the proxy; with a config file (not the demo), SIGHUP reloads it.
@@ -157,7 +159,7 @@ fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
                 }
                 _ = hup.recv(), if file.is_some() => {
                     let path = file.as_deref().expect("checked above");
-                    match load(path) {
+                    match Config::reread(path).await.map_err(|e| invalid(path, e)) {
                         Ok(new) => match running.reload(&new).await {
                             Ok(_) => {}
                             Err(e) => tracing::error!("reload refused, the running configuration stays: {e}"),

@@ -201,6 +201,10 @@ async fn basic_auth_guards_every_route() {
 }
 
 fn write_config(path: &PathBuf, server: &MockServer, tag: &str) {
+    std::fs::write(path, config_text(server, tag)).unwrap();
+}
+
+fn config_text(server: &MockServer, tag: &str) -> String {
     let section =
         fixture_plugin("p", "tag", "").replace("tag = \"p\"", &format!("tag = \"{tag}\""));
     let mut toml = with_plugins(
@@ -209,7 +213,89 @@ fn write_config(path: &PathBuf, server: &MockServer, tag: &str) {
         &[section],
     );
     toml.push_str(ADMIN);
-    std::fs::write(path, toml).unwrap();
+    toml
+}
+
+/// Reading the config file at a reload may wait: on a slow disk or network file system,
+/// or (resolving a server's host name) on a DNS server. weir with `threads = 1` serves
+/// every connection on one thread, as this test's runtime does (the proxy, the server,
+/// the client and the admin listener all run on it): the reload reads on another thread,
+/// and requests are answered meanwhile. Here the file is a pipe, written to only once
+/// the reload waits on it and requests were answered (or after 5 s, so a reload that
+/// held the thread ends, and fails the test, rather than hanging it).
+#[tokio::test(flavor = "current_thread")]
+async fn a_reload_waiting_on_its_file_holds_up_no_request() {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    let server = MockServer::start("s1").await;
+    let dir = std::env::temp_dir().join(format!("weir-admin-fifo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("weir.toml");
+    write_config(&file, &server, "v1");
+    let config = weir::Config::from_file(&file).expect("valid config");
+    let running = weir::start(&config, weir::AccessLog::disabled())
+        .await
+        .expect("start");
+    let (www, admin) = (running.addr("www"), running.admin_addr().unwrap());
+    let tag = |r: Reply| r.json()["headers"]["x-chain"].as_str().unwrap().to_owned();
+    let mut client = Client::connect(www).await;
+    assert_eq!(tag(client.get("/").await), "v1");
+
+    std::fs::remove_file(&file).unwrap();
+    let made = std::process::Command::new("mkfifo").arg(&file).status();
+    assert!(made.is_ok_and(|s| s.success()), "mkfifo {}", file.display());
+    let (waiting_tx, waiting) = tokio::sync::oneshot::channel();
+    let (answered, answered_rx) = std::sync::mpsc::channel::<()>();
+    let text = config_text(&server, "v2");
+    let writer = std::thread::spawn(move || {
+        // Opening a pipe to write without blocking succeeds once a reader has it open.
+        let mut pipe = None;
+        for _ in 0..500 {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&file)
+            {
+                Ok(p) => {
+                    pipe = Some(p);
+                    break;
+                }
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            }
+        }
+        let mut pipe = pipe.expect("the reload opens the file");
+        let _ = waiting_tx.send(());
+        let _ = answered_rx.recv_timeout(std::time::Duration::from_secs(5));
+        pipe.write_all(text.as_bytes()).unwrap();
+    });
+    let reload = tokio::spawn(call(admin, Method::POST, "/api/reload", ""));
+    waiting
+        .await
+        .expect("the writer saw the reload open the file");
+    for _ in 0..20 {
+        assert_eq!(
+            tag(client.get("/").await),
+            "v1",
+            "answered only after the reload had read its file"
+        );
+    }
+    assert!(
+        !reload.is_finished(),
+        "the requests were answered only once the reload had read its file"
+    );
+    answered.send(()).unwrap();
+    let r = reload.await.unwrap();
+    assert_eq!(
+        (r.status.as_u16(), r.json()["generation"].as_u64()),
+        (200, Some(2)),
+        "{}",
+        r.text()
+    );
+    assert_eq!(tag(client.get("/").await), "v2");
+    writer.join().unwrap();
+    running.shutdown(std::time::Duration::from_secs(1)).await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

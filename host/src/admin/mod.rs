@@ -342,7 +342,7 @@ async fn reload(control: &Control) -> Reply {
             "weir was not started from a config file: there is nothing to reload",
         );
     };
-    let config = match crate::Config::from_file(path) {
+    let config = match crate::Config::reread(path).await {
         Ok(c) => c,
         Err(errors) => {
             control.note_failed_reload();

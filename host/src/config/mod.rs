@@ -309,6 +309,17 @@ impl Config {
         Ok(config)
     }
 
+    /// [`Config::from_file`] for a reload, on a thread of tokio's blocking pool: reading
+    /// the file and those it names (error pages) may wait on a slow disk, and resolving a
+    /// server's host name on a DNS server, while the runtime's threads (with
+    /// `threads = 1`, one) serve every connection.
+    pub async fn reread(path: &Path) -> Result<Config, ConfigErrors> {
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking(move || Self::from_file(&path))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    }
+
     /// Validates config text; relative paths in it are resolved against `base_dir`.
     pub fn from_toml(text: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
         validate::load(text, base_dir)
