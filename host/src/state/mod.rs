@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 pub const KV_MAX_KEYS: usize = 100_000;
 pub const KV_MAX_VALUE: usize = 64 * 1024;
 pub const KV_MAX_BYTES: usize = 64 << 20;
-/// Most counters a plugin may keep; expired ones are dropped first.
+/// Most counters a plugin may keep (of each kind: `add`'s and `add-sliding`'s). A new
+/// key in a full table drops the expired ones, and when too few had expired, the ones
+/// counted least recently, down to 15/16 of this: a table kept full by new keys (a flood
+/// of client addresses) is scanned once every 62,500 of them, not once per key.
 pub const MAX_COUNTERS: usize = 1_000_000;
 /// The longest key. A longer counter key is counted under its SHA-256 (so counters stay
 /// exact); a longer kv key is refused.
@@ -23,9 +26,65 @@ type Entry = (Vec<u8>, Option<Instant>);
 
 #[derive(Default)]
 pub struct PluginState {
-    counters: Mutex<HashMap<String, Counter>>,
-    sliding: Mutex<HashMap<String, Sliding>>,
+    /// The configured plugin's name, for the log.
+    name: String,
+    counters: Mutex<Table<Counter>>,
+    sliding: Mutex<Table<Sliding>>,
     kv: Mutex<Kv>,
+}
+
+/// Counters of one kind, at most `max` of them ([`MAX_COUNTERS`]).
+struct Table<V> {
+    entries: HashMap<String, V>,
+    max: usize,
+    /// How often the table was full and scanned to make room.
+    scans: u64,
+}
+
+impl<V> Default for Table<V> {
+    fn default() -> Self {
+        Self {
+            entries: HashMap::new(),
+            max: MAX_COUNTERS,
+            scans: 0,
+        }
+    }
+}
+
+impl<V> Table<V> {
+    /// Makes room for a new key when the table is full: drops the entries that are not
+    /// `live`, and when that leaves more than 15/16 of `max`, also the ones of lowest
+    /// `rank` (the first to end, the least recently counted) down to that. Returns how
+    /// many live entries were dropped.
+    fn make_room<R: Ord + Copy>(
+        &mut self,
+        live: impl Fn(&V) -> bool,
+        rank: impl Fn(&V) -> R,
+    ) -> usize {
+        if self.entries.len() < self.max {
+            return 0;
+        }
+        self.scans += 1;
+        self.entries.retain(|_, v| live(v));
+        let keep = self.max - self.max / 16;
+        let Some(cut) = self.entries.len().checked_sub(keep).filter(|&n| n > 0) else {
+            return 0;
+        };
+        let mut ranks: Vec<R> = self.entries.values().map(&rank).collect();
+        let nth = *ranks.select_nth_unstable(cut - 1).1;
+        // The entries ranked below the cut-th lowest go, and as many of its rank (there
+        // may be ties) as make up `cut`.
+        let mut ties = cut - ranks.iter().filter(|&&r| r < nth).count();
+        self.entries.retain(|_, v| match rank(v).cmp(&nth) {
+            std::cmp::Ordering::Less => false,
+            std::cmp::Ordering::Equal if ties > 0 => {
+                ties -= 1;
+                false
+            }
+            _ => true,
+        });
+        cut
+    }
 }
 
 /// A key's counts in two windows aligned to the clock: window `index` (the latest one
@@ -35,6 +94,8 @@ struct Sliding {
     index: u64,
     current: i64,
     previous: i64,
+    /// When it was last counted in (ms since the Unix epoch).
+    counted_ms: u64,
 }
 
 impl Sliding {
@@ -80,6 +141,11 @@ pub fn sliding_estimate(previous: i64, current: i64, elapsed_ms: u64, window_ms:
 struct Kv {
     entries: HashMap<String, Entry>,
     bytes: usize,
+    /// No entry expires before this (none with a TTL: never): a full store is scanned
+    /// for expired entries only once one may have expired, not at every `set`.
+    next_expiry: Option<Instant>,
+    /// How often the store was scanned for expired entries.
+    scans: u64,
 }
 
 impl Kv {
@@ -90,11 +156,18 @@ impl Kv {
     }
 
     fn drop_expired(&mut self, now: Instant) {
-        let bytes = &mut self.bytes;
+        if self.next_expiry.is_none_or(|e| now < e) {
+            return;
+        }
+        self.scans += 1;
+        let (bytes, next) = (&mut self.bytes, &mut self.next_expiry);
+        *next = None;
         self.entries.retain(|k, (v, e)| {
             let live = e.is_none_or(|e| now < e);
             if !live {
                 *bytes -= k.len() + v.len();
+            } else if let Some(e) = *e {
+                *next = Some(next.map_or(e, |n| n.min(e)));
             }
             live
         });
@@ -134,17 +207,33 @@ impl PluginState {
             .get_or_init(Default::default)
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        Arc::clone(all.entry(name.to_owned()).or_default())
+        Arc::clone(all.entry(name.to_owned()).or_insert_with(|| {
+            Arc::new(PluginState {
+                name: name.to_owned(),
+                ..PluginState::default()
+            })
+        }))
+    }
+
+    /// Logs the live counters a full table dropped.
+    fn dropped(&self, n: usize) {
+        if n > 0 {
+            tracing::warn!(
+                "plugin.{}: its counter table was full; {n} counters in use dropped to make room (the oldest)",
+                self.name
+            );
+        }
     }
 
     pub fn counter_add(&self, key: &str, delta: i64, window: Duration) -> i64 {
         let key = &*counter_key(key);
         let now = Instant::now();
         let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
-        if counters.len() >= MAX_COUNTERS && !counters.contains_key(key) {
-            counters.retain(|_, c| c.live(now));
+        if !counters.entries.contains_key(key) {
+            let dropped = counters.make_room(|c| c.live(now), |c| c.start + c.window);
+            self.dropped(dropped);
         }
-        let c = counters.entry(key.to_owned()).or_insert(Counter {
+        let c = counters.entries.entry(key.to_owned()).or_insert(Counter {
             start: now,
             window,
             count: 0,
@@ -186,7 +275,10 @@ impl PluginState {
         let key = &*counter_key(key);
         let mut all = self.sliding.lock().unwrap_or_else(|p| p.into_inner());
         // One lookup for a key that counts already (nearly every call).
-        let found = all.get_mut(key).filter(|s| s.window_ms == window_ms);
+        let found = all
+            .entries
+            .get_mut(key)
+            .filter(|s| s.window_ms == window_ms);
         let (previous, current) = found.as_ref().map_or((0, 0), |s| s.at(index));
         let after = current.saturating_add(delta);
         let added =
@@ -205,14 +297,15 @@ impl PluginState {
             index,
             current: after,
             previous,
+            counted_ms: now_ms,
         };
         match found {
             Some(s) => *s = entry,
             None => {
-                if all.len() >= MAX_COUNTERS {
-                    all.retain(|_, s| s.index + 1 >= now_ms / s.window_ms);
-                }
-                all.insert(key.to_owned(), entry);
+                let dropped =
+                    all.make_room(|s| s.index + 1 >= now_ms / s.window_ms, |s| s.counted_ms);
+                self.dropped(dropped);
+                all.entries.insert(key.to_owned(), entry);
             }
         }
         counted
@@ -222,7 +315,11 @@ impl PluginState {
         let key = &*counter_key(key);
         let now = Instant::now();
         let counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
-        counters.get(key).filter(|c| c.live(now)).map(|c| f(c, now))
+        counters
+            .entries
+            .get(key)
+            .filter(|c| c.live(now))
+            .map(|c| f(c, now))
     }
 
     pub fn counter_get(&self, key: &str) -> i64 {
@@ -269,8 +366,11 @@ impl PluginState {
             }
         }
         kv.bytes += size;
-        kv.entries
-            .insert(key.to_owned(), (value.to_vec(), ttl.map(|t| now + t)));
+        let expires = ttl.map(|t| now + t);
+        if let Some(e) = expires {
+            kv.next_expiry = Some(kv.next_expiry.map_or(e, |n| n.min(e)));
+        }
+        kv.entries.insert(key.to_owned(), (value.to_vec(), expires));
         Ok(())
     }
 
@@ -359,6 +459,71 @@ mod tests {
     }
 
     #[test]
+    fn a_full_table_drops_the_least_recently_counted_a_sixteenth_at_a_time() {
+        let s = PluginState::default();
+        s.sliding.lock().unwrap().max = 64;
+        let add = |key: &str, now_ms| s.sliding_add_at(key, 1, 60_000, None, now_ms);
+        for i in 0..64 {
+            add(&format!("k{i}"), 1_000 + i);
+        }
+        add("k0", 2_000);
+        // Full, with no window over: the four (64 / 16) counted least recently go.
+        assert_eq!(add("new0", 3_000).current, 1);
+        {
+            let table = s.sliding.lock().unwrap();
+            assert_eq!(table.entries.len(), 61);
+            assert_eq!(table.scans, 1);
+            for gone in ["k1", "k2", "k3", "k4"] {
+                assert!(!table.entries.contains_key(gone), "{gone}");
+            }
+            assert_eq!(table.entries["k0"].current, 2);
+            assert!(table.entries.contains_key("k5"));
+        }
+        // A flood of new keys: the table stays within bounds and is scanned once per
+        // four of them, not once per key.
+        for i in 1..=1000 {
+            assert_eq!(add(&format!("new{i}"), 3_000 + i).current, 1);
+        }
+        let table = s.sliding.lock().unwrap();
+        assert!(table.entries.len() <= 64);
+        assert_eq!(table.scans, 1 + 1000 / 4);
+        drop(table);
+
+        // `add`'s counters alike: the first to end go first.
+        s.counters.lock().unwrap().max = 64;
+        for i in 0..1064 {
+            assert_eq!(
+                s.counter_add(&format!("c{i}"), 1, Duration::from_secs(60)),
+                1
+            );
+        }
+        let table = s.counters.lock().unwrap();
+        assert!(table.entries.len() <= 64);
+        assert_eq!(table.scans, 1000 / 4);
+        assert!(table.entries.contains_key("c1063") && !table.entries.contains_key("c0"));
+    }
+
+    #[test]
+    fn a_full_kv_store_is_scanned_only_once_an_entry_may_have_expired() {
+        let s = PluginState::default();
+        s.kv_set("brief", b"v", Some(Duration::from_millis(1)))
+            .unwrap();
+        for i in 1..KV_MAX_KEYS {
+            s.kv_set(&format!("k{i}"), b"v", None).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(2));
+        // The expired entry makes room; after that nothing can expire, and a full store
+        // refuses without scanning its 100,000 keys again.
+        s.kv_set("one-more", b"v", None).unwrap();
+        for i in 0..100 {
+            let full = s.kv_set(&format!("more{i}"), b"v", None).unwrap_err();
+            assert!(full.contains("full"), "{full}");
+        }
+        assert_eq!(s.kv.lock().unwrap().scans, 1);
+        assert_eq!(s.kv_get("brief"), None);
+    }
+
+    #[test]
     fn long_counter_keys_are_counted_exactly_under_a_digest() {
         let s = PluginState::default();
         let a = format!("{}a", "x".repeat(MAX_KEY));
@@ -371,6 +536,7 @@ mod tests {
             s.counters
                 .lock()
                 .unwrap()
+                .entries
                 .keys()
                 .all(|k| k.len() <= MAX_KEY)
         );
