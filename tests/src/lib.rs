@@ -740,6 +740,81 @@ pub async fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) ->
     condition().then(|| started.elapsed())
 }
 
+/// A file whose reading waits for as long as a test wants, as on a slow disk: a named pipe
+/// at `path`, replacing any file there. A thread of its own writes `content` to it once
+/// a reader has it open and [`SlowFile::release`] is called, or after 5 s, so a reader
+/// that holds up the test's thread ends rather than hangs it.
+pub struct SlowFile {
+    opened: Option<tokio::sync::oneshot::Receiver<()>>,
+    release: std::sync::mpsc::Sender<()>,
+    written: Arc<std::sync::atomic::AtomicBool>,
+    writer: std::thread::JoinHandle<()>,
+}
+
+impl SlowFile {
+    pub fn create(path: &Path, content: Vec<u8>) -> SlowFile {
+        use std::os::unix::fs::OpenOptionsExt;
+
+        let _ = std::fs::remove_file(path);
+        let made = std::process::Command::new("mkfifo").arg(path).status();
+        assert!(made.is_ok_and(|s| s.success()), "mkfifo {}", path.display());
+        let (opened_tx, opened) = tokio::sync::oneshot::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let path = path.to_path_buf();
+        let written = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let was_written = Arc::clone(&written);
+        let writer = std::thread::spawn(move || {
+            // Opening a pipe to write without blocking succeeds once a reader has it
+            // open; the reader then waits in `read` until the content comes.
+            let open = |flags| {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(flags)
+                    .open(&path)
+            };
+            let mut probe = None;
+            for _ in 0..1000 {
+                match open(libc::O_NONBLOCK) {
+                    Ok(p) => {
+                        probe = Some(p);
+                        break;
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+            let _probe = probe.expect("a reader opened the file within 10 s");
+            let _ = opened_tx.send(());
+            let _ = released.recv_timeout(Duration::from_secs(5));
+            was_written.store(true, Ordering::SeqCst);
+            // Written blocking (the content may be more than the pipe holds).
+            open(0).unwrap().write_all(&content).unwrap();
+        });
+        SlowFile {
+            opened: Some(opened),
+            release,
+            written,
+            writer,
+        }
+    }
+
+    /// Whether the content has been let go to the reader (released, or timed out).
+    pub fn written(&self) -> bool {
+        self.written.load(Ordering::SeqCst)
+    }
+
+    /// Waits until a reader has opened the file (and waits on it).
+    pub async fn opened(&mut self) {
+        let opened = self.opened.take().expect("opened once");
+        opened.await.expect("a reader opened the file");
+    }
+
+    /// Lets the reader have the content, and waits until it is written.
+    pub fn release(self) {
+        let _ = self.release.send(());
+        self.writer.join().unwrap();
+    }
+}
+
 /// Which servers answered `n` sequential GETs of `path`, by name.
 pub async fn servers_seen(
     client: &mut Client,

@@ -4,7 +4,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use http::Method;
-use weir_tests::{Client, MockServer, Reply, TestProxy, config, fixture_plugin, with_plugins};
+use weir_tests::{
+    Client, MockServer, Reply, SlowFile, TestProxy, config, fixture_plugin, with_plugins,
+};
 
 const ADMIN: &str = "\n[admin]\nbind = \"127.0.0.1:0\"\n";
 
@@ -220,16 +222,11 @@ fn config_text(server: &MockServer, tag: &str) -> String {
 /// or (resolving a server's host name) on a DNS server. weir with `threads = 1` serves
 /// every connection on one thread, as this test's runtime does (the proxy, the server,
 /// the client and the admin listener all run on it): the reload reads on another thread,
-/// and requests are answered meanwhile. Here the file is a pipe, written to only once
-/// the reload waits on it and requests were answered (or after 5 s, so a reload that
-/// held the thread ends, and fails the test, rather than hanging it).
+/// and requests are answered while it waits.
 #[tokio::test(flavor = "current_thread")]
 async fn a_reload_waiting_on_its_file_holds_up_no_request() {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-
     let server = MockServer::start("s1").await;
-    let dir = std::env::temp_dir().join(format!("weir-admin-fifo-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("weir-admin-slow-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("weir.toml");
     write_config(&file, &server, "v1");
@@ -242,49 +239,17 @@ async fn a_reload_waiting_on_its_file_holds_up_no_request() {
     let mut client = Client::connect(www).await;
     assert_eq!(tag(client.get("/").await), "v1");
 
-    std::fs::remove_file(&file).unwrap();
-    let made = std::process::Command::new("mkfifo").arg(&file).status();
-    assert!(made.is_ok_and(|s| s.success()), "mkfifo {}", file.display());
-    let (waiting_tx, waiting) = tokio::sync::oneshot::channel();
-    let (answered, answered_rx) = std::sync::mpsc::channel::<()>();
-    let text = config_text(&server, "v2");
-    let writer = std::thread::spawn(move || {
-        // Opening a pipe to write without blocking succeeds once a reader has it open.
-        let mut pipe = None;
-        for _ in 0..500 {
-            match std::fs::OpenOptions::new()
-                .write(true)
-                .custom_flags(libc::O_NONBLOCK)
-                .open(&file)
-            {
-                Ok(p) => {
-                    pipe = Some(p);
-                    break;
-                }
-                Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
-            }
-        }
-        let mut pipe = pipe.expect("the reload opens the file");
-        let _ = waiting_tx.send(());
-        let _ = answered_rx.recv_timeout(std::time::Duration::from_secs(5));
-        pipe.write_all(text.as_bytes()).unwrap();
-    });
+    let mut slow = SlowFile::create(&file, config_text(&server, "v2").into_bytes());
     let reload = tokio::spawn(call(admin, Method::POST, "/api/reload", ""));
-    waiting
-        .await
-        .expect("the writer saw the reload open the file");
+    slow.opened().await;
     for _ in 0..20 {
-        assert_eq!(
-            tag(client.get("/").await),
-            "v1",
-            "answered only after the reload had read its file"
-        );
+        assert_eq!(tag(client.get("/").await), "v1");
     }
     assert!(
-        !reload.is_finished(),
-        "the requests were answered only once the reload had read its file"
+        !slow.written(),
+        "the requests were answered only once the reload had its file"
     );
-    answered.send(()).unwrap();
+    slow.release();
     let r = reload.await.unwrap();
     assert_eq!(
         (r.status.as_u16(), r.json()["generation"].as_u64()),
@@ -293,7 +258,6 @@ async fn a_reload_waiting_on_its_file_holds_up_no_request() {
         r.text()
     );
     assert_eq!(tag(client.get("/").await), "v2");
-    writer.join().unwrap();
     running.shutdown(std::time::Duration::from_secs(1)).await;
     let _ = std::fs::remove_dir_all(&dir);
 }

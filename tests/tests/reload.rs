@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use weir_tests::{Client, MockServer, TestProxy, config, fixture_plugin, with_plugins};
+use weir_tests::{Client, MockServer, SlowFile, TestProxy, config, fixture_plugin, with_plugins};
 
 fn tagged(server: &MockServer, tag: &str) -> String {
     let section =
@@ -154,6 +154,38 @@ async fn a_reload_that_compiles_a_plugin_holds_up_no_request() {
     );
     let reply = Client::connect(addr).await.get("/").await;
     assert_eq!(reply.json()["headers"]["x-chain"], "p");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Reading a plugin's file may wait, on a slow disk or network file system; with
+/// `threads = 1` (this test's runtime) requests are answered while it does.
+#[tokio::test(flavor = "current_thread")]
+async fn a_reload_waiting_on_a_plugin_file_holds_up_no_request() {
+    let server = MockServer::start("s1").await;
+    let base = config("roundrobin", &[("s1", server.addr, "")], "");
+    let proxy = TestProxy::start(&base).await;
+    let dir = std::env::temp_dir().join(format!("weir-reload-slow-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let wasm = dir.join("slow.wasm");
+    let section = fixture_plugin("p", "tag", "")
+        .replace(weir_tests::FIXTURE_WASM, &wasm.display().to_string());
+    let with_plugin = load(&with_plugins(base, &["p"], &[section]));
+
+    let mut client = Client::connect(proxy.addr()).await;
+    let mut slow = SlowFile::create(&wasm, std::fs::read(weir_tests::FIXTURE_WASM).unwrap());
+    let (reloaded, ()) = tokio::join!(proxy.running.reload(&with_plugin), async {
+        slow.opened().await;
+        for _ in 0..20 {
+            assert_eq!(client.get("/").await.status, 200);
+        }
+        assert!(
+            !slow.written(),
+            "the requests were answered only once the reload had the plugin's file"
+        );
+        slow.release();
+    });
+    assert_eq!(reloaded.expect("reload"), 2);
+    assert_eq!(client.get("/").await.json()["headers"]["x-chain"], "p");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

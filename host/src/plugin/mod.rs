@@ -547,10 +547,15 @@ impl Plugin {
     ) -> Result<Plugin, LoadError> {
         match &cfg.source {
             PluginSource::File(file) => {
-                let bytes = std::fs::read(file).map_err(|source| LoadError::Read {
-                    path: file.display().to_string(),
-                    source,
-                })?;
+                // Off the runtime's threads, as `compile`: a slow disk may keep it waiting.
+                let path = file.clone();
+                let bytes = tokio::task::spawn_blocking(move || std::fs::read(path))
+                    .await
+                    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+                    .map_err(|source| LoadError::Read {
+                        path: file.display().to_string(),
+                        source,
+                    })?;
                 Self::from_bytes(cfg, &bytes, backends).await
             }
             PluginSource::Stock(name) => {
