@@ -41,8 +41,17 @@ static ALLOC: weir::alloc::Allocator = weir::alloc::Allocator;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Log lines go to stderr from a thread of their own, as access log lines do: a stderr
+    // that does not keep up (a pipe or terminal nobody reads) must not hold up requests,
+    // several of which log (a 5xx, a failed plugin call). Past 16,384 lines waiting, new
+    // ones are dropped. The guard writes what is queued when it goes.
+    let (stderr, written) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(16 * 1024)
+        .thread_name("weir-log")
+        .finish(std::io::stderr());
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
@@ -58,6 +67,7 @@ fn main() -> ExitCode {
             .map_err(|e| anyhow::anyhow!("{e}"))
             .and_then(|c| run(c, None)),
     };
+    drop(written);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -189,16 +189,17 @@ fn run_serves_on_a_single_thread_and_stops_on_sigterm() {
 
 /// `GET /` on a new connection: the whole response, head and body.
 fn get(addr: &str) -> String {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-        .unwrap();
+    try_get(addr).unwrap()
+}
+
+/// `GET /` on a new connection, waiting up to 10 s for the response.
+fn try_get(addr: &str) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")?;
     let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
+    stream.read_to_string(&mut response)?;
+    Ok(response)
 }
 
 fn get_body(addr: &str) -> String {
@@ -207,6 +208,35 @@ fn get_body(addr: &str) -> String {
         .nth(1)
         .unwrap_or_default()
         .to_string()
+}
+
+/// A child process killed when the test ends, passed or not.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// weir logs a line for each 5xx: here every request is one, as the only server
+/// (127.0.0.1:9) refuses connections. With stderr a pipe nobody reads, the pipe is full
+/// after a hundred or so requests; a line written from the thread that serves requests
+/// would then hold every request up for good.
+#[test]
+fn a_stderr_nobody_reads_holds_up_no_request() {
+    let path = write_config("stalled-stderr.toml", &config("127.0.0.1:0", "threads = 1"));
+    let (child, addr, _unread) = spawn_run(&path);
+    let _child = Killed(child);
+    for i in 0..2000 {
+        let response =
+            try_get(&addr).unwrap_or_else(|e| panic!("request {i}: no response within 10 s ({e})"));
+        assert!(
+            response.starts_with("HTTP/1.1 503"),
+            "request {i}: {response:?}"
+        );
+    }
 }
 
 /// Polls until `addr` answers with `body` (a reload takes effect asynchronously).
