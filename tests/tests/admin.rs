@@ -206,6 +206,28 @@ fn write_config(path: &PathBuf, server: &MockServer, tag: &str) {
     std::fs::write(path, config_text(server, tag)).unwrap();
 }
 
+/// weir started as `weir run` starts it, from a config file (tag "v1", see
+/// [`config_text`]) in a directory of its own; the file's path.
+async fn start_from_file(server: &MockServer, name: &str) -> (weir::Running, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("weir-admin-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("weir.toml");
+    write_config(&file, server, "v1");
+    let config = weir::Config::from_file(&file).expect("valid config");
+    let running = weir::start(&config, weir::AccessLog::disabled())
+        .await
+        .expect("start");
+    (running, file)
+}
+
+/// The tag the fixture plugin set on the request a reply echoes.
+fn tag(reply: Reply) -> String {
+    reply.json()["headers"]["x-chain"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 fn config_text(server: &MockServer, tag: &str) -> String {
     let section =
         fixture_plugin("p", "tag", "").replace("tag = \"p\"", &format!("tag = \"{tag}\""));
@@ -226,16 +248,8 @@ fn config_text(server: &MockServer, tag: &str) -> String {
 #[tokio::test(flavor = "current_thread")]
 async fn a_reload_waiting_on_its_file_holds_up_no_request() {
     let server = MockServer::start("s1").await;
-    let dir = std::env::temp_dir().join(format!("weir-admin-slow-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("weir.toml");
-    write_config(&file, &server, "v1");
-    let config = weir::Config::from_file(&file).expect("valid config");
-    let running = weir::start(&config, weir::AccessLog::disabled())
-        .await
-        .expect("start");
+    let (running, file) = start_from_file(&server, "slow").await;
     let (www, admin) = (running.addr("www"), running.admin_addr().unwrap());
-    let tag = |r: Reply| r.json()["headers"]["x-chain"].as_str().unwrap().to_owned();
     let mut client = Client::connect(www).await;
     assert_eq!(tag(client.get("/").await), "v1");
 
@@ -259,22 +273,14 @@ async fn a_reload_waiting_on_its_file_holds_up_no_request() {
     );
     assert_eq!(tag(client.get("/").await), "v2");
     running.shutdown(std::time::Duration::from_secs(1)).await;
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(file.parent().unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_through_the_api_reads_the_file_and_keeps_runtime_changes() {
     let server = MockServer::start("s1").await;
-    let dir = std::env::temp_dir().join(format!("weir-admin-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("weir.toml");
-    write_config(&file, &server, "v1");
-    let config = weir::Config::from_file(&file).expect("valid config");
-    let running = weir::start(&config, weir::AccessLog::disabled())
-        .await
-        .expect("start");
+    let (running, file) = start_from_file(&server, "api").await;
     let (www, admin) = (running.addr("www"), running.admin_addr().unwrap());
-    let tag = |r: Reply| r.json()["headers"]["x-chain"].as_str().unwrap().to_owned();
     assert_eq!(tag(Client::connect(www).await.get("/").await), "v1");
 
     let r = call(
@@ -336,7 +342,7 @@ async fn reload_through_the_api_reads_the_file_and_keeps_runtime_changes() {
     assert_eq!(info["plugins"][0]["name"], "p");
     assert_eq!(info["plugins"][0]["sha256"].as_str().unwrap().len(), 64);
     running.shutdown(std::time::Duration::from_secs(1)).await;
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(file.parent().unwrap());
 }
 
 fn server_weight(backends: &serde_json::Value) -> u64 {

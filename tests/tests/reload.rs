@@ -1,6 +1,6 @@
 //! Reloading the configuration while requests flow: plugins swapped, none lost.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -19,6 +19,22 @@ fn tagged(server: &MockServer, tag: &str) -> String {
 
 fn load(toml: &str) -> weir::Config {
     weir::Config::from_toml(toml, Path::new(".")).expect("valid config")
+}
+
+/// weir without plugins, the path of a plugin file in a directory of its own (not
+/// written), and a config that adds that file as the fixture plugin `p` (mode "tag").
+async fn without_then_with_plugin_file(
+    server: &MockServer,
+    name: &str,
+) -> (TestProxy, PathBuf, weir::Config) {
+    let base = config("roundrobin", &[("s1", server.addr, "")], "");
+    let proxy = TestProxy::start(&base).await;
+    let dir = std::env::temp_dir().join(format!("weir-reload-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let wasm = dir.join(format!("{name}.wasm"));
+    let section = fixture_plugin("p", "tag", "")
+        .replace(weir_tests::FIXTURE_WASM, &wasm.display().to_string());
+    (proxy, wasm, load(&with_plugins(base, &["p"], &[section])))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,21 +107,14 @@ async fn fifty_reloads_under_a_keep_alive_loop_lose_no_request() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_reload_that_compiles_a_plugin_holds_up_no_request() {
     let server = MockServer::start("s1").await;
-    let base = config("roundrobin", &[("s1", server.addr, "")], "");
-    let proxy = TestProxy::start(&base).await;
+    let (proxy, wasm, with_plugin) = without_then_with_plugin_file(&server, "compile").await;
     // Compiled components are cached by their SHA-256: the fixture with a custom section
     // of its own has bytes that no other test of this process had compiled.
-    let dir = std::env::temp_dir().join(format!("weir-reload-compile-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let wasm = dir.join("fresh.wasm");
     let mut bytes = std::fs::read(weir_tests::FIXTURE_WASM).unwrap();
     let name = b"weir-test";
     bytes.extend_from_slice(&[0, 1 + name.len() as u8, name.len() as u8]);
     bytes.extend_from_slice(name);
     std::fs::write(&wasm, &bytes).unwrap();
-    let section = fixture_plugin("p", "tag", "")
-        .replace(weir_tests::FIXTURE_WASM, &wasm.display().to_string());
-    let with_plugin = load(&with_plugins(base, &["p"], &[section]));
 
     let addr = proxy.addr();
     let done = Arc::new(AtomicBool::new(false));
@@ -154,7 +163,7 @@ async fn a_reload_that_compiles_a_plugin_holds_up_no_request() {
     );
     let reply = Client::connect(addr).await.get("/").await;
     assert_eq!(reply.json()["headers"]["x-chain"], "p");
-    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_dir_all(wasm.parent().unwrap()).unwrap();
 }
 
 /// Reading a plugin's file may wait, on a slow disk or network file system; with
@@ -162,15 +171,7 @@ async fn a_reload_that_compiles_a_plugin_holds_up_no_request() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_reload_waiting_on_a_plugin_file_holds_up_no_request() {
     let server = MockServer::start("s1").await;
-    let base = config("roundrobin", &[("s1", server.addr, "")], "");
-    let proxy = TestProxy::start(&base).await;
-    let dir = std::env::temp_dir().join(format!("weir-reload-slow-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let wasm = dir.join("slow.wasm");
-    let section = fixture_plugin("p", "tag", "")
-        .replace(weir_tests::FIXTURE_WASM, &wasm.display().to_string());
-    let with_plugin = load(&with_plugins(base, &["p"], &[section]));
-
+    let (proxy, wasm, with_plugin) = without_then_with_plugin_file(&server, "slow").await;
     let mut client = Client::connect(proxy.addr()).await;
     let mut slow = SlowFile::create(&wasm, std::fs::read(weir_tests::FIXTURE_WASM).unwrap());
     let (reloaded, ()) = tokio::join!(proxy.running.reload(&with_plugin), async {
@@ -186,7 +187,7 @@ async fn a_reload_waiting_on_a_plugin_file_holds_up_no_request() {
     });
     assert_eq!(reloaded.expect("reload"), 2);
     assert_eq!(client.get("/").await.json()["headers"]["x-chain"], "p");
-    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_dir_all(wasm.parent().unwrap()).unwrap();
 }
 
 /// Requests that take two seconds, in flight while the configuration is reloaded, finish
