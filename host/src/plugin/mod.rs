@@ -377,7 +377,8 @@ fn linker() -> &'static Linker<StoreState> {
 /// Compiling takes a fraction of a second per plugin, all of it CPU: it runs on a thread
 /// of tokio's blocking pool, not on the runtime's, which with `threads = 1` is the one
 /// thread every connection is served on (a reload that added plugins held every request
-/// until they were compiled).
+/// until they were compiled). A panic in the compiler refuses the component, as a
+/// compile error does.
 async fn compile(bytes: &[u8], sha256: &str) -> Result<Component, LoadError> {
     static CACHE: OnceLock<Mutex<HashMap<String, Component>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
