@@ -9,6 +9,7 @@ pub mod balance;
 pub mod config;
 pub mod demo;
 pub mod health;
+pub mod logging;
 pub mod plugin;
 pub mod proxy;
 pub mod proxy_protocol;

@@ -41,22 +41,7 @@ static ALLOC: weir::alloc::Allocator = weir::alloc::Allocator;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Log lines go to stderr from a thread of their own, as access log lines do: a stderr
-    // that does not keep up (a pipe or terminal nobody reads) must not hold up requests,
-    // several of which log (a 5xx, a failed plugin call). Past 16,384 lines waiting, new
-    // ones are dropped. The guard writes what is queued when it goes.
-    let (stderr, written) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(true)
-        .buffered_lines_limit(16 * 1024)
-        .thread_name("weir-log")
-        .finish(std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_writer(stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    let written = weir::logging::to_stderr();
     if let Err(e) = weir::alloc::without_huge_pages() {
         tracing::warn!("could not turn transparent huge pages off: {e}");
     }

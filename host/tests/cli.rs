@@ -239,6 +239,54 @@ fn a_stderr_nobody_reads_holds_up_no_request() {
     }
 }
 
+/// Past 16,384 lines waiting for a stderr nobody reads, new log lines are dropped, and
+/// /metrics counts them.
+#[test]
+fn log_lines_dropped_for_a_stalled_stderr_are_counted() {
+    let text = config("127.0.0.1:0", "threads = 1") + "\n[admin]\nbind = \"127.0.0.1:0\"\n";
+    let path = write_config("dropped-lines.toml", &text);
+    let (child, addr, mut unread) = spawn_run(&path);
+    let _child = Killed(child);
+    let mut admin = None;
+    for _ in 0..50 {
+        let mut line = String::new();
+        if unread.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        if let Some(a) = line.trim().split("admin listening on ").nth(1) {
+            admin = Some(a.to_string());
+            break;
+        }
+    }
+    let admin = admin.expect("weir logged its admin address");
+    let dropped = |admin: &str| -> u64 {
+        let mut stream = TcpStream::connect(admin).unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut metrics = String::new();
+        stream.read_to_string(&mut metrics).unwrap();
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("weir_log_dropped_total "))
+            .expect("weir_log_dropped_total in /metrics")
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(dropped(&admin), 0);
+    // Each request is a 503 and logs a line or more: 20,000 of them are more than the
+    // pipe and the queue hold together.
+    for i in 0..20_000 {
+        let response =
+            try_get(&addr).unwrap_or_else(|e| panic!("request {i}: no response within 10 s ({e})"));
+        assert!(response.starts_with("HTTP/1.1 503"), "request {i}");
+        if i % 1000 == 999 && dropped(&admin) > 0 {
+            return;
+        }
+    }
+    panic!("no dropped line counted after 20,000 requests logged with stderr never read");
+}
+
 /// Polls until `addr` answers with `body` (a reload takes effect asynchronously).
 fn wait_for_body(addr: &str, body: &str) -> bool {
     (0..100).any(|_| {

@@ -411,6 +411,12 @@ pub fn render(control: &Control) -> String {
     );
     out.sample("access_log_dropped_total", &[], control.log().dropped());
     out.family(
+        "log_dropped_total",
+        "counter",
+        "weir's own log lines (stderr) dropped because stderr did not keep up.",
+    );
+    out.sample("log_dropped_total", &[], crate::logging::dropped());
+    out.family(
         "plugin_call_duration_seconds",
         "histogram",
         "Wall time of a hook call, waiting for an instance included.",
