@@ -135,22 +135,26 @@ fn spawn_run(path: &std::path::Path) -> (Child, String, BufReader<ChildStderr>) 
         .spawn()
         .unwrap();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut addr = None;
-    for _ in 0..50 {
-        let mut line = String::new();
-        if stderr.read_line(&mut line).unwrap() == 0 {
-            break;
-        }
-        if let Some(a) = line.trim().split("listening on ").nth(1) {
-            addr = Some(a.to_string());
-            break;
-        }
-    }
+    let addr = logged_after(&mut stderr, "listening on ");
     (
         child,
         addr.expect("weir logged its listening address"),
         stderr,
     )
+}
+
+/// What follows `marker` on the first of the next 50 log lines that has it.
+fn logged_after(stderr: &mut BufReader<ChildStderr>, marker: &str) -> Option<String> {
+    for _ in 0..50 {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        if let Some(a) = line.trim().split(marker).nth(1) {
+            return Some(a.to_string());
+        }
+    }
+    None
 }
 
 /// Starts `weir run`, reads the bound address from its log, and stops it with SIGTERM.
@@ -247,18 +251,8 @@ fn log_lines_dropped_for_a_stalled_stderr_are_counted() {
     let path = write_config("dropped-lines.toml", &text);
     let (child, addr, mut unread) = spawn_run(&path);
     let _child = Killed(child);
-    let mut admin = None;
-    for _ in 0..50 {
-        let mut line = String::new();
-        if unread.read_line(&mut line).unwrap() == 0 {
-            break;
-        }
-        if let Some(a) = line.trim().split("admin listening on ").nth(1) {
-            admin = Some(a.to_string());
-            break;
-        }
-    }
-    let admin = admin.expect("weir logged its admin address");
+    let admin =
+        logged_after(&mut unread, "admin listening on ").expect("weir logged its admin address");
     let dropped = |admin: &str| -> u64 {
         let mut stream = TcpStream::connect(admin).unwrap();
         stream
