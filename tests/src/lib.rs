@@ -740,6 +740,14 @@ pub async fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) ->
     condition().then(|| started.elapsed())
 }
 
+/// A directory of this test process's own under the system's temporary directory
+/// (`weir-<name>-<pid>`), created.
+pub fn scratch_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("weir-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// A file whose reading waits for as long as a test wants, as on a slow disk: a named pipe
 /// at `path`, replacing any file there. A thread of its own writes `content` to it once
 /// a reader has it open and [`SlowFile::release`] is called, or after 5 s, so a reader

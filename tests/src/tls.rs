@@ -28,8 +28,7 @@ impl TestCa {
             .distinguished_name
             .push(rcgen::DnType::CommonName, format!("weir test CA {tag}"));
         let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        let dir = std::env::temp_dir().join(format!("weir-tls-{}-{tag}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::scratch_dir(&format!("tls-{tag}"));
         TestCa { issuer, dir }
     }
 

@@ -209,8 +209,7 @@ fn write_config(path: &PathBuf, server: &MockServer, tag: &str) {
 /// weir started as `weir run` starts it, from a config file (tag "v1", see
 /// [`config_text`]) in a directory of its own; the file's path.
 async fn start_from_file(server: &MockServer, name: &str) -> (weir::Running, PathBuf) {
-    let dir = std::env::temp_dir().join(format!("weir-admin-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = weir_tests::scratch_dir(&format!("admin-{name}"));
     let file = dir.join("weir.toml");
     write_config(&file, server, "v1");
     let config = weir::Config::from_file(&file).expect("valid config");

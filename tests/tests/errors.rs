@@ -296,8 +296,7 @@ async fn server_silent_mid_body_cuts_the_response_rather_than_completing_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errorfiles_replace_the_default_bodies() {
-    let dir = std::env::temp_dir().join(format!("weir-errorfiles-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = weir_tests::scratch_dir("errorfiles");
     std::fs::write(dir.join("503.html"), "<h1>We'll be right back</h1>").unwrap();
     std::fs::write(dir.join("fe-503.txt"), "frontend page").unwrap();
     let dead = closed_port().await;

@@ -29,8 +29,7 @@ async fn without_then_with_plugin_file(
 ) -> (TestProxy, PathBuf, weir::Config) {
     let base = config("roundrobin", &[("s1", server.addr, "")], "");
     let proxy = TestProxy::start(&base).await;
-    let dir = std::env::temp_dir().join(format!("weir-reload-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = weir_tests::scratch_dir(&format!("reload-{name}"));
     let wasm = dir.join(format!("{name}.wasm"));
     let section = fixture_plugin("p", "tag", "")
         .replace(weir_tests::FIXTURE_WASM, &wasm.display().to_string());
@@ -316,8 +315,7 @@ async fn replacing_the_wasm_file_and_reloading_changes_the_next_request() {
         MockServer::start("app").await,
         MockServer::start("v2").await,
     );
-    let dir = std::env::temp_dir().join(format!("weir-reload-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = weir_tests::scratch_dir("reload");
     let wasm = dir.join("plugin.wasm");
     std::fs::copy(weir_tests::CANARY_WASM, &wasm).unwrap();
     // Both components accept this config: the canary (no header, 0 %) sends nothing to
