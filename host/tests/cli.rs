@@ -198,9 +198,15 @@ fn get(addr: &str) -> String {
 
 /// `GET /` on a new connection, waiting up to 10 s for the response.
 fn try_get(addr: &str) -> std::io::Result<String> {
+    try_get_path(addr, "/")
+}
+
+/// `GET path` on a new connection, waiting up to 10 s for the response.
+fn try_get_path(addr: &str, path: &str) -> std::io::Result<String> {
     let mut stream = TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    stream.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")?;
+    let head = format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    stream.write_all(head.as_bytes())?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     Ok(response)
@@ -254,13 +260,8 @@ fn log_lines_dropped_for_a_stalled_stderr_are_counted() {
     let admin =
         logged_after(&mut unread, "admin listening on ").expect("weir logged its admin address");
     let dropped = |admin: &str| -> u64 {
-        let mut stream = TcpStream::connect(admin).unwrap();
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        let mut metrics = String::new();
-        stream.read_to_string(&mut metrics).unwrap();
-        metrics
+        try_get_path(admin, "/metrics")
+            .unwrap()
             .lines()
             .find_map(|l| l.strip_prefix("weir_log_dropped_total "))
             .expect("weir_log_dropped_total in /metrics")
