@@ -20,6 +20,16 @@ pub use config::Config;
 pub use proxy::log::AccessLog;
 pub use server::{ReloadError, Running, StartError, start};
 
+/// Runs `f` on a thread of tokio's blocking pool and waits for it there, so that the
+/// runtime's threads (with `threads = 1`, the one serving every connection) go on
+/// meanwhile: for reading files and resolving names at a reload. A panic in `f` goes on
+/// in the caller.
+pub(crate) async fn off_runtime<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
 /// Everything `weir check` proves beyond parsing: every plugin loads, checks out and
 /// accepts its config. Nothing is bound.
 pub async fn check(config: &Config) -> Result<(), String> {

@@ -315,9 +315,7 @@ impl Config {
     /// `threads = 1`, one) serve every connection.
     pub async fn reread(path: &Path) -> Result<Config, ConfigErrors> {
         let path = path.to_path_buf();
-        tokio::task::spawn_blocking(move || Self::from_file(&path))
-            .await
-            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+        crate::off_runtime(move || Self::from_file(&path)).await
     }
 
     /// Validates config text; relative paths in it are resolved against `base_dir`.

@@ -550,9 +550,8 @@ impl Plugin {
             PluginSource::File(file) => {
                 // Off the runtime's threads, as `compile`: a slow disk may keep it waiting.
                 let path = file.clone();
-                let bytes = tokio::task::spawn_blocking(move || std::fs::read(path))
+                let bytes = crate::off_runtime(move || std::fs::read(path))
                     .await
-                    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
                     .map_err(|source| LoadError::Read {
                         path: file.display().to_string(),
                         source,
