@@ -169,10 +169,7 @@ async fn bad_input_gets_a_4xx_with_a_json_error_and_changes_nothing() {
         );
     }
     let b = proxy.running.backend("app").unwrap();
-    assert_eq!(
-        b.servers[0].admin(),
-        weir::proxy::backend::AdminState::Ready
-    );
+    assert_eq!(b.servers[0].admin(), weir::upstream::AdminState::Ready);
     assert_eq!(
         b.servers[0]
             .weight

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use weir::proxy::backend::{AdminError, AdminState, BackendRt};
+use weir::upstream::{AdminError, AdminState, BackendRt};
 use weir_tests::{Client, MockServer, TestProxy, closed_port, config, servers_seen, wait_until};
 
 const CHECK: &str =

@@ -279,8 +279,7 @@ async fn a_sha256_pin_that_does_not_match_is_refused_at_load() {
         "{err}"
     );
 
-    let actual =
-        weir::plugin::validate::sha256_hex(&std::fs::read(weir_tests::FIXTURE_WASM).unwrap());
+    let actual = weir::util::sha256_hex(&std::fs::read(weir_tests::FIXTURE_WASM).unwrap());
     let pin = format!("sha256 = \"{actual}\"");
     let toml = with_plugins(
         config("roundrobin", &[("s1", server.addr, "")], ""),

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use weir::proxy::backend::AdminState;
+use weir::upstream::AdminState;
 use weir_tests::{Client, MockServer, TestProxy, config, stock_plugin, wait_until, with_plugins};
 
 fn load(toml: &str) -> weir::Config {

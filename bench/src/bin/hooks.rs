@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use weir::plugin::types::{HeaderParam, Request, RequestFields, RequestValue};
 use weir::plugin::{Fields, RequestInfo};
-use weir::proxy::backend::BackendRt;
+use weir::upstream::BackendRt;
 
 const CONFIG: &str = r#"
 [[frontend]]

@@ -6,10 +6,10 @@
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
-use crate::health::Detail;
-use crate::proxy::backend::{AdminState, BackendRt, ServerRt};
-use crate::proxy::stats::{Counters, read as get};
 use crate::server::Control;
+use crate::stats::{Counters, read as get};
+use crate::upstream::health::Detail;
+use crate::upstream::{AdminState, BackendRt, ServerRt};
 
 pub const COLUMNS: [&str; 45] = [
     "pxname",

@@ -3,9 +3,9 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::proxy::backend::AdminState;
-use crate::proxy::stats::{Counters, Histogram, read as get};
 use crate::server::Control;
+use crate::stats::{Counters, Histogram, read as get};
+use crate::upstream::AdminState;
 
 /// A metric family being written: `# HELP`, `# TYPE`, then its samples.
 struct Out(String);

@@ -28,8 +28,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::Admin;
-use crate::proxy::backend::{AdminState, BackendRt};
 use crate::server::Control;
+use crate::upstream::{AdminState, BackendRt};
 
 pub mod csv;
 pub mod metrics;
@@ -342,7 +342,7 @@ async fn reload(control: &Control) -> Reply {
             "weir was not started from a config file: there is nothing to reload",
         );
     };
-    let config = match crate::Config::reread(path).await {
+    let config = match crate::config::Config::reread(path).await {
         Ok(c) => c,
         Err(errors) => {
             control.note_failed_reload();

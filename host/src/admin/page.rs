@@ -8,9 +8,9 @@ use std::fmt::Write;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crate::proxy::backend::{AdminState, BackendRt, ServerRt};
-use crate::proxy::stats::{Counters, read as get};
 use crate::server::Control;
+use crate::stats::{Counters, read as get};
+use crate::upstream::{AdminState, BackendRt, ServerRt};
 
 use super::csv::server_status;
 

@@ -124,7 +124,7 @@ pub struct Server {
     /// A PROXY protocol header sent first on every connection to the server.
     pub send_proxy: Option<crate::proxy_protocol::Version>,
     /// TLS to the server.
-    pub tls: Option<crate::server::tls::ServerTls>,
+    pub tls: Option<crate::tls::ServerTls>,
     /// HTTP/2 to the server (prior knowledge, or ALPN over TLS) instead of HTTP/1.1.
     pub h2: bool,
 }
@@ -315,7 +315,7 @@ impl Config {
     /// `threads = 1`, one) serve every connection.
     pub async fn reread(path: &Path) -> Result<Config, ConfigErrors> {
         let path = path.to_path_buf();
-        crate::off_runtime(move || Self::from_file(&path)).await
+        crate::util::off_runtime(move || Self::from_file(&path)).await
     }
 
     /// Validates config text; relative paths in it are resolved against `base_dir`.

@@ -471,10 +471,10 @@ fn tls(cx: &mut Ctx<'_>, path: &KeyPath, t: &TlsFile) -> Vec<Arc<rustls::sign::C
     let mut certs = Vec::new();
     for (p, c) in entries {
         let (cert, key) = (cx.base.join(&c.cert), cx.base.join(&c.key));
-        match crate::server::tls::load(&cert, &key) {
+        match crate::tls::load(&cert, &key) {
             Ok(certified) => certs.push(certified),
-            Err((crate::server::tls::File::Cert, msg)) => cx.err(&p.key("cert"), msg),
-            Err((crate::server::tls::File::Key, msg)) => cx.err(&p.key("key"), msg),
+            Err((crate::tls::File::Cert, msg)) => cx.err(&p.key("cert"), msg),
+            Err((crate::tls::File::Key, msg)) => cx.err(&p.key("key"), msg),
         }
     }
     certs
@@ -601,7 +601,7 @@ fn build_server(
             None => server_name_of(&s.addr, server.addr),
         };
         let ca = s.ca.as_ref().map(|c| cx.base.join(c));
-        match crate::server::tls::client(ca.as_deref(), s.verify.unwrap_or(true), h2, name) {
+        match crate::tls::client(ca.as_deref(), s.verify.unwrap_or(true), h2, name) {
             Ok(tls) => server.tls = Some(tls),
             Err(msg) => cx.err(&path.key("ca"), msg),
         }
@@ -910,10 +910,10 @@ fn build_plugins(cx: &mut Ctx<'_>, file: &File) -> Vec<PluginConfig> {
             };
             let source = match (&p.wasm, &p.stock) {
                 (Some(file), None) => PluginSource::File(cx.base.join(file)),
-                (None, Some(stock)) => match crate::plugin::stock::find(stock) {
+                (None, Some(stock)) => match crate::stock::find(stock) {
                     Some((name, _)) => PluginSource::Stock(name),
                     None => {
-                        let known = crate::plugin::stock::names().collect::<Vec<_>>();
+                        let known = crate::stock::names().collect::<Vec<_>>();
                         cx.err(
                             &path.key("stock"),
                             format!(

@@ -11,7 +11,7 @@ use super::probe;
 use crate::balance::random_unit;
 use crate::config::CheckKind;
 use crate::plugin::Plugin;
-use crate::proxy::backend::{AdminState, BackendRt};
+use crate::upstream::{AdminState, BackendRt};
 
 /// Starts a check loop for every server that has a health check, spread over the first
 /// interval so that checks do not all fire at once.

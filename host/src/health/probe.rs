@@ -11,11 +11,11 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Request, StatusCode, header};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
-use super::{CheckResult, CheckStatus};
 use crate::config::{CheckKind, FailPolicy, HealthCheck, HttpCheck, Server};
 use crate::plugin::{Plugin, types};
+use crate::upstream::connect::{self, ConnectError, Dial, Stream};
+use crate::upstream::health::{CheckResult, CheckStatus};
 
 /// How much of a check response body is kept for `expect_body` (and, later, plugins).
 pub const BODY_PREFIX: usize = 16 * 1024;
@@ -91,27 +91,22 @@ async fn attempt(
     weight: &mut Option<Option<u32>>,
 ) -> Outcome {
     let addr = server.addr;
-    let mut stream = match TcpStream::connect(addr).await {
+    let stream = match connect::tcp(addr).await {
         Ok(s) => s,
-        Err(e) => return (CheckStatus::L4Conn, None, e.to_string()),
+        Err(e) => return dial_failed(e),
     };
     connected.store(true, Ordering::Release);
-    if let Some(version) = server.send_proxy {
-        use tokio::io::AsyncWriteExt;
-        if let Err(e) = stream
-            .write_all(&crate::proxy_protocol::local(version))
-            .await
-        {
-            return (CheckStatus::L4Conn, None, e.to_string());
-        }
-    }
-    let _ = stream.set_nodelay(true);
-    let stream: Box<dyn Io> = match &server.tls {
-        Some(tls) => match tls.connector.connect(tls.name.clone(), stream).await {
-            Ok(secured) => Box::new(secured),
-            Err(e) => return (CheckStatus::L6Response, None, format!("TLS: {e}")),
-        },
-        None => Box::new(stream),
+    // A server that demands a PROXY header on every connection gets one that names no
+    // client (`LOCAL` / `UNKNOWN`).
+    let preface = server.send_proxy.map(crate::proxy_protocol::local);
+    let dial = Dial {
+        addr,
+        preface: preface.as_deref(),
+        tls: server.tls.as_ref(),
+    };
+    let stream = match connect::secure(stream, &dial).await {
+        Ok(s) => s,
+        Err(e) => return dial_failed(e),
     };
     match &check.kind {
         CheckKind::Tcp if server.tls.is_some() => (CheckStatus::L6Ok, None, String::new()),
@@ -128,14 +123,20 @@ async fn attempt(
     }
 }
 
-/// A connection a check speaks HTTP on: plain TCP or TLS.
-trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+/// A failed dial as a check reports it: TLS at layer 6, the rest at layer 4. The details
+/// say what failed, without the address the check is already shown under.
+fn dial_failed(e: ConnectError) -> Outcome {
+    match e {
+        ConnectError::Tls(_, e) => (CheckStatus::L6Response, None, format!("TLS: {e}")),
+        ConnectError::Io(_, e) => (CheckStatus::L4Conn, None, e.to_string()),
+        e => (CheckStatus::L4Conn, None, e.to_string()),
+    }
+}
 
 async fn http_probe(
     check: &HttpCheck,
     addr: SocketAddr,
-    stream: Box<dyn Io>,
+    stream: Stream,
     h2: bool,
     tls: bool,
 ) -> Result<ProbeResponse, String> {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::StoreState;
 use super::bindings::weir::plugin::{backends, clock, counters, kv, log, types};
-use crate::proxy::backend::AdminState;
+use crate::upstream::AdminState;
 
 /// Longest log message kept from a plugin.
 const MAX_LOG: usize = 4096;

@@ -12,7 +12,6 @@
 
 mod cpu_timer;
 mod host;
-pub mod stock;
 pub mod validate;
 
 use std::collections::HashMap;
@@ -25,8 +24,8 @@ use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::config::{FailPolicy, PluginConfig, PluginSource};
-use crate::proxy::backend::BackendRt;
 use crate::state::PluginState;
+use crate::upstream::BackendRt;
 
 pub use bindings::weir::plugin::types;
 
@@ -469,7 +468,7 @@ pub struct PluginStats {
     pub timeouts: AtomicU64,
     pub invalid: AtomicU64,
     /// Wall time of the calls that returned (waiting for an instance included).
-    pub latency: crate::proxy::stats::Histogram,
+    pub latency: crate::stats::Histogram,
     /// The most CPU time a call stopped at its deadline had used, in nanoseconds: how
     /// closely the deadline holds.
     pub timeout_cpu_max_ns: AtomicU64,
@@ -483,7 +482,7 @@ impl Default for PluginStats {
             timeouts: AtomicU64::new(0),
             invalid: AtomicU64::new(0),
             timeout_cpu_max_ns: AtomicU64::new(0),
-            latency: crate::proxy::stats::Histogram::new(&crate::proxy::stats::HOOK_BUCKETS),
+            latency: crate::stats::Histogram::new(&crate::stats::HOOK_BUCKETS),
         }
     }
 }
@@ -550,7 +549,7 @@ impl Plugin {
             PluginSource::File(file) => {
                 // Off the runtime's threads, as `compile`: a slow disk may keep it waiting.
                 let path = file.clone();
-                let bytes = crate::off_runtime(move || std::fs::read(path))
+                let bytes = crate::util::off_runtime(move || std::fs::read(path))
                     .await
                     .map_err(|source| LoadError::Read {
                         path: file.display().to_string(),
@@ -559,7 +558,7 @@ impl Plugin {
                 Self::from_bytes(cfg, &bytes, backends).await
             }
             PluginSource::Stock(name) => {
-                let (_, bytes) = stock::find(name).ok_or(LoadError::NoStock(name))?;
+                let (_, bytes) = crate::stock::find(name).ok_or(LoadError::NoStock(name))?;
                 Self::from_bytes(cfg, bytes, backends).await
             }
         }
@@ -570,7 +569,7 @@ impl Plugin {
         bytes: &[u8],
         backends: Arc<[Arc<BackendRt>]>,
     ) -> Result<Plugin, LoadError> {
-        let sha256 = validate::sha256_hex(bytes);
+        let sha256 = crate::util::sha256_hex(bytes);
         if let Some(expected) = &cfg.sha256
             && *expected != sha256
         {

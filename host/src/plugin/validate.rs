@@ -14,14 +14,6 @@ pub const MAX_HEADER_VALUE: usize = 16 * 1024;
 /// Largest body of a local response.
 pub const MAX_BODY: usize = 1 << 20;
 
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// A header a plugin asked for, as weir will write it.
 pub fn header(h: &types::HeaderResult) -> Result<(HeaderName, HeaderValue), String> {
     let name = HeaderName::from_bytes(h.name.as_bytes())
@@ -160,13 +152,5 @@ mod tests {
             body: vec![0; MAX_BODY + 1],
         };
         assert!(local_response(&big).is_err());
-    }
-
-    #[test]
-    fn sha256_is_lower_hex() {
-        assert_eq!(
-            sha256_hex(b"abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
     }
 }

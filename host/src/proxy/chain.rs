@@ -8,9 +8,9 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderMap, StatusCode, Uri};
 
-use super::backend::BackendRt;
 use crate::config::FailPolicy;
 use crate::plugin::{FixedEdits, HookError, Plugin, RequestInfo, ResponseInfo, types, validate};
+use crate::upstream::BackendRt;
 
 /// Where the chain leaves a request.
 pub enum Decision {

@@ -6,6 +6,7 @@ use http::uri::{Authority, Uri};
 use http::{Method, Version};
 
 use super::error::ProxyError;
+use crate::http1::list_has;
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1, plus the
 /// non-standard Keep-Alive and Proxy-Connection).
@@ -49,24 +50,6 @@ pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
         .get_all(header::CONNECTION)
         .iter()
         .any(|v| list_has(v, token))
-}
-
-/// True when the comma-separated list `value` holds `token` (case-insensitive). A value
-/// that is not visible ASCII holds none.
-pub fn list_has(value: &HeaderValue, token: &str) -> bool {
-    value
-        .to_str()
-        .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-}
-
-/// True when the comma-separated list `value` ends with `token` (case-insensitive), as
-/// Transfer-Encoding's last coding decides a message's framing.
-pub fn last_token_is(value: &HeaderValue, token: &str) -> bool {
-    value.to_str().is_ok_and(|s| {
-        s.rsplit(',')
-            .next()
-            .is_some_and(|t| t.trim().eq_ignore_ascii_case(token))
-    })
 }
 
 /// Removes the hop-by-hop headers and every header that `Connection` nominates. With

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use http::{Method, Version};
 
 use crate::config::LogFormat;
+use crate::stats::{Counters, Ended};
 
 /// Lines buffered before new ones are dropped (with a warning) rather than slowing requests.
 const QUEUE: usize = 16 * 1024;
@@ -36,18 +37,58 @@ pub struct LogRecord {
     pub bytes: u64,
     /// Request bytes received (the head as sent on HTTP/1.1 and the body read so far),
     /// and whether reading the body failed.
-    pub received: Arc<super::body::Received>,
+    pub received: Arc<crate::upstream::Received>,
     pub termination: [u8; 2],
     pub retries: u32,
     /// Retries that went to another server.
     pub redispatches: u32,
     /// The counters this request adds to when it ends.
-    pub tally: super::stats::Tally,
+    pub tally: Tally,
     pub method: Method,
     /// The request target as the client wrote it, formatted only when a line is written.
     pub uri: Target,
     pub version: Version,
     pub format: LogFormat,
+}
+
+/// The counters a request adds to when it ends: its frontend's, and those of the backend
+/// and server it went to, once known.
+#[derive(Clone, Default)]
+pub struct Tally {
+    pub frontend: Option<Arc<Counters>>,
+    pub backend: Option<Arc<Counters>>,
+    pub server: Option<Arc<Counters>>,
+}
+
+impl std::fmt::Debug for Tally {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tally")
+    }
+}
+
+impl Tally {
+    pub fn count(&self, r: &LogRecord) {
+        self.count_at(r, Instant::now());
+    }
+
+    /// [`Self::count`], for a request that ended at `end`.
+    pub fn count_at(&self, r: &LogRecord, end: Instant) {
+        let ended = Ended {
+            took: r.tq + end.saturating_duration_since(r.start),
+            bytes_in: r.received.bytes.load(Ordering::Relaxed),
+            bytes_out: r.bytes,
+            status: r.status,
+            termination: r.termination,
+            retries: r.retries,
+            redispatches: r.redispatches,
+        };
+        for c in [&self.frontend, &self.backend, &self.server]
+            .into_iter()
+            .flatten()
+        {
+            c.add(&ended);
+        }
+    }
 }
 
 /// A request target for the log: parsed, or the text of a head that was refused

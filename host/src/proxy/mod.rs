@@ -4,36 +4,32 @@
 //! and connect, retrying connect failures → send with the server timeout → stream the
 //! response back. Every failure becomes a [`ProxyError`] with one status.
 
-pub mod backend;
 pub mod body;
 mod chain;
-pub mod direct;
 mod error;
 pub mod headers;
 pub mod log;
-pub mod pool;
-pub mod stats;
 mod tunnel;
 
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use hyper::body::Incoming;
-use hyper::upgrade::OnUpgrade;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio::time::Sleep;
 
+use crate::activity::{Activity, InRequest};
 use crate::balance::RequestKey;
 use crate::config::{Config, Frontend};
 use crate::plugin::{self, LoadError, Plugin};
-use crate::server::io::{Activity, InRequest};
-use backend::{BackendRt, InFlight, QueueError, ServerRt};
-use body::{ClientBody, Received, ResponseBody, ServerBody};
+use crate::stats::Counters;
+use crate::upstream::{
+    self, BackendRt, ClientBody, InFlight, Outcome, QueueError, Received, TimerSlot, Unsent,
+};
+use body::ResponseBody;
 pub use error::ProxyError;
 use log::{AccessLog, LogRecord, Target};
 
@@ -53,7 +49,7 @@ pub struct FrontendRt {
     /// Every backend, for plugins that route.
     pub backends: Arc<[Arc<BackendRt>]>,
     pub log: AccessLog,
-    pub stats: Arc<stats::Counters>,
+    pub stats: Arc<Counters>,
 }
 
 /// A plugin that could not be loaded: the config is refused.
@@ -173,7 +169,7 @@ pub fn frontend_gone() -> Response<ResponseBody> {
 
 /// Logs and counts (`ereq`) a request head the HTTP/1 framing check refused before any of
 /// it reached the HTTP parser; the check itself answered the client.
-pub fn log_refused(fe: &FrontendRt, conn: &ConnInfo, refused: &crate::server::framing::Rejection) {
+pub fn log_refused(fe: &FrontendRt, conn: &ConnInfo, refused: &crate::http1::Rejection) {
     let method = refused
         .method
         .as_deref()
@@ -230,7 +226,7 @@ fn new_record(
         termination: *b"--",
         retries: 0,
         redispatches: 0,
-        tally: stats::Tally {
+        tally: log::Tally {
             frontend: Some(Arc::clone(&fe.stats)),
             ..Default::default()
         },
@@ -254,10 +250,8 @@ pub struct ConnInfo {
     ready_since: AtomicU64,
     accepted: Instant,
     /// The timer of the wait for a server's response head (timeout.server), kept from one
-    /// request to the next: moving a registered timer's deadline later costs one atomic
-    /// operation, where a timer per request is registered in tokio's timer wheel and
-    /// removed again. None while a request holds it.
-    server_timer: Mutex<Option<Pin<Box<Sleep>>>>,
+    /// request to the next.
+    server_timer: TimerSlot,
     /// The client's address as text, made on first use ([`Self::peer_ip_text`]).
     peer_ip_text: OnceLock<Box<str>>,
     /// The connection's share of `global.maxconn`, held while any request or tunnel lives.
@@ -279,7 +273,7 @@ impl ConnInfo {
             activity,
             ready_since: AtomicU64::new(0),
             accepted: Instant::now(),
-            server_timer: Mutex::new(None),
+            server_timer: TimerSlot::default(),
             peer_ip_text: OnceLock::new(),
             _permit: permit,
         }
@@ -290,28 +284,6 @@ impl ConnInfo {
     pub fn peer_ip_text(&self) -> &str {
         self.peer_ip_text
             .get_or_init(|| self.peer.ip().to_string().into())
-    }
-
-    /// A timer that goes off at `deadline`: the connection's own, or a new one while
-    /// another request of the connection holds that (HTTP/2 requests run side by side).
-    fn server_timer(&self, deadline: Instant) -> ServerTimer<'_> {
-        let deadline = tokio::time::Instant::from_std(deadline);
-        let taken = self
-            .server_timer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        let sleep = match taken {
-            Some(mut sleep) => {
-                sleep.as_mut().reset(deadline);
-                sleep
-            }
-            None => Box::pin(tokio::time::sleep_until(deadline)),
-        };
-        ServerTimer {
-            conn: self,
-            sleep: Some(sleep),
-        }
     }
 
     /// Time since the connection was accepted or the previous response head was sent.
@@ -326,42 +298,6 @@ impl ConnInfo {
             self.accepted.elapsed().as_millis() as u64,
             Ordering::Relaxed,
         );
-    }
-}
-
-/// A request's hold on a timer from [`ConnInfo::server_timer`]; gives it back when dropped.
-struct ServerTimer<'a> {
-    conn: &'a ConnInfo,
-    sleep: Option<Pin<Box<Sleep>>>,
-}
-
-impl ServerTimer<'_> {
-    fn reset(&mut self, deadline: Instant) {
-        if let Some(sleep) = &mut self.sleep {
-            sleep
-                .as_mut()
-                .reset(tokio::time::Instant::from_std(deadline));
-        }
-    }
-
-    fn poll(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        match &mut self.sleep {
-            Some(sleep) => sleep.as_mut().poll(cx),
-            None => std::task::Poll::Pending,
-        }
-    }
-}
-
-impl Drop for ServerTimer<'_> {
-    fn drop(&mut self) {
-        let mut slot = self
-            .conn
-            .server_timer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if slot.is_none() {
-            *slot = self.sleep.take();
-        }
     }
 }
 
@@ -593,10 +529,10 @@ async fn forward(
             }
         };
 
-        let (sender, reused) = match server.pool.take(chosen_at, direct, server.cfg.addr) {
-            Some(sender) => {
+        let connection = match server.pooled(chosen_at, direct) {
+            Some(connection) => {
                 record.tc = Some(Duration::ZERO);
-                (sender, true)
+                connection
             }
             None => {
                 let connect_start = Instant::now();
@@ -605,21 +541,12 @@ async fn forward(
                     .send_proxy
                     .map(|v| crate::proxy_protocol::encode(v, conn.peer, conn.local));
                 match server
-                    .pool
-                    .connect(
-                        pool::Route {
-                            addr: server.cfg.addr,
-                            timeout: backend.cfg.timeout_connect,
-                            preface: preface.as_deref(),
-                            tls: server.cfg.tls.as_ref(),
-                        },
-                        direct,
-                    )
+                    .connect(backend.cfg.timeout_connect, preface.as_deref(), direct)
                     .await
                 {
-                    Ok(sender) => {
+                    Ok(connection) => {
                         record.tc = Some(connect_start.elapsed());
-                        (sender, false)
+                        connection
                     }
                     Err(e) => {
                         tracing::warn!("{}/{}: {e}", backend.name, server.name);
@@ -635,35 +562,44 @@ async fn forward(
             }
         };
 
-        if sender.is_h2() && client_upgrade.is_some() {
+        if connection.is_h2() && client_upgrade.is_some() {
             return Err(ProxyError::ServerFailed(
                 "an upgrade (WebSocket) cannot go to a server spoken to in HTTP/2".into(),
             ));
         }
-        headers::for_server(&mut request, sender.is_h2(), server.cfg.tls.is_some());
-        let sent_at = if reused { chosen_at } else { Instant::now() };
+        headers::for_server(&mut request, connection.is_h2(), server.cfg.tls.is_some());
+        let sent_at = if connection.reused() {
+            chosen_at
+        } else {
+            Instant::now()
+        };
         let waiting = conn.activity.awaiting_server();
-        let sent = send(
+        let mut timer = conn.server_timer.take(sent_at + backend.cfg.timeout_server);
+        let sent = upstream::send(
             backend,
             &server,
-            (sender, reused, sent_at),
+            connection,
             request,
-            conn,
+            &mut timer,
             &record.received.failed,
         )
         .await;
+        drop(timer);
         // One clock reading for the end of the wait and the response time.
         let answered = Instant::now();
         waiting.end_at(answered.into());
         match sent {
-            Outcome::Unsent(request, e) => {
+            Outcome::Unsent(request, why) => {
                 backend.observe(index, true, false);
                 if retry_on.conn_failure && can_retry {
                     next_attempt(record);
                     pending = Some(request);
                     continue;
                 }
-                return Err(e);
+                return Err(match why {
+                    Unsent::Write(e) => ProxyError::ServerFailed(e),
+                    Unsent::Connect(e) => ProxyError::ConnectFailed(e.to_string()),
+                });
             }
             Outcome::ClientBody => return Err(ProxyError::ClientBody),
             Outcome::Timeout => {
@@ -741,12 +677,7 @@ async fn forward(
                         return Ok(Response::from_parts(head, local));
                     }
                 }
-                let body = ResponseBody::server(
-                    body,
-                    backend.cfg.timeout_server,
-                    slot,
-                    Arc::clone(&server.pool),
-                );
+                let body = ResponseBody::server(body, backend.cfg.timeout_server, slot);
                 return Ok(Response::from_parts(head, body));
             }
         }
@@ -796,9 +727,8 @@ fn is_idempotent(method: &Method) -> bool {
     )
 }
 
-/// A server slot for this attempt: the pinned server when it can take it, else the
-/// balancer's pick, waiting in the queue when every server is full. Once every server
-/// has been excluded by failed attempts, any server may be tried again.
+/// A server slot for this attempt (see [`BackendRt::choose`]), as the client sees a
+/// failure to get one.
 async fn choose(
     backend: &BackendRt,
     request: &Request<ClientBody>,
@@ -806,127 +736,18 @@ async fn choose(
     excluded: &mut Vec<usize>,
     pinned: Option<usize>,
 ) -> Result<InFlight, ProxyError> {
-    if let Some(slot) = pinned.and_then(|i| backend.claim_preferred(i)) {
-        return Ok(slot);
-    }
     let key = RequestKey {
         client_ip,
         path: request.uri().path(),
         query: request.uri().query(),
         headers: request.headers(),
     };
-    let mut result = backend.acquire_queued(&key, excluded).await;
-    if result.as_ref().err() == Some(&QueueError::NoServer) && !excluded.is_empty() {
-        excluded.clear();
-        result = backend.acquire_queued(&key, excluded).await;
-    }
-    result.map_err(|e| match e {
-        QueueError::NoServer => ProxyError::NoServer,
-        QueueError::QueueFull => ProxyError::QueueFull,
-        QueueError::Timeout => ProxyError::QueueTimeout,
-    })
-}
-
-enum Outcome {
-    /// With the server's side of an upgrade, for a 101 from hyper's client.
-    Response(Response<ServerBody>, Option<OnUpgrade>),
-    /// Nothing reached the server; the request comes back for another attempt.
-    Unsent(Request<ClientBody>, ProxyError),
-    Timeout,
-    Failed(String),
-    ClientBody,
-}
-
-/// Sends one request within `timeout.server` (from `sent_at`, when it goes out on
-/// `sender`). A pooled connection that turns out closed before the request was written
-/// gets one fresh connection to the same server.
-async fn send(
-    backend: &BackendRt,
-    server: &ServerRt,
-    (mut sender, mut reused, sent_at): (pool::Sender, bool, Instant),
-    mut request: Request<ClientBody>,
-    conn: &ConnInfo,
-    client_failed: &AtomicBool,
-) -> Outcome {
-    let mut timer = conn.server_timer(sent_at + backend.cfg.timeout_server);
-    loop {
-        let direct = matches!(sender, pool::Sender::Direct(_));
-        match sender {
-            pool::Sender::Direct(connection) => {
-                match within(connection.exchange(&request), &mut timer).await {
-                    None => return Outcome::Timeout,
-                    Some(Ok(response)) => {
-                        return Outcome::Response(response.map(ServerBody::Direct), None);
-                    }
-                    Some(Err(direct::Failure::Response(why))) => return Outcome::Failed(why),
-                    Some(Err(direct::Failure::Write(e))) if !reused => {
-                        return Outcome::Unsent(request, ProxyError::ServerFailed(e.to_string()));
-                    }
-                    // A pooled connection the server had closed: once more on a fresh one.
-                    Some(Err(direct::Failure::Write(_))) => {}
-                }
-            }
-            pool::Sender::Hyper(mut hyper) => {
-                // In a block of its own, so that the answer and its parts are not held (as
-                // room in every request's future) across the reconnection below.
-                request = {
-                    let answer = within(hyper.try_send_request(request), &mut timer).await;
-                    match answer {
-                        None => return Outcome::Timeout,
-                        Some(Ok(mut response)) => {
-                            let upgrade = (response.status() == StatusCode::SWITCHING_PROTOCOLS)
-                                .then(|| hyper::upgrade::on(&mut response));
-                            let response = response.map(|b| ServerBody::Hyper(b, Some(hyper)));
-                            return Outcome::Response(response, upgrade);
-                        }
-                        Some(Err(mut e)) => {
-                            if client_failed.load(Ordering::Acquire) {
-                                return Outcome::ClientBody;
-                            }
-                            let Some(unsent) = e.take_message() else {
-                                return Outcome::Failed(e.into_error().to_string());
-                            };
-                            if !reused {
-                                return Outcome::Unsent(
-                                    unsent,
-                                    ProxyError::ServerFailed(e.into_error().to_string()),
-                                );
-                            }
-                            unsent
-                        }
-                    }
-                };
-            }
-        }
-        // Only pooled connections get here, and servers with send_proxy have no pool:
-        // no PROXY header is due.
-        let route = pool::Route {
-            addr: server.cfg.addr,
-            timeout: backend.cfg.timeout_connect,
-            preface: None,
-            tls: server.cfg.tls.as_ref(),
-        };
-        match server.pool.connect(route, direct).await {
-            Ok(fresh) => {
-                sender = fresh;
-                reused = false;
-                timer.reset(Instant::now() + backend.cfg.timeout_server);
-            }
-            Err(ce) => {
-                return Outcome::Unsent(request, ProxyError::ConnectFailed(ce.to_string()));
-            }
-        }
-    }
-}
-
-/// `fut`'s output, or `None` if `timer` fires first (an output that is in wins).
-async fn within<T>(fut: impl Future<Output = T>, timer: &mut ServerTimer<'_>) -> Option<T> {
-    let mut fut = std::pin::pin!(fut);
-    std::future::poll_fn(|cx| {
-        if let std::task::Poll::Ready(out) = fut.as_mut().poll(cx) {
-            return std::task::Poll::Ready(Some(out));
-        }
-        timer.poll(cx).map(|()| None)
-    })
-    .await
+    backend
+        .choose(&key, excluded, pinned)
+        .await
+        .map_err(|e| match e {
+            QueueError::NoServer => ProxyError::NoServer,
+            QueueError::QueueFull => ProxyError::QueueFull,
+            QueueError::Timeout => ProxyError::QueueTimeout,
+        })
 }

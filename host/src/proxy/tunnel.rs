@@ -8,8 +8,8 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use super::ConnInfo;
-use super::backend::InFlight;
-use crate::server::io::{Activity, Tracked};
+use crate::activity::{Activity, Tracked};
+use crate::upstream::InFlight;
 
 pub async fn run(
     client: OnUpgrade,

@@ -32,6 +32,8 @@ use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 
+use crate::http1::{Chunked, Rejection, parse_length};
+
 /// The longest request line accepted (method, target and version); longer gets 414. A
 /// smaller `max_header_size` lowers it.
 pub const MAX_REQUEST_LINE: usize = 8 * 1024;
@@ -39,37 +41,6 @@ pub const MAX_REQUEST_LINE: usize = 8 * 1024;
 /// The headers httparse reads of an incomplete head (on the stack) to tell whether it
 /// refuses the head already; past them it only says there are more, which is no refusal.
 const STACK_HEADERS: usize = 128;
-
-/// A request head the guard refused.
-#[derive(Debug, Clone)]
-pub struct Rejection {
-    pub status: u16,
-    /// Why, for the log and the response body.
-    pub reason: &'static str,
-    /// The request's method and target, when its request line could be read.
-    pub method: Option<String>,
-    pub target: Option<String>,
-    /// The size of the refused head.
-    pub head_bytes: u64,
-}
-
-impl Rejection {
-    /// The response the client gets; the connection closes after it.
-    fn response(&self) -> Vec<u8> {
-        let phrase = http::StatusCode::from_u16(self.status)
-            .ok()
-            .and_then(|s| s.canonical_reason())
-            .unwrap_or("");
-        let body = format!("{} {phrase}: {}\n", self.status, self.reason);
-        format!(
-            "HTTP/1.1 {} {phrase}\r\ncontent-type: text/plain; charset=utf-8\r\n\
-             content-length: {}\r\ncache-control: no-cache\r\nconnection: close\r\n\r\n{body}",
-            self.status,
-            body.len()
-        )
-        .into_bytes()
-    }
-}
 
 /// The limits a head is checked against: the frontend's.
 #[derive(Debug, Clone, Copy)]
@@ -92,40 +63,9 @@ enum State {
     /// This many bytes of a Content-Length body still to come.
     Body(u64),
     /// Inside a chunked body.
-    Chunked(Chunk),
+    Chunked(Chunked),
     /// No longer checking: after an upgrade or CONNECT request, or bytes hyper refuses.
     Open,
-}
-
-/// The position inside a chunked body (RFC 9112 §7.1).
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Chunk {
-    /// Reading the hex chunk size; `digits` read so far.
-    Size {
-        size: u64,
-        digits: u8,
-    },
-    /// Inside a chunk extension, up to the CR.
-    Ext {
-        size: u64,
-    },
-    /// The LF ending the chunk-size line.
-    SizeLf {
-        size: u64,
-    },
-    /// Chunk data still to come.
-    Data(u64),
-    /// The CRLF after the chunk data.
-    DataCr,
-    DataLf,
-    /// In the trailer section; `empty` while the current line has no bytes yet.
-    Trailer {
-        empty: bool,
-    },
-    /// The LF ending a trailer line (or, after an empty line, the whole message).
-    TrailerLf {
-        empty: bool,
-    },
 }
 
 /// What the guard found on one connection, shared with the service that answers its
@@ -224,21 +164,17 @@ impl<T> FramingGuard<T> {
                         State::Body(left - n)
                     };
                 }
-                State::Chunked(Chunk::Data(left)) => {
-                    let n = left.min((data.len() - at) as u64);
+                State::Chunked(chunk @ Chunked::Data(_)) => {
+                    let (n, next) = chunk.skip((data.len() - at) as u64);
                     at += n as usize;
-                    self.state = State::Chunked(if n == left {
-                        Chunk::DataCr
-                    } else {
-                        Chunk::Data(left - n)
-                    });
+                    self.state = State::Chunked(next);
                 }
                 State::Chunked(chunk) => {
-                    self.state = match chunk_step(chunk, data[at]) {
-                        Some(Some(next)) => State::Chunked(next),
-                        Some(None) => State::Head,
+                    self.state = match chunk.step(data[at]) {
+                        Ok(Some(next)) => State::Chunked(next),
+                        Ok(None) => State::Head,
                         // Malformed: hyper refuses the body and closes the connection.
-                        None => State::Open,
+                        Err(_) => State::Open,
                     };
                     at += 1;
                 }
@@ -302,7 +238,7 @@ impl<T> FramingGuard<T> {
         } else if head.chunked {
             // A repeated `chunked`, or chunked in HTTP/1.0, is refused after hyper parses
             // it; the body is followed all the same.
-            State::Chunked(Chunk::Size { size: 0, digits: 0 })
+            State::Chunked(Chunked::Start)
         } else if let Some(length) = head.length {
             match parse_length(length) {
                 Some(0) => State::Head,
@@ -472,58 +408,6 @@ enum Head {
     Next(usize, State),
 }
 
-/// One byte of chunked framing outside chunk data: the next position, `Some(None)` at
-/// the end of the body, `None` for a malformed body.
-fn chunk_step(chunk: Chunk, b: u8) -> Option<Option<Chunk>> {
-    Some(Some(match chunk {
-        Chunk::Size { size, digits } => match (b as char).to_digit(16) {
-            Some(d) if digits < 16 => Chunk::Size {
-                size: size << 4 | u64::from(d),
-                digits: digits + 1,
-            },
-            Some(_) => return None,
-            None if digits == 0 => return None,
-            None => match b {
-                b';' | b' ' | b'\t' => Chunk::Ext { size },
-                b'\r' => Chunk::SizeLf { size },
-                _ => return None,
-            },
-        },
-        Chunk::Ext { size } => match b {
-            b'\r' => Chunk::SizeLf { size },
-            b'\n' => return None,
-            _ => Chunk::Ext { size },
-        },
-        Chunk::SizeLf { size } if b == b'\n' => match size {
-            0 => Chunk::Trailer { empty: true },
-            n => Chunk::Data(n),
-        },
-        Chunk::DataCr if b == b'\r' => Chunk::DataLf,
-        Chunk::DataLf if b == b'\n' => Chunk::Size { size: 0, digits: 0 },
-        Chunk::Trailer { empty } => match b {
-            b'\r' => Chunk::TrailerLf { empty },
-            b'\n' => return None,
-            _ => Chunk::Trailer { empty: false },
-        },
-        Chunk::TrailerLf { empty } if b == b'\n' => {
-            if empty {
-                return Some(None);
-            }
-            Chunk::Trailer { empty: true }
-        }
-        _ => return None,
-    }))
-}
-
-/// A Content-Length value: digits only.
-pub(crate) fn parse_length(value: &[u8]) -> Option<u64> {
-    let value = value.trim_ascii();
-    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(value).ok()?.parse().ok()
-}
-
 /// An HTTP token (RFC 9110 §5.6.2), as a transfer coding's name must be.
 fn is_token(s: &[u8]) -> bool {
     !s.is_empty()
@@ -669,6 +553,27 @@ mod tests {
             let (out, refused) = feed(&stream, step);
             assert_eq!(refused, Some(400));
             assert_eq!(out, first, "only the first request is passed on");
+        }
+    }
+
+    #[test]
+    fn a_chunked_body_ends_where_hyper_ends_it() {
+        // hyper takes any byte but CR inside a trailer line, a bare LF too: the guard
+        // follows the body to the same end and checks the head after it.
+        let first: &[u8] =
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1;x=y\r\nz\r\n0\r\nt: 1\n2\r\n\r\n";
+        let stream = [
+            first,
+            b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        ]
+        .concat();
+        for step in [1, 7, stream.len()] {
+            let (out, refused) = feed(&stream, step);
+            assert_eq!(refused, Some(400), "step {step}");
+            assert_eq!(
+                out, first,
+                "step {step}: only the first request is passed on"
+            );
         }
     }
 

@@ -4,7 +4,6 @@
 
 pub mod framing;
 pub mod io;
-pub mod tls;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -23,14 +22,14 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinHandle;
 
+use crate::activity::{Activity, Expired, Tracked};
 use crate::config::{Config, Frontend};
 use crate::health;
-use crate::proxy::backend::BackendRt;
 use crate::proxy::log::AccessLog;
-use crate::proxy::stats::Gauge;
 use crate::proxy::{self, ConnInfo, Proxy};
-use crate::proxy_protocol;
-use io::{Activity, Expired, Tracked};
+use crate::stats::Gauge;
+use crate::upstream::BackendRt;
+use crate::{proxy_protocol, tls};
 
 /// How long an HTTP/2 client that flooded weir with control frames has to read the GOAWAY
 /// before its connection is dropped.
@@ -507,8 +506,14 @@ async fn bind(
     })
 }
 
-/// Binds every frontend and starts serving on the current tokio runtime.
-pub async fn start(config: &Config, log: AccessLog) -> Result<Running, StartError> {
+/// Binds every frontend and the admin listener, and starts serving on the current tokio
+/// runtime; `admin` serves the admin listener (`crate::start` hands it `admin::serve`: the
+/// admin surface steers this module's [`Control`], so this module does not name it).
+pub async fn start<A, F>(config: &Config, log: AccessLog, admin: A) -> Result<Running, StartError>
+where
+    A: FnOnce(TcpListener, Arc<Control>, crate::config::Admin, watch::Receiver<bool>) -> F,
+    F: Future<Output = ()> + Send + 'static,
+{
     let proxy = Arc::new(Proxy::new(config, log.clone()).await?);
     let mut sockets = Vec::new();
     for (fi, fe) in config.frontends.iter().enumerate() {
@@ -568,7 +573,7 @@ pub async fn start(config: &Config, log: AccessLog) -> Result<Running, StartErro
         Some((listener, cfg)) => {
             let addr = listener.local_addr().unwrap_or(cfg.bind);
             tracing::info!("admin listening on {addr}");
-            tasks.push(tokio::spawn(crate::admin::serve(
+            tasks.push(tokio::spawn(admin(
                 listener,
                 Arc::clone(&control),
                 cfg,

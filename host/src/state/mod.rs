@@ -179,11 +179,7 @@ fn counter_key(key: &str) -> std::borrow::Cow<'_, str> {
     if key.len() <= MAX_KEY {
         return key.into();
     }
-    format!(
-        "sha256:{}",
-        crate::plugin::validate::sha256_hex(key.as_bytes())
-    )
-    .into()
+    format!("sha256:{}", crate::util::sha256_hex(key.as_bytes())).into()
 }
 
 struct Counter {

@@ -3,7 +3,8 @@
 //! recently used is reused first, and idle ones are closed after `pool_idle_timeout` or
 //! beyond `pool_max_idle`. A plain-TCP connection serves bodiless requests itself
 //! ([`super::direct`]) and is handed to hyper's client for the others. HTTP/2: one
-//! connection shared by all requests, opened again when it closes.
+//! connection shared by all requests, opened again when it closes. New connections are
+//! dialed by [`super::connect`].
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -14,12 +15,11 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{TrySendError, http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::body::ClientBody;
+use super::connect::{self, ConnectError, Dial, Stream};
 use super::direct;
-use crate::server::tls::ServerTls;
 
 /// A connection's request side.
 pub enum Sender {
@@ -71,15 +71,6 @@ impl Sender {
     }
 }
 
-/// How to reach the server.
-pub struct Route<'a> {
-    pub addr: SocketAddr,
-    pub timeout: Duration,
-    /// Written first on the connection: a PROXY protocol header.
-    pub preface: Option<&'a [u8]>,
-    pub tls: Option<&'a ServerTls>,
-}
-
 pub struct Pool {
     idle: Mutex<Vec<Idle>>,
     /// The HTTP/2 connection, shared (servers with `proto = "h2"`).
@@ -104,18 +95,6 @@ impl Idle {
             Sender::Hyper(Hyper::H2(s)) => !s.is_closed(),
         }
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    #[error("connect to {0} timed out")]
-    Timeout(SocketAddr),
-    #[error("connect to {0}: {1}")]
-    Io(SocketAddr, std::io::Error),
-    #[error("TLS with {0}: {1}")]
-    Tls(SocketAddr, std::io::Error),
-    #[error("handshake with {0}: {1}")]
-    Handshake(SocketAddr, hyper::Error),
 }
 
 impl Pool {
@@ -214,42 +193,37 @@ impl Pool {
         });
     }
 
-    /// Opens a new connection within the route's timeout (TLS handshake included), for a
-    /// request that is `direct` (see [`Sender::for_request`]). An HTTP/2 one becomes the
-    /// shared connection.
-    pub async fn connect(&self, route: Route<'_>, direct: bool) -> Result<Sender, ConnectError> {
+    /// Opens a new connection within `timeout` (TLS handshake included), for a request
+    /// that is `direct` (see [`Sender::for_request`]). An HTTP/2 one becomes the shared
+    /// connection.
+    pub async fn connect(
+        &self,
+        dial: Dial<'_>,
+        timeout: Duration,
+        direct: bool,
+    ) -> Result<Sender, ConnectError> {
         // Boxed: the TCP, TLS and HTTP handshakes make a large future, which would
         // otherwise be part of every request's future, connection reused or not.
-        Box::pin(self.open(route, direct)).await
+        Box::pin(self.open(dial, timeout, direct)).await
     }
 
-    async fn open(&self, route: Route<'_>, direct: bool) -> Result<Sender, ConnectError> {
-        let addr = route.addr;
+    async fn open(
+        &self,
+        dial: Dial<'_>,
+        timeout: Duration,
+        direct: bool,
+    ) -> Result<Sender, ConnectError> {
+        let addr = dial.addr;
         let opened = async {
-            let mut stream = TcpStream::connect(addr)
-                .await
-                .map_err(|e| ConnectError::Io(addr, e))?;
-            let _ = stream.set_nodelay(true);
-            if let Some(bytes) = route.preface {
-                stream
-                    .write_all(bytes)
-                    .await
-                    .map_err(|e| ConnectError::Io(addr, e))?;
-            }
-            match route.tls {
-                Some(tls) => {
-                    let stream = tls
-                        .connector
-                        .connect(tls.name.clone(), stream)
-                        .await
-                        .map_err(|e| ConnectError::Tls(addr, e))?;
-                    handshake(stream, addr, self.h2).await
+            match connect::dial(&dial).await? {
+                Stream::Plain(stream) if direct && !self.h2 => {
+                    Ok(Sender::Direct(direct::Conn::new(stream)))
                 }
-                None if direct && !self.h2 => Ok(Sender::Direct(direct::Conn::new(stream))),
-                None => handshake(stream, addr, self.h2).await,
+                Stream::Plain(stream) => handshake(stream, addr, self.h2).await,
+                Stream::Tls(stream) => handshake(stream, addr, self.h2).await,
             }
         };
-        let sender = match tokio::time::timeout(route.timeout, opened).await {
+        let sender = match tokio::time::timeout(timeout, opened).await {
             Err(_) => return Err(ConnectError::Timeout(addr)),
             Ok(result) => result?,
         };

@@ -1,10 +1,9 @@
 //! Traffic counters per frontend, backend and server, as HAProxy's stats count them:
-//! kept with atomics, added to once per request when it ends (with its access log record).
+//! kept with atomics, added to once per request when it ends (`proxy::log::Tally` adds a
+//! request's [`Ended`] to its frontend's, backend's and server's).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-
-use super::log::LogRecord;
+use std::time::Duration;
 
 /// One proxy's or server's counters.
 #[derive(Default)]
@@ -80,7 +79,7 @@ impl Histogram {
         self.bounds
     }
 
-    pub fn observe(&self, d: std::time::Duration) {
+    pub fn observe(&self, d: Duration) {
         let secs = d.as_secs_f64();
         let i = self
             .bounds
@@ -119,13 +118,26 @@ impl Histogram {
     }
 }
 
+/// What one ended request adds to counters.
+#[derive(Debug, Clone, Copy)]
+pub struct Ended {
+    /// From the first byte of the request to the last of the response.
+    pub took: Duration,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub status: u16,
+    /// HAProxy's termination state (`--`, `SC`, `PR`, ...).
+    pub termination: [u8; 2],
+    pub retries: u32,
+    pub redispatches: u32,
+}
+
 impl Counters {
-    fn add(&self, r: &LogRecord, took: std::time::Duration) {
+    pub fn add(&self, r: &Ended) {
         self.requests.fetch_add(1, Ordering::Relaxed);
-        self.durations.observe(took);
-        self.bytes_out.fetch_add(r.bytes, Ordering::Relaxed);
-        self.bytes_in
-            .fetch_add(r.received.bytes.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.durations.observe(r.took);
+        self.bytes_out.fetch_add(r.bytes_out, Ordering::Relaxed);
+        self.bytes_in.fetch_add(r.bytes_in, Ordering::Relaxed);
         let class = match r.status {
             100..=199 => 0,
             200..=299 => 1,
@@ -180,42 +192,9 @@ impl Gauge {
     }
 }
 
-/// The counters a request adds to when it ends: its frontend's, and those of the backend
-/// and server it went to, once known.
-#[derive(Clone, Default)]
-pub struct Tally {
-    pub frontend: Option<Arc<Counters>>,
-    pub backend: Option<Arc<Counters>>,
-    pub server: Option<Arc<Counters>>,
-}
-
-impl std::fmt::Debug for Tally {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Tally")
-    }
-}
-
-impl Tally {
-    pub fn count(&self, r: &LogRecord) {
-        self.count_at(r, std::time::Instant::now());
-    }
-
-    /// [`Self::count`], for a request that ended at `end`.
-    pub fn count_at(&self, r: &LogRecord, end: std::time::Instant) {
-        let took = r.tq + end.saturating_duration_since(r.start);
-        for c in [&self.frontend, &self.backend, &self.server]
-            .into_iter()
-            .flatten()
-        {
-            c.add(r, took);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn quantiles_interpolate_inside_buckets() {

@@ -30,8 +30,7 @@ use http_body::{Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::headers::{last_token_is, list_has};
-use crate::server::framing::parse_length;
+use crate::http1::{Chunked, last_token_is, list_has, parse_length};
 
 /// The most header fields in a response head or trailer section (hyper's default).
 const MAX_HEADERS: usize = 100;
@@ -68,24 +67,13 @@ pub enum Failure {
 enum Framing {
     /// This many bytes are left.
     Length(u64),
-    Chunked(Chunk),
+    /// At this position of a chunked body, with this many bytes of the current
+    /// chunk-size line read, or of the trailer section seen (still in the buffer).
+    Chunked(Chunked, usize),
     /// Up to the connection's end.
     Eof,
     /// Read to its end.
     Done,
-}
-
-/// Where the chunked decoder is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
-    /// At a chunk-size line.
-    Size,
-    /// In a chunk's data, this many bytes left.
-    Data(u64),
-    /// At the CRLF after a chunk's data.
-    DataEnd,
-    /// After the last chunk: trailer fields, then an empty line.
-    Trailers,
 }
 
 impl Conn {
@@ -290,7 +278,7 @@ fn parse_head(
                 keep_alive = false;
             }
             if chunked {
-                Framing::Chunked(Chunk::Size)
+                Framing::Chunked(Chunked::Start, 0)
             } else {
                 Framing::Eof
             }
@@ -424,7 +412,7 @@ impl http_body::Body for Body {
                         return Poll::Ready(Some(Ok(Frame::data(buf.split().freeze()))));
                     }
                 }
-                Framing::Chunked(chunk) => match decode_chunk(buf, chunk) {
+                Framing::Chunked(chunk, seen) => match decode_chunk(buf, chunk, seen) {
                     Ok(Step::Next(next, frame)) => {
                         this.state.framing = next;
                         if let Some(frame) = frame {
@@ -432,7 +420,7 @@ impl http_body::Body for Body {
                         }
                         continue;
                     }
-                    Ok(Step::More) => {}
+                    Ok(Step::More(at)) => this.state.framing = at,
                     Err(why) => return this.fail(why),
                 },
             }
@@ -467,110 +455,88 @@ impl http_body::Body for Body {
 enum Step {
     /// Moved on, with a frame to pass on or none.
     Next(Framing, Option<Frame<Bytes>>),
-    /// Needs more bytes.
-    More,
+    /// Needs more bytes, from this position on.
+    More(Framing),
 }
 
-/// One step of the chunked decoder over `buf`.
-fn decode_chunk(buf: &mut BytesMut, chunk: Chunk) -> Result<Step, String> {
+/// One step of the chunked decoder over `buf`, at `chunk` with `seen` bytes of the
+/// current line or trailer section read (see [`Framing::Chunked`]). The positions are
+/// [`Chunked`]'s, so the body ends where hyper would end it.
+fn decode_chunk(buf: &mut BytesMut, chunk: Chunked, seen: usize) -> Result<Step, String> {
     match chunk {
-        Chunk::Size => {
-            let end = memchr::memchr(b'\n', buf);
-            if end.unwrap_or(buf.len()) > MAX_CHUNK_LINE {
-                return Err("a chunk-size line is too long".into());
-            }
-            let Some(end) = end else {
-                return Ok(Step::More);
-            };
-            let size = chunk_size(&buf[..end]).ok_or("invalid chunk-size line")?;
-            buf.advance(end + 1);
-            let next = if size == 0 {
-                Chunk::Trailers
-            } else {
-                Chunk::Data(size)
-            };
-            Ok(Step::Next(Framing::Chunked(next), None))
-        }
-        Chunk::Data(left) => {
+        Chunked::Data(_) => {
             if buf.is_empty() {
-                return Ok(Step::More);
+                return Ok(Step::More(Framing::Chunked(chunk, 0)));
             }
-            let take = left.min(buf.len() as u64);
+            let (take, next) = chunk.skip(buf.len() as u64);
             let data = buf.split_to(take as usize).freeze();
-            let next = if take == left {
-                Chunk::DataEnd
-            } else {
-                Chunk::Data(left - take)
-            };
-            Ok(Step::Next(Framing::Chunked(next), Some(Frame::data(data))))
+            Ok(Step::Next(
+                Framing::Chunked(next, 0),
+                Some(Frame::data(data)),
+            ))
         }
-        Chunk::DataEnd => {
-            if buf.len() < 2 {
-                return Ok(Step::More);
-            }
-            if &buf[..2] != b"\r\n" {
-                return Err("a chunk's data does not end with CRLF".into());
-            }
-            buf.advance(2);
-            Ok(Step::Next(Framing::Chunked(Chunk::Size), None))
+        Chunked::EndCr | Chunked::Trailer | Chunked::TrailerLf | Chunked::EndLf => {
+            trailers(buf, chunk, seen)
         }
-        Chunk::Trailers => {
-            if buf.len() >= 2 && &buf[..2] == b"\r\n" {
-                buf.advance(2);
-                return Ok(Step::Next(Framing::Done, None));
+        _ => {
+            // A chunk-size line, or the CRLF after a chunk's data: used up as it is read.
+            let (mut at, mut line) = (chunk, seen);
+            let mut used = 0;
+            while used < buf.len() {
+                let next = at.step(buf[used])?.ok_or("a chunked body ended early")?;
+                used += 1;
+                line = if next == Chunked::Start { 0 } else { line + 1 };
+                if line > MAX_CHUNK_LINE {
+                    return Err("a chunk-size line is too long".into());
+                }
+                at = next;
+                if matches!(at, Chunked::Data(_) | Chunked::EndCr) {
+                    buf.advance(used);
+                    return Ok(Step::Next(Framing::Chunked(at, 0), None));
+                }
             }
-            // Trailer fields, up to an empty line; lines end in CRLF, as hyper reads them.
-            let Some(end) = memchr::memmem::find(buf, b"\r\n\r\n") else {
-                return if buf.len() > MAX_TRAILERS {
-                    Err("the trailer section is too large".into())
-                } else {
-                    Ok(Step::More)
-                };
-            };
-            let len = end + 4;
-            if len > MAX_TRAILERS {
-                return Err("the trailer section is too large".into());
-            }
-            let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let fields = match httparse::parse_headers(&buf[..len], &mut slots) {
-                Ok(httparse::Status::Complete((n, fields))) if n == len => fields,
-                Ok(_) => return Err("invalid trailer section".into()),
-                Err(e) => return Err(format!("invalid trailer section: {e}")),
-            };
-            let mut trailers = HeaderMap::with_capacity(fields.len());
-            for f in fields.iter() {
-                let name = HeaderName::from_bytes(f.name.as_bytes())
-                    .map_err(|e| format!("invalid trailer: {e}"))?;
-                let value = HeaderValue::from_bytes(f.value)
-                    .map_err(|e| format!("invalid trailer: {e}"))?;
-                trailers.append(name, value);
-            }
-            buf.advance(len);
-            Ok(Step::Next(Framing::Done, Some(Frame::trailers(trailers))))
+            buf.advance(used);
+            Ok(Step::More(Framing::Chunked(at, line)))
         }
     }
 }
 
-/// A chunk-size line (without its LF), read as hyper reads it: hex digits, spaces or tabs,
-/// then optional extensions after `;`, then CR.
-fn chunk_size(line: &[u8]) -> Option<u64> {
-    let line = line.strip_suffix(b"\r")?;
-    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-    if digits == 0 {
-        return None;
+/// The trailer section after the last chunk (`seen` bytes of it already followed), kept
+/// in `buf` until its final CRLF: then read as hyper reads it, fields and all.
+fn trailers(buf: &mut BytesMut, chunk: Chunked, seen: usize) -> Result<Step, String> {
+    let mut at = chunk;
+    for (i, &b) in buf.iter().enumerate().skip(seen) {
+        if i >= MAX_TRAILERS {
+            return Err("the trailer section is too large".into());
+        }
+        let Some(next) = at.step(b)? else {
+            let len = i + 1;
+            let frame = (len > 2).then(|| trailer_fields(&buf[..len])).transpose()?;
+            buf.advance(len);
+            return Ok(Step::Next(Framing::Done, frame.map(Frame::trailers)));
+        };
+        at = next;
     }
-    let rest = &line[digits..];
-    let rest = &rest[rest
-        .iter()
-        .take_while(|&&b| b == b' ' || b == b'\t')
-        .count()..];
-    if !(rest.is_empty() || rest[0] == b';') || rest.contains(&b'\r') {
-        return None;
+    Ok(Step::More(Framing::Chunked(at, buf.len())))
+}
+
+/// The fields of a whole trailer section (ending in an empty line).
+fn trailer_fields(section: &[u8]) -> Result<HeaderMap, String> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let fields = match httparse::parse_headers(section, &mut slots) {
+        Ok(httparse::Status::Complete((n, fields))) if n == section.len() => fields,
+        Ok(_) => return Err("invalid trailer section".into()),
+        Err(e) => return Err(format!("invalid trailer section: {e}")),
+    };
+    let mut trailers = HeaderMap::with_capacity(fields.len());
+    for f in fields.iter() {
+        let name = HeaderName::from_bytes(f.name.as_bytes())
+            .map_err(|e| format!("invalid trailer: {e}"))?;
+        let value =
+            HeaderValue::from_bytes(f.value).map_err(|e| format!("invalid trailer: {e}"))?;
+        trailers.append(name, value);
     }
-    line[..digits].iter().try_fold(0u64, |n, &d| {
-        let v = u64::from((d as char).to_digit(16)?);
-        n.checked_mul(16)?.checked_add(v)
-    })
+    Ok(trailers)
 }
 
 #[cfg(test)]
@@ -597,10 +563,10 @@ mod tests {
     fn dechunk(wire: &[u8], step: usize) -> Result<Decoded, String> {
         let mut buf = BytesMut::new();
         let mut fed = 0;
-        let mut framing = Framing::Chunked(Chunk::Size);
+        let mut framing = Framing::Chunked(Chunked::Start, 0);
         let (mut data, mut trailers) = (Vec::new(), None);
-        while let Framing::Chunked(chunk) = framing {
-            match decode_chunk(&mut buf, chunk)? {
+        while let Framing::Chunked(chunk, seen) = framing {
+            match decode_chunk(&mut buf, chunk, seen)? {
                 Step::Next(next, frame) => {
                     framing = next;
                     match frame.map(Frame::into_data) {
@@ -609,12 +575,13 @@ mod tests {
                         None => {}
                     }
                 }
-                Step::More if fed < wire.len() => {
+                Step::More(at) if fed < wire.len() => {
+                    framing = at;
                     let end = (fed + step).min(wire.len());
                     buf.extend_from_slice(&wire[fed..end]);
                     fed = end;
                 }
-                Step::More => return Err("cut short".into()),
+                Step::More(_) => return Err("cut short".into()),
             }
         }
         let mut rest = buf.to_vec();
@@ -664,27 +631,6 @@ mod tests {
     }
 
     #[test]
-    fn chunk_size_lines_take_hex_and_extensions() {
-        assert_eq!(chunk_size(b"1F\r"), Some(31));
-        assert_eq!(chunk_size(b"a ; x=\"y\"\r"), Some(10));
-        assert_eq!(chunk_size(b"0\r"), Some(0));
-        assert_eq!(chunk_size(b"ffffffffffffffff\r"), Some(u64::MAX));
-        assert_eq!(chunk_size(b"00000000000000000001\t;x\r"), Some(1));
-        for bad in [
-            &b"1F"[..],
-            b"\r",
-            b" 1\r",
-            b"1 2\r",
-            b"-1\r",
-            b"1;\r\r",
-            b"1\x0c\r",
-            b"10000000000000000\r",
-        ] {
-            assert_eq!(chunk_size(bad), None, "{bad:?}");
-        }
-    }
-
-    #[test]
     fn content_length_values_must_be_one_number() {
         let cl = |v: &'static str| content_length(&HeaderValue::from_static(v));
         assert_eq!(cl("42"), Some(42));
@@ -706,7 +652,7 @@ mod tests {
     #[test]
     fn the_framing_of_a_response_follows_its_status_method_and_fields() {
         use Framing::{Eof, Length};
-        let chunked = Framing::Chunked(Chunk::Size);
+        let chunked = Framing::Chunked(Chunked::Start, 0);
         let cases: &[(&str, Method, Framing, bool)] = &[
             (
                 "HTTP/1.1 200 OK\r\nContent-Length: 5",

@@ -9,8 +9,10 @@ use tokio::sync::oneshot;
 
 use crate::balance::{self, Balancer, RequestKey, RoundRobin, Servers};
 use crate::config::{Backend, Observe, Server};
-use crate::health::{Health, Observed, Transition};
+use crate::stats::Counters;
 
+use super::body::ServerBody;
+use super::health::{Health, Observed, Transition};
 use super::pool::Pool;
 
 /// An operator's say over a server, beside what health checks decide.
@@ -51,10 +53,10 @@ pub struct ServerRt {
     pub in_flight: AtomicU32,
     pub health: Health,
     admin: AtomicU8,
-    pub stats: Arc<super::stats::Counters>,
+    pub stats: Arc<Counters>,
     /// The weight was set by an operator (and a reload keeps it).
     weight_set: std::sync::atomic::AtomicBool,
-    pub pool: Arc<Pool>,
+    pub(super) pool: Arc<Pool>,
     queue: Arc<Queue>,
 }
 
@@ -136,6 +138,14 @@ impl InFlight {
         self.index
     }
 
+    /// Hands the connection of a response body read to its end back to the server's pool
+    /// (`now`: when it ended).
+    pub fn recycle(&self, body: &mut ServerBody, now: std::time::Instant) {
+        if let Some(sender) = body.take_idle() {
+            self.server().pool.recycle(sender, now);
+        }
+    }
+
     /// Takes the server out without releasing the slot (it is being handed over).
     fn defuse(mut self) -> Arc<ServerRt> {
         self.server.take().expect("a live slot has its server")
@@ -196,7 +206,7 @@ pub struct BackendRt {
     /// Hands queued requests to servers that free up: no request key is at hand then.
     dequeue: RoundRobin,
     queue: Arc<Queue>,
-    pub stats: Arc<super::stats::Counters>,
+    pub stats: Arc<Counters>,
 }
 
 impl BackendRt {
@@ -327,6 +337,26 @@ impl BackendRt {
             // Dropping the receiver withdraws from the queue: a slot sent to it is passed on.
             Ok(Err(_)) | Err(_) => Err(QueueError::Timeout),
         }
+    }
+
+    /// A server slot for one attempt: the `pinned` server when it can take it, else the
+    /// balancer's pick, waiting in the queue when every server is full. Once every server
+    /// has been excluded by failed attempts, any server may be tried again.
+    pub async fn choose(
+        &self,
+        key: &RequestKey<'_>,
+        excluded: &mut Vec<usize>,
+        pinned: Option<usize>,
+    ) -> Result<InFlight, QueueError> {
+        if let Some(slot) = pinned.and_then(|i| self.claim_preferred(i)) {
+            return Ok(slot);
+        }
+        let mut result = self.acquire_queued(key, excluded).await;
+        if result.as_ref().err() == Some(&QueueError::NoServer) && !excluded.is_empty() {
+            excluded.clear();
+            result = self.acquire_queued(key, excluded).await;
+        }
+        result
     }
 
     /// Hands queued requests to servers with room, as long as there are both.

@@ -1,0 +1,34 @@
+//! Two small helpers shared by rooms that may not import each other (ARCHITECTURE.md).
+
+/// Runs `f` on a thread of tokio's blocking pool and waits for it there, so that the
+/// runtime's threads (with `threads = 1`, the one serving every connection) go on
+/// meanwhile: for reading files and resolving names at a reload. A panic in `f` goes on
+/// in the caller.
+pub async fn off_runtime<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
+/// The SHA-256 of `bytes` in lowercase hex: plugin pins (`sha256 = ...`) and the
+/// counter keys of plugin state that are too long to keep as they are.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sha256_is_lower_hex() {
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}
