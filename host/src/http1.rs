@@ -45,13 +45,24 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    /// The response the client gets; the connection closes after it.
+    /// The body of its response when no `errorfiles` page replaces it.
+    pub fn default_body(&self) -> String {
+        let phrase = http::StatusCode::from_u16(self.status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("");
+        format!("{} {phrase}: {}\n", self.status, self.reason)
+    }
+
+    /// The plain response, for a refusal on a connection whose frontend is gone (a reload
+    /// removed it): the connection closes after it. Otherwise `proxy::local::refusal`
+    /// answers.
     pub fn response(&self) -> Vec<u8> {
         let phrase = http::StatusCode::from_u16(self.status)
             .ok()
             .and_then(|s| s.canonical_reason())
             .unwrap_or("");
-        let body = format!("{} {phrase}: {}\n", self.status, self.reason);
+        let body = self.default_body();
         format!(
             "HTTP/1.1 {} {phrase}\r\ncontent-type: text/plain; charset=utf-8\r\n\
              content-length: {}\r\ncache-control: no-cache\r\nconnection: close\r\n\r\n{body}",

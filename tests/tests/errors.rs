@@ -508,3 +508,103 @@ async fn connect_timeout_gives_503_in_time() {
     let lines = proxy.log.wait_for(1).await;
     assert!(lines[0].contains(" SC 1 "), "{lines:?}");
 }
+
+/// A frontend over a dead server with the chain `secure` (security-headers), `tag` (the
+/// fixture, which appends `x-chain-back: tag` on the way back) and `more`, `frontend_keys`
+/// added to the frontend, and pages for 400, 501 and 503.
+async fn answers_pass_the_chain(more: &[String], frontend_keys: &str) -> TestProxy {
+    let dir = weir_tests::scratch_dir("local-answers");
+    for status in [400, 501, 503] {
+        std::fs::write(dir.join(format!("{status}.txt")), format!("page {status}")).unwrap();
+    }
+    let pages = format!(
+        "errorfiles = {{ 400 = \"{d}/400.txt\", 501 = \"{d}/501.txt\", 503 = \"{d}/503.txt\" }}\n",
+        d = dir.display()
+    );
+    let mut chain = vec!["secure", "tag"];
+    let mut sections = vec![
+        weir_tests::stock_plugin("secure", "security-headers", "{}"),
+        weir_tests::fixture_plugin("tag", "tag", ""),
+    ];
+    for m in more {
+        chain.push(m.split(['[', '.', ']']).nth(2).unwrap());
+        sections.push(m.clone());
+    }
+    let toml = weir_tests::with_plugins(
+        config("roundrobin", &[("s1", closed_port().await, "")], ""),
+        &chain,
+        &sections,
+    )
+    .replacen(
+        "default_backend = \"app\"\n",
+        &format!("default_backend = \"app\"\n{pages}{frontend_keys}"),
+        1,
+    );
+    TestProxy::start(&toml).await
+}
+
+/// The answer passed back through security-headers and the fixture.
+fn passed_the_chain(response: &str) -> bool {
+    response.contains("x-content-type-options: nosniff") && response.contains("x-chain-back: tag")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weirs_own_answers_get_their_page_and_pass_the_on_response_chain() {
+    let proxy = answers_pass_the_chain(&[], "").await;
+    // An error after the chain ran: no server (503).
+    let (response, _) = raw(proxy.addr(), b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert_eq!(raw_status(&response), 503, "{response}");
+    assert!(response.ends_with("page 503"), "{response}");
+    assert!(passed_the_chain(&response), "{response}");
+    // The pipeline's refusal, before the chain ran (501): every plugin sees it.
+    let (response, _) = raw(
+        proxy.addr(),
+        b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&response), 501, "{response}");
+    assert!(response.ends_with("page 501"), "{response}");
+    assert!(passed_the_chain(&response), "{response}");
+    // The framing guard's refusal of a head hyper never sees (400).
+    let smuggle = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nx";
+    let (response, closed) = raw(proxy.addr(), smuggle).await;
+    assert_eq!(raw_status(&response), 400, "{response}");
+    assert!(response.ends_with("page 400"), "{response}");
+    assert!(passed_the_chain(&response), "{response}");
+    assert!(closed, "the connection closes after a refused head");
+    let lines = proxy.log.wait_for(3).await;
+    assert!(
+        lines[2].contains(" 400 ") && lines[2].contains(" PR "),
+        "{lines:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_https_redirect_passes_the_on_response_chain() {
+    let proxy = answers_pass_the_chain(&[], "redirect_https = true\n").await;
+    let (response, _) = raw(
+        proxy.addr(),
+        b"GET /x HTTP/1.1\r\nHost: shop.example\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&response), 301, "{response}");
+    assert!(
+        response.contains("location: https://shop.example/x"),
+        "{response}"
+    );
+    assert!(passed_the_chain(&response), "{response}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_plugins_503_passes_the_plugins_before_it_not_the_failed_one() {
+    // `trap` fails in on-request (fail-closed): its 503 goes back through `tag` and
+    // `secure`, which ran before it.
+    let trap = weir_tests::fixture_plugin("trap", "trap", "");
+    let proxy = answers_pass_the_chain(&[trap], "").await;
+    let (response, _) = raw(proxy.addr(), b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert_eq!(raw_status(&response), 503, "{response}");
+    assert!(response.ends_with("page 503"), "{response}");
+    assert!(passed_the_chain(&response), "{response}");
+    let lines = proxy.log.wait_for(1).await;
+    assert!(lines[0].contains(" PI "), "{lines:?}");
+}

@@ -54,6 +54,14 @@ pub struct Ran {
     note: Option<String>,
 }
 
+/// Every plugin of a chain, as if all had run and left no note: for a response weir made
+/// before the chain ran.
+pub fn every(plugins: &[Link]) -> Vec<Ran> {
+    (0..plugins.len())
+        .map(|index| Ran { index, note: None })
+        .collect()
+}
+
 /// The next request number: unique within the process.
 pub fn next_request_id() -> u64 {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -241,17 +249,19 @@ pub struct Answered<'a> {
 }
 
 /// Runs `on-response` over the plugins that ran, in reverse order, editing `headers`.
-/// A replacement replaces the whole response; the plugins before it still see it.
+/// A replacement replaces the whole response; the plugins before it still see it. When a
+/// fail-closed plugin fails, `ran` keeps only the plugins not called yet, which the
+/// answer to that failure passes through.
 pub async fn on_response(
     plugins: &[Link],
-    ran: &mut [Ran],
+    ran: &mut Vec<Ran>,
     status: &mut StatusCode,
     headers: &mut HeaderMap,
     answered: &Answered<'_>,
 ) -> Result<ResponseChange, Failed> {
     let mut change = ResponseChange::Keep;
-    for ran in ran.iter_mut().rev() {
-        let Link { plugin, fixed } = &plugins[ran.index];
+    for at in (0..ran.len()).rev() {
+        let Link { plugin, fixed } = &plugins[ran[at].index];
         if !plugin.hooks().contains(types::Hooks::ON_RESPONSE) {
             continue;
         }
@@ -259,7 +269,7 @@ pub async fn on_response(
             validate::apply(edits.iter().cloned(), headers);
             continue;
         }
-        let note = ran.note.take();
+        let note = ran[at].note.take();
         let response_headers = plugin.response_headers_of(headers);
         let fields = plugin.response_values(&ResponseInfo {
             backend: answered.backend,
@@ -277,24 +287,29 @@ pub async fn on_response(
             id: answered.client.id,
             note: note.as_deref(),
         };
-        let result = match plugin.on_response(response).await {
+        let called = match plugin.on_response(response).await {
             Ok(types::ResponseAction::Proceed(ops)) => {
-                validate::edits(&ops).map(|edits| validate::apply(edits, headers))
+                Ok(validate::edits(&ops).map(|edits| validate::apply(edits, headers)))
             }
-            Ok(types::ResponseAction::Unchanged) => Ok(()),
-            Ok(types::ResponseAction::Replace(r)) => local(r).map(|l| {
+            Ok(types::ResponseAction::Unchanged) => Ok(Ok(())),
+            Ok(types::ResponseAction::Replace(r)) => Ok(local(r).map(|l| {
                 *status = l.status;
                 *headers = l.headers;
                 change = ResponseChange::Replace(l.body);
-            }),
-            Err(e) => {
-                on_failure(plugin, "on-response", &e)?;
-                continue;
-            }
+            })),
+            Err(e) => Err(e),
         };
-        if let Err(why) = result {
-            plugin.note_invalid();
-            on_failure(plugin, "on-response", &HookError::Invalid(why))?;
+        let failure = match called {
+            Ok(Ok(())) => continue,
+            Ok(Err(why)) => {
+                plugin.note_invalid();
+                HookError::Invalid(why)
+            }
+            Err(e) => e,
+        };
+        if on_failure(plugin, "on-response", &failure).is_err() {
+            ran.truncate(at);
+            return Err(Failed);
         }
     }
     Ok(change)

@@ -8,6 +8,7 @@ pub mod body;
 mod chain;
 mod error;
 pub mod headers;
+pub mod local;
 pub mod log;
 mod tunnel;
 
@@ -17,11 +18,11 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
+use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::activity::{Activity, InRequest};
+use crate::activity::Activity;
 use crate::balance::RequestKey;
 use crate::config::{Config, Frontend};
 use crate::plugin::{self, LoadError, Plugin};
@@ -151,25 +152,14 @@ impl Proxy {
     }
 }
 
-/// The answer to a request that arrived on a listener a reload just removed: 503, and the
-/// connection closes. Not logged: the frontend it would be logged under is gone.
-pub fn frontend_gone() -> Response<ResponseBody> {
-    let mut response = Response::new(ResponseBody::local(Bytes::from_static(
-        b"503 Service Unavailable: this listener was removed by a reload\n",
-    )));
-    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-    let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
-    response
-}
-
 /// Logs and counts (`ereq`) a request head the HTTP/1 framing check refused before any of
 /// it reached the HTTP parser; the check itself answered the client.
-pub fn log_refused(fe: &FrontendRt, conn: &ConnInfo, refused: &crate::http1::Rejection) {
+pub fn log_refused(
+    fe: &FrontendRt,
+    conn: &ConnInfo,
+    refused: &crate::http1::Rejection,
+    status: u16,
+) {
     let method = refused
         .method
         .as_deref()
@@ -184,7 +174,7 @@ pub fn log_refused(fe: &FrontendRt, conn: &ConnInfo, refused: &crate::http1::Rej
         Version::HTTP_11,
         refused.head_bytes,
     );
-    record.status = refused.status;
+    record.status = status;
     record.termination = *b"PR";
     tracing::debug!("{}: request refused: {}", conn.peer, refused.reason);
     record.tally.count(&record);
@@ -312,36 +302,27 @@ pub async fn handle(
     let head = head_size(&req, &uri);
     let mut record = new_record(&fe, &conn, req.method().clone(), uri, req.version(), head);
     let version = req.version();
-    let response = match forward(&fe, &conn, req, &mut record).await {
+    let id = chain::next_request_id();
+    // The plugins that ran, once the chain has: weir's own answers pass back through them.
+    let mut ran = None;
+    let response = match forward(&fe, &conn, req, &mut record, id, &mut ran).await {
         Ok(mut response) => {
             response.body_mut().attach(record, fe.log.clone(), request);
             response
         }
-        Err(err) => error_response(&fe, &err, record, version, request),
+        Err(err) => {
+            let client = chain::Client {
+                conn: &conn,
+                frontend: &fe.name,
+                scheme: conn.proto,
+                id,
+            };
+            let answer = local::error(&fe, client, &err, record, version, request, ran);
+            Box::pin(answer).await
+        }
     };
     conn.mark_ready();
     response
-}
-
-/// `redirect_https`: a 301 to the same host (without its port, so https's own) and
-/// path over https.
-fn redirect_https(
-    host: Option<&http::uri::Authority>,
-    uri: &http::Uri,
-    record: &mut LogRecord,
-) -> Result<Response<ResponseBody>, ProxyError> {
-    let host = host.ok_or(ProxyError::BadRequest(
-        "A Host header is needed to redirect to https.",
-    ))?;
-    let target = uri.path_and_query().map_or("/", |p| p.as_str());
-    let location = HeaderValue::try_from(format!("https://{}{target}", host.host()))
-        .map_err(|_| ProxyError::BadRequest("Invalid Host header."))?;
-    record.status = 301;
-    record.termination = *b"LR";
-    let mut response = Response::new(ResponseBody::local(Bytes::new()));
-    *response.status_mut() = StatusCode::MOVED_PERMANENTLY;
-    response.headers_mut().insert(header::LOCATION, location);
-    Ok(response)
 }
 
 /// The size of a request head as HTTP/1.1 writes it: request line (`uri` is its target
@@ -356,54 +337,17 @@ fn head_size<B>(req: &Request<B>, uri: &Target) -> u64 {
     (line + fields + 2) as u64
 }
 
-fn error_response(
-    fe: &FrontendRt,
-    err: &ProxyError,
-    mut record: LogRecord,
-    version: Version,
-    request: InRequest,
-) -> Response<ResponseBody> {
-    let status = err.status();
-    if status.is_server_error() {
-        tracing::warn!(
-            "{} {} {}: {err}",
-            fe.name,
-            record.backend.as_deref().unwrap_or("-"),
-            record.server.as_deref().unwrap_or("-")
-        );
-    }
-    let page = fe
-        .backend
-        .cfg
-        .errorfiles
-        .get(status)
-        .filter(|_| record.backend.is_some())
-        .or_else(|| fe.cfg.errorfiles.get(status));
-    let (body, content_type) = match page {
-        Some(p) => (p.body.clone(), p.content_type),
-        None => (Bytes::from(err.default_body()), "text/plain; charset=utf-8"),
-    };
-    record.status = status.as_u16();
-    record.termination = err.termination();
-    let mut response = Response::new(ResponseBody::local(body));
-    response.body_mut().attach(record, fe.log.clone(), request);
-    *response.status_mut() = status;
-    let h = response.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    if err.closes_connection() && version < Version::HTTP_2 {
-        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    response
-}
-
 /// Decides a request's response: a server's, a plugin's or weir's own. `record` fills in
 /// on the way; [`handle`] attaches it to the response body, which logs it at its end.
+/// `id`: the request's number for plugins; `ran` becomes the plugins that ran, once the
+/// chain has.
 async fn forward(
     fe: &FrontendRt,
     conn: &Arc<ConnInfo>,
     mut req: Request<Incoming>,
     record: &mut LogRecord,
+    id: u64,
+    ran_slot: &mut Option<Vec<chain::Ran>>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     if req.method() == Method::CONNECT {
         return Err(ProxyError::NotImplemented("CONNECT"));
@@ -411,8 +355,22 @@ async fn forward(
     headers::check_framing(req.version(), req.headers())?;
     headers::check_target(req.method(), req.version(), req.uri())?;
     let host = headers::request_host(req.version(), req.uri(), req.headers())?;
+    let client = chain::Client {
+        conn,
+        frontend: &fe.name,
+        scheme: conn.proto,
+        id,
+    };
     if fe.cfg.redirect_https && conn.proto == "http" {
-        return redirect_https(host.as_ref(), req.uri(), record);
+        let answered = chain::Answered {
+            method: req.method().as_str(),
+            path: req.uri().path(),
+            client,
+            backend: None,
+            server: None,
+        };
+        let redirect = local::redirect_https(fe, &answered, host.as_ref(), req.uri(), record);
+        return Box::pin(redirect).await;
     }
     let upgrade = headers::is_upgrade(req.version(), req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -429,13 +387,12 @@ async fn forward(
     );
 
     // The plugin chain: edits, a route, or a response of its own.
-    let client = chain::Client {
-        conn,
-        frontend: &fe.name,
-        scheme: conn.proto,
-        id: chain::next_request_id(),
+    let mut no_chain = Vec::new();
+    let ran = if fe.plugins.is_empty() {
+        &mut no_chain
+    } else {
+        ran_slot.insert(Vec::new())
     };
-    let mut ran = Vec::new();
     let mut routed: Option<Arc<BackendRt>> = None;
     let mut pinned = None;
     if !fe.plugins.is_empty() {
@@ -449,7 +406,7 @@ async fn forward(
             &mut parts,
             host.as_ref().map(|h| h.as_str()),
             client,
-            &mut ran,
+            ran,
         ))
         .await
         .map_err(|_| ProxyError::PluginFailed)?;
@@ -461,10 +418,16 @@ async fn forward(
                 routed = chosen;
                 pinned = prefer;
             }
-            chain::Decision::Respond(local) => {
-                record.termination = *b"LR";
-                return Box::pin(plugin_response(fe, client, &parts, &mut ran, local, record))
-                    .await;
+            chain::Decision::Respond(answer) => {
+                let answered = chain::Answered {
+                    method: parts.method.as_str(),
+                    path: parts.uri.path(),
+                    client,
+                    backend: None,
+                    server: None,
+                };
+                let answer = local::from_plugin(fe, &answered, ran, answer, record);
+                return Ok(Box::pin(answer).await);
             }
         }
     }
@@ -653,7 +616,7 @@ async fn forward(
                 if !ran.is_empty() {
                     let change = Box::pin(chain::on_response(
                         &fe.plugins,
-                        &mut ran,
+                        ran,
                         &mut head.status,
                         &mut head.headers,
                         &chain::Answered {
@@ -682,41 +645,6 @@ async fn forward(
             }
         }
     }
-}
-
-/// A response a plugin made: it passes back through the plugins that ran before it.
-async fn plugin_response(
-    fe: &FrontendRt,
-    client: chain::Client<'_>,
-    parts: &http::request::Parts,
-    ran: &mut [chain::Ran],
-    local: chain::Local,
-    record: &mut LogRecord,
-) -> Result<Response<ResponseBody>, ProxyError> {
-    let (mut status, mut head_headers, mut body) = (local.status, local.headers, local.body);
-    let change = Box::pin(chain::on_response(
-        &fe.plugins,
-        ran,
-        &mut status,
-        &mut head_headers,
-        &chain::Answered {
-            method: parts.method.as_str(),
-            path: parts.uri.path(),
-            client,
-            backend: None,
-            server: None,
-        },
-    ))
-    .await
-    .map_err(|_| ProxyError::PluginFailed)?;
-    if let chain::ResponseChange::Replace(replaced) = change {
-        body = replaced;
-    }
-    record.status = status.as_u16();
-    let mut response = Response::new(ResponseBody::local(body));
-    *response.status_mut() = status;
-    *response.headers_mut() = head_headers;
-    Ok(response)
 }
 
 /// Methods whose repetition has the same effect as one request (RFC 9110 §9.2.2).

@@ -74,6 +74,8 @@ enum State {
 #[derive(Default)]
 pub struct Verdict {
     rejected: OnceLock<Rejection>,
+    /// The refusal's answer as written (`proxy::local::refusal`), and its status.
+    answer: OnceLock<(u16, Bytes)>,
     close: Notify,
     /// Request heads passed on to hyper, and requests answered.
     passed: AtomicU64,
@@ -84,6 +86,19 @@ impl Verdict {
     /// The refused head, once there is one.
     pub fn rejection(&self) -> Option<&Rejection> {
         self.rejected.get()
+    }
+
+    /// The refusal's answer is ready: the guard writes it before the connection closes.
+    pub fn set_answer(&self, status: u16, bytes: Vec<u8>) {
+        let _ = self.answer.set((status, Bytes::from(bytes)));
+    }
+
+    /// The status the refused head was answered with.
+    pub fn answered_status(&self) -> Option<u16> {
+        self.answer
+            .get()
+            .map(|(status, _)| *status)
+            .or_else(|| self.rejection().map(|r| r.status))
     }
 
     /// Resolves once a head was refused and every request before it was answered.
@@ -481,7 +496,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for FramingGuard<T> {
         if this.reply.is_none()
             && let Some(rejection) = this.verdict.rejection()
         {
-            this.reply = Some(Bytes::from(rejection.response()));
+            this.reply = Some(match this.verdict.answer.get() {
+                Some((_, answer)) => answer.clone(),
+                None => Bytes::from(rejection.response()),
+            });
         }
         if let Some(reply) = &mut this.reply {
             while !reply.is_empty() {

@@ -807,7 +807,7 @@ async fn run<I>(
                 Some(fe) => proxy::handle(fe, conn, req).await,
                 // A reload removed this frontend while the request was on its way; its
                 // connections are closing.
-                None => proxy::frontend_gone(),
+                None => proxy::local::frontend_gone(),
             };
             verdict.answered();
             Ok::<_, Infallible>(response)
@@ -848,14 +848,15 @@ async fn run<I>(
             &activity,
             (client_timeout, Some(server.cfg.timeout_http_request)),
             shutdown,
-            Signals::Refused(Arc::clone(&verdict)),
+            Signals::Refused(Arc::clone(&verdict), Arc::clone(server), Arc::clone(&conn)),
             peer,
         )
         .await;
         if let Some(rejection) = verdict.rejection()
             && let Some(fe) = current(&server.live).frontend(&server.cfg.name)
         {
-            proxy::log_refused(fe, &conn, rejection);
+            let status = verdict.answered_status().unwrap_or(rejection.status);
+            proxy::log_refused(fe, &conn, rejection, status);
         }
     }
 }
@@ -864,8 +865,23 @@ async fn run<I>(
 enum Signals {
     /// An HTTP/2 client flooded weir with control frames: GOAWAY, then close soon after.
     Flood(Arc<Notify>),
-    /// An HTTP/1 request head was refused: once the requests before it are answered, close.
-    Refused(Arc<framing::Verdict>),
+    /// An HTTP/1 request head was refused: once the requests before it are answered, its
+    /// answer is made (by the frontend serving now, for its connection) and the connection
+    /// closes after it.
+    Refused(Arc<framing::Verdict>, Arc<FrontendServer>, Arc<ConnInfo>),
+}
+
+/// Makes the answer to a refused head, for the guard to write before the connection
+/// closes. Without a frontend (a reload removed it) the guard writes the plain refusal.
+async fn answer_refusal(verdict: &framing::Verdict, server: &FrontendServer, conn: &ConnInfo) {
+    let Some(rejection) = verdict.rejection() else {
+        return;
+    };
+    let Some(fe) = current(&server.live).frontend(&server.cfg.name).cloned() else {
+        return;
+    };
+    let (status, bytes) = proxy::local::refusal(&fe, conn, rejection).await;
+    verdict.set_answer(status, bytes);
 }
 
 /// Runs a connection to its end; on shutdown lets it finish gracefully; closes it when the
@@ -888,12 +904,16 @@ async fn drive<C: Future<Output = Result<(), hyper::Error>>>(
     let flooded = async {
         match &signals {
             Signals::Flood(n) => n.notified().await,
-            Signals::Refused(_) => std::future::pending().await,
+            Signals::Refused(..) => std::future::pending().await,
         }
     };
     let refused = async {
         match &signals {
-            Signals::Refused(v) => v.closing().await,
+            Signals::Refused(verdict, server, conn) => {
+                verdict.closing().await;
+                // Boxed: rare, and large (it may call plugins).
+                Box::pin(answer_refusal(verdict, server, conn)).await;
+            }
             Signals::Flood(_) => std::future::pending().await,
         }
     };
