@@ -52,11 +52,10 @@ mod architecture {
 
     type Graph = BTreeMap<String, BTreeSet<String>>;
 
-    /// The top-level modules each module of host/src names through `crate::`.
-    fn imports() -> Graph {
+    /// Every source file of host/src but the crate root's: its path there, and its text.
+    fn sources() -> Vec<(String, String)> {
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-        let mut graph = Graph::new();
-        let mut files = vec![src.clone()];
+        let (mut files, mut found) = (vec![src.clone()], Vec::new());
         while let Some(path) = files.pop() {
             if path.is_dir() {
                 files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
@@ -67,14 +66,33 @@ mod architecture {
                 .unwrap()
                 .to_string_lossy()
                 .into_owned();
-            let room = relative.split(['/', '.']).next().unwrap().to_owned();
-            if path.extension().is_none_or(|e| e != "rs") || room == "lib" || room == "main" {
-                continue;
+            if path.extension().is_some_and(|e| e == "rs")
+                && relative != "lib.rs"
+                && relative != "main.rs"
+            {
+                found.push((relative, std::fs::read_to_string(&path).unwrap()));
             }
-            let text = std::fs::read_to_string(&path).unwrap();
+        }
+        found
+    }
+
+    /// The room (top-level module) a file of host/src belongs to.
+    fn room_of(relative: &str) -> &str {
+        relative.split(['/', '.']).next().unwrap()
+    }
+
+    /// The lines of `text` without their comments.
+    fn code_lines(text: &str) -> impl Iterator<Item = &str> {
+        text.lines().map(|line| line.split("//").next().unwrap())
+    }
+
+    /// The top-level modules each module of host/src names through `crate::`.
+    fn imports() -> Graph {
+        let mut graph = Graph::new();
+        for (relative, text) in sources() {
+            let room = room_of(&relative).to_owned();
             let named = graph.entry(room.clone()).or_default();
-            for line in text.lines() {
-                let code = line.split("//").next().unwrap();
+            for code in code_lines(&text) {
                 for (at, _) in code.match_indices("crate::") {
                     for target in paths_after(&code[at + "crate::".len()..]) {
                         if target != room {
@@ -173,6 +191,27 @@ mod architecture {
             visit(room, &allowed, &mut Vec::new(), &mut done);
         }
         assert!(allowed.len() > 10, "the table was read: {allowed:?}");
+    }
+
+    #[test]
+    fn the_wit_bindings_types_stay_inside_plugin() {
+        let mut named = Vec::new();
+        for (relative, text) in sources() {
+            if room_of(&relative) == "plugin" {
+                continue;
+            }
+            for code in code_lines(&text) {
+                // rustls' `pki_types` is not the bindings' `types`.
+                let wit = code.matches("types::").count() - code.matches("pki_types::").count();
+                if wit > 0 || code.contains("plugin::types") {
+                    named.push(format!("{relative}: {}", code.trim()));
+                }
+            }
+        }
+        assert!(
+            named.is_empty(),
+            "WIT types named outside plugin/: {named:#?}"
+        );
     }
 
     #[test]

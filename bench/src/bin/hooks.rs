@@ -82,7 +82,7 @@ fn request<'a>(
 async fn call(plugin: &Arc<weir::plugin::Plugin>, request: &Request<'_>, calls: usize) {
     for _ in 0..calls {
         let action = plugin
-            .on_request(request.clone())
+            .call_on_request(request.clone())
             .await
             .expect("the call succeeds");
         std::hint::black_box(action);

@@ -232,8 +232,8 @@ fn info(control: &Control) -> Reply {
         .map(|p| {
             json!({
                 "name": &*p.name,
-                "plugin": p.info.name,
-                "version": p.info.version,
+                "plugin": p.describe().0,
+                "version": p.describe().1,
                 "sha256": p.sha256,
             })
         })

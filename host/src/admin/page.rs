@@ -334,8 +334,8 @@ fn plugin_table(out: &mut String, plugins: &[std::sync::Arc<crate::plugin::Plugi
     for p in plugins {
         let st = &p.stats;
         let cells = [
-            p.info.name.clone(),
-            p.info.version.clone(),
+            p.describe().0.to_owned(),
+            p.describe().1.to_owned(),
             get(&st.calls).to_string(),
             get(&st.traps).to_string(),
             get(&st.timeouts).to_string(),

@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 
 use crate::config::{CheckKind, FailPolicy, HealthCheck, HttpCheck, Server};
-use crate::plugin::{Plugin, types};
+use crate::plugin::{HealthProbe, HealthVerdict, Plugin};
 use crate::upstream::connect::{self, ConnectError, Dial, Stream};
 use crate::upstream::health::{CheckResult, CheckStatus};
 
@@ -213,19 +213,19 @@ async fn plugin_verdict(
     weight: &mut Option<Option<u32>>,
 ) -> Outcome {
     let code = response.status.as_u16();
-    let probe = types::Probe {
+    let probe = HealthProbe {
         backend: judge.backend,
         server: judge.server,
         status: code,
-        headers: &crate::plugin::headers_of(&response.headers),
+        headers: &response.headers,
         body_prefix: &response.body_prefix,
     };
-    match judge.plugin.on_health_check(probe).await {
-        Ok(types::Verdict::Up(w)) => {
+    match judge.plugin.on_health_check(&probe).await {
+        Ok(HealthVerdict::Up(w)) => {
             *weight = Some(w.map(|w| w.min(256)));
             (CheckStatus::L7Ok, Some(code), String::new())
         }
-        Ok(types::Verdict::Down(reason)) => (
+        Ok(HealthVerdict::Down(reason)) => (
             CheckStatus::L7Response,
             Some(code),
             format!("plugin: {reason}"),

@@ -9,7 +9,10 @@ use http::request::Parts;
 use http::{HeaderMap, StatusCode, Uri};
 
 use crate::config::FailPolicy;
-use crate::plugin::{FixedEdits, HookError, Plugin, RequestInfo, ResponseInfo, types, validate};
+use crate::plugin::{
+    Answer, FixedEdits, Hook, HookError, Plugin, Proceed, RequestDecision, RequestInfo,
+    ResponseDecision, ResponseInfo, validate,
+};
 use crate::upstream::BackendRt;
 
 /// Where the chain leaves a request.
@@ -20,14 +23,7 @@ pub enum Decision {
         prefer: Option<usize>,
     },
     /// Answer with this response (it still passes back through `ran`).
-    Respond(Local),
-}
-
-/// A response made by a plugin, validated.
-pub struct Local {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: Bytes,
+    Respond(Answer),
 }
 
 /// Who sent the request, as plugins see it.
@@ -72,20 +68,6 @@ pub fn next_request_id() -> u64 {
 #[derive(Debug)]
 pub struct Failed;
 
-fn local(r: types::LocalResponse) -> Result<Local, String> {
-    validate::local_response(&r)?;
-    let mut headers = HeaderMap::new();
-    for h in &r.headers {
-        let (n, v) = validate::header(h)?;
-        headers.append(n, v);
-    }
-    Ok(Local {
-        status: validate::status(r.status)?,
-        headers,
-        body: Bytes::from(r.body),
-    })
-}
-
 /// Handles a failed call according to the plugin's policy: `Ok(())` to skip the plugin.
 fn on_failure(plugin: &Plugin, hook: &str, err: &HookError) -> Result<(), Failed> {
     let calls = plugin
@@ -121,7 +103,7 @@ pub async fn on_request(
     let mut backend: Option<Arc<BackendRt>> = None;
     let mut prefer = None;
     for (i, Link { plugin, fixed }) in plugins.iter().enumerate() {
-        if !plugin.hooks().contains(types::Hooks::ON_REQUEST) {
+        if !plugin.has(Hook::Request) {
             ran.push(Ran {
                 index: i,
                 note: None,
@@ -137,8 +119,7 @@ pub async fn on_request(
             });
             continue;
         }
-        let headers = plugin.request_headers_of(&parts.headers);
-        let fields = plugin.request_values(&RequestInfo {
+        let info = RequestInfo {
             method: parts.method.as_str(),
             path: parts.uri.path(),
             query: parts.uri.query(),
@@ -147,26 +128,18 @@ pub async fn on_request(
             frontend: client.frontend,
             scheme: client.scheme,
             backend: &backend.as_ref().unwrap_or(default).name,
-        });
-        let request = types::Request {
-            fields: fields.list(),
-            headers: crate::plugin::header_list(&headers),
-            id: client.id,
         };
-        let action = match plugin.on_request(request).await {
-            Ok(a) => a,
+        let decision = match plugin.on_request(&info, &parts.headers, client.id).await {
+            Ok(d) => d,
             Err(e) => {
                 on_failure(plugin, "on-request", &e)?;
                 continue;
             }
         };
-        let applied = match action {
-            types::RequestAction::Respond(r) => match local(r) {
-                Ok(l) => return Ok(Decision::Respond(l)),
-                Err(e) => Err(e),
-            },
-            types::RequestAction::Unchanged => Ok(None),
-            types::RequestAction::Proceed(mut p) => {
+        let applied = match decision {
+            RequestDecision::Respond(answer) => return Ok(Decision::Respond(answer)),
+            RequestDecision::Unchanged => Ok(None),
+            RequestDecision::Proceed(mut p) => {
                 let note = p.note.take();
                 apply(p, parts, backends, default, &mut backend, &mut prefer).map(|()| note)
             }
@@ -182,19 +155,16 @@ pub async fn on_request(
     Ok(Decision::Proceed { backend, prefer })
 }
 
-/// Checks a `proceed` whole, then applies it: nothing changes when any part is invalid.
+/// Looks up a `proceed`'s backend and server, then applies it: nothing changes when any
+/// part is invalid.
 fn apply(
-    p: types::Proceed,
+    p: Proceed,
     parts: &mut Parts,
     backends: &[Arc<BackendRt>],
     default: &Arc<BackendRt>,
     backend: &mut Option<Arc<BackendRt>>,
     prefer: &mut Option<usize>,
 ) -> Result<(), String> {
-    let edits = validate::edits(&p.edits)?;
-    if let Some(note) = &p.note {
-        validate::note(note)?;
-    }
     // A new path without a query keeps the request's query, as HAProxy's set-path does.
     let path = match (p.set_path.as_deref(), parts.uri.query()) {
         (Some(new), Some(query)) if !new.contains('?') => {
@@ -218,7 +188,7 @@ fn apply(
         Some(name) => Some(target.server_index(name).map_err(|e| e.to_string())?),
         None => None,
     };
-    validate::apply(edits, &mut parts.headers);
+    validate::apply(p.edits, &mut parts.headers);
     if let Some(pq) = path {
         parts.uri = Uri::from(pq);
     }
@@ -262,7 +232,7 @@ pub async fn on_response(
     let mut change = ResponseChange::Keep;
     for at in (0..ran.len()).rev() {
         let Link { plugin, fixed } = &plugins[ran[at].index];
-        if !plugin.hooks().contains(types::Hooks::ON_RESPONSE) {
+        if !plugin.has(Hook::Response) {
             continue;
         }
         if let Some(edits) = &fixed.response {
@@ -270,8 +240,7 @@ pub async fn on_response(
             continue;
         }
         let note = ran[at].note.take();
-        let response_headers = plugin.response_headers_of(headers);
-        let fields = plugin.response_values(&ResponseInfo {
+        let info = ResponseInfo {
             backend: answered.backend,
             server: answered.server,
             method: answered.method,
@@ -279,37 +248,25 @@ pub async fn on_response(
             client_ip: answered.client.conn.peer_ip_text(),
             scheme: answered.client.scheme,
             frontend: answered.client.frontend,
-        });
-        let response = types::Response {
-            status: status.as_u16(),
-            headers: crate::plugin::header_list(&response_headers),
-            fields: fields.list(),
-            id: answered.client.id,
-            note: note.as_deref(),
         };
-        let called = match plugin.on_response(response).await {
-            Ok(types::ResponseAction::Proceed(ops)) => {
-                Ok(validate::edits(&ops).map(|edits| validate::apply(edits, headers)))
+        let id = answered.client.id;
+        match plugin
+            .on_response(&info, *status, headers, id, note.as_deref())
+            .await
+        {
+            Ok(ResponseDecision::Unchanged) => {}
+            Ok(ResponseDecision::Edit(edits)) => validate::apply(edits, headers),
+            Ok(ResponseDecision::Replace(answer)) => {
+                *status = answer.status;
+                *headers = answer.headers;
+                change = ResponseChange::Replace(answer.body);
             }
-            Ok(types::ResponseAction::Unchanged) => Ok(Ok(())),
-            Ok(types::ResponseAction::Replace(r)) => Ok(local(r).map(|l| {
-                *status = l.status;
-                *headers = l.headers;
-                change = ResponseChange::Replace(l.body);
-            })),
-            Err(e) => Err(e),
-        };
-        let failure = match called {
-            Ok(Ok(())) => continue,
-            Ok(Err(why)) => {
-                plugin.note_invalid();
-                HookError::Invalid(why)
+            Err(e) => {
+                if on_failure(plugin, "on-response", &e).is_err() {
+                    ran.truncate(at);
+                    return Err(Failed);
+                }
             }
-            Err(e) => e,
-        };
-        if on_failure(plugin, "on-response", &failure).is_err() {
-            ran.truncate(at);
-            return Err(Failed);
         }
     }
     Ok(change)

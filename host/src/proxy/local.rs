@@ -13,11 +13,12 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, Version, header};
 
 use super::body::ResponseBody;
-use super::chain::{self, Answered, Client, Local, Ran, ResponseChange};
+use super::chain::{self, Answered, Client, Ran, ResponseChange};
 use super::log::{LogRecord, Target};
 use super::{ConnInfo, FrontendRt, ProxyError};
 use crate::activity::InRequest;
 use crate::http1::Rejection;
+use crate::plugin::Answer as Local;
 
 /// The plugins an answer passes back through: those that ran, or every plugin of the
 /// frontend when the chain had not run yet.

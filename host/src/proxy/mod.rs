@@ -89,7 +89,7 @@ impl Proxy {
                     .iter()
                     .find(|p| &*p.name == name)
                     .expect("validation checked plugin names");
-                if !p.hooks().contains(plugin::types::Hooks::ON_HEALTH_CHECK) {
+                if !p.has(plugin::Hook::HealthCheck) {
                     let why = format!(
                         "backend {}: its health check names a plugin without on-health-check",
                         b.name

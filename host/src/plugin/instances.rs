@@ -1,0 +1,178 @@
+//! A plugin's instances: made fresh (instantiated, described, configured, within a load
+//! deadline), kept in a pool, taken for one call with its CPU deadline armed, and given
+//! back after it; an instance whose call failed is dropped and replaced in the background.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{Store, StoreLimitsBuilder, Trap};
+
+use super::engine::{self, CpuMeter, StoreState};
+use super::{HookError, LoadError, Plugin, bindings, types};
+
+/// Instances kept ready per plugin.
+const POOL_MAX: usize = 64;
+
+/// A live instance. Pooled and handed around boxed: it is a few hundred bytes, moved
+/// several times per call otherwise.
+pub(super) struct Instance {
+    pub(super) store: Store<StoreState>,
+    pub(super) bindings: bindings::Plugin,
+    pub(super) meter: Arc<CpuMeter>,
+}
+
+impl Plugin {
+    pub(super) fn new_store(&self) -> Store<StoreState> {
+        let state = StoreState {
+            wasi: engine::sandbox(),
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(self.memory)
+                .instances(16)
+                .tables(64)
+                .build(),
+            plugin: Arc::clone(&self.name),
+            state: Arc::clone(&self.state),
+            backends: Arc::clone(&self.backends),
+            meter: Arc::default(),
+        };
+        let mut store = Store::new(engine::engine(), state);
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_callback(|cx| Ok(cx.data().meter.check()));
+        store
+    }
+
+    /// A fresh instance, described and configured.
+    pub(super) async fn instantiate(&self) -> Result<(Box<Instance>, types::Info), Instantiate> {
+        let mut store = self.new_store();
+        let meter = Arc::clone(&store.data().meter);
+        engine::arm_for_load(&mut store, &meter);
+        let (bindings, info) = meter
+            .metered(
+                std::time::Instant::now(),
+                std::pin::pin!(async {
+                    let bindings = self
+                        .pre
+                        .instantiate_async(&mut store)
+                        .await
+                        .map_err(|e| Instantiate::Failed(format!("{e:#}")))?;
+                    let info = bindings
+                        .call_describe(&mut store)
+                        .await
+                        .map_err(|e| Instantiate::Failed(format!("describe: {e:#}")))?;
+                    match bindings.call_configure(&mut store, &self.config_json).await {
+                        Ok(Ok(())) => Ok((bindings, info)),
+                        Ok(Err(msg)) => Err(Instantiate::Configure(msg)),
+                        Err(e) => Err(Instantiate::Configure(format!("trapped: {e:#}"))),
+                    }
+                }),
+            )
+            .await?;
+        Ok((
+            Box::new(Instance {
+                store,
+                bindings,
+                meter,
+            }),
+            info,
+        ))
+    }
+
+    /// A pooled instance, or a fresh one, armed with the call deadline, and the time the
+    /// call begins: `now`, read by the caller, for a pooled instance; a new reading once a
+    /// fresh one is made.
+    pub(super) async fn take(
+        &self,
+        now: std::time::Instant,
+    ) -> Result<(Box<Instance>, std::time::Instant), HookError> {
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        let pooled = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let (mut instance, now) = match pooled {
+            Some(i) => (i, now),
+            None => {
+                let fresh = self.instantiate().await.map(|(i, _)| i).map_err(|e| {
+                    self.stats.traps.fetch_add(1, Ordering::Relaxed);
+                    HookError::Trap(e.to_string())
+                })?;
+                (fresh, std::time::Instant::now())
+            }
+        };
+        instance.meter.start(self.timeout);
+        engine::call_starting();
+        instance
+            .store
+            .set_epoch_deadline(engine::deadline_ticks(now));
+        Ok((instance, now))
+    }
+
+    /// Returns a healthy instance to the pool. An instance whose call failed is dropped
+    /// (after a trap its state cannot be trusted) and a replacement is built in the
+    /// background, so the next request does not wait for it.
+    pub(super) fn finish<R>(
+        self: &Arc<Self>,
+        instance: Box<Instance>,
+        started: std::time::Instant,
+        result: wasmtime::Result<R>,
+    ) -> Result<R, HookError> {
+        self.stats.latency.observe(started.elapsed());
+        if result.is_err() {
+            self.replenish();
+        }
+        match result {
+            Ok(r) => {
+                let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+                if pool.len() < POOL_MAX {
+                    pool.push(instance);
+                }
+                Ok(r)
+            }
+            Err(e) if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) => {
+                self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                self.stats.timeout_cpu_max_ns.fetch_max(
+                    instance.meter.stopped_at_ns.load(Ordering::Relaxed),
+                    Ordering::Relaxed,
+                );
+                Err(HookError::Timeout(self.timeout))
+            }
+            Err(e) => {
+                self.stats.traps.fetch_add(1, Ordering::Relaxed);
+                Err(HookError::Trap(format!("{e:#}")))
+            }
+        }
+    }
+
+    pub(super) fn replenish(self: &Arc<Self>) {
+        let plugin = Arc::clone(self);
+        tokio::spawn(async move {
+            if let Ok((instance, _)) = plugin.instantiate().await {
+                let mut pool = plugin.pool.lock().unwrap_or_else(|p| p.into_inner());
+                if pool.len() < POOL_MAX {
+                    pool.push(instance);
+                }
+            }
+        });
+    }
+
+    /// Instances ready in the pool.
+    pub fn pooled(&self) -> usize {
+        self.pool.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Instantiate {
+    #[error("{0}")]
+    Failed(String),
+    #[error("configure failed: {0}")]
+    Configure(String),
+}
+
+impl From<Instantiate> for LoadError {
+    fn from(e: Instantiate) -> LoadError {
+        match e {
+            Instantiate::Configure(msg) => LoadError::Configure(msg),
+            Instantiate::Failed(msg) => LoadError::Component(msg),
+        }
+    }
+}
