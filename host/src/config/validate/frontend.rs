@@ -1,0 +1,173 @@
+//! `[[frontend]]`: binds, TLS, limits, the access log format.
+
+use super::*;
+
+pub(super) fn build_frontend(
+    cx: &mut Ctx<'_>,
+    path: &KeyPath,
+    f: &FrontendFile,
+    d: &Defaults,
+    backend_names: &HashSet<&str>,
+    all_binds: &mut Vec<(SocketAddr, KeyPath)>,
+) -> Frontend {
+    let binds_written: Vec<(KeyPath, &str)> = match &f.bind {
+        OneOrMany::One(s) => vec![(path.key("bind"), s.as_str())],
+        OneOrMany::Many(v) => v
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (path.key("bind").index(i), s.as_str()))
+            .collect(),
+    };
+    if binds_written.is_empty() {
+        cx.err(&path.key("bind"), "at least one bind address is required");
+    }
+    let mut binds = Vec::new();
+    for (bp, text) in binds_written {
+        match parse_addr(text, true) {
+            Ok(addr) => {
+                // Port 0 asks the system for any free port, so it can never clash.
+                if addr.port() != 0
+                    && let Some((_, first)) = all_binds.iter().find(|(a, _)| *a == addr)
+                {
+                    let msg = format!("{addr} is already bound by {first}");
+                    cx.err(&bp, msg);
+                }
+                all_binds.push((addr, bp));
+                binds.push(addr);
+            }
+            Err(msg) => cx.err(&bp, msg),
+        }
+    }
+    let default_backend = match &f.default_backend {
+        Some(b) if backend_names.contains(b.as_str()) => b.clone(),
+        Some(b) => {
+            cx.err(
+                &path.key("default_backend"),
+                format!("unknown backend \"{b}\" (no [backend.{b}] section)"),
+            );
+            b.clone()
+        }
+        None => {
+            cx.err(path, "default_backend is required");
+            String::new()
+        }
+    };
+    let t = f.timeout.as_ref();
+    let tp = path.key("timeout");
+    let redirect_https = f.redirect_https.unwrap_or(false);
+    if redirect_https && f.tls.is_some() {
+        cx.err(
+            &path.key("redirect_https"),
+            "is for a plain-http frontend; this one has tls",
+        );
+    }
+    Frontend {
+        name: f.name.clone(),
+        binds,
+        default_backend,
+        plugins: f.plugins.clone(),
+        timeout_client: cx.positive(
+            &tp.key("client"),
+            t.and_then(|t| t.client.as_ref()),
+            d.client,
+        ),
+        timeout_http_request: cx.positive(
+            &tp.key("http_request"),
+            t.and_then(|t| t.http_request.as_ref()),
+            d.http_request,
+        ),
+        forwardfor: f.forwardfor.unwrap_or(d.forwardfor),
+        max_header_size: header_size(
+            cx,
+            &path.key("max_header_size"),
+            f.max_header_size.as_ref(),
+            d.max_header_size as u64,
+        ),
+        max_headers: cx.int(
+            &path.key("max_headers"),
+            f.max_headers,
+            d.max_headers as i64,
+            1,
+            10_000,
+        ) as usize,
+        log_format: log_format(
+            cx,
+            &path.key("log_format"),
+            f.log_format.as_deref(),
+            d.log_format,
+        ),
+        errorfiles: merged(
+            &d.errorfiles,
+            errorfiles(cx, &path.key("errorfiles"), f.errorfiles.as_ref()),
+        ),
+        tls: f.tls.as_ref().map(|t| tls(cx, &path.key("tls"), t)),
+        redirect_https,
+        accept_proxy: f.accept_proxy.unwrap_or(false),
+    }
+}
+
+/// Loads every certificate and key of a frontend's `tls`, checking they belong together.
+pub(super) fn tls(
+    cx: &mut Ctx<'_>,
+    path: &KeyPath,
+    t: &TlsFile,
+) -> Vec<Arc<rustls::sign::CertifiedKey>> {
+    let entries: Vec<(KeyPath, &CertFile)> = match t {
+        TlsFile::One(c) => vec![(path.clone(), c)],
+        TlsFile::Many(list) => list
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (path.index(i), c))
+            .collect(),
+    };
+    if entries.is_empty() {
+        cx.err(path, "needs at least one { cert, key }");
+    }
+    let mut certs = Vec::new();
+    for (p, c) in entries {
+        let (cert, key) = (cx.base.join(&c.cert), cx.base.join(&c.key));
+        match crate::tls::load(&cert, &key) {
+            Ok(certified) => certs.push(certified),
+            Err((crate::tls::File::Cert, msg)) => cx.err(&p.key("cert"), msg),
+            Err((crate::tls::File::Key, msg)) => cx.err(&p.key("key"), msg),
+        }
+    }
+    certs
+}
+
+pub(super) fn header_size(
+    cx: &mut Ctx<'_>,
+    path: &KeyPath,
+    value: Option<&Size>,
+    default: u64,
+) -> usize {
+    let v = cx.size(path, value).unwrap_or(default);
+    if !(1024..=1024 * 1024).contains(&v) {
+        cx.err(
+            path,
+            format!("must be between 1KiB and 1MiB, got {v} bytes"),
+        );
+        return default as usize;
+    }
+    v as usize
+}
+
+pub(super) fn log_format(
+    cx: &mut Ctx<'_>,
+    path: &KeyPath,
+    value: Option<&str>,
+    default: LogFormat,
+) -> LogFormat {
+    match value {
+        None => default,
+        Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            cx.err(
+                path,
+                format!("unknown log format \"{other}\" (expected \"text\" or \"json\")"),
+            );
+            default
+        }
+    }
+}
