@@ -1,4 +1,4 @@
-//! The `weir` command line: run, check, demo.
+//! The `weir` command line: run, check, health, demo.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -31,6 +31,24 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Whether a running weir can serve, as an exit code (0 yes, 1 no) and one line: for
+    /// a keepalived `vrrp_script`. Asks the admin listener's /healthz.
+    Health {
+        /// The admin listener's address; by default the `[admin] bind` of --config, else
+        /// 127.0.0.1:8404.
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
+        /// The running weir's config file, for its admin address.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Also send one request through a frontend (an http:// URL); an answer below 500
+        /// passes.
+        #[arg(long)]
+        through: Option<String>,
+        /// Time allowed for each exchange.
+        #[arg(long, default_value = "2s", value_parser = weir::config::units::parse_duration)]
+        timeout: Duration,
+    },
     /// Start three demo servers and the proxy on the quickstart config.
     Demo,
 }
@@ -47,6 +65,12 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Check { config } => return check(&config),
+        Command::Health {
+            admin,
+            config,
+            through,
+            timeout,
+        } => return health(admin, config.as_deref(), through.as_deref(), timeout),
         Command::Run { config: path } => load(&path).and_then(|c| run(c, Some(path))),
         Command::Demo => Config::from_toml(weir::demo::QUICKSTART, Path::new("examples"))
             .map_err(|e| anyhow::anyhow!("{e}"))
@@ -87,6 +111,38 @@ fn check(path: &Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn health(
+    admin: Option<std::net::SocketAddr>,
+    config: Option<&Path>,
+    through: Option<&str>,
+    timeout: Duration,
+) -> ExitCode {
+    let admin = match (admin, config) {
+        (Some(addr), _) => addr,
+        (None, Some(path)) => match load(path) {
+            Ok(c) => match c.admin {
+                Some(a) if a.bind.port() != 0 => a.bind,
+                Some(_) => return down(&format!("down: {}: [admin] binds port 0", path.display())),
+                None => return down(&format!("down: {}: no [admin] section", path.display())),
+            },
+            Err(e) => return down(&format!("down: {e:#}")),
+        },
+        (None, None) => std::net::SocketAddr::from(([127, 0, 0, 1], 8404)),
+    };
+    match weir::admin::health::ask(admin, through, timeout) {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(line) => down(&line),
+    }
+}
+
+fn down(line: &str) -> ExitCode {
+    println!("{line}");
+    ExitCode::FAILURE
 }
 
 fn load(path: &Path) -> anyhow::Result<Config> {

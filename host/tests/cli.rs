@@ -493,3 +493,70 @@ fn the_access_log_goes_to_a_file_that_sigusr1_reopens() {
         "nothing goes to stderr: {stderr}"
     );
 }
+
+/// `weir health` with these arguments: its exit code and the line it printed.
+fn health(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(WEIR)
+        .arg("health")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+    )
+}
+
+/// A port nothing listens on now (bound, then closed).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn health_answers_with_its_exit_code_for_keepalived() {
+    let server = slow_server(Duration::ZERO);
+    let admin = format!("127.0.0.1:{}", free_port());
+    let text = proxied_config(&server, "") + &format!("\n[admin]\nbind = \"{admin}\"\n");
+    let path = write_config("health.toml", &text);
+    let (child, addr, mut stderr) = spawn_run(&path);
+    let _child = Killed(child);
+    logged_after(&mut stderr, "admin listening on ").expect("the admin listener is up");
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+
+    assert_eq!(health(&["--admin", &admin]), (Some(0), "ok".into()));
+    let config = path.to_str().unwrap();
+    assert_eq!(health(&["--config", config]), (Some(0), "ok".into()));
+    let through = format!("http://{addr}/");
+    assert_eq!(
+        health(&["--admin", &admin, "--through", &through]),
+        (Some(0), format!("ok (through {through}: 200)"))
+    );
+
+    // The frontend's only server in maintenance: this node cannot serve.
+    let mut api = TcpStream::connect(&admin).unwrap();
+    let body = r#"{"state": "maint"}"#;
+    write!(
+        api,
+        "POST /api/backends/app/servers/a/state HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    api.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(
+        health(&["--admin", &admin]),
+        (
+            Some(1),
+            "down: frontend www: backend app has no server that can take a request".into()
+        )
+    );
+
+    let (code, line) = health(&["--admin", &format!("127.0.0.1:{}", free_port())]);
+    assert_eq!(code, Some(1));
+    assert!(line.starts_with("down: admin 127.0.0.1:"), "{line}");
+}

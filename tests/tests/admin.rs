@@ -698,3 +698,31 @@ async fn the_dashboard_shows_every_proxy_server_and_plugin() {
     assert!(!page.contains("<button"));
     assert!(page.contains("<meta http-equiv=\"refresh\" content=\"5\">"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_says_whether_this_node_can_serve_and_needs_no_credentials() {
+    let (_s1, _s2, _proxy, admin) = two_servers(&format!(
+        "{ADMIN}auth = {{ user = \"admin\", password = \"s3cr3t\" }}\n"
+    ))
+    .await;
+    let healthz = || call(admin, Method::GET, "/healthz", "");
+    let r = healthz().await;
+    assert_eq!((r.status.as_u16(), r.text()), (200, "ok\n".to_owned()));
+    let as_admin = Some("Basic YWRtaW46czNjcjN0");
+    let set = |server: &'static str, state: &'static str| {
+        let path = format!("/api/backends/app/servers/{server}/state");
+        let body = format!("{{\"state\": \"{state}\"}}");
+        async move { call_as(admin, Method::POST, &path, &body, as_admin).await }
+    };
+    assert_eq!(set("s1", "maint").await.status, 200);
+    assert_eq!(healthz().await.status, 200, "s2 still serves");
+    assert_eq!(set("s2", "drain").await.status, 200);
+    let r = healthz().await;
+    assert_eq!(r.status, 503);
+    assert_eq!(
+        r.json()["reasons"][0],
+        "frontend www: backend app has no server that can take a request"
+    );
+    assert_eq!(set("s2", "ready").await.status, 200);
+    assert_eq!(healthz().await.status, 200);
+}

@@ -38,3 +38,36 @@ async fn shutdown_gives_up_after_the_grace_period() {
     assert_eq!(left, 1);
     assert!(started.elapsed() < Duration::from_secs(2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_answers_503_from_the_start_of_a_graceful_shutdown_to_its_end() {
+    let server = MockServer::start("s1").await;
+    let toml = config("roundrobin", &[("s1", server.addr, "")], "")
+        + "\n[admin]\nbind = \"127.0.0.1:0\"\n";
+    let proxy = TestProxy::start(&toml).await;
+    let (addr, admin) = (proxy.addr(), proxy.running.admin_addr().unwrap());
+    let healthz = || async move { Client::connect(admin).await.get("/healthz").await };
+    assert_eq!(healthz().await.status, 200);
+    let in_flight =
+        tokio::spawn(async move { Client::connect(addr).await.get("/sleep/1500").await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stopping = tokio::spawn(proxy.running.shutdown(Duration::from_secs(5)));
+    // While the request in flight keeps the drain going, the node says it is going.
+    let mut said = None;
+    for _ in 0..50 {
+        let r = healthz().await;
+        if r.status == 503 {
+            said = Some(r.json()["reasons"][0].clone());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(said, Some("shutting down".into()));
+    assert!(!in_flight.is_finished(), "the drain is still going");
+    assert_eq!(in_flight.await.unwrap().status, 200);
+    assert_eq!(stopping.await.unwrap(), 0);
+    assert!(
+        tokio::net::TcpStream::connect(admin).await.is_err(),
+        "the admin listener is gone once the drain is over"
+    );
+}

@@ -4,6 +4,8 @@
 //! - `GET /`: the statistics page (see [`page`]);
 //! - `GET /;csv` and `GET /stats.csv`: the statistics as HAProxy writes them (see [`csv`]);
 //! - `GET /metrics`: Prometheus text exposition (see [`metrics`]);
+//! - `GET /healthz`: `200 ok` while this node can serve, else 503 with the reasons (see
+//!   [`health`]); it needs no credentials, as HAProxy's `monitor-uri` does not;
 //! - `GET /api/info`: version, uptime, config generation, the loaded plugins;
 //! - `GET /api/backends`: every backend's servers with state, weight and health;
 //! - `POST /api/backends/<b>/servers/<s>/state` with `{"state": "ready" | "drain" | "maint"}`;
@@ -25,13 +27,13 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use crate::config::Admin;
 use crate::server::Control;
 use crate::upstream::{AdminState, BackendRt};
 
 pub mod csv;
+pub mod health;
 pub mod metrics;
 pub mod page;
 
@@ -40,25 +42,18 @@ const MAX_BODY: usize = 64 * 1024;
 
 type Reply = Response<Full<Bytes>>;
 
-/// Serves the admin API until `shutdown` fires.
-pub async fn serve(
-    listener: TcpListener,
-    control: Arc<Control>,
-    cfg: Admin,
-    mut shutdown: watch::Receiver<bool>,
-) {
+/// Serves the admin API until its task is stopped: through a graceful shutdown too, to
+/// the end of the drain, so that `/healthz` says the node is going.
+pub async fn serve(listener: TcpListener, control: Arc<Control>, cfg: Admin) {
     let cfg = Arc::new(cfg);
     loop {
-        let stream = tokio::select! {
-            r = listener.accept() => match r {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::warn!("accept on the admin listener: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => return,
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!("accept on the admin listener: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let (control, cfg) = (Arc::clone(&control), Arc::clone(&cfg));
         tokio::spawn(async move {
@@ -100,6 +95,12 @@ fn error(status: StatusCode, message: impl Into<String>) -> Reply {
 }
 
 async fn handle(req: Request<Incoming>, control: &Control, cfg: &Admin) -> Reply {
+    if req.uri().path() == "/healthz" {
+        return match *req.method() {
+            Method::GET | Method::HEAD => health::healthz(control),
+            _ => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here"),
+        };
+    }
     if let Some((user, password)) = &cfg.auth
         && !authorized(&req, user, password)
     {

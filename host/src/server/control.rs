@@ -43,6 +43,8 @@ pub struct Control {
     pub(super) started: std::time::Instant,
     /// `[defaults] timeout.shutdown` of the generation serving now, in milliseconds.
     pub(super) timeout_shutdown_ms: std::sync::atomic::AtomicU64,
+    /// A graceful shutdown has begun.
+    pub(super) draining: std::sync::atomic::AtomicBool,
     /// Reloads that took effect, and those refused.
     pub reloads: std::sync::atomic::AtomicU64,
     pub reloads_failed: std::sync::atomic::AtomicU64,
@@ -107,6 +109,11 @@ impl Control {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .number
+    }
+
+    /// Whether a graceful shutdown has begun (the node is going).
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
     }
 
     /// The addresses a frontend listens on now, with real ports; None for no such frontend.

@@ -154,7 +154,9 @@ impl Running {
 
     /// Stops accepting, asks every connection to finish its current request and close,
     /// and waits up to `grace` for them. Returns the number still open when it gave up.
+    /// The admin listener serves to the end of it, `/healthz` answering 503.
     pub async fn shutdown(self, grace: Duration) -> usize {
+        self.control.draining.store(true, Ordering::Release);
         let _ = self.shutdown.send(true);
         let _ = self
             .control
@@ -168,21 +170,22 @@ impl Running {
             listener.close();
             let _ = listener.task.await;
         }
+        let deadline = tokio::time::Instant::now() + grace;
+        let left = loop {
+            let closed = self.connections.closed.notified();
+            let open = self.connections.open.load(Ordering::Acquire);
+            if open == 0 {
+                break 0;
+            }
+            if tokio::time::timeout_at(deadline, closed).await.is_err() {
+                break self.connections.open.load(Ordering::Acquire);
+            }
+        };
         for task in self.tasks {
             task.abort();
             let _ = task.await;
         }
-        let deadline = tokio::time::Instant::now() + grace;
-        loop {
-            let closed = self.connections.closed.notified();
-            let open = self.connections.open.load(Ordering::Acquire);
-            if open == 0 {
-                return 0;
-            }
-            if tokio::time::timeout_at(deadline, closed).await.is_err() {
-                return self.connections.open.load(Ordering::Acquire);
-            }
-        }
+        left
     }
 }
 
@@ -210,7 +213,7 @@ pub(super) async fn bind(
 /// admin surface steers this module's [`Control`], so this module does not name it).
 pub async fn start<A, F>(config: &Config, log: AccessLog, admin: A) -> Result<Running, StartError>
 where
-    A: FnOnce(TcpListener, Arc<Control>, crate::config::Admin, watch::Receiver<bool>) -> F,
+    A: FnOnce(TcpListener, Arc<Control>, crate::config::Admin) -> F,
     F: Future<Output = ()> + Send + 'static,
 {
     let proxy = Arc::new(Proxy::new(config, log.clone()).await?);
@@ -251,6 +254,7 @@ where
         admin: config.admin.clone(),
         started: std::time::Instant::now(),
         timeout_shutdown_ms: millis(config.global.timeout_shutdown).into(),
+        draining: Default::default(),
         reloads: Default::default(),
         reloads_failed: Default::default(),
     });
@@ -272,12 +276,7 @@ where
         Some((listener, cfg)) => {
             let addr = listener.local_addr().unwrap_or(cfg.bind);
             tracing::info!("admin listening on {addr}");
-            tasks.push(tokio::spawn(admin(
-                listener,
-                Arc::clone(&control),
-                cfg,
-                shutdown.subscribe(),
-            )));
+            tasks.push(tokio::spawn(admin(listener, Arc::clone(&control), cfg)));
             Some(addr)
         }
         None => None,
