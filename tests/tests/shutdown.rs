@@ -71,3 +71,30 @@ async fn healthz_answers_503_from_the_start_of_a_graceful_shutdown_to_its_end() 
         "the admin listener is gone once the drain is over"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_grace_a_stop_goes_on_accepting_while_healthz_says_503() {
+    let server = MockServer::start("s1").await;
+    let toml = format!(
+        "[global]\ngrace = \"2s\"\n\n{}\n[admin]\nbind = \"127.0.0.1:0\"\n",
+        config("roundrobin", &[("s1", server.addr, "")], "")
+    );
+    let proxy = TestProxy::start(&toml).await;
+    let (addr, admin) = (proxy.addr(), proxy.running.admin_addr().unwrap());
+    let started = std::time::Instant::now();
+    let stopping = tokio::spawn(proxy.running.shutdown(Duration::from_secs(5)));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        Client::connect(admin).await.get("/healthz").await.status,
+        503
+    );
+    let reply = Client::connect(addr).await.get("/").await;
+    assert_eq!(reply.status, 200, "a new connection is still served");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(stopping.await.unwrap(), 0);
+    assert!(started.elapsed() >= Duration::from_secs(2), "it lingered");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "then it stopped accepting"
+    );
+}

@@ -57,6 +57,7 @@ pub struct GlobalFile {
     pub maxconn: Option<i64>,
     pub threads: Option<i64>,
     pub access_log: Option<String>,
+    pub grace: Option<Dur>,
 }
 
 #[derive(Debug, Default, Deserialize)]

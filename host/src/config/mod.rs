@@ -43,6 +43,9 @@ pub struct Global {
     /// How long requests in flight may take to finish once weir is told to stop
     /// (`[defaults] timeout.shutdown`).
     pub timeout_shutdown: Duration,
+    /// How long weir goes on accepting once told to stop, `/healthz` answering 503
+    /// meanwhile, so that a virtual address can move away first (HAProxy's `grace`).
+    pub grace: Duration,
 }
 
 /// Where access log lines go (`[global] access_log`).

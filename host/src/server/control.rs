@@ -43,6 +43,8 @@ pub struct Control {
     pub(super) started: std::time::Instant,
     /// `[defaults] timeout.shutdown` of the generation serving now, in milliseconds.
     pub(super) timeout_shutdown_ms: std::sync::atomic::AtomicU64,
+    /// `[global] grace` of the generation serving now, in milliseconds.
+    pub(super) grace_ms: std::sync::atomic::AtomicU64,
     /// A graceful shutdown has begun.
     pub(super) draining: std::sync::atomic::AtomicBool,
     /// Reloads that took effect, and those refused.
@@ -190,6 +192,8 @@ impl Control {
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = proxy;
         self.timeout_shutdown_ms
             .store(millis(config.global.timeout_shutdown), Ordering::Relaxed);
+        self.grace_ms
+            .store(millis(config.global.grace), Ordering::Relaxed);
         let mut old: Vec<Option<Listener>> = listeners.drain(..).map(Some).collect();
         let mut plan = plan.into_iter();
         let mut next = Vec::new();
@@ -279,6 +283,11 @@ impl Control {
     /// of the configuration serving now.
     pub fn timeout_shutdown(&self) -> Duration {
         Duration::from_millis(self.timeout_shutdown_ms.load(Ordering::Relaxed))
+    }
+
+    /// `[global] grace` of the generation serving now: how long a stop keeps accepting.
+    pub fn grace(&self) -> Duration {
+        Duration::from_millis(self.grace_ms.load(Ordering::Relaxed))
     }
 
     /// The access log requests are written to.

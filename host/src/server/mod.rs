@@ -152,11 +152,17 @@ impl Running {
         self.control.reload(config).await
     }
 
-    /// Stops accepting, asks every connection to finish its current request and close,
-    /// and waits up to `grace` for them. Returns the number still open when it gave up.
-    /// The admin listener serves to the end of it, `/healthz` answering 503.
+    /// Stops: goes on accepting for `[global] grace` (0 by default) with `/healthz`
+    /// answering 503, then stops accepting, asks every connection to finish its current
+    /// request and close, and waits up to `grace` for them. Returns the number still open
+    /// when it gave up. The admin listener serves to the end of it.
     pub async fn shutdown(self, grace: Duration) -> usize {
         self.control.draining.store(true, Ordering::Release);
+        let linger = self.control.grace();
+        if !linger.is_zero() {
+            tracing::info!("stopping: accepting for {linger:?} more ([global] grace)");
+            tokio::time::sleep(linger).await;
+        }
         let _ = self.shutdown.send(true);
         let _ = self
             .control
@@ -254,6 +260,7 @@ where
         admin: config.admin.clone(),
         started: std::time::Instant::now(),
         timeout_shutdown_ms: millis(config.global.timeout_shutdown).into(),
+        grace_ms: millis(config.global.grace).into(),
         draining: Default::default(),
         reloads: Default::default(),
         reloads_failed: Default::default(),

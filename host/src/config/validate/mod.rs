@@ -64,6 +64,17 @@ impl Ctx<'_> {
         v
     }
 
+    /// A duration (zero allowed), or `default` when not written.
+    fn duration(&mut self, path: &KeyPath, value: Option<&Dur>, default: Duration) -> Duration {
+        let Some(Dur(text)) = value else {
+            return default;
+        };
+        parse_duration(text).unwrap_or_else(|msg| {
+            self.err(path, msg);
+            default
+        })
+    }
+
     /// A duration greater than zero, or the inherited one when not written.
     fn positive(&mut self, path: &KeyPath, value: Option<&Dur>, inherited: Duration) -> Duration {
         let Some(Dur(text)) = value else {
@@ -162,6 +173,7 @@ fn build(cx: &mut Ctx<'_>, file: File) -> Config {
                 .and_then(|t| t.shutdown.as_ref()),
             Duration::from_secs(10),
         ),
+        grace: cx.duration(&g.key("grace"), file.global.grace.as_ref(), Duration::ZERO),
     };
     let defaults = build_defaults(cx, &file);
     let backend_names: HashSet<&str> = file.backend.keys().map(String::as_str).collect();
