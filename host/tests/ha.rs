@@ -395,7 +395,38 @@ fn pair(tag: char) -> Lab {
     lab
 }
 
-/// Every answer that came, by server; the first and last node that answered.
+/// What a stop of the active node's weir did: when it was signalled, how long the
+/// address took to reach B, and the client's answers around it.
+struct Move {
+    at: f64,
+    took: Duration,
+    answers: Vec<Answer>,
+}
+
+/// Runs the client for `seconds`, stops A's weir with `signal` two seconds in, and
+/// waits for the address to reach B.
+fn stop_the_active_node(lab: &mut Lab, signal: &str, seconds: u32) -> Move {
+    lab.client(seconds, 50);
+    std::thread::sleep(Duration::from_secs(2));
+    let at = now();
+    lab.signal("weir-a", signal);
+    let took = lab.wait_for_vip("b", Duration::from_secs(10));
+    let answers = lab.client_lines();
+    let took = took.unwrap_or_else(|| {
+        panic!(
+            "the address never moved to B:\n{}\n{}",
+            lab.log("keepalived-a"),
+            lab.log("keepalived-b")
+        )
+    });
+    println!(
+        "the address moved to the standby {} ms after SIG{signal}",
+        took.as_millis()
+    );
+    Move { at, took, answers }
+}
+
+/// Every answer, one a line, for a failure message.
 fn summary(answers: &[Answer]) -> String {
     answers
         .iter()
@@ -411,23 +442,11 @@ fn summary(answers: &[Answer]) -> String {
 #[ignore = "needs root, ip netns and keepalived: cargo test -p weir --test ha -- --ignored"]
 fn killing_the_active_weir_moves_the_address_to_the_standby_within_3s() {
     let mut lab = pair('k');
-    lab.client(8, 50);
-    std::thread::sleep(Duration::from_secs(2));
-    let killed_at = now();
-    lab.signal("weir-a", "KILL");
-    let moved = lab.wait_for_vip("b", Duration::from_secs(10));
-    let answers = lab.client_lines();
-    let moved = moved.unwrap_or_else(|| {
-        panic!(
-            "the address never moved to B:\n{}\n{}",
-            lab.log("keepalived-a"),
-            lab.log("keepalived-b")
-        )
-    });
-    println!(
-        "the address moved to the standby {} ms after SIGKILL",
-        moved.as_millis()
-    );
+    let Move {
+        at: killed_at,
+        took: moved,
+        answers,
+    } = stop_the_active_node(&mut lab, "KILL", 8);
     assert!(moved < Duration::from_secs(3), "{moved:?}");
     // Before the kill A answered; from a second after the move, B answers every request,
     // and the sticky client stays on its server.
@@ -458,23 +477,11 @@ fn killing_the_active_weir_moves_the_address_to_the_standby_within_3s() {
 #[ignore = "needs root, ip netns and keepalived: cargo test -p weir --test ha -- --ignored"]
 fn a_graceful_stop_of_the_active_node_moves_the_address_with_no_failed_request() {
     let mut lab = pair('g');
-    lab.client(10, 50);
-    std::thread::sleep(Duration::from_secs(2));
-    let stopped_at = now();
-    lab.signal("weir-a", "TERM");
-    let moved = lab.wait_for_vip("b", Duration::from_secs(10));
-    let answers = lab.client_lines();
-    let moved = moved.unwrap_or_else(|| {
-        panic!(
-            "the address never moved to B:\n{}\n{}",
-            lab.log("keepalived-a"),
-            lab.log("keepalived-b")
-        )
-    });
-    println!(
-        "the address moved to the standby {} ms after SIGTERM",
-        moved.as_millis()
-    );
+    let Move {
+        at: stopped_at,
+        answers,
+        ..
+    } = stop_the_active_node(&mut lab, "TERM", 10);
     let failed: Vec<&Answer> = answers.iter().filter(|a| a.outcome.is_err()).collect();
     assert!(failed.is_empty(), "{failed:?}\n{}", summary(&answers));
     let servers: std::collections::HashSet<&str> = answers
