@@ -18,7 +18,7 @@ use super::log::{LogRecord, Target};
 use super::{ConnInfo, FrontendRt, ProxyError};
 use crate::activity::InRequest;
 use crate::http1::Rejection;
-use crate::plugin::Answer as Local;
+use crate::plugin::Answer;
 
 /// The plugins an answer passes back through: those that ran, or every plugin of the
 /// frontend when the chain had not run yet.
@@ -33,7 +33,7 @@ fn error_page(
     backend: Option<&str>,
     status: StatusCode,
     default: impl FnOnce() -> String,
-) -> Local {
+) -> Answer {
     let page = backend
         .and_then(|name| fe.backends.iter().find(|b| &*b.name == name))
         .and_then(|b| b.cfg.errorfiles.get(status))
@@ -45,7 +45,7 @@ fn error_page(
     let mut headers = HeaderMap::new();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    Local {
+    Answer {
         status,
         headers,
         body,
@@ -58,10 +58,10 @@ fn error_page(
 async fn through_chain(
     fe: &FrontendRt,
     ran: &mut Vec<Ran>,
-    mut answer: Local,
+    mut answer: Answer,
     answered: &Answered<'_>,
     termination: &mut [u8; 2],
-) -> Local {
+) -> Answer {
     while !ran.is_empty() {
         let changed = chain::on_response(
             &fe.plugins,
@@ -89,7 +89,7 @@ async fn through_chain(
     answer
 }
 
-fn response(answer: Local) -> Response<ResponseBody> {
+fn response(answer: Answer) -> Response<ResponseBody> {
     let mut response = Response::new(ResponseBody::local(answer.body));
     *response.status_mut() = answer.status;
     *response.headers_mut() = answer.headers;
@@ -146,7 +146,7 @@ pub async fn from_plugin(
     fe: &FrontendRt,
     answered: &Answered<'_>,
     ran: &mut Vec<Ran>,
-    answer: Local,
+    answer: Answer,
     record: &mut LogRecord,
 ) -> Response<ResponseBody> {
     record.termination = *b"LR";
@@ -172,7 +172,7 @@ pub async fn redirect_https(
         .map_err(|_| ProxyError::BadRequest("Invalid Host header."))?;
     let mut headers = HeaderMap::new();
     headers.insert(header::LOCATION, location);
-    let answer = Local {
+    let answer = Answer {
         status: StatusCode::MOVED_PERMANENTLY,
         headers,
         body: Bytes::new(),
@@ -212,7 +212,7 @@ pub async fn refusal(fe: &FrontendRt, conn: &ConnInfo, refused: &Rejection) -> (
 }
 
 /// An answer as HTTP/1.1 writes it, closing the connection after it.
-fn http1_bytes(mut answer: Local) -> Vec<u8> {
+fn http1_bytes(mut answer: Answer) -> Vec<u8> {
     for hop in [
         header::CONTENT_LENGTH,
         header::TRANSFER_ENCODING,

@@ -149,7 +149,7 @@ impl Proxy {
 }
 
 /// Logs and counts (`ereq`) a request head the HTTP/1 framing check refused before any of
-/// it reached the HTTP parser; the check itself answered the client.
+/// it reached the HTTP parser, answered with `status` ([`local::refusal`]).
 pub fn log_refused(
     fe: &FrontendRt,
     conn: &ConnInfo,
