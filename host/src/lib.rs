@@ -37,7 +37,7 @@ pub async fn start(config: &Config, log: AccessLog) -> Result<Running, StartErro
 /// Everything `weir check` proves beyond parsing: every plugin loads, checks out and
 /// accepts its config. Nothing is bound.
 pub async fn check(config: &Config) -> Result<(), String> {
-    proxy::Proxy::new(config, AccessLog::disabled())
+    proxy::Proxy::new(config, AccessLog::disabled(), None)
         .await
         .map(drop)
         .map_err(|e| e.to_string())

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use http::Method;
 use weir_tests::{
@@ -725,4 +726,71 @@ async fn healthz_says_whether_this_node_can_serve_and_needs_no_credentials() {
     );
     assert_eq!(set("s2", "ready").await.status, 200);
     assert_eq!(healthz().await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_and_check_history_carry_over_a_reload() {
+    let good = MockServer::start("s1").await;
+    let dead = weir_tests::closed_port().await;
+    let checked = "health = { path = \"/health\", interval = \"50ms\", fall = 1, rise = 1 }";
+    let toml = |retries: u32| {
+        let servers = [("s1", good.addr, ""), ("s2", dead, "")];
+        let backend = config(
+            "roundrobin",
+            &servers,
+            &format!("retries = {retries}\n{checked}"),
+        );
+        with_plugins(backend, &["p"], &[fixture_plugin("p", "tag", "")]) + ADMIN
+    };
+    let proxy = TestProxy::start(&toml(3)).await;
+    let admin = proxy.running.admin_addr().unwrap();
+    let s2 = [("backend", "app"), ("server", "s2")];
+    let went_down = weir_tests::wait_until(Duration::from_secs(5), || {
+        proxy.running.backend("app").unwrap().servers[1]
+            .health
+            .snapshot()
+            .down_transitions
+            > 0
+    })
+    .await;
+    assert!(went_down.is_some(), "s2 was checked DOWN");
+    let mut client = Client::connect(proxy.addr()).await;
+    for _ in 0..10 {
+        assert_eq!(client.get("/").await.status, 200);
+    }
+    let before = scrape(admin).await;
+    let failures = sample(&before, "weir_server_check_failures_total", &s2);
+    assert!(failures >= 1.0);
+
+    let config = weir::Config::from_toml(&toml(2), std::path::Path::new(".")).unwrap();
+    assert_eq!(proxy.running.reload(&config).await.unwrap(), 2);
+    let after = scrape(admin).await;
+    let www = [("frontend", "www")];
+    assert_eq!(sample(&after, "weir_frontend_requests_total", &www), 10.0);
+    assert_eq!(
+        sample(&after, "weir_backend_requests_total", &[("backend", "app")]),
+        10.0
+    );
+    assert_eq!(
+        sample(
+            &after,
+            "weir_server_requests_total",
+            &[("backend", "app"), ("server", "s1")]
+        ),
+        10.0
+    );
+    assert_eq!(sample(&after, "weir_server_up", &s2), 0.0, "s2 stays DOWN");
+    assert!(sample(&after, "weir_server_check_failures_total", &s2) >= failures);
+    assert_eq!(
+        sample(&after, "weir_server_down_transitions_total", &s2),
+        1.0
+    );
+    for _ in 0..5 {
+        assert_eq!(client.get("/").await.status, 200);
+    }
+    let later = scrape(admin).await;
+    assert_eq!(sample(&later, "weir_frontend_requests_total", &www), 15.0);
+    // Two calls a request (on-request, on-response), across both generations.
+    let p = [("plugin", "p")];
+    assert_eq!(sample(&later, "weir_plugin_calls_total", &p), 30.0);
 }

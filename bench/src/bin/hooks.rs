@@ -111,9 +111,9 @@ async fn main() {
     let backends: Arc<[Arc<BackendRt>]> = config
         .backends
         .iter()
-        .map(|b| BackendRt::new(b.clone()))
+        .map(|b| BackendRt::new(b.clone(), None))
         .collect();
-    let plugins = weir::plugin::load_all(&config.plugins, backends)
+    let plugins = weir::plugin::load_all(&config.plugins, backends, &[])
         .await
         .map_err(|(name, e)| format!("{name}: {e}"))
         .expect("plugins load");

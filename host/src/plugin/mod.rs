@@ -135,7 +135,9 @@ pub struct Plugin {
     pub on_error: FailPolicy,
     /// SHA-256 of the component file, lower-case hex.
     pub sha256: String,
-    pub stats: PluginStats,
+    /// Shared with the plugin of the same name in the generations before and after this
+    /// one, so that its counters go on across reloads.
+    pub stats: Arc<PluginStats>,
     /// The request headers its `on-request` reads; None for all.
     pub request_headers: Option<Vec<http::HeaderName>>,
     /// The response headers its `on-response` reads; None for all.
@@ -209,7 +211,7 @@ impl Plugin {
             },
             on_error: cfg.on_error,
             sha256,
-            stats: PluginStats::default(),
+            stats: Arc::default(),
             request_headers: None,
             response_headers: None,
             request_fields: types::RequestFields::all(),
@@ -472,15 +474,21 @@ impl Plugin {
 }
 
 /// Every plugin of a config, loaded: what `weir check` proves and what the proxy runs.
+/// `before`: the plugins of the generation these replace, whose counters go on in the
+/// plugins of the same names.
 pub async fn load_all(
     configs: &[PluginConfig],
     backends: Arc<[Arc<BackendRt>]>,
+    before: &[Arc<Plugin>],
 ) -> Result<Vec<Arc<Plugin>>, (String, LoadError)> {
     let mut plugins = Vec::with_capacity(configs.len());
     for cfg in configs {
-        let plugin = Plugin::load(cfg, Arc::clone(&backends))
+        let mut plugin = Plugin::load(cfg, Arc::clone(&backends))
             .await
             .map_err(|e| (cfg.name.clone(), e))?;
+        if let Some(old) = before.iter().find(|p| *p.name == *plugin.name) {
+            plugin.stats = Arc::clone(&old.stats);
+        }
         plugins.push(Arc::new(plugin));
     }
     Ok(plugins)

@@ -58,24 +58,25 @@ pub struct PluginLoadError {
 }
 
 impl Proxy {
-    /// Takes over what operators set at run time in the generation this one replaces.
-    pub fn inherit_runtime_state(&self, old: &Proxy) {
-        for b in &self.backends {
-            if let Some(o) = old.backends.iter().find(|o| o.name == b.name) {
-                b.inherit(o);
-            }
-        }
-    }
-
-    /// Builds a generation: backends, and every plugin loaded and configured.
-    pub async fn new(config: &Config, log: AccessLog) -> Result<Self, PluginLoadError> {
+    /// Builds a generation: backends, and every plugin loaded and configured. `old`: the
+    /// generation it replaces, whose run-time state carries over for the frontends,
+    /// backends and servers that are still there (counters, operators' settings, health).
+    pub async fn new(
+        config: &Config,
+        log: AccessLog,
+        old: Option<&Proxy>,
+    ) -> Result<Self, PluginLoadError> {
         let backends: Vec<Arc<BackendRt>> = config
             .backends
             .iter()
-            .map(|b| BackendRt::new(b.clone()))
+            .map(|b| {
+                let before = old.and_then(|o| o.backends.iter().find(|o| *o.name == *b.name));
+                BackendRt::new(b.clone(), before.map(|b| &**b))
+            })
             .collect();
         let shared: Arc<[Arc<BackendRt>]> = backends.clone().into();
-        let plugins = plugin::load_all(&config.plugins, Arc::clone(&shared))
+        let before = old.map_or(&[][..], |o| &o.plugins[..]);
+        let plugins = plugin::load_all(&config.plugins, Arc::clone(&shared), before)
             .await
             .map_err(|(name, error)| PluginLoadError { name, error })?;
         for b in &config.backends {
@@ -132,7 +133,10 @@ impl Proxy {
                 plugins: chain,
                 backends: Arc::clone(&shared),
                 log: log.clone(),
-                stats: Arc::default(),
+                stats: old
+                    .and_then(|o| o.frontend(&f.name))
+                    .map(|o| Arc::clone(&o.stats))
+                    .unwrap_or_default(),
             }));
         }
         Ok(Self {

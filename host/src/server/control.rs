@@ -157,8 +157,8 @@ impl Control {
         }
         // One reload at a time: the listeners stay locked until the swap is done.
         let mut listeners = self.listeners.lock().await;
-        let proxy = Arc::new(Proxy::new(config, self.log.clone()).await?);
-        proxy.inherit_runtime_state(&current(&self.current));
+        let before = current(&self.current);
+        let proxy = Arc::new(Proxy::new(config, self.log.clone(), Some(&before)).await?);
 
         // Each configured address either keeps a listener (same address; with port 0,
         // same frontend too) or gets a new socket. Nothing is bound until the generation

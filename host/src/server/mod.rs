@@ -222,7 +222,7 @@ where
     A: FnOnce(TcpListener, Arc<Control>, crate::config::Admin) -> F,
     F: Future<Output = ()> + Send + 'static,
 {
-    let proxy = Arc::new(Proxy::new(config, log.clone()).await?);
+    let proxy = Arc::new(Proxy::new(config, log.clone(), None).await?);
     let mut sockets = Vec::new();
     for (fi, fe) in config.frontends.iter().enumerate() {
         for (bi, addr) in fe.binds.iter().enumerate() {

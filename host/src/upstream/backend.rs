@@ -61,6 +61,27 @@ pub struct ServerRt {
 }
 
 impl ServerRt {
+    /// Takes over the run-time state of the same server (by name) in the generation
+    /// this one replaces: the state and weight operators set, the traffic counters, and,
+    /// when it is checked in both and its address is unchanged, its health and check
+    /// history.
+    fn carried_from(&mut self, old: &ServerRt) {
+        let this = self;
+        this.stats = Arc::clone(&old.stats);
+        this.admin.store(old.admin() as u8, Ordering::Release);
+        if old.weight_set.load(Ordering::Acquire) {
+            this.weight
+                .store(old.weight.load(Ordering::Acquire), Ordering::Release);
+            this.weight_set.store(true, Ordering::Release);
+        }
+        // A server no longer checked starts UP again, as at start: a DOWN carried over
+        // would never come back.
+        let checked = this.cfg.health.is_some() && old.cfg.health.is_some();
+        if checked && old.cfg.addr == this.cfg.addr {
+            this.health.take_over(&old.health);
+        }
+    }
+
     pub fn admin(&self) -> AdminState {
         AdminState::from_u8(self.admin.load(Ordering::Acquire))
     }
@@ -210,7 +231,9 @@ pub struct BackendRt {
 }
 
 impl BackendRt {
-    pub fn new(cfg: Backend) -> Arc<Self> {
+    /// A backend at run time; `old`: the same backend in the generation this one
+    /// replaces, whose run-time state carries over (see [`ServerRt::carried_from`]).
+    pub fn new(cfg: Backend, old: Option<&BackendRt>) -> Arc<Self> {
         Arc::new_cyclic(|me: &Weak<BackendRt>| {
             let queue = Arc::new(Queue {
                 waiters: Mutex::new(VecDeque::new()),
@@ -222,7 +245,8 @@ impl BackendRt {
                 .servers
                 .iter()
                 .map(|s| {
-                    Arc::new(ServerRt {
+                    let before = old.and_then(|o| o.servers.iter().find(|o| *o.name == *s.name));
+                    let mut server = ServerRt {
                         name: s.name.as_str().into(),
                         id_hash: balance::hash_bytes(s.name.as_bytes()),
                         weight: AtomicU32::new(s.weight),
@@ -244,7 +268,11 @@ impl BackendRt {
                         )),
                         queue: Arc::clone(&queue),
                         cfg: s.clone(),
-                    })
+                    };
+                    if let Some(before) = before {
+                        server.carried_from(before);
+                    }
+                    Arc::new(server)
                 })
                 .collect();
             BackendRt {
@@ -254,7 +282,8 @@ impl BackendRt {
                 servers,
                 queue,
                 cfg,
-                stats: Arc::default(),
+                // The counters go on across reloads: graphs do not drop to zero.
+                stats: old.map(|o| Arc::clone(&o.stats)).unwrap_or_default(),
             }
         })
     }
@@ -455,23 +484,6 @@ impl BackendRt {
         s.weight_set.store(true, Ordering::Release);
         self.dispatch_queue();
         Ok(())
-    }
-
-    /// Takes over what an operator set on the servers of `old` (the same backend in the
-    /// generation a reload replaces): the state of every server of the same name, and
-    /// its weight where it was set at run time.
-    pub fn inherit(&self, old: &BackendRt) {
-        for s in self.servers.iter() {
-            let Some(o) = old.servers.iter().find(|o| o.name == s.name) else {
-                continue;
-            };
-            s.admin.store(o.admin() as u8, Ordering::Release);
-            if o.weight_set.load(Ordering::Acquire) {
-                s.weight
-                    .store(o.weight.load(Ordering::Acquire), Ordering::Release);
-                s.weight_set.store(true, Ordering::Release);
-            }
-        }
     }
 
     /// Servers taking traffic, as the transition log counts them.

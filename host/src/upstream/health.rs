@@ -196,6 +196,17 @@ pub enum Observed {
 }
 
 impl Health {
+    /// Takes over the state and check history of `old` (the same server in the
+    /// generation a reload replaces).
+    pub fn take_over(&self, old: &Health) {
+        let detail = old.detail.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        self.up
+            .store(old.up.load(Ordering::Acquire), Ordering::Release);
+        self.up_since_ms
+            .store(old.up_since_ms.load(Ordering::Acquire), Ordering::Release);
+        *self.detail.lock().unwrap_or_else(|p| p.into_inner()) = detail;
+    }
+
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Acquire)
     }
