@@ -794,3 +794,31 @@ async fn counters_and_check_history_carry_over_a_reload() {
     let p = [("plugin", "p")];
     assert_eq!(sample(&later, "weir_plugin_calls_total", &p), 30.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_serves_at_most_maxconn_connections_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_s1, _s2, _proxy, admin) = two_servers(&format!("{ADMIN}maxconn = 2\n")).await;
+    // Two connections that send nothing hold both slots.
+    let idle = [
+        tokio::net::TcpStream::connect(admin).await.unwrap(),
+        tokio::net::TcpStream::connect(admin).await.unwrap(),
+    ];
+    let mut third = tokio::net::TcpStream::connect(admin).await.unwrap();
+    third
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let waited = tokio::time::timeout(Duration::from_millis(500), third.read_to_end(&mut answer));
+    assert!(
+        waited.await.is_err(),
+        "a third connection waits while two are open"
+    );
+    drop(idle);
+    tokio::time::timeout(Duration::from_secs(5), third.read_to_end(&mut answer))
+        .await
+        .expect("answered once a slot is free")
+        .unwrap();
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+}

@@ -44,9 +44,17 @@ type Reply = Response<Full<Bytes>>;
 
 /// Serves the admin API until its task is stopped: through a graceful shutdown too, to
 /// the end of the drain, so that `/healthz` says the node is going.
+///
+/// It serves at most `[admin] maxconn` connections at once (16 by default): past that, new
+/// ones wait in the kernel's backlog until one closes, so a client that can reach the
+/// admin listener cannot take the file descriptors the proxy needs.
 pub async fn serve(listener: TcpListener, control: Arc<Control>, cfg: Admin) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(cfg.maxconn));
     let cfg = Arc::new(cfg);
     loop {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
@@ -57,6 +65,7 @@ pub async fn serve(listener: TcpListener, control: Arc<Control>, cfg: Admin) {
         };
         let (control, cfg) = (Arc::clone(&control), Arc::clone(&cfg));
         tokio::spawn(async move {
+            let _slot = slot;
             let service = service_fn(move |req| {
                 let (control, cfg) = (Arc::clone(&control), Arc::clone(&cfg));
                 async move { Ok::<_, std::convert::Infallible>(handle(req, &control, &cfg).await) }

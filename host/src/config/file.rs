@@ -30,6 +30,7 @@ pub struct AdminFile {
     pub auth: Option<AuthFile>,
     pub stats_admin: Option<bool>,
     pub refresh: Option<Dur>,
+    pub maxconn: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -142,6 +142,8 @@ pub struct Admin {
     pub stats_admin: bool,
     /// How often the statistics page reloads itself.
     pub refresh: Duration,
+    /// Connections the admin listener serves at once; more wait in the kernel's backlog.
+    pub maxconn: usize,
 }
 
 /// A `[plugin.<name>]` section: where the component is and how it is confined.

@@ -283,8 +283,10 @@ fn build(cx: &mut Ctx<'_>, file: File) -> Config {
             a.refresh.as_ref(),
             Duration::from_secs(5),
         );
+        let maxconn = cx.int(&path.key("maxconn"), a.maxconn, 16, 1, 10_000) as usize;
         bind.map(|bind| Admin {
             bind,
+            maxconn,
             stats_admin: a.stats_admin.unwrap_or(false),
             refresh,
             auth: a
