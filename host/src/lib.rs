@@ -13,6 +13,7 @@ pub mod demo;
 pub mod health;
 pub mod http1;
 pub mod logging;
+pub mod notify;
 pub mod plugin;
 pub mod proxy;
 pub mod proxy_protocol;

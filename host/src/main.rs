@@ -196,6 +196,7 @@ fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
             }
             println!("Press Ctrl-C to stop.");
         }
+        weir::notify::ready(&format!("serving, generation {}", running.generation()));
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         let mut usr1 =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
@@ -210,19 +211,26 @@ fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
                 }
                 _ = hup.recv(), if file.is_some() => {
                     let path = file.as_deref().expect("checked above");
-                    match Config::reread(path).await.map_err(|e| invalid(path, e)) {
+                    weir::notify::reloading();
+                    let status = match Config::reread(path).await.map_err(|e| invalid(path, e)) {
                         Ok(new) => match running.reload(&new).await {
-                            Ok(_) => {}
-                            Err(e) => tracing::error!("reload refused, the running configuration stays: {e}"),
+                            Ok(generation) => format!("serving, generation {generation}"),
+                            Err(e) => {
+                                tracing::error!("reload refused, the running configuration stays: {e}");
+                                format!("reload refused, generation {} serving", running.generation())
+                            }
                         },
                         Err(e) => {
                             running.control().note_failed_reload();
                             tracing::error!("reload refused, the running configuration stays: {e:#}");
+                            format!("reload refused, generation {} serving", running.generation())
                         }
-                    }
+                    };
+                    weir::notify::ready(&status);
                 }
             }
         }
+        weir::notify::stopping();
         tracing::info!("stopping: no new connections, finishing requests in flight");
         let grace = running.control().timeout_shutdown();
         let left = running.shutdown(grace).await;

@@ -127,9 +127,18 @@ fn run_fails_clearly_when_the_bind_address_is_in_use() {
 
 /// Starts `weir run` on a config and reads the address it listens on from its log.
 fn spawn_run(path: &std::path::Path) -> (Child, String, BufReader<ChildStderr>) {
+    spawn_run_with(path, &[])
+}
+
+/// [`spawn_run`] with more environment variables.
+fn spawn_run_with(
+    path: &std::path::Path,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> (Child, String, BufReader<ChildStderr>) {
     let mut child = Command::new(WEIR)
         .args(["run", "--config"])
         .arg(path)
+        .envs(env.iter().copied())
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .spawn()
@@ -559,4 +568,45 @@ fn health_answers_with_its_exit_code_for_keepalived() {
     let (code, line) = health(&["--admin", &format!("127.0.0.1:{}", free_port())]);
     assert_eq!(code, Some(1));
     assert!(line.starts_with("down: admin 127.0.0.1:"), "{line}");
+}
+
+#[test]
+fn weir_tells_the_service_manager_when_it_is_ready_reloading_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let path = write_config("notify.toml", &config("127.0.0.1:0", ""));
+    // systemd's side of NOTIFY_SOCKET: a datagram socket weir sends its states to.
+    let socket_path = path.parent().unwrap().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let next = || {
+        let mut buf = [0u8; 4096];
+        let n = socket.recv(&mut buf).expect("a notification within 10 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let (mut child, _addr, mut stderr) =
+        spawn_run_with(&path, &[("NOTIFY_SOCKET", socket_path.as_os_str())]);
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    assert_eq!(next(), "READY=1\nSTATUS=serving, generation 1");
+
+    let hup = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let reloading = next();
+    let mut lines = reloading.lines();
+    assert_eq!(lines.next(), Some("RELOADING=1"), "{reloading}");
+    let usec: u64 = lines
+        .next()
+        .and_then(|l| l.strip_prefix("MONOTONIC_USEC="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{reloading}"));
+    assert!(usec > 0);
+    assert_eq!(next(), "READY=1\nSTATUS=serving, generation 2");
+
+    let status = terminate(&mut child).expect("weir stops on SIGTERM");
+    assert!(status.success(), "{status:?}");
+    assert_eq!(next(), "STOPPING=1\nSTATUS=stopping");
 }
