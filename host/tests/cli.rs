@@ -610,3 +610,21 @@ fn weir_tells_the_service_manager_when_it_is_ready_reloading_and_stopping() {
     assert!(status.success(), "{status:?}");
     assert_eq!(next(), "STOPPING=1\nSTATUS=stopping");
 }
+
+/// examples/systemd/weir.service, with this build's binary, is a unit systemd accepts.
+#[test]
+fn the_example_systemd_unit_verifies() {
+    let unit = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/systemd/weir.service"),
+    )
+    .unwrap()
+    .replace("/usr/local/bin/weir", WEIR);
+    let path = write_config("weir.service", &unit);
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze (Debian's systemd package) verifies the example unit");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && said.trim().is_empty(), "{said}");
+}
