@@ -196,12 +196,14 @@ fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
             }
             println!("Press Ctrl-C to stop.");
         }
-        weir::notify::ready(&format!("serving, generation {}", running.generation()));
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         let mut usr1 =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
-        let stop = wait_for_signal();
+        let stop = stop_signals()?;
         tokio::pin!(stop);
+        // Ready once the signals are handled too: a SIGHUP (systemctl reload) sent right
+        // after READY=1 must reload, not end the process.
+        weir::notify::ready(&format!("serving, generation {}", running.generation()));
         loop {
             tokio::select! {
                 _ = &mut stop => break,
@@ -243,10 +245,18 @@ fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
     })
 }
 
-async fn wait_for_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-    }
+/// SIGINT or SIGTERM, handled from now on (not from the first poll: a stop signal sent
+/// right after weir said it was ready must stop it gracefully, not kill it).
+fn stop_signals() -> std::io::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut term, mut int) = (
+        signal(SignalKind::terminate())?,
+        signal(SignalKind::interrupt())?,
+    );
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }

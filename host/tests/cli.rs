@@ -138,8 +138,8 @@ fn spawn_run_with(
     let mut child = Command::new(WEIR)
         .args(["run", "--config"])
         .arg(path)
-        .envs(env.iter().copied())
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -239,23 +239,72 @@ impl Drop for Killed {
     }
 }
 
-/// weir logs a line for each 5xx: here every request is one, as the only server
-/// (127.0.0.1:9) refuses connections. With stderr a pipe nobody reads, the pipe is full
-/// after a hundred or so requests; a line written from the thread that serves requests
-/// would then hold every request up for good.
+/// A request head weir refuses (two Content-Lengths): with `RUST_LOG=debug`, weir logs a
+/// line for each, from the thread that serves it. The 400's head.
+fn try_refused(addr: &str) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(
+        b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response)
+}
+
+/// weir logs a line for each refused request at debug level (warnings about a failing
+/// server come at most once a second, see the next test). With stderr a pipe nobody
+/// reads, the pipe is full after a hundred or so requests; a line written from the
+/// thread that serves requests would then hold every request up for good.
 #[test]
 fn a_stderr_nobody_reads_holds_up_no_request() {
     let path = write_config("stalled-stderr.toml", &config("127.0.0.1:0", "threads = 1"));
-    let (child, addr, _unread) = spawn_run(&path);
+    let debug = std::ffi::OsStr::new("debug");
+    let (child, addr, _unread) = spawn_run_with(&path, &[("RUST_LOG", debug)]);
     let _child = Killed(child);
     for i in 0..2000 {
-        let response =
-            try_get(&addr).unwrap_or_else(|e| panic!("request {i}: no response within 10 s ({e})"));
+        let response = try_refused(&addr)
+            .unwrap_or_else(|e| panic!("request {i}: no response within 10 s ({e})"));
         assert!(
-            response.starts_with("HTTP/1.1 503"),
+            response.starts_with("HTTP/1.1 400"),
             "request {i}: {response:?}"
         );
     }
+}
+
+/// During an outage weir writes a warning about each failing server at most once a
+/// second, saying how many it held back, not a line per request.
+#[test]
+fn warnings_about_a_failing_server_come_at_most_once_a_second() {
+    let text = config("127.0.0.1:0", "access_log = \"off\"");
+    let path = write_config("quiet.toml", &text);
+    let (mut child, addr, mut stderr) = spawn_run(&path);
+    let started = std::time::Instant::now();
+    for i in 0..200 {
+        let response = try_get(&addr).unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert!(response.starts_with("HTTP/1.1 503"), "request {i}");
+    }
+    std::thread::sleep(Duration::from_millis(1100));
+    assert!(try_get(&addr).unwrap().starts_with("HTTP/1.1 503"));
+    let seconds = started.elapsed().as_secs() + 1;
+    terminate(&mut child).expect("weir stops");
+    let mut log = String::new();
+    stderr.read_to_string(&mut log).unwrap();
+    let answered: Vec<&str> = log.lines().filter(|l| l.contains("www app a: ")).collect();
+    let connects: Vec<&str> = log.lines().filter(|l| l.contains("app/a: ")).collect();
+    for lines in [&answered, &connects] {
+        assert!(
+            !lines.is_empty() && lines.len() as u64 <= seconds,
+            "{} lines in {seconds} s: {lines:#?}",
+            lines.len()
+        );
+    }
+    assert!(
+        answered
+            .iter()
+            .any(|l| l.contains("more like it since the last line")),
+        "the line after the quiet second counts what was held back: {answered:#?}"
+    );
 }
 
 /// Past 16,384 lines waiting for a stderr nobody reads, new log lines are dropped, and
@@ -264,7 +313,8 @@ fn a_stderr_nobody_reads_holds_up_no_request() {
 fn log_lines_dropped_for_a_stalled_stderr_are_counted() {
     let text = config("127.0.0.1:0", "threads = 1") + "\n[admin]\nbind = \"127.0.0.1:0\"\n";
     let path = write_config("dropped-lines.toml", &text);
-    let (child, addr, mut unread) = spawn_run(&path);
+    let debug = std::ffi::OsStr::new("debug");
+    let (child, addr, mut unread) = spawn_run_with(&path, &[("RUST_LOG", debug)]);
     let _child = Killed(child);
     let admin =
         logged_after(&mut unread, "admin listening on ").expect("weir logged its admin address");
@@ -278,12 +328,12 @@ fn log_lines_dropped_for_a_stalled_stderr_are_counted() {
             .unwrap()
     };
     assert_eq!(dropped(&admin), 0);
-    // Each request is a 503 and logs a line or more: 20,000 of them are more than the
-    // pipe and the queue hold together.
+    // Each request is refused and logs a line at debug level: 20,000 of them are more
+    // than the pipe and the queue hold together.
     for i in 0..20_000 {
-        let response =
-            try_get(&addr).unwrap_or_else(|e| panic!("request {i}: no response within 10 s ({e})"));
-        assert!(response.starts_with("HTTP/1.1 503"), "request {i}");
+        let response = try_refused(&addr)
+            .unwrap_or_else(|e| panic!("request {i}: no response within 10 s ({e})"));
+        assert!(response.starts_with("HTTP/1.1 400"), "request {i}");
         if i % 1000 == 999 && dropped(&admin) > 0 {
             return;
         }

@@ -109,12 +109,15 @@ pub async fn error(
 ) -> Response<ResponseBody> {
     let status = err.status();
     if status.is_server_error() {
-        tracing::warn!(
-            "{} {} {}: {err}",
+        let key = format!(
+            "{} {} {}",
             fe.name,
             record.backend.as_deref().unwrap_or("-"),
             record.server.as_deref().unwrap_or("-")
         );
+        if let Some(held) = crate::logging::quietly(&key) {
+            tracing::warn!("{key}: {err}{}", crate::logging::held_back(held));
+        }
     }
     record.termination = err.termination();
     let answer = error_page(fe, record.backend.as_deref(), status, || err.default_body());

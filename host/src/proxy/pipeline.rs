@@ -317,7 +317,10 @@ async fn exchange(
                         connection
                     }
                     Err(e) => {
-                        tracing::warn!("{}/{}: {e}", backend.name, server.name);
+                        let key = format!("{}/{}", backend.name, server.name);
+                        if let Some(held) = crate::logging::quietly(&key) {
+                            tracing::warn!("{key}: {e}{}", crate::logging::held_back(held));
+                        }
                         backend.observe(index, true, false);
                         if attempts.again(retry_on.conn_failure, record, index) {
                             request.pending = Some(req);
