@@ -38,6 +38,18 @@ pub struct Client<'a> {
     pub id: u64,
 }
 
+impl<'a> Client<'a> {
+    /// The client of request `id` on `conn`, to frontend `fe`.
+    pub fn of(fe: &'a super::FrontendRt, conn: &'a super::ConnInfo, id: u64) -> Self {
+        Client {
+            conn,
+            frontend: &fe.name,
+            scheme: conn.proto,
+            id,
+        }
+    }
+}
+
 /// A plugin in a frontend's chain, with the edits it declared fixed for that frontend.
 pub struct Link {
     pub plugin: Arc<Plugin>,

@@ -302,20 +302,18 @@ pub async fn handle(
     let head = head_size(&req, &uri);
     let mut record = new_record(&fe, &conn, req.method().clone(), uri, req.version(), head);
     let version = req.version();
-    let client = chain::Client {
-        conn: &conn,
-        frontend: &fe.name,
-        scheme: conn.proto,
-        id: chain::next_request_id(),
-    };
+    // Only the request's number is kept across the pipeline (every byte held here is
+    // moved with each request's future); the error path makes its `Client` again.
+    let id = chain::next_request_id();
     // The plugins that ran, once the chain has: weir's own answers pass back through them.
     let mut ran = None;
-    let response = match pipeline::forward(&fe, &conn, req, &mut record, client, &mut ran).await {
+    let response = match pipeline::forward(&fe, &conn, req, &mut record, id, &mut ran).await {
         Ok(mut response) => {
             response.body_mut().attach(record, fe.log.clone(), request);
             response
         }
         Err(err) => {
+            let client = chain::Client::of(&fe, &conn, id);
             let answer = local::error(&fe, client, &err, record, version, request, ran);
             Box::pin(answer).await
         }

@@ -23,17 +23,18 @@ use crate::upstream::{
 
 /// Decides a request's response: a server's, a plugin's or weir's own. `record` fills in
 /// on the way; the caller attaches it to the response body, which logs it at its end.
-/// `ran` becomes the plugins that ran, once the chain has (weir's own answers to errors
-/// pass back through them).
+/// `id`: the request's number for plugins; `ran` becomes the plugins that ran, once the
+/// chain has (weir's own answers to errors pass back through them).
 pub(super) async fn forward(
     fe: &FrontendRt,
     conn: &Arc<ConnInfo>,
     mut req: Request<Incoming>,
     record: &mut LogRecord,
-    client: Client<'_>,
+    id: u64,
     ran: &mut Option<Vec<Ran>>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let host = check(&req)?;
+    let client = Client::of(fe, conn, id);
     if fe.cfg.redirect_https && conn.proto == "http" {
         return Box::pin(redirect_https(fe, client, &req, host.as_ref(), record)).await;
     }
@@ -70,18 +71,20 @@ pub(super) async fn forward(
     record.tally.backend = Some(Arc::clone(&backend.stats));
     // What on-response is told of the request, kept only for plugins that will see it.
     let asked = (!ran.is_empty()).then(|| (parts.method.to_string(), parts.uri.path().to_owned()));
-    let request = Outgoing::new(parts, body, upgrade, backend, record, conn);
+    // Lent to the exchange, not moved into it: each request's future moves fewer bytes.
+    let mut request = Outgoing::new(parts, body, upgrade, backend, record, conn);
     let prefer = route.prefer;
     let exchanged = exchange(
         conn,
         backend,
-        request,
+        &mut request,
         prefer,
         client_upgrade,
         started,
         record,
     );
     let exchanged = exchanged.await?;
+    drop(request);
     let (method, path) = asked.unwrap_or_default();
     let server = Arc::clone(&exchanged.slot.server().name);
     let answered = Answered {
@@ -274,7 +277,7 @@ impl Attempts<'_> {
 async fn exchange(
     conn: &ConnInfo,
     backend: &BackendRt,
-    mut request: Outgoing,
+    request: &mut Outgoing,
     prefer: Option<usize>,
     client_upgrade: Option<OnUpgrade>,
     started: Instant,
