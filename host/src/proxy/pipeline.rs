@@ -18,7 +18,7 @@ use super::log::LogRecord;
 use super::{ConnInfo, FrontendRt, ProxyError, headers, local, tunnel};
 use crate::balance::RequestKey;
 use crate::upstream::{
-    self, BackendRt, ClientBody, InFlight, Outcome, QueueError, ServerBody, Unsent,
+    self, BackendRt, ClientBody, InFlight, Outcome, QueueError, ServerBody, Slot, Unsent,
 };
 
 /// Decides a request's response: a server's, a plugin's or weir's own. `record` fills in
@@ -292,7 +292,11 @@ async fn exchange(
     };
     loop {
         let mut req = request.take();
-        let slot = choose(backend, &req, conn, &mut attempts).await?;
+        let slot = match choose(backend, &req, conn, &mut attempts) {
+            Slot::Got(slot) => slot,
+            Slot::Refused(e) => return Err(no_slot(e)),
+            Slot::Queued(place) => backend.wait(place).await.map_err(no_slot)?,
+        };
         // One clock reading serves the wait's end, the pool's freshness check and, on a
         // pooled connection, the moment the request is sent.
         let chosen_at = Instant::now();
@@ -395,28 +399,29 @@ async fn exchange(
     }
 }
 
-/// A server slot for this attempt (see [`BackendRt::choose`]), as the client sees a
-/// failure to get one.
-async fn choose(
+/// A server slot for this attempt (see [`BackendRt::choose`]), without waiting.
+fn choose(
     backend: &BackendRt,
     request: &Request<ClientBody>,
     conn: &ConnInfo,
     attempts: &mut Attempts<'_>,
-) -> Result<InFlight, ProxyError> {
+) -> Slot {
     let key = RequestKey {
         client_ip: conn.peer.ip(),
         path: request.uri().path(),
         query: request.uri().query(),
         headers: request.headers(),
     };
-    backend
-        .choose(&key, &mut attempts.excluded, attempts.pinned)
-        .await
-        .map_err(|e| match e {
-            QueueError::NoServer => ProxyError::NoServer,
-            QueueError::QueueFull => ProxyError::QueueFull,
-            QueueError::Timeout => ProxyError::QueueTimeout,
-        })
+    backend.choose(&key, &mut attempts.excluded, attempts.pinned)
+}
+
+/// A failure to get a server slot, as the client sees it.
+fn no_slot(e: QueueError) -> ProxyError {
+    match e {
+        QueueError::NoServer => ProxyError::NoServer,
+        QueueError::QueueFull => ProxyError::QueueFull,
+        QueueError::Timeout => ProxyError::QueueTimeout,
+    }
 }
 
 /// The server's answer on its way to the client: a 101 becomes a tunnel; anything else

@@ -211,6 +211,14 @@ pub enum NoSlot {
     Full,
 }
 
+/// What [`BackendRt::choose`] got.
+pub enum Slot {
+    Got(InFlight),
+    /// A place in the queue: [`BackendRt::wait`] there.
+    Queued(oneshot::Receiver<InFlight>),
+    Refused(QueueError),
+}
+
 /// Why a queued request got no slot.
 #[derive(Debug, PartialEq, Eq)]
 pub enum QueueError {
@@ -333,59 +341,60 @@ impl BackendRt {
         }
     }
 
-    /// Like `acquire`, but when every server is at its maxconn, waits in the backend's
-    /// queue up to `timeout.queue` (behind the requests already waiting).
-    pub async fn acquire_queued(
-        &self,
-        key: &RequestKey<'_>,
-        excluded: &mut Vec<usize>,
-    ) -> Result<InFlight, QueueError> {
-        let receiver = {
-            let mut waiters = self.queue.lock();
-            if waiters.is_empty() {
-                match self.acquire(key, excluded) {
-                    Ok(slot) => return Ok(slot),
-                    Err(NoSlot::NoServer) => return Err(QueueError::NoServer),
-                    Err(NoSlot::Full) => {}
-                }
-            } else if self.view(excluded).is_none() {
-                return Err(QueueError::NoServer);
+    /// Like `acquire`, but when every server is at its maxconn, a place in the backend's
+    /// queue (behind the requests already waiting), to wait in with [`Self::wait`].
+    fn acquire_or_queue(&self, key: &RequestKey<'_>, excluded: &mut Vec<usize>) -> Slot {
+        let mut waiters = self.queue.lock();
+        if waiters.is_empty() {
+            match self.acquire(key, excluded) {
+                Ok(slot) => return Slot::Got(slot),
+                Err(NoSlot::NoServer) => return Slot::Refused(QueueError::NoServer),
+                Err(NoSlot::Full) => {}
             }
-            if self.cfg.maxqueue.is_some_and(|max| waiters.len() >= max) {
-                return Err(QueueError::QueueFull);
-            }
-            let (tx, rx) = oneshot::channel();
-            waiters.push_back(tx);
-            self.queue
-                .max_seen
-                .fetch_max(waiters.len(), Ordering::Relaxed);
-            rx
-        };
-        match tokio::time::timeout(self.cfg.timeout_queue, receiver).await {
+        } else if self.view(excluded).is_none() {
+            return Slot::Refused(QueueError::NoServer);
+        }
+        if self.cfg.maxqueue.is_some_and(|max| waiters.len() >= max) {
+            return Slot::Refused(QueueError::QueueFull);
+        }
+        let (tx, rx) = oneshot::channel();
+        waiters.push_back(tx);
+        self.queue
+            .max_seen
+            .fetch_max(waiters.len(), Ordering::Relaxed);
+        Slot::Queued(rx)
+    }
+
+    /// Waits in the queue up to `timeout.queue` for a slot a finishing request hands over.
+    pub async fn wait(&self, place: oneshot::Receiver<InFlight>) -> Result<InFlight, QueueError> {
+        match tokio::time::timeout(self.cfg.timeout_queue, place).await {
             Ok(Ok(slot)) => Ok(slot),
             // Dropping the receiver withdraws from the queue: a slot sent to it is passed on.
             Ok(Err(_)) | Err(_) => Err(QueueError::Timeout),
         }
     }
 
-    /// A server slot for one attempt: the `pinned` server when it can take it, else the
-    /// balancer's pick, waiting in the queue when every server is full. Once every server
-    /// has been excluded by failed attempts, any server may be tried again.
-    pub async fn choose(
+    /// A server slot for one attempt, without waiting: the `pinned` server when it can
+    /// take it, else the balancer's pick, else a place in the queue when every server is
+    /// full. Once every server has been excluded by failed attempts, any server may be
+    /// tried again. (Not async: most requests get a slot at once, and the request's
+    /// future then holds no queue-waiting state of its own.)
+    pub fn choose(
         &self,
         key: &RequestKey<'_>,
         excluded: &mut Vec<usize>,
         pinned: Option<usize>,
-    ) -> Result<InFlight, QueueError> {
+    ) -> Slot {
         if let Some(slot) = pinned.and_then(|i| self.claim_preferred(i)) {
-            return Ok(slot);
+            return Slot::Got(slot);
         }
-        let mut result = self.acquire_queued(key, excluded).await;
-        if result.as_ref().err() == Some(&QueueError::NoServer) && !excluded.is_empty() {
-            excluded.clear();
-            result = self.acquire_queued(key, excluded).await;
+        match self.acquire_or_queue(key, excluded) {
+            Slot::Refused(QueueError::NoServer) if !excluded.is_empty() => {
+                excluded.clear();
+                self.acquire_or_queue(key, excluded)
+            }
+            slot => slot,
         }
-        result
     }
 
     /// Hands queued requests to servers with room, as long as there are both.

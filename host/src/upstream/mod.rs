@@ -15,6 +15,6 @@ mod exchange;
 pub mod health;
 mod pool;
 
-pub use backend::{AdminError, AdminState, BackendRt, InFlight, QueueError, ServerRt};
+pub use backend::{AdminError, AdminState, BackendRt, InFlight, QueueError, ServerRt, Slot};
 pub use body::{BoxError, ClientBody, Received, ServerBody};
 pub use exchange::{Connection, Outcome, Timer, TimerSlot, Unsent, send};
