@@ -58,19 +58,53 @@ impl Rejection {
     /// removed it): the connection closes after it. Otherwise `proxy::local::refusal`
     /// answers.
     pub fn response(&self) -> Vec<u8> {
-        let phrase = http::StatusCode::from_u16(self.status)
-            .ok()
-            .and_then(|s| s.canonical_reason())
-            .unwrap_or("");
-        let body = self.default_body();
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        headers.insert(
+            http::header::CACHE_CONTROL,
+            HeaderValue::from_static("no-cache"),
+        );
+        let status =
+            http::StatusCode::from_u16(self.status).unwrap_or(http::StatusCode::BAD_REQUEST);
+        closing_response(status, headers, self.default_body().as_bytes())
+    }
+}
+
+/// A response as HTTP/1.1 writes it, closing the connection after it: `headers` less
+/// the framing and connection fields, which it sets itself.
+pub fn closing_response(
+    status: http::StatusCode,
+    mut headers: http::HeaderMap,
+    body: &[u8],
+) -> Vec<u8> {
+    use http::header;
+    for hop in [
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+        header::CONNECTION,
+    ] {
+        headers.remove(hop);
+    }
+    let reason = status.canonical_reason().unwrap_or("");
+    let mut out = format!("HTTP/1.1 {} {reason}\r\n", status.as_u16()).into_bytes();
+    for (name, value) in &headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(
         format!(
-            "HTTP/1.1 {} {phrase}\r\ncontent-type: text/plain; charset=utf-8\r\n\
-             content-length: {}\r\ncache-control: no-cache\r\nconnection: close\r\n\r\n{body}",
-            self.status,
+            "content-length: {}\r\nconnection: close\r\n\r\n",
             body.len()
         )
-        .into_bytes()
-    }
+        .as_bytes(),
+    );
+    out.extend_from_slice(body);
+    out
 }
 
 /// Where a chunked body is (RFC 9112 §7.1), byte by byte outside chunk data, by the rules

@@ -211,35 +211,8 @@ pub async fn refusal(fe: &FrontendRt, conn: &ConnInfo, refused: &Rejection) -> (
     let mut termination = *b"PR";
     let mut ran = chain_for(fe, None);
     let answer = through_chain(fe, &mut ran, answer, &answered, &mut termination).await;
-    (answer.status.as_u16(), http1_bytes(answer))
-}
-
-/// An answer as HTTP/1.1 writes it, closing the connection after it.
-fn http1_bytes(mut answer: Answer) -> Vec<u8> {
-    for hop in [
-        header::CONTENT_LENGTH,
-        header::TRANSFER_ENCODING,
-        header::CONNECTION,
-    ] {
-        answer.headers.remove(hop);
-    }
-    let reason = answer.status.canonical_reason().unwrap_or("");
-    let mut out = format!("HTTP/1.1 {} {reason}\r\n", answer.status.as_u16()).into_bytes();
-    for (name, value) in &answer.headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(
-        format!(
-            "content-length: {}\r\nconnection: close\r\n\r\n",
-            answer.body.len()
-        )
-        .as_bytes(),
-    );
-    out.extend_from_slice(&answer.body);
-    out
+    let bytes = crate::http1::closing_response(answer.status, answer.headers, &answer.body);
+    (answer.status.as_u16(), bytes)
 }
 
 /// The answer to a request that arrived on a listener a reload just removed: 503, and the

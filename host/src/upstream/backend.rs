@@ -66,19 +66,18 @@ impl ServerRt {
     /// when it is checked in both and its address is unchanged, its health and check
     /// history.
     fn carried_from(&mut self, old: &ServerRt) {
-        let this = self;
-        this.stats = Arc::clone(&old.stats);
-        this.admin.store(old.admin() as u8, Ordering::Release);
+        self.stats = Arc::clone(&old.stats);
+        self.admin.store(old.admin() as u8, Ordering::Release);
         if old.weight_set.load(Ordering::Acquire) {
-            this.weight
+            self.weight
                 .store(old.weight.load(Ordering::Acquire), Ordering::Release);
-            this.weight_set.store(true, Ordering::Release);
+            self.weight_set.store(true, Ordering::Release);
         }
         // A server no longer checked starts UP again, as at start: a DOWN carried over
         // would never come back.
-        let checked = this.cfg.health.is_some() && old.cfg.health.is_some();
-        if checked && old.cfg.addr == this.cfg.addr {
-            this.health.take_over(&old.health);
+        let checked = self.cfg.health.is_some() && old.cfg.health.is_some();
+        if checked && old.cfg.addr == self.cfg.addr {
+            self.health.take_over(&old.health);
         }
     }
 
