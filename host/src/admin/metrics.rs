@@ -416,6 +416,29 @@ pub fn render(control: &Control) -> String {
         "weir's own log lines (stderr) dropped because stderr did not keep up.",
     );
     out.sample("log_dropped_total", &[], crate::logging::dropped());
+    let (store, status) = match crate::state::store_status() {
+        Some(s) => ("redis", s),
+        None => ("memory", crate::state::StoreStatus::memory()),
+    };
+    let label = [("store", store)];
+    out.family(
+        "store_up",
+        "gauge",
+        "1 while plugins' shared state store answers (always 1 for the memory store).",
+    );
+    out.sample("store_up", &label, u8::from(status.up));
+    out.family(
+        "store_errors_total",
+        "counter",
+        "Exchanges with the shared state store that failed or timed out.",
+    );
+    out.sample("store_errors_total", &label, status.errors);
+    out.family(
+        "store_syncs_total",
+        "counter",
+        "Syncs that pushed counts to the shared state store and read totals back.",
+    );
+    out.sample("store_syncs_total", &label, status.syncs);
     out.family(
         "plugin_call_duration_seconds",
         "histogram",

@@ -21,6 +21,29 @@ pub struct File {
     #[serde(default)]
     pub plugin: BTreeMap<String, PluginFile>,
     pub admin: Option<AdminFile>,
+    #[serde(default)]
+    pub state: StateFile,
+}
+
+/// `[state]`: where plugins' counters and kv live.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateFile {
+    /// `"memory"`, or a table with a `redis` URL ([`RedisFile`]); read by validation so
+    /// that either form's errors name `state.store`.
+    pub store: Option<toml::Value>,
+}
+
+/// `store = { redis = "redis://...", ... }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisFile {
+    pub redis: String,
+    pub prefix: Option<String>,
+    pub timeout: Option<Dur>,
+    pub sync: Option<Dur>,
+    pub on_error: Option<String>,
+    pub consistency: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

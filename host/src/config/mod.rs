@@ -28,6 +28,8 @@ pub struct Config {
     pub plugins: Vec<PluginConfig>,
     /// The `[admin]` listener, if configured.
     pub admin: Option<Admin>,
+    /// `[state] store`: where plugins' counters and kv live.
+    pub store: Store,
     /// The file this was read from, if any; relative paths in it were resolved against its folder.
     pub source: Option<PathBuf>,
 }
@@ -144,6 +146,49 @@ pub struct Admin {
     pub refresh: Duration,
     /// Connections the admin listener serves at once; more wait in the kernel's backlog.
     pub maxconn: usize,
+}
+
+/// Where plugins' counters and kv live (`[state] store`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Store {
+    /// In this process only: the default, for a single node.
+    #[default]
+    Memory,
+    /// Shared with the other nodes through Redis.
+    Redis(RedisStore),
+}
+
+/// `store = { redis = "redis://...", ... }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisStore {
+    /// The server's URL (`redis://[user:password@]host[:port][/db]`).
+    pub url: String,
+    /// Put before every key weir writes (then the plugin's name).
+    pub prefix: String,
+    /// The longest a request waits on Redis, and the longest a sync may take.
+    pub timeout: Duration,
+    /// How often counts are pushed to Redis and totals read back.
+    pub sync: Duration,
+    pub on_error: StoreOnError,
+    pub consistency: Consistency,
+}
+
+/// What calls that need the shared store do while Redis cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreOnError {
+    /// Go on with this node's own counts and kv.
+    Local,
+    /// Refuse the request (503).
+    Deny,
+}
+
+/// How closely nodes agree on a count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consistency {
+    /// Counted locally; deltas pushed and totals read back every `sync`.
+    Sync,
+    /// One atomic script in Redis per count.
+    Exact,
 }
 
 /// A `[plugin.<name>]` section: where the component is and how it is confined.

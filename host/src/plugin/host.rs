@@ -39,9 +39,9 @@ impl clock::Host for StoreState {
 }
 
 impl counters::Host for StoreState {
-    fn add(&mut self, key: String, delta: i64, window_ms: u64) -> i64 {
-        self.state
-            .counter_add(&key, delta, Duration::from_millis(window_ms))
+    async fn add(&mut self, key: String, delta: i64, window_ms: u64) -> wasmtime::Result<i64> {
+        let window = Duration::from_millis(window_ms);
+        Ok(self.state.counter_add(&key, delta, window).await?)
     }
 
     fn get(&mut self, key: String) -> i64 {
@@ -52,35 +52,43 @@ impl counters::Host for StoreState {
         self.state.counter_remaining(&key).as_millis() as u64
     }
 
-    fn add_sliding(
+    async fn add_sliding(
         &mut self,
         key: String,
         delta: i64,
         window_ms: u64,
         limit: Option<i64>,
-    ) -> counters::Sliding {
-        let c = self.state.sliding_add(&key, delta, window_ms, limit);
-        counters::Sliding {
+    ) -> wasmtime::Result<counters::Sliding> {
+        let c = self
+            .state
+            .sliding_add(&key, delta, window_ms, limit)
+            .await?;
+        Ok(counters::Sliding {
             previous: c.previous,
             current: c.current,
             elapsed_ms: c.elapsed_ms,
             added: c.added,
-        }
+        })
     }
 }
 
 impl kv::Host for StoreState {
-    fn get(&mut self, key: String) -> Option<Vec<u8>> {
-        self.state.kv_get(&key)
+    async fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        Ok(self.state.kv_get(&key).await?)
     }
 
-    fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<(), String> {
-        self.state
-            .kv_set(&key, &value, ttl_ms.map(Duration::from_millis))
+    async fn set(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> wasmtime::Result<Result<(), String>> {
+        let ttl = ttl_ms.map(Duration::from_millis);
+        Ok(self.state.kv_set(&key, &value, ttl).await?)
     }
 
-    fn delete(&mut self, key: String) {
-        self.state.kv_delete(&key)
+    async fn delete(&mut self, key: String) -> wasmtime::Result<()> {
+        Ok(self.state.kv_delete(&key).await?)
     }
 }
 

@@ -135,6 +135,10 @@ impl Plugin {
                 );
                 Err(HookError::Timeout(self.timeout))
             }
+            // Not the plugin's failure: the operator chose to refuse while Redis is away.
+            Err(e) if e.downcast_ref::<crate::state::StoreDown>().is_some() => {
+                Err(HookError::StoreDown)
+            }
             Err(e) => {
                 self.stats.traps.fetch_add(1, Ordering::Relaxed);
                 Err(HookError::Trap(format!("{e:#}")))

@@ -43,11 +43,18 @@ pub use bindings::weir::plugin::types;
 #[allow(clippy::all)]
 mod bindings {
     // Exports are called asynchronously, so that WASI's stream functions (a plugin that
-    // prints or panics) never block a tokio worker; weir's own imports stay synchronous.
+    // prints or panics) never block a tokio worker. Of weir's own imports, counters and kv
+    // are asynchronous too (with Redis as the store, a call may wait for it, within its
+    // timeout) and may trap (`on_error = "deny"` while Redis is away).
     wasmtime::component::bindgen!({
         world: "plugin",
         path: "../wit",
         exports: { default: async },
+        imports: {
+            "weir:plugin/counters.add": async | trappable,
+            "weir:plugin/counters.add-sliding": async | trappable,
+            "weir:plugin/kv": async | trappable,
+        },
         // Records passed into a hook borrow their strings (`RequestParam<'a>` and the
         // like): the request's fields go to the sandbox without being copied twice.
         ownership: Borrowing { duplicate_if_necessary: true },
@@ -83,6 +90,9 @@ pub enum HookError {
     Timeout(Duration),
     #[error("returned invalid output: {0}")]
     Invalid(String),
+    /// The plugin needed the shared store while Redis was away, with `on_error = "deny"`.
+    #[error("{}", crate::state::StoreDown)]
+    StoreDown,
 }
 
 /// Call statistics of one plugin, for the admin surface and the log.

@@ -82,6 +82,10 @@ pub struct Failed;
 
 /// Handles a failed call according to the plugin's policy: `Ok(())` to skip the plugin.
 fn on_failure(plugin: &Plugin, hook: &str, err: &HookError) -> Result<(), Failed> {
+    if let HookError::StoreDown = err {
+        // Refused whatever the plugin's policy; the store logged when Redis went away.
+        return Err(Failed);
+    }
     let calls = plugin
         .stats
         .calls

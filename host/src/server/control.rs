@@ -188,6 +188,7 @@ impl Control {
 
         // Commit: the new generation, then the listeners.
         let (stop, _) = watch::channel(false);
+        crate::state::use_store(&config.store).await;
         spawn_generation(&proxy, &stop);
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = proxy;
         self.timeout_shutdown_ms

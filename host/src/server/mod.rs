@@ -245,6 +245,7 @@ where
     let (shutdown, _) = watch::channel(false);
     let connections = Arc::new(Connections::default());
     let (stop, _) = watch::channel(false);
+    crate::state::use_store(&config.store).await;
     spawn_generation(&proxy, &stop);
     let control = Arc::new(Control {
         current: Arc::new(std::sync::RwLock::new(proxy)),

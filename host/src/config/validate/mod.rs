@@ -30,10 +30,12 @@ const MAX_ERRORFILE_SIZE: u64 = 64 * 1024;
 mod backend;
 mod frontend;
 mod plugins;
+mod state;
 
 use backend::{build_backend, retry_on};
 use frontend::{build_frontend, header_size, log_format};
 use plugins::build_plugins;
+use state::build_store;
 
 struct Ctx<'a> {
     loc: Locator<'a>,
@@ -295,12 +297,14 @@ fn build(cx: &mut Ctx<'_>, file: File) -> Config {
                 .map(|x| (x.user.clone(), x.password.clone())),
         })
     });
+    let store = build_store(cx, &file);
     Config {
         global,
         frontends,
         backends,
         plugins,
         admin,
+        store,
         source: None,
     }
 }
