@@ -40,6 +40,7 @@ fn prerequisites() -> Result<(), String> {
     for (tool, why) in [
         ("ip", "iproute2"),
         ("keepalived", "keepalived (apt-get install keepalived)"),
+        ("redis-server", "redis-server (apt-get install redis-server)"),
         ("python3", "python3, for the servers and the client"),
     ] {
         let found = Command::new("sh")
@@ -173,11 +174,33 @@ impl Lab {
         }
     }
 
+    /// The nodes' shared store: redis-server on the server host.
+    fn redis(&mut self) {
+        self.spawn(
+            "redis",
+            "s",
+            &[
+                "redis-server",
+                "--port",
+                "6379",
+                "--bind",
+                "198.18.0.20",
+                "--protected-mode",
+                "no",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+        );
+    }
+
     /// weir and keepalived on node `role`, with examples/ha/'s files: weir.toml (its
-    /// servers moved to the lab's, and a header naming the node that answered) and
+    /// servers and Redis moved to the lab's, its rate limit `limit` when given, and a
+    /// header naming the node that answered) and
     /// keepalived-<role>.conf (the lab's weir binary and virtual address; without
     /// `enable_script_security`, since the binary's build directory may not satisfy it).
-    fn node(&mut self, role: &str) {
+    fn node(&mut self, role: &str, limit: Option<&str>) {
         let example = |name: &str| {
             let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("../examples/ha")
@@ -187,7 +210,9 @@ impl Lab {
         let weir = example("weir.toml")
             .replace("192.0.2.21:8080", "198.18.0.20:8001")
             .replace("192.0.2.22:8080", "198.18.0.20:8002")
-            .replace("plugins = [\"sticky\"]", "plugins = [\"sticky\", \"mark\"]")
+            .replace("192.0.2.30:6379", "198.18.0.20:6379")
+            .replace(EXAMPLE_LIMIT, limit.unwrap_or(EXAMPLE_LIMIT))
+            .replace("plugins = [\"limit\", \"sticky\"]", "plugins = [\"limit\", \"sticky\", \"mark\"]")
             + &format!(
                 "\n[plugin.mark]\nstock = \"header-rewrite\"\nconfig = {{ response = [ {{ set = \"x-node\", value = \"{role}\" }} ] }}\n"
             );
@@ -265,23 +290,24 @@ impl Lab {
     }
 
     /// The client: for `seconds`, one request every `gap_ms` to the virtual address, each
-    /// on a new connection, keeping the sticky cookie it is given. One line a request.
-    fn client(&mut self, seconds: u32, gap_ms: u32) {
+    /// on a new connection, keeping the sticky cookie it is given. One line a request,
+    /// in the log `name`.
+    fn client(&mut self, name: &str, seconds: f64, gap_ms: u32) {
         let script = self.write("client.py", CLIENT);
         let script = script.to_str().unwrap().to_owned();
         let (seconds, gap) = (
             seconds.to_string(),
             (f64::from(gap_ms) / 1000.0).to_string(),
         );
-        self.spawn("client", "c", &["python3", &script, VIP, &seconds, &gap]);
+        self.spawn(name, "c", &["python3", &script, VIP, &seconds, &gap]);
     }
 
-    /// Waits for the client to end (bounded), and reads its lines.
-    fn client_lines(&mut self) -> Vec<Answer> {
+    /// Waits for the client `name` to end (bounded), and reads its lines.
+    fn client_lines(&mut self, name: &str) -> Vec<Answer> {
         let (_, child) = self
             .children
             .iter_mut()
-            .find(|(n, _)| n == "client")
+            .find(|(n, _)| n == name)
             .unwrap();
         let start = Instant::now();
         while child.try_wait().unwrap().is_none() {
@@ -291,7 +317,7 @@ impl Lab {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        let text = std::fs::read_to_string(self.dir.join("client.log")).unwrap();
+        let text = std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap();
         text.lines().filter_map(Answer::parse).collect()
     }
 
@@ -381,12 +407,17 @@ fn now() -> f64 {
         .as_secs_f64()
 }
 
-/// The lab with both nodes up and A holding the address.
-fn pair(tag: char) -> Lab {
+/// examples/ha/weir.toml's rate limit.
+const EXAMPLE_LIMIT: &str = r#"requests = 100, window = "1s""#;
+
+/// The lab with both nodes up (with `limit` instead of the example's rate limit, when
+/// given) and A holding the address.
+fn pair(tag: char, limit: Option<&str>) -> Lab {
     let mut lab = Lab::new(tag);
     lab.servers();
-    lab.node("a");
-    lab.node("b");
+    lab.redis();
+    lab.node("a", limit);
+    lab.node("b", limit);
     assert!(
         lab.wait_for_vip("a", Duration::from_secs(15)).is_some(),
         "node A never took the address:\n{}",
@@ -406,12 +437,12 @@ struct Move {
 /// Runs the client for `seconds`, stops A's weir with `signal` two seconds in, and
 /// waits for the address to reach B.
 fn stop_the_active_node(lab: &mut Lab, signal: &str, seconds: u32) -> Move {
-    lab.client(seconds, 50);
+    lab.client("client", f64::from(seconds), 50);
     std::thread::sleep(Duration::from_secs(2));
     let at = now();
     lab.signal("weir-a", signal);
     let took = lab.wait_for_vip("b", Duration::from_secs(10));
-    let answers = lab.client_lines();
+    let answers = lab.client_lines("client");
     let took = took.unwrap_or_else(|| {
         panic!(
             "the address never moved to B:\n{}\n{}",
@@ -441,7 +472,7 @@ fn summary(answers: &[Answer]) -> String {
 #[test]
 #[ignore = "needs root, ip netns and keepalived: cargo test -p weir --test ha -- --ignored"]
 fn killing_the_active_weir_moves_the_address_to_the_standby_within_3s() {
-    let mut lab = pair('k');
+    let mut lab = pair('k', None);
     let Move {
         at: killed_at,
         took: moved,
@@ -476,7 +507,7 @@ fn killing_the_active_weir_moves_the_address_to_the_standby_within_3s() {
 #[test]
 #[ignore = "needs root, ip netns and keepalived: cargo test -p weir --test ha -- --ignored"]
 fn a_graceful_stop_of_the_active_node_moves_the_address_with_no_failed_request() {
-    let mut lab = pair('g');
+    let mut lab = pair('g', None);
     let Move {
         at: stopped_at,
         answers,
@@ -505,5 +536,42 @@ fn a_graceful_stop_of_the_active_node_moves_the_address_with_no_failed_request()
             .any(|a| a.at > stopped_at && matches!(&a.outcome, Ok((_, n, _)) if n == "a")),
         "A went on answering during its grace\n{}",
         summary(&answers)
+    );
+}
+
+#[test]
+#[ignore = "needs root, ip netns, keepalived and redis-server: cargo test -p weir --test ha -- --ignored"]
+fn a_clients_rate_limit_count_carries_over_the_move_through_redis() {
+    // 25 a minute: a client that used 15 of them on A has about 10 left on B.
+    let mut lab = pair('r', Some(r#"requests = 25, window = "60s""#));
+    lab.client("before", 0.75, 50);
+    let before = lab.client_lines("before");
+    lab.signal("weir-a", "TERM");
+    assert!(
+        lab.wait_for_vip("b", Duration::from_secs(10)).is_some(),
+        "the address never moved to B"
+    );
+    lab.client("after", 1.5, 50);
+    let after = lab.client_lines("after");
+    let admitted = |answers: &[Answer], node: &str| {
+        answers
+            .iter()
+            .filter(|a| matches!(&a.outcome, Ok((200, n, _)) if n == node))
+            .count()
+    };
+    let refused = after
+        .iter()
+        .filter(|a| matches!(&a.outcome, Ok((429, _, _))))
+        .count();
+    let (on_a, on_b) = (admitted(&before, "a"), admitted(&after, "b"));
+    println!("admitted {on_a} on A, then {on_b} on B; {refused} refused on B");
+    assert_eq!(on_a, before.len(), "{}", summary(&before));
+    // B learns the client's count at its first sync after the client's first request
+    // there (100 ms: two requests at this pace); counting alone it would admit 25.
+    assert!(
+        on_a + on_b <= 25 + 3 && refused > 0,
+        "{}\n{}",
+        summary(&before),
+        summary(&after)
     );
 }
