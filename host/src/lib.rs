@@ -12,6 +12,7 @@ pub mod config;
 pub mod demo;
 pub mod health;
 pub mod http1;
+pub mod import;
 pub mod logging;
 pub mod notify;
 pub mod plugin;

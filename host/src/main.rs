@@ -51,6 +51,17 @@ enum Command {
     },
     /// Start three demo servers and the proxy on the quickstart config.
     Demo,
+    /// Translate an HAProxy configuration into weir's TOML (on stdout, or OUT), listing on
+    /// stderr every line not carried over or carried over in part. Exit status: 0 when
+    /// everything was carried over, 2 when something was left out, 1 when the file is not
+    /// valid HAProxy syntax.
+    Import {
+        /// The haproxy.cfg to read.
+        file: PathBuf,
+        /// Where to write the TOML (stdout by default).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
 }
 
 /// mimalloc, called the way it is fast ([`weir::alloc`]).
@@ -65,6 +76,7 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Check { config } => return check(&config),
+        Command::Import { file, output } => return import(&file, output.as_deref()),
         Command::Health {
             admin,
             config,
@@ -83,6 +95,53 @@ fn main() -> ExitCode {
             eprintln!("weir: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn import(file: &Path, output: Option<&Path>) -> ExitCode {
+    let name = file.display().to_string();
+    let bytes = match std::fs::read(file) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("weir import: cannot read {name}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let text = match String::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+            let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
+            eprintln!("{name}:{line}: not UTF-8 text: this is not an HAProxy configuration");
+            return ExitCode::FAILURE;
+        }
+    };
+    let imported = match weir::import::import(&text, &name, &|v| std::env::var(v).ok()) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("{name}:{}: {}", e.line, e.message);
+            return ExitCode::FAILURE;
+        }
+    };
+    let written = match output {
+        Some(out) => std::fs::write(out, &imported.toml),
+        None => std::io::Write::write_all(&mut std::io::stdout(), imported.toml.as_bytes()),
+    };
+    if let Err(e) = written {
+        eprintln!("weir import: cannot write the TOML: {e}");
+        return ExitCode::FAILURE;
+    }
+    for n in &imported.notes {
+        eprintln!("{name}:{n}");
+    }
+    if imported.notes.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "weir import: {} lines of {name} not carried over or carried over in part",
+            imported.notes.len()
+        );
+        ExitCode::from(2)
     }
 }
 

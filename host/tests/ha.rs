@@ -40,7 +40,10 @@ fn prerequisites() -> Result<(), String> {
     for (tool, why) in [
         ("ip", "iproute2"),
         ("keepalived", "keepalived (apt-get install keepalived)"),
-        ("redis-server", "redis-server (apt-get install redis-server)"),
+        (
+            "redis-server",
+            "redis-server (apt-get install redis-server)",
+        ),
         ("python3", "python3, for the servers and the client"),
     ] {
         let found = Command::new("sh")
@@ -212,7 +215,10 @@ impl Lab {
             .replace("192.0.2.22:8080", "198.18.0.20:8002")
             .replace("192.0.2.30:6379", "198.18.0.20:6379")
             .replace(EXAMPLE_LIMIT, limit.unwrap_or(EXAMPLE_LIMIT))
-            .replace("plugins = [\"limit\", \"sticky\"]", "plugins = [\"limit\", \"sticky\", \"mark\"]")
+            .replace(
+                "plugins = [\"limit\", \"sticky\"]",
+                "plugins = [\"limit\", \"sticky\", \"mark\"]",
+            )
             + &format!(
                 "\n[plugin.mark]\nstock = \"header-rewrite\"\nconfig = {{ response = [ {{ set = \"x-node\", value = \"{role}\" }} ] }}\n"
             );
@@ -304,11 +310,7 @@ impl Lab {
 
     /// Waits for the client `name` to end (bounded), and reads its lines.
     fn client_lines(&mut self, name: &str) -> Vec<Answer> {
-        let (_, child) = self
-            .children
-            .iter_mut()
-            .find(|(n, _)| n == name)
-            .unwrap();
+        let (_, child) = self.children.iter_mut().find(|(n, _)| n == name).unwrap();
         let start = Instant::now();
         while child.try_wait().unwrap().is_none() {
             assert!(

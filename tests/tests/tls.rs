@@ -64,6 +64,31 @@ async fn alpn_chooses_http2_or_http11_and_the_server_hears_https() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_combined_pem_of_chain_and_key_serves_as_haproxy_takes_it() {
+    let ca = TestCa::new("combined");
+    let (cert, key) = ca.issue("site", &["site.test"]);
+    let combined = ca.dir.join("site-combined.pem");
+    let text = std::fs::read_to_string(&cert).unwrap() + &std::fs::read_to_string(&key).unwrap();
+    std::fs::write(&combined, text).unwrap();
+    let server = MockServer::start("s1").await;
+    let tls = format!("{{ cert = \"{}\" }}", combined.display());
+    let proxy = TestProxy::start(&with_tls(&server, &tls)).await;
+    let stream = ca.connect(proxy.addr(), "site.test", &[H1]).await;
+    assert_eq!(negotiated(&stream).1, cert_der(&cert));
+    assert_eq!(get_h1(stream, "site.test", "/").await.status, 200);
+
+    // A certificate file without a key is named at `cert`.
+    let only = with_tls(&server, &format!("{{ cert = \"{}\" }}", cert.display()));
+    let e = weir::Config::from_toml(&only, Path::new("."))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("frontend[0].tls.cert") && e.contains("private key"),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sni_picks_the_certificate_and_the_first_is_the_default() {
     let ca = TestCa::new("sni");
     let first = ca.issue("first", &["a.test", "127.0.0.1"]);

@@ -166,7 +166,8 @@ pub enum TlsFile {
 #[serde(deny_unknown_fields)]
 pub struct CertFile {
     pub cert: String,
-    pub key: String,
+    /// Without it, the key is read from `cert` (HAProxy's combined PEM: chain and key).
+    pub key: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

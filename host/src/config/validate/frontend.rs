@@ -121,15 +121,24 @@ pub(super) fn tls(
             .collect(),
     };
     if entries.is_empty() {
-        cx.err(path, "needs at least one { cert, key }");
+        cx.err(
+            path,
+            "needs at least one { cert, key } (or a combined PEM: { cert })",
+        );
     }
     let mut certs = Vec::new();
     for (p, c) in entries {
-        let (cert, key) = (cx.base.join(&c.cert), cx.base.join(&c.key));
+        let cert = cx.base.join(&c.cert);
+        let key = c
+            .key
+            .as_ref()
+            .map_or_else(|| cert.clone(), |k| cx.base.join(k));
+        // A combined file's key problems are the file's: said at `cert`.
+        let key_path = if c.key.is_some() { "key" } else { "cert" };
         match crate::tls::load(&cert, &key) {
             Ok(certified) => certs.push(certified),
             Err((crate::tls::File::Cert, msg)) => cx.err(&p.key("cert"), msg),
-            Err((crate::tls::File::Key, msg)) => cx.err(&p.key("key"), msg),
+            Err((crate::tls::File::Key, msg)) => cx.err(&p.key(key_path), msg),
         }
     }
     certs

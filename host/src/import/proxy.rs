@@ -1,0 +1,744 @@
+//! The lines of `frontend`, `backend` and `listen` sections, read into a [`Proxy`]: what
+//! each side of it becomes in weir (listeners, routing rules, rate limit, header edits,
+//! statistics; servers, cookie, stick table).
+
+use super::Cx;
+use super::acl::{self, Acls, Lit, Meaning};
+use super::emit::V;
+use super::parse::{Line, Section};
+use super::server::{self, Server};
+use super::settings::{Settings, duration};
+
+/// What a routing rule does.
+#[derive(Debug, Clone)]
+pub enum Action {
+    Backend(String),
+    Deny(i64),
+    Redirect(String, i64),
+}
+
+/// A router rule: conditions that must all hold, an action, and the line it came from.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub conds: Vec<(String, V)>,
+    pub action: Action,
+    pub line: Line,
+}
+
+/// A request-rate limit: `http-request deny if { sc_http_req_rate(0) gt N }`.
+#[derive(Debug, Clone)]
+pub struct Limit {
+    pub allowed: i64,
+    pub allow: Vec<V>,
+    pub line: Line,
+}
+
+/// `stats ...` lines.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    pub refresh: Option<String>,
+    pub auth: Option<(String, String)>,
+    pub admin: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Proxy {
+    pub kind: String,
+    pub name: String,
+    pub section: Section,
+    pub settings: Settings,
+    pub plain: Vec<String>,
+    pub tls: Vec<String>,
+    pub crts: Vec<String>,
+    pub accept_proxy: bool,
+    pub default_backend: Option<Line>,
+    pub acls: Acls,
+    /// ACLs declared but not carried over, by name: the line that said why.
+    pub broken_acls: std::collections::HashMap<String, usize>,
+    /// `http-request deny` / `redirect location` rules, in order.
+    pub http_rules: Vec<Rule>,
+    /// `use_backend` rules, in order.
+    pub routes: Vec<Rule>,
+    pub redirect_https: Option<Line>,
+    /// `http-request track-sc0 KEY [table T]`: weir's key, the table, the line.
+    pub track: Option<(String, Option<String>, Line)>,
+    pub limit: Option<Limit>,
+    pub deny_status_429: bool,
+    pub req_ops: Vec<(V, Line)>,
+    pub resp_ops: Vec<(V, Line)>,
+    pub stats: Option<Stats>,
+    pub prometheus: Option<Line>,
+    pub servers: Vec<Server>,
+    pub cookie: Option<(Vec<(String, V)>, Line)>,
+    /// The period of the stick table's `http_req_rate`.
+    pub table_window: Option<String>,
+}
+
+impl Proxy {
+    pub fn new(section: &Section, settings: Settings) -> Proxy {
+        Proxy {
+            kind: section.kind.clone(),
+            name: section.name.clone(),
+            section: section.clone(),
+            settings,
+            plain: Vec::new(),
+            tls: Vec::new(),
+            crts: Vec::new(),
+            accept_proxy: false,
+            default_backend: None,
+            acls: Acls::new(),
+            broken_acls: Default::default(),
+            http_rules: Vec::new(),
+            routes: Vec::new(),
+            redirect_https: None,
+            track: None,
+            limit: None,
+            deny_status_429: true,
+            req_ops: Vec::new(),
+            resp_ops: Vec::new(),
+            stats: None,
+            prometheus: None,
+            servers: Vec::new(),
+            cookie: None,
+            table_window: None,
+        }
+    }
+
+    pub fn serves(&self) -> bool {
+        self.kind != "backend"
+    }
+
+    pub fn holds_servers(&self) -> bool {
+        self.kind != "frontend"
+    }
+
+    /// A statistics listener and nothing else: weir's `[admin]`.
+    pub fn stats_only(&self) -> bool {
+        self.stats.is_some()
+            && self.servers.is_empty()
+            && self.default_backend.is_none()
+            && self.routes.is_empty()
+    }
+
+    /// Reads every line of the section.
+    pub fn read(&mut self, cx: &mut Cx) {
+        let lines = self.section.lines.clone();
+        for line in &lines {
+            if self.settings.take(cx, line) {
+                continue;
+            }
+            self.line(cx, line);
+        }
+    }
+
+    fn line(&mut self, cx: &mut Cx, line: &Line) {
+        let front = self.serves();
+        let back = self.holds_servers();
+        match line.word(0) {
+            "bind" if front => self.bind(cx, line),
+            "default_backend" if front => self.default_backend = Some(line.clone()),
+            "use_backend" if front => self.use_backend(cx, line),
+            "acl" => self.acl(cx, line),
+            "http-request" => self.http_request(cx, line),
+            "redirect" if front => self.redirect(cx, line, 1),
+            "http-response" => self.http_response(cx, line),
+            "stick-table" => self.stick_table(cx, line),
+            "cookie" if back => self.cookie(cx, line),
+            "server" if back => {
+                let defaults = self.settings.default_server.clone();
+                if let Some(s) = server::server(cx, line, &defaults) {
+                    self.servers.push(s);
+                }
+            }
+            "stats" => self.stats(cx, line),
+            "maxconn" if front => cx.partly(
+                line,
+                "weir limits connections for the whole process ([global] maxconn), not per frontend",
+            ),
+            "log" => cx.left(line, "weir writes its access log to stderr or a file ([global] access_log), not to syslog"),
+            _ => cx.left(line, "no equivalent in weir"),
+        }
+    }
+
+    fn bind(&mut self, cx: &mut Cx, line: &Line) {
+        let mut addrs = Vec::new();
+        for a in line.word(1).split(',') {
+            let a = a
+                .strip_prefix("ipv4@")
+                .or_else(|| a.strip_prefix("ipv6@"))
+                .unwrap_or(a);
+            let (host, port) = match a.rsplit_once(':') {
+                Some((h, p)) => (h, p),
+                None => {
+                    cx.left(
+                        line,
+                        "an address weir cannot listen on (weir binds ip:port)",
+                    );
+                    return;
+                }
+            };
+            if a.contains('@')
+                || !port.bytes().all(|b| b.is_ascii_digit())
+                || port.parse::<u16>().is_err()
+            {
+                cx.left(
+                    line,
+                    "an address weir cannot listen on (a socket path, a port range)",
+                );
+                return;
+            }
+            let host = if host.is_empty() || host == "*" {
+                "0.0.0.0"
+            } else {
+                host
+            };
+            addrs.push(format!("{host}:{port}"));
+        }
+        let mut ssl = false;
+        let mut missing = Vec::new();
+        let words = &line.words[2..];
+        let mut i = 0;
+        while i < words.len() {
+            let (w, arg) = (
+                words[i].as_str(),
+                words.get(i + 1).map_or("", String::as_str),
+            );
+            i += 1;
+            match w {
+                "ssl" => ssl = true,
+                "crt" => {
+                    self.crts.push(cx.path(arg, false));
+                    i += 1;
+                }
+                "accept-proxy" => self.accept_proxy = true,
+                "alpn" => {
+                    i += 1;
+                    if !arg.split(',').any(|p| p == "h2") {
+                        missing.push(format!("alpn {arg} (weir offers h2 and http/1.1)"));
+                    }
+                }
+                "ssl-min-ver" if arg == "TLSv1.2" => i += 1,
+                "no-sslv3" | "no-tlsv10" | "no-tlsv11" | "no-tls-tickets" | "v4v6" => {}
+                "crt-list" | "ca-file" | "verify" | "ciphers" | "ciphersuites" | "ssl-min-ver"
+                | "ssl-max-ver" | "curves" | "name" | "maxconn" | "backlog" | "process"
+                | "thread" | "interface" | "mss" | "tcp-ut" | "npn" | "crl-file" | "id"
+                | "nice" | "level" | "mode" | "user" | "group" | "uid" | "gid" => {
+                    missing.push(format!("{w} {arg}"));
+                    i += 1;
+                }
+                _ => missing.push(w.to_owned()),
+            }
+        }
+        if !missing.is_empty() {
+            cx.partly(
+                line,
+                format!("no equivalent in weir for {}", missing.join(", ")),
+            );
+        }
+        if ssl {
+            if self.crts.is_empty() {
+                cx.left(line, "ssl without crt");
+                return;
+            }
+            self.tls.extend(addrs);
+        } else {
+            self.plain.extend(addrs);
+        }
+    }
+
+    fn acl(&mut self, cx: &mut Cx, line: &Line) {
+        let name = line.word(1).to_owned();
+        match acl::meaning(&line.words[2..]) {
+            Ok((m, caveat)) => {
+                if let Some(c) = caveat {
+                    cx.partly(line, c);
+                }
+                self.acls.entry(name).or_default().push(m);
+            }
+            Err(why) => {
+                cx.left(line, why);
+                self.broken_acls.insert(name, line.no);
+            }
+        }
+    }
+
+    /// The condition from `words[at..]` (none: always), or the note's reason.
+    fn condition(&self, words: &[String], at: usize) -> Result<Vec<Vec<Lit>>, String> {
+        let Some(start) = words[at..]
+            .iter()
+            .position(|w| w == "if" || w == "unless")
+            .map(|p| p + at)
+        else {
+            return Ok(vec![Vec::new()]);
+        };
+        acl::condition(&words[start..], &self.acls).map_err(|e| {
+            match e
+                .strip_prefix("no ACL named ")
+                .and_then(|n| self.broken_acls.get(n))
+            {
+                Some(l) => format!("its ACL could not be carried over (line {l})"),
+                None => e,
+            }
+        })
+    }
+
+    /// `words` before `if`/`unless`.
+    fn before_condition(words: &[String]) -> &[String] {
+        let end = words
+            .iter()
+            .position(|w| w == "if" || w == "unless")
+            .unwrap_or(words.len());
+        &words[..end]
+    }
+
+    /// Router rules for `action` under the condition from `at`.
+    fn rules(&self, line: &Line, at: usize, action: Action) -> Result<Vec<Rule>, String> {
+        self.condition(&line.words, at)?
+            .iter()
+            .map(|conj| {
+                Ok(Rule {
+                    conds: acl::router_conditions(conj)?,
+                    action: action.clone(),
+                    line: line.clone(),
+                })
+            })
+            .collect()
+    }
+
+    fn use_backend(&mut self, cx: &mut Cx, line: &Line) {
+        let target = line.word(1);
+        if target.contains("%[") || target.is_empty() {
+            cx.left(
+                line,
+                "a backend named by an expression: weir's router names its backends",
+            );
+            return;
+        }
+        match self.rules(line, 2, Action::Backend(target.to_owned())) {
+            Ok(rules) => self.routes.extend(rules),
+            Err(why) => cx.left(line, why),
+        }
+    }
+
+    fn http_request(&mut self, cx: &mut Cx, line: &Line) {
+        let words = Self::before_condition(&line.words);
+        match line.word(1) {
+            "deny" if self.serves() => self.deny(cx, line, words),
+            "redirect" if self.serves() => self.redirect(cx, line, 2),
+            "set-header" | "add-header" | "del-header" | "set-path" => {
+                if let Some(op) = header_op(cx, line, &line.words[1..]) {
+                    self.req_ops.push((op, line.clone()));
+                }
+            }
+            "track-sc0" if self.serves() => {
+                let key = match words.get(2).map(String::as_str) {
+                    Some("src") => Some("src".to_owned()),
+                    Some(k) => inner(k, &["req.hdr", "hdr"])
+                        .map(|h| format!("header:{h}"))
+                        .or_else(|| inner(k, &["req.cook", "cook"]).map(|c| format!("cookie:{c}"))),
+                    None => None,
+                };
+                let table = words
+                    .iter()
+                    .position(|w| w == "table")
+                    .and_then(|i| words.get(i + 1))
+                    .cloned();
+                match key {
+                    Some(k) if words.len() == line.words.len() => {
+                        self.track = Some((k, table, line.clone()))
+                    }
+                    Some(_) => cx.left(
+                        line,
+                        "a conditional tracking: weir's rate-limit counts every request",
+                    ),
+                    None => cx.left(
+                        line,
+                        "weir's rate-limit counts by address, header or cookie",
+                    ),
+                }
+            }
+            "use-service" if line.word(2) == "prometheus-exporter" => {
+                self.prometheus = Some(line.clone());
+            }
+            _ => cx.left(line, "no equivalent in weir"),
+        }
+    }
+
+    fn deny(&mut self, cx: &mut Cx, line: &Line, words: &[String]) {
+        let mut status = 403;
+        let mut extra = Vec::new();
+        let mut i = 2;
+        while i < words.len() {
+            match words[i].as_str() {
+                "deny_status" => {
+                    status = words.get(i + 1).and_then(|s| s.parse().ok()).unwrap_or(0);
+                    i += 2;
+                }
+                w => {
+                    extra.push(w.to_owned());
+                    i += 1;
+                }
+            }
+        }
+        if !(400..=599).contains(&status) {
+            cx.left(
+                line,
+                "a deny_status weir's router cannot answer (4xx or 5xx)",
+            );
+            return;
+        }
+        let dnf = match self.condition(&line.words, 2) {
+            Ok(d) => d,
+            Err(why) => return cx.left(line, why),
+        };
+        // A request rate over a limit: weir's rate-limit.
+        if let Some((allowed, allow)) = rate_condition(&dnf) {
+            if self.limit.is_some() {
+                return cx.left(line, "a second rate limit in one frontend");
+            }
+            if status != 429 {
+                self.deny_status_429 = false;
+            }
+            self.limit = Some(Limit {
+                allowed,
+                allow,
+                line: line.clone(),
+            });
+            return;
+        }
+        if !extra.is_empty() {
+            cx.partly(
+                line,
+                format!(
+                    "weir's router answers with a short text body ({} not carried over)",
+                    extra.join(" ")
+                ),
+            );
+        }
+        let mut rules = Vec::new();
+        for conj in &dnf {
+            match acl::router_conditions(conj) {
+                Ok(conds) => rules.push(Rule {
+                    conds,
+                    action: Action::Deny(status),
+                    line: line.clone(),
+                }),
+                Err(why) => return cx.left(line, why),
+            }
+        }
+        self.http_rules.extend(rules);
+    }
+
+    /// `redirect ...` (`at` = 1) or `http-request redirect ...` (`at` = 2).
+    fn redirect(&mut self, cx: &mut Cx, line: &Line, at: usize) {
+        let words = Self::before_condition(&line.words);
+        let (kind, target) = (line.word(at), line.word(at + 1));
+        let mut code = 302;
+        let mut extra = Vec::new();
+        let mut i = at + 2;
+        while i < words.len() {
+            if words[i] == "code" {
+                code = words.get(i + 1).and_then(|c| c.parse().ok()).unwrap_or(0);
+                i += 2;
+            } else {
+                extra.push(words[i].clone());
+                i += 1;
+            }
+        }
+        let dnf = match self.condition(&line.words, at + 2) {
+            Ok(d) => d,
+            Err(why) => return cx.left(line, why),
+        };
+        match kind {
+            "scheme" if target == "https" => {
+                let plain_only = dnf == [vec![(true, Meaning::Tls)]];
+                if !plain_only && dnf != [Vec::new()] {
+                    return cx.left(line, "weir redirects plain http to https on a whole frontend, without other conditions");
+                }
+                if code != 301 {
+                    cx.partly(
+                        line,
+                        format!("weir's redirect to https answers 301, not {code}"),
+                    );
+                }
+                if !extra.is_empty() {
+                    cx.partly(line, format!("{} not carried over", extra.join(" ")));
+                }
+                self.redirect_https = Some(line.clone());
+            }
+            "location" if [301, 302, 303, 307, 308].contains(&code) => {
+                if !extra.is_empty() {
+                    cx.partly(line, format!("{} not carried over", extra.join(" ")));
+                }
+                match self.rules(line, at + 2, Action::Redirect(target.to_owned(), code)) {
+                    Ok(rules) => self.http_rules.extend(rules),
+                    Err(why) => cx.left(line, why),
+                }
+            }
+            _ => cx.left(
+                line,
+                "weir's router redirects to a location with 301, 302, 303, 307 or 308",
+            ),
+        }
+    }
+
+    fn http_response(&mut self, cx: &mut Cx, line: &Line) {
+        match line.word(1) {
+            "set-header" | "add-header" | "del-header" => {
+                if let Some(op) = header_op(cx, line, &line.words[1..]) {
+                    self.resp_ops.push((op, line.clone()));
+                }
+            }
+            _ => cx.left(line, "no equivalent in weir"),
+        }
+    }
+
+    fn stick_table(&mut self, cx: &mut Cx, line: &Line) {
+        let words = &line.words;
+        let store = words
+            .iter()
+            .position(|w| w == "store")
+            .and_then(|i| words.get(i + 1));
+        let rate = store.and_then(|s| {
+            s.split(',')
+                .find_map(|d| d.strip_prefix("http_req_rate(")?.strip_suffix(')'))
+        });
+        match rate.and_then(duration) {
+            Some(window) => {
+                if store.is_some_and(|s| s.split(',').count() > 1) {
+                    cx.partly(line, "weir's rate-limit keeps the request rate only");
+                }
+                self.table_window = Some(window);
+            }
+            None => cx.left(
+                line,
+                "weir keeps request rates only (store http_req_rate(<period>))",
+            ),
+        }
+    }
+
+    fn cookie(&mut self, cx: &mut Cx, line: &Line) {
+        let words = &line.words;
+        let name = line.word(1);
+        let mut config = vec![("cookie".to_owned(), V::str(name))];
+        let (mut indirect, mut nocache, mut insert) = (false, false, false);
+        let mut i = 2;
+        while i < words.len() {
+            let arg = words.get(i + 1).map_or("", String::as_str);
+            match words[i].as_str() {
+                "insert" => insert = true,
+                "indirect" => indirect = true,
+                "nocache" => nocache = true,
+                "httponly" => config.push(("httponly".into(), V::Bool(true))),
+                "secure" => config.push(("secure".into(), V::Bool(true))),
+                "domain" => {
+                    config.push(("domain".into(), V::str(arg)));
+                    i += 1;
+                }
+                "maxidle" | "maxlife" => {
+                    let key = if words[i] == "maxidle" {
+                        "max_idle"
+                    } else {
+                        "max_life"
+                    };
+                    match duration(arg) {
+                        Some(d) => config.push((key.into(), V::Str(d))),
+                        None => cx.partly(line, format!("{} {arg}: not a duration", words[i])),
+                    }
+                    i += 1;
+                }
+                "attr" => {
+                    match arg.split_once('=') {
+                        Some(("SameSite", v)) => config.push(("samesite".into(), V::str(v))),
+                        _ => cx.partly(line, format!("attr {arg}: not carried over")),
+                    }
+                    i += 1;
+                }
+                w => cx.partly(line, format!("{w}: not carried over")),
+            }
+            i += 1;
+        }
+        if !insert {
+            return cx.left(line, "weir's sticky-session inserts its cookie (rewrite and prefix modes have no equivalent)");
+        }
+        config.push(("indirect".into(), V::Bool(indirect)));
+        config.push(("nocache".into(), V::Bool(nocache)));
+        self.cookie = Some((config, line.clone()));
+    }
+
+    fn stats(&mut self, cx: &mut Cx, line: &Line) {
+        let stats = self.stats.get_or_insert_with(Stats::default);
+        match (line.word(1), line.word(2)) {
+            ("enable" | "hide-version" | "show-legends" | "show-node" | "realm", _) => {}
+            ("uri", "/") => {}
+            ("uri", _) => cx.partly(
+                line,
+                "weir serves its statistics page at / (and /;csv, /metrics) of [admin]",
+            ),
+            ("refresh", r) => match duration(r) {
+                Some(d) => stats.refresh = Some(d),
+                None => cx.left(line, "not a duration"),
+            },
+            ("auth", pair) => match pair.split_once(':') {
+                Some((u, p)) if stats.auth.is_none() => {
+                    stats.auth = Some((u.to_owned(), p.to_owned()))
+                }
+                _ => cx.left(line, "weir's [admin] takes one user and password"),
+            },
+            ("admin", _) => {
+                stats.admin = true;
+                if !matches!(line.word(3), "TRUE" | "always_true") {
+                    cx.partly(line, "weir's stats_admin has no condition: anyone who passes [admin] auth may act");
+                }
+            }
+            _ => cx.left(line, "no equivalent in weir's [admin]"),
+        }
+    }
+}
+
+/// `hdr(x)` → x, for the fetch names given.
+fn inner<'a>(fetch: &'a str, names: &[&str]) -> Option<&'a str> {
+    let (name, rest) = fetch.split_once('(')?;
+    names
+        .contains(&name)
+        .then(|| rest.trim_end_matches(')'))
+        .filter(|h| !h.is_empty() && !h.contains(','))
+}
+
+/// A rate condition (`{ sc_http_req_rate(0) gt N }`, perhaps with `!<src>` exemptions): the
+/// requests allowed and the blocks never limited.
+fn rate_condition(dnf: &[Vec<Lit>]) -> Option<(i64, Vec<V>)> {
+    let [conj] = dnf else { return None };
+    let allowed = conj.iter().find_map(|(neg, m)| match m {
+        Meaning::RateOver(n) if !neg => Some(*n),
+        _ => None,
+    })?;
+    let mut allow = Vec::new();
+    for (neg, m) in conj {
+        match (neg, m) {
+            (false, Meaning::RateOver(_)) => {}
+            (true, Meaning::Test(k, v)) if k == "src" => match v {
+                V::List(items) => allow.extend(items.iter().cloned()),
+                one => allow.push(one.clone()),
+            },
+            _ => return None,
+        }
+    }
+    Some((allowed, allow))
+}
+
+/// HAProxy's log-format value in header-rewrite's variables, or None.
+fn value(text: &str) -> Option<String> {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find('%') {
+        out.push_str(&rest[..at]);
+        rest = &rest[at + 1..];
+        let (var, len) = if let Some(body) = rest.strip_prefix('[') {
+            let end = body.find(']')?;
+            let fetch = &body[..end];
+            let var = match fetch {
+                "src" => "src",
+                "req.hdr(host)" | "hdr(host)" => "host",
+                "path" => "path",
+                "query" => "query",
+                "method" => "method",
+                "fe_name" => "frontend",
+                "be_name" => "backend",
+                "srv_name" => "server",
+                "unique-id" => "request_id",
+                "status" => "status",
+                _ => return None,
+            };
+            (var, end + 2)
+        } else {
+            match rest.as_bytes().first()? {
+                b'f' => ("frontend", 1),
+                b'b' => ("backend", 1),
+                b's' => ("server", 1),
+                b'%' => {
+                    out.push('%');
+                    rest = &rest[1..];
+                    continue;
+                }
+                _ if rest.starts_with("ci") => ("src", 2),
+                _ if rest.starts_with("ST") => ("status", 2),
+                _ if rest.starts_with("ID") => ("request_id", 2),
+                _ => return None,
+            }
+        };
+        out.push_str(&format!("%[{var}]"));
+        rest = &rest[len..];
+    }
+    out.push_str(rest);
+    Some(out)
+}
+
+/// `set-header N V`, `add-header N V`, `del-header N`, `set-path V` (no condition): a
+/// header-rewrite operation.
+fn header_op(cx: &mut Cx, line: &Line, words: &[String]) -> Option<V> {
+    if words.iter().any(|w| w == "if" || w == "unless") {
+        cx.left(
+            line,
+            "a conditional header edit: weir's header-rewrite edits every request or response",
+        );
+        return None;
+    }
+    let (verb, name, text) = (words[0].as_str(), words.get(1)?, words.get(2));
+    let mut converted = |t: &String| {
+        let v = value(t);
+        if v.is_none() {
+            cx.left(line, "a fetch weir's header-rewrite has no variable for");
+        }
+        v
+    };
+    let op = match verb {
+        "set-header" | "add-header" => {
+            let key = if verb == "set-header" { "set" } else { "add" };
+            let v = converted(text?)?;
+            V::table([
+                (key, V::str(name.to_ascii_lowercase())),
+                ("value", V::Str(v)),
+            ])
+        }
+        "del-header" => V::table([("del", V::str(name.to_ascii_lowercase()))]),
+        "set-path" => {
+            let v = value(name);
+            if v.is_none() {
+                cx.left(line, "a fetch weir's header-rewrite has no variable for");
+            }
+            V::table([("set_path", V::Str(v?))])
+        }
+        _ => return None,
+    };
+    if words.len()
+        > if verb == "del-header" || verb == "set-path" {
+            2
+        } else {
+            3
+        }
+    {
+        cx.partly(line, "options after the value are not carried over");
+    }
+    Some(op)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::value;
+
+    #[test]
+    fn log_format_values_become_header_rewrite_variables() {
+        assert_eq!(value("%[src]").as_deref(), Some("%[src]"));
+        assert_eq!(
+            value("x-%[req.hdr(host)]-%b").as_deref(),
+            Some("x-%[host]-%[backend]")
+        );
+        assert_eq!(value("100%%").as_deref(), Some("100%"));
+        assert_eq!(
+            value("max-age=31536000").as_deref(),
+            Some("max-age=31536000")
+        );
+        assert_eq!(value("%[ssl_fc_sni]"), None);
+    }
+}
