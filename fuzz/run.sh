@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs weir's fuzzers from their seed corpora: each target for 60 seconds (or the seconds
 # given). Targets: proxy_protocol (the PROXY protocol parser), config (the config parser
-# and validator), plugin_output (the checks on what plugins return).
+# and validator), import (weir import's HAProxy reader), plugin_output (the checks on what
+# plugins return).
 #   fuzz/run.sh                 every target, 60 s each
 #   fuzz/run.sh 300 config      one target, 300 s
 # Needs a nightly toolchain and cargo-fuzz: rustup toolchain install nightly;
@@ -12,7 +13,7 @@ seconds=${1:-60}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(proxy_protocol config plugin_output)
+  targets=(proxy_protocol config import plugin_output)
 fi
 for target in "${targets[@]}"; do
   # New inputs go to a scratch corpus under target/; the committed seeds stay as they are.

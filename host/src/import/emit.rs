@@ -143,6 +143,11 @@ impl Block {
 
     pub fn render(&self, out: &mut String) {
         for line in self.comment.lines() {
+            // A comment holds no control characters (names may, through escapes).
+            let line: String = line
+                .chars()
+                .map(|c| if c.is_control() && c != '\t' { '?' } else { c })
+                .collect();
             let _ = writeln!(out, "# {line}");
         }
         let _ = writeln!(out, "{}", self.header);

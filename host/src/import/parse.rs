@@ -18,6 +18,11 @@ impl Line {
     pub fn word(&self, i: usize) -> &str {
         self.words.get(i).map_or("", String::as_str)
     }
+
+    /// The words from the `i`-th on (none past the end).
+    pub fn from(&self, i: usize) -> &[String] {
+        self.words.get(i..).unwrap_or(&[])
+    }
 }
 
 /// A section: its keyword, its name (if any) and its lines, the header first.

@@ -196,7 +196,7 @@ impl Proxy {
         }
         let mut ssl = false;
         let mut missing = Vec::new();
-        let words = &line.words[2..];
+        let words = line.from(2);
         let mut i = 0;
         while i < words.len() {
             let (w, arg) = (
@@ -248,7 +248,7 @@ impl Proxy {
 
     fn acl(&mut self, cx: &mut Cx, line: &Line) {
         let name = line.word(1).to_owned();
-        match acl::meaning(&line.words[2..]) {
+        match acl::meaning(line.from(2)) {
             Ok((m, caveat)) => {
                 if let Some(c) = caveat {
                     cx.partly(line, c);
@@ -264,7 +264,9 @@ impl Proxy {
 
     /// The condition from `words[at..]` (none: always), or the note's reason.
     fn condition(&self, words: &[String], at: usize) -> Result<Vec<Vec<Lit>>, String> {
-        let Some(start) = words[at..]
+        let Some(start) = words
+            .get(at..)
+            .unwrap_or(&[])
             .iter()
             .position(|w| w == "if" || w == "unless")
             .map(|p| p + at)

@@ -1,6 +1,6 @@
 //! A proxy's tables: its frontend(s) and their plugins, its backend, or `[admin]`.
 
-use super::emit::{Block, V};
+use super::emit::{Block, V, key};
 use super::proxy::{Action, Proxy, Rule};
 use super::settings::Settings;
 use super::{Cx, errorfiles, rule_table, span, timeouts};
@@ -96,7 +96,7 @@ pub fn frontend(
     if !rules.is_empty() {
         let mut b = Block::new(
             format!("frontend {}: routing", p.name),
-            format!("[plugin.{}-router]", p.name),
+            format!("[plugin.{}]", key(&format!("{}-router", p.name))),
         );
         b.set("stock", V::str("router"));
         b.set("config", V::table([("rules", V::List(rules))]));
@@ -118,7 +118,7 @@ pub fn frontend(
         }
         let mut b = Block::new(
             format!("backend {t}: cookie persistence"),
-            format!("[plugin.sticky-{t}]"),
+            format!("[plugin.{}]", key(&format!("sticky-{t}"))),
         );
         b.set("stock", V::str("sticky-session"));
         b.set("config", V::Table(config.clone()));
@@ -144,7 +144,7 @@ pub fn frontend(
         }
         let mut b = Block::new(
             format!("frontend {}: header edits", p.name),
-            format!("[plugin.{}-headers]", p.name),
+            format!("[plugin.{}]", key(&format!("{}-headers", p.name))),
         );
         b.set("stock", V::str("header-rewrite"));
         b.set("config", V::Table(config));
@@ -227,7 +227,7 @@ pub fn frontend(
 /// `[plugin.<frontend>-limit]`, from the rate deny, the tracking and the stick table.
 fn limit(cx: &mut Cx, p: &Proxy, proxies: &[Proxy]) -> Option<Block> {
     let l = p.limit.as_ref()?;
-    let Some((key, table, _)) = &p.track else {
+    let Some((by, table, _)) = &p.track else {
         cx.left(&l.line, "a rate limit without http-request track-sc0");
         return None;
     };
@@ -253,15 +253,15 @@ fn limit(cx: &mut Cx, p: &Proxy, proxies: &[Proxy]) -> Option<Block> {
         ("requests".to_owned(), V::Int(l.allowed.max(0))),
         ("window".to_owned(), V::Str(window)),
     ];
-    if key != "src" {
-        config.push(("key".into(), V::str(key)));
+    if by != "src" {
+        config.push(("key".into(), V::str(by)));
     }
     if !l.allow.is_empty() {
         config.push(("allow".into(), V::List(l.allow.clone())));
     }
     let mut b = Block::new(
         format!("frontend {}: request rate limit", p.name),
-        format!("[plugin.{}-limit]", p.name),
+        format!("[plugin.{}]", key(&format!("{}-limit", p.name))),
     );
     b.set("stock", V::str("rate-limit"));
     b.set("config", V::Table(config));
@@ -299,7 +299,7 @@ pub fn backend(cx: &mut Cx, p: &Proxy, base: &Settings) -> Option<Block> {
             renamed.join(", ")
         ));
     }
-    let mut b = Block::new(comment, format!("[backend.{}]", super::emit::key(&p.name)));
+    let mut b = Block::new(comment, format!("[backend.{}]", key(&p.name)));
     if let Some(bal) = &p.settings.balance
         && bal != "roundrobin"
     {
