@@ -53,6 +53,8 @@ pub struct Proxy {
     pub accept_proxy: bool,
     pub default_backend: Option<Line>,
     pub acls: Acls,
+    /// The lines of the ACLs carried over.
+    pub acl_lines: Vec<usize>,
     /// ACLs declared but not carried over, by name: the line that said why.
     pub broken_acls: std::collections::HashMap<String, usize>,
     /// `http-request deny` / `redirect location` rules, in order.
@@ -70,8 +72,8 @@ pub struct Proxy {
     pub prometheus: Option<Line>,
     pub servers: Vec<Server>,
     pub cookie: Option<(Vec<(String, V)>, Line)>,
-    /// The period of the stick table's `http_req_rate`.
-    pub table_window: Option<String>,
+    /// The period of the stick table's `http_req_rate`, and its line.
+    pub table_window: Option<(String, usize)>,
 }
 
 impl Proxy {
@@ -87,6 +89,7 @@ impl Proxy {
             accept_proxy: false,
             default_backend: None,
             acls: Acls::new(),
+            acl_lines: Vec::new(),
             broken_acls: Default::default(),
             http_rules: Vec::new(),
             routes: Vec::new(),
@@ -254,6 +257,7 @@ impl Proxy {
                     cx.partly(line, c);
                 }
                 self.acls.entry(name).or_default().push(m);
+                self.acl_lines.push(line.no);
             }
             Err(why) => {
                 cx.left(line, why);
@@ -510,7 +514,7 @@ impl Proxy {
                 if store.is_some_and(|s| s.split(',').count() > 1) {
                     cx.partly(line, "weir's rate-limit keeps the request rate only");
                 }
-                self.table_window = Some(window);
+                self.table_window = Some((window, line.no));
             }
             None => cx.left(
                 line,

@@ -5,6 +5,18 @@ use super::proxy::{Action, Proxy, Rule};
 use super::settings::Settings;
 use super::{Cx, errorfiles, rule_table, span, timeouts};
 
+/// `line 3` or `lines 3, 7, 9`.
+fn lines(nos: impl IntoIterator<Item = usize>) -> String {
+    let mut nos: Vec<usize> = nos.into_iter().collect();
+    nos.sort_unstable();
+    nos.dedup();
+    let list: Vec<String> = nos.iter().map(usize::to_string).collect();
+    match list.as_slice() {
+        [one] => format!("line {one}"),
+        _ => format!("lines {}", list.join(", ")),
+    }
+}
+
 /// A backend that exists in weir: not tcp, with servers.
 fn usable<'a>(proxies: &'a [Proxy], name: &str) -> Option<&'a Proxy> {
     proxies.iter().find(|p| {
@@ -95,7 +107,17 @@ pub fn frontend(
     }
     if !rules.is_empty() {
         let mut b = Block::new(
-            format!("frontend {}: routing", p.name),
+            format!(
+                "frontend {}: routing ({})",
+                p.name,
+                lines(
+                    p.http_rules
+                        .iter()
+                        .chain(&p.routes)
+                        .map(|r| r.line.no)
+                        .chain(p.acl_lines.iter().copied())
+                )
+            ),
             format!("[plugin.{}]", key(&format!("{}-router", p.name))),
         );
         b.set("stock", V::str("router"));
@@ -117,7 +139,7 @@ pub fn frontend(
             cx.partly(line, format!("weir's sticky-session acts on every backend of frontend {}, not on this one alone", p.name));
         }
         let mut b = Block::new(
-            format!("backend {t}: cookie persistence"),
+            format!("backend {t}: cookie persistence ({})", lines([line.no])),
             format!("[plugin.{}]", key(&format!("sticky-{t}"))),
         );
         b.set("stock", V::str("sticky-session"));
@@ -126,6 +148,12 @@ pub fn frontend(
     }
     let mut request: Vec<V> = p.req_ops.iter().map(|(v, _)| v.clone()).collect();
     let mut response: Vec<V> = p.resp_ops.iter().map(|(v, _)| v.clone()).collect();
+    let mut edit_lines: Vec<usize> = p
+        .req_ops
+        .iter()
+        .chain(&p.resp_ops)
+        .map(|(_, l)| l.no)
+        .collect();
     // A backend's own header edits, when this frontend sends everything there.
     if let [only] = targets.as_slice()
         && let Some(be) = usable(proxies, only)
@@ -133,6 +161,7 @@ pub fn frontend(
     {
         request.extend(be.req_ops.iter().map(|(v, _)| v.clone()));
         response.extend(be.resp_ops.iter().map(|(v, _)| v.clone()));
+        edit_lines.extend(be.req_ops.iter().chain(&be.resp_ops).map(|(_, l)| l.no));
     }
     if !request.is_empty() || !response.is_empty() {
         let mut config = Vec::new();
@@ -143,7 +172,7 @@ pub fn frontend(
             config.push(("response".to_owned(), V::List(response)));
         }
         let mut b = Block::new(
-            format!("frontend {}: header edits", p.name),
+            format!("frontend {}: header edits ({})", p.name, lines(edit_lines)),
             format!("[plugin.{}]", key(&format!("{}-headers", p.name))),
         );
         b.set("stock", V::str("header-rewrite"));
@@ -227,12 +256,12 @@ pub fn frontend(
 /// `[plugin.<frontend>-limit]`, from the rate deny, the tracking and the stick table.
 fn limit(cx: &mut Cx, p: &Proxy, proxies: &[Proxy]) -> Option<Block> {
     let l = p.limit.as_ref()?;
-    let Some((by, table, _)) = &p.track else {
+    let Some((by, table, track_line)) = &p.track else {
         cx.left(&l.line, "a rate limit without http-request track-sc0");
         return None;
     };
     let table = table.as_deref().unwrap_or(&p.name);
-    let Some(window) = proxies
+    let Some((window, table_line)) = proxies
         .iter()
         .find(|x| x.name == table)
         .and_then(|x| x.table_window.clone())
@@ -260,7 +289,11 @@ fn limit(cx: &mut Cx, p: &Proxy, proxies: &[Proxy]) -> Option<Block> {
         config.push(("allow".into(), V::List(l.allow.clone())));
     }
     let mut b = Block::new(
-        format!("frontend {}: request rate limit", p.name),
+        format!(
+            "frontend {}: request rate limit ({})",
+            p.name,
+            lines([table_line, track_line.no, l.line.no])
+        ),
         format!("[plugin.{}]", key(&format!("{}-limit", p.name))),
     );
     b.set("stock", V::str("rate-limit"));
