@@ -27,9 +27,14 @@ enum Command {
         config: PathBuf,
     },
     /// Validate a config file and exit: 0 when it is valid, 1 with every error otherwise.
+    /// With --against, also say what it would change in the weir running there: what a
+    /// reload applies, and what needs a restart (then exit 2).
     Check {
         #[arg(long, short)]
         config: PathBuf,
+        /// A running weir's admin listener, `[user:password@]host:port`.
+        #[arg(long)]
+        against: Option<String>,
     },
     /// Whether a running weir can serve, as an exit code (0 yes, 1 no) and one line: for
     /// a keepalived `vrrp_script`. Asks the admin listener's /healthz.
@@ -75,7 +80,7 @@ fn main() -> ExitCode {
         tracing::warn!("could not turn transparent huge pages off: {e}");
     }
     let result = match cli.command {
-        Command::Check { config } => return check(&config),
+        Command::Check { config, against } => return check(&config, against.as_deref()),
         Command::Import { file, output } => return import(&file, output.as_deref()),
         Command::Health {
             admin,
@@ -145,7 +150,7 @@ fn import(file: &Path, output: Option<&Path>) -> ExitCode {
     }
 }
 
-fn check(path: &Path) -> ExitCode {
+fn check(path: &Path, against: Option<&str>) -> ExitCode {
     match Config::from_file(path) {
         // Loading and configuring every plugin is part of the check.
         Ok(config) => match tokio::runtime::Builder::new_current_thread()
@@ -156,7 +161,28 @@ fn check(path: &Path) -> ExitCode {
         {
             Ok(_) => {
                 println!("configuration is valid");
-                ExitCode::SUCCESS
+                let Some(against) = against else {
+                    return ExitCode::SUCCESS;
+                };
+                match weir::admin::against::ask(&config, against, Duration::from_secs(5)) {
+                    Ok(d) => {
+                        for line in &d.applies {
+                            println!("applies at reload: {line}");
+                        }
+                        for line in &d.restart {
+                            println!("needs a restart: {line}");
+                        }
+                        if d.restart.is_empty() {
+                            ExitCode::SUCCESS
+                        } else {
+                            ExitCode::from(2)
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("weir check --against: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
             }
             Err(e) => {
                 eprintln!("{}: {e}", path.display());
@@ -241,7 +267,7 @@ fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
         let log = AccessLog::for_target(&config.global.access_log).with_context(|| {
             format!("global.access_log: cannot open {:?}", config.global.access_log)
         })?;
-        let running = weir::start(&config, log.clone()).await?;
+        let running = weir::start(&config, log).await?;
         if demo {
             let addr = running.addr("www");
             println!("weir demo is running. Try:");
@@ -268,7 +294,7 @@ fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
                 _ = &mut stop => break,
                 _ = usr1.recv() => {
                     tracing::info!("SIGUSR1: reopening the access log");
-                    log.reopen();
+                    running.control().log().reopen();
                 }
                 _ = hup.recv(), if file.is_some() => {
                     let path = file.as_deref().expect("checked above");
@@ -294,6 +320,7 @@ fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
         weir::notify::stopping();
         tracing::info!("stopping: no new connections, finishing requests in flight");
         let grace = running.control().timeout_shutdown();
+        let log = running.control().log();
         let left = running.shutdown(grace).await;
         if left > 0 {
             tracing::warn!("{left} connections still open after timeout.shutdown ({grace:?}); closing them");

@@ -678,3 +678,82 @@ fn the_example_systemd_unit_verifies() {
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && said.trim().is_empty(), "{said}");
 }
+
+/// `weir check --config FILE --against ADMIN`: exit code and stdout.
+fn check_against(path: &std::path::Path, admin: &str) -> (Option<i32>, String) {
+    let out = Command::new(WEIR)
+        .args(["check", "--config"])
+        .arg(path)
+        .args(["--against", admin])
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// One request to the admin API; the answer's body.
+fn admin_call(admin: &str, method: &str, path: &str) -> String {
+    let mut api = TcpStream::connect(admin).unwrap();
+    write!(
+        api,
+        "{method} {path} HTTP/1.1\r\nHost: a\r\nAuthorization: Basic YWRtaW46czNjcmV0\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    api.read_to_string(&mut answer).unwrap();
+    answer
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned()
+}
+
+#[test]
+fn a_reload_applies_maxconn_and_says_threads_need_a_restart_as_check_against_does() {
+    let server = slow_server(Duration::ZERO);
+    let admin = format!("127.0.0.1:{}", free_port());
+    let with = |global: &str| {
+        proxied_config(&server, global)
+            + &format!(
+                "\n[admin]\nbind = \"{admin}\"\nauth = {{ user = \"admin\", password = \"s3cret\" }}\n"
+            )
+    };
+    let path = write_config(
+        "against.toml",
+        &with("[global]\nthreads = 1\nmaxconn = 100"),
+    );
+    let (child, _addr, mut stderr) = spawn_run(&path);
+    let _child = Killed(child);
+    logged_after(&mut stderr, "admin listening on ").expect("the admin listener is up");
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    let against = format!("admin:s3cret@{admin}");
+    assert_eq!(
+        check_against(&path, &against),
+        (Some(0), "configuration is valid\n".into())
+    );
+
+    std::fs::write(&*path, with("[global]\nthreads = 2\nmaxconn = 50")).unwrap();
+    let (code, out) = check_against(&path, &against);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.contains("applies at reload: global.maxconn: 100 running, 50 in the file")
+            && out.contains("needs a restart: global.threads: 1 running, 2 in the file"),
+        "{out}"
+    );
+
+    let answer = admin_call(&admin, "POST", "/api/reload");
+    assert!(
+        answer.contains("\"restart_needed\":[\"global.threads: 1 running, 2 in the config"),
+        "{answer}"
+    );
+    let info = admin_call(&admin, "GET", "/api/info");
+    assert!(
+        info.contains("\"maxconn\":50") && info.contains("\"threads\":1"),
+        "{info}"
+    );
+    // The reload applied maxconn; threads still need the restart.
+    let (code, out) = check_against(&path, &against);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(!out.contains("maxconn"), "{out}");
+}

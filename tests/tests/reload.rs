@@ -361,3 +361,86 @@ async fn a_reload_releases_the_old_generation() {
         "the old generation's plugin (and its instances) is still held"
     );
 }
+
+/// A client connection that has been served once (so it holds a connection slot).
+async fn served(addr: std::net::SocketAddr) -> Client {
+    let mut c = Client::connect(addr).await;
+    assert_eq!(c.get("/").await.status, 200);
+    c
+}
+
+/// Whether a new connection is served within `wait`.
+async fn served_within(addr: std::net::SocketAddr, wait: Duration) -> bool {
+    tokio::time::timeout(wait, async {
+        let mut c = Client::connect(addr).await;
+        c.get("/").await.status == 200
+    })
+    .await
+    .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_changes_global_maxconn_both_ways() {
+    let server = MockServer::start("s1").await;
+    let with = |n: usize| {
+        format!(
+            "[global]\nmaxconn = {n}\n\n{}",
+            config("roundrobin", &[("s1", server.addr, "")], "")
+        )
+    };
+    let proxy = TestProxy::start(&with(1)).await;
+    let addr = proxy.addr();
+    let first = served(addr).await;
+    assert!(!served_within(addr, Duration::from_millis(300)).await);
+
+    // More slots: a second connection gets one at once.
+    proxy.running.reload(&load(&with(2))).await.expect("reload");
+    let second = served(addr).await;
+    assert_eq!(proxy.running.control().global().maxconn, 2);
+
+    // Fewer: with two open and the limit at one, a new connection waits until both
+    // have closed.
+    proxy.running.reload(&load(&with(1))).await.expect("reload");
+    drop(first);
+    assert!(!served_within(addr, Duration::from_millis(300)).await);
+    drop(second);
+    assert!(served_within(addr, Duration::from_secs(5)).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_moves_the_access_log_to_the_file_it_names() {
+    let server = MockServer::start("s1").await;
+    let dir = weir_tests::scratch_dir("reload-access-log");
+    let (a, b) = (dir.join("a.log"), dir.join("b.log"));
+    let with = |target: &Path| {
+        format!(
+            "[global]\naccess_log = \"{}\"\n\n{}",
+            target.display(),
+            config("roundrobin", &[("s1", server.addr, "")], "")
+        )
+    };
+    let proxy = TestProxy::start(&with(&a)).await;
+    assert_eq!(weir_tests::get(proxy.addr(), "/before").await.status, 200);
+    proxy
+        .running
+        .reload(&load(&with(&b)))
+        .await
+        .expect("reload");
+    assert_eq!(weir_tests::get(proxy.addr(), "/after").await.status, 200);
+    proxy.running.control().log().flush(Duration::from_secs(2));
+    let written = std::fs::read_to_string(&b).unwrap_or_default();
+    assert!(
+        written.contains("/after") && !written.contains("/before"),
+        "{written}"
+    );
+    assert_eq!(
+        proxy.running.control().global().access_log,
+        b.display().to_string()
+    );
+
+    // A file that cannot be opened refuses the reload; the log stays where it was.
+    let bad = with(&dir.join("no-such-dir").join("c.log"));
+    let e = proxy.running.reload(&load(&bad)).await.unwrap_err();
+    assert!(e.to_string().starts_with("global.access_log: "), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

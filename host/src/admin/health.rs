@@ -59,7 +59,7 @@ pub fn healthz(control: &Control) -> Reply {
 /// print when it cannot or could not be asked. Each exchange has `timeout`.
 pub fn ask(admin: SocketAddr, through: Option<&str>, timeout: Duration) -> Result<String, String> {
     let (status, body) =
-        get(admin, "/healthz", timeout).map_err(|e| format!("down: admin {admin}: {e}"))?;
+        get(admin, "/healthz", None, timeout).map_err(|e| format!("down: admin {admin}: {e}"))?;
     if status != 200 {
         let reasons = serde_json::from_str::<serde_json::Value>(&body)
             .ok()
@@ -78,7 +78,7 @@ pub fn ask(admin: SocketAddr, through: Option<&str>, timeout: Duration) -> Resul
         return Ok("ok".to_owned());
     };
     let (addr, path) = target(url)?;
-    match get(addr, &path, timeout) {
+    match get(addr, &path, None, timeout) {
         Ok((status, _)) if status < 500 => Ok(format!("ok (through {url}: {status})")),
         Ok((status, _)) => Err(format!("down: through {url}: {status}")),
         Err(e) => Err(format!("down: through {url}: {e}")),
@@ -104,8 +104,14 @@ fn target(url: &str) -> Result<(SocketAddr, String), String> {
     Ok((addr, path))
 }
 
-/// One `GET` over HTTP/1.1, the connection closed after it: the status and the body.
-fn get(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
+/// One `GET` over HTTP/1.1 (with basic `auth`, `user:password`, when given), the
+/// connection closed after it: the status and the body.
+pub(super) fn get(
+    addr: SocketAddr,
+    path: &str,
+    auth: Option<&str>,
+    timeout: Duration,
+) -> std::io::Result<(u16, String)> {
     let deadline = Instant::now() + timeout;
     let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
     let left = || {
@@ -115,9 +121,15 @@ fn get(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Result<(u16,
             .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"))
     };
     stream.set_write_timeout(Some(left()?))?;
+    let auth = auth.map_or(String::new(), |a| {
+        format!(
+            "Authorization: Basic {}\r\n",
+            super::base64_encode(a.as_bytes())
+        )
+    });
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: weir-health\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: weir-health\r\n{auth}Connection: close\r\n\r\n"
     )?;
     let mut response = Vec::new();
     let mut chunk = [0u8; 4096];

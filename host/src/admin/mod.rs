@@ -32,6 +32,7 @@ use crate::config::Admin;
 use crate::server::Control;
 use crate::upstream::{AdminState, BackendRt};
 
+pub mod against;
 pub mod csv;
 pub mod health;
 pub mod metrics;
@@ -188,6 +189,26 @@ fn authorized(req: &Request<Incoming>, user: &str, password: &str) -> bool {
 }
 
 /// Standard base64 (with or without padding); None when malformed.
+/// Standard base64 with padding.
+pub(crate) fn base64_encode(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ABC[(n >> (18 - 6 * i) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 fn base64_decode(text: &str) -> Option<Vec<u8>> {
     let value = |c: u8| -> Option<u32> {
         Some(match c {
@@ -255,6 +276,14 @@ fn info(control: &Control) -> Reply {
             "uptime_s": control.uptime().as_secs(),
             "generation": control.generation(),
             "config": control.source().map(|p| p.display().to_string()),
+            "global": control.global(),
+            "admin": control.admin().map(|a| json!({
+                "bind": a.bind.to_string(),
+                "maxconn": a.maxconn,
+                "stats_admin": a.stats_admin,
+                "refresh_ms": a.refresh.as_millis() as u64,
+                "user": a.auth.as_ref().map(|(u, _)| u.clone()),
+            })),
             "plugins": plugins,
         }),
     )
@@ -363,7 +392,13 @@ async fn reload(control: &Control) -> Reply {
         }
     };
     match control.reload(&config).await {
-        Ok(generation) => reply(StatusCode::OK, json!({ "generation": generation })),
+        Ok(generation) => reply(
+            StatusCode::OK,
+            json!({
+                "generation": generation,
+                "restart_needed": control.global().restart_needed,
+            }),
+        ),
         Err(e) => error(
             StatusCode::UNPROCESSABLE_ENTITY,
             format!("the config was refused, the running one stays: {e}"),
@@ -378,6 +413,15 @@ mod tests {
     #[test]
     fn base64() {
         assert_eq!(base64_decode("YWRtaW46czNjcjN0").unwrap(), b"admin:s3cr3t");
+        for text in ["", "a", "ab", "abc", "admin:s3cr3t"] {
+            let encoded = super::base64_encode(text.as_bytes());
+            assert_eq!(
+                base64_decode(&encoded).unwrap(),
+                text.as_bytes(),
+                "{encoded}"
+            );
+        }
+        assert_eq!(super::base64_encode(b"admin:s3cr3t"), "YWRtaW46czNjcjN0");
         assert_eq!(base64_decode("YQ==").unwrap(), b"a");
         assert_eq!(base64_decode("YWI=").unwrap(), b"ab");
         assert!(base64_decode("Y").is_none());

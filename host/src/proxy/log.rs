@@ -263,6 +263,14 @@ impl AccessLog {
         }
     }
 
+    /// The access log `target` asks for, counting its dropped lines with this one's (a
+    /// counter that never goes back when a reload moves the log).
+    pub fn retargeted(&self, target: &crate::config::AccessLogTarget) -> std::io::Result<Self> {
+        let mut log = Self::for_target(target)?;
+        log.dropped = Arc::clone(&self.dropped);
+        Ok(log)
+    }
+
     fn spawn(mut sink: Sink) -> Self {
         let (tx, rx) = mpsc::sync_channel::<Message>(QUEUE);
         std::thread::Builder::new()

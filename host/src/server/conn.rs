@@ -15,7 +15,7 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Notify, watch};
 
 use crate::activity::{Activity, Expired, Tracked};
 use crate::config::Frontend;
@@ -71,14 +71,14 @@ impl FrontendServer {
 pub(super) async fn accept_loop(
     listener: TcpListener,
     server: watch::Receiver<Arc<FrontendServer>>,
-    maxconn: Arc<Semaphore>,
+    maxconn: Arc<super::global::Slots>,
     mut closing: watch::Receiver<bool>,
     connections: Arc<Connections>,
 ) {
     loop {
         // Past maxconn, new connections wait in the kernel's backlog, as with HAProxy.
         let permit = tokio::select! {
-            p = Arc::clone(&maxconn).acquire_owned() => p.expect("the semaphore is never closed"),
+            p = maxconn.take() => p,
             _ = closing.changed() => return,
         };
         let (stream, peer) = tokio::select! {

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, Frontend};
@@ -31,13 +31,12 @@ pub struct Control {
     pub(super) listeners: tokio::sync::Mutex<Vec<Listener>>,
     /// The bound addresses per frontend, in config order, for reading without waiting.
     pub(super) bound: std::sync::Mutex<Vec<(String, Vec<SocketAddr>)>>,
-    pub(super) log: AccessLog,
+    /// `[global]` as running: the connection slots, the access log, what needs a restart.
+    pub(super) global: super::global::RunningGlobal,
     /// The config file weir was started from, which the admin API's reload reads again.
     pub(super) source: Option<std::path::PathBuf>,
     /// Client connections per frontend name; kept across reloads.
     pub(super) gauges: std::sync::Mutex<HashMap<String, Arc<Gauge>>>,
-    pub(super) maxconn: Arc<Semaphore>,
-    pub(super) maxconn_limit: usize,
     pub(super) connections: Arc<Connections>,
     pub(super) admin: Option<crate::config::Admin>,
     pub(super) started: std::time::Instant,
@@ -88,6 +87,8 @@ pub enum ReloadError {
     Bind(#[from] BindError),
     #[error("the [admin] section cannot change on reload; restart weir for that")]
     Admin,
+    #[error("global.access_log: {0}")]
+    AccessLog(std::io::Error),
 }
 
 impl Control {
@@ -158,7 +159,11 @@ impl Control {
         // One reload at a time: the listeners stay locked until the swap is done.
         let mut listeners = self.listeners.lock().await;
         let before = current(&self.current);
-        let proxy = Arc::new(Proxy::new(config, self.log.clone(), Some(&before)).await?);
+        let log = self
+            .global
+            .log_for(config)
+            .map_err(ReloadError::AccessLog)?;
+        let proxy = Arc::new(Proxy::new(config, log.clone(), Some(&before)).await?);
 
         // Each configured address either keeps a listener (same address; with port 0,
         // same frontend too) or gets a new socket. Nothing is bound until the generation
@@ -189,6 +194,7 @@ impl Control {
         // Commit: the new generation, then the listeners.
         let (stop, _) = watch::channel(false);
         crate::state::use_store(&config.store).await;
+        self.global.apply(config, log);
         spawn_generation(&proxy, &stop);
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = proxy;
         self.timeout_shutdown_ms
@@ -266,7 +272,7 @@ impl Control {
         let task = tokio::spawn(accept_loop(
             socket,
             server_rx,
-            Arc::clone(&self.maxconn),
+            Arc::clone(&self.global.maxconn),
             closing_rx,
             Arc::clone(&self.connections),
         ));
@@ -291,9 +297,19 @@ impl Control {
         Duration::from_millis(self.grace_ms.load(Ordering::Relaxed))
     }
 
-    /// The access log requests are written to.
-    pub fn log(&self) -> &AccessLog {
-        &self.log
+    /// The access log requests are written to now.
+    pub fn log(&self) -> AccessLog {
+        self.global.log()
+    }
+
+    /// The `[admin]` section weir runs with (a reload cannot change it).
+    pub fn admin(&self) -> Option<&crate::config::Admin> {
+        self.admin.as_ref()
+    }
+
+    /// The `[global]` settings running, and what the last config needs a restart for.
+    pub fn global(&self) -> super::global::GlobalInfo {
+        self.global.info()
     }
 
     /// The config file weir was started from, if any.
@@ -310,7 +326,7 @@ impl Control {
             .get(frontend)
             .cloned()
             .unwrap_or_default();
-        (gauge, self.maxconn_limit)
+        (gauge, self.global.maxconn())
     }
 
     /// How long weir has been running.

@@ -6,11 +6,13 @@
 mod conn;
 mod control;
 pub mod framing;
+mod global;
 pub mod io;
 
 use conn::FrontendServer;
 pub use control::{Control, ReloadError};
 use control::{Generation, bound_list, millis};
+pub use global::{GlobalInfo, target_name};
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -20,7 +22,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, Frontend};
@@ -252,11 +254,9 @@ where
         generation: std::sync::Mutex::new(Generation { number: 1, stop }),
         listeners: Default::default(),
         bound: Default::default(),
-        log,
+        global: global::RunningGlobal::new(config, log),
         source: config.source.clone(),
         gauges: Default::default(),
-        maxconn: Arc::new(Semaphore::new(config.global.maxconn)),
-        maxconn_limit: config.global.maxconn,
         connections: Arc::clone(&connections),
         admin: config.admin.clone(),
         started: std::time::Instant::now(),
