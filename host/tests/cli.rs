@@ -757,3 +757,107 @@ fn a_reload_applies_maxconn_and_says_threads_need_a_restart_as_check_against_doe
     assert_eq!(code, Some(2), "{out}");
     assert!(!out.contains("maxconn"), "{out}");
 }
+
+/// A JSON POST to the admin API; the status line and body.
+fn admin_post(admin: &str, path: &str, body: &str) -> String {
+    let mut api = TcpStream::connect(admin).unwrap();
+    write!(
+        api,
+        "POST {path} HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    api.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+#[test]
+fn with_persist_runtime_changes_are_written_back_and_survive_a_restart() {
+    let server = slow_server(Duration::ZERO);
+    let admin = format!("127.0.0.1:{}", free_port());
+    let text = format!(
+        "# Kept as written.\n[[frontend]]\nname = \"www\"\nbind = \"127.0.0.1:0\"\ndefault_backend = \"app\"\n\n[backend.app]\nservers = [\n  {{ name = \"a\", addr = \"{server}\" }},  # the main one\n  {{ name = \"b\", addr = \"{server}\", weight = 2 }},\n]\n\n[admin]\nbind = \"{admin}\"\npersist = true\n"
+    );
+    let path = write_config("persist.toml", &text);
+    let start = || {
+        let (child, _, mut stderr) = spawn_run(&path);
+        logged_after(&mut stderr, "admin listening on ").expect("the admin listener is up");
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        Killed(child)
+    };
+    let running = start();
+    let answer = admin_post(
+        &admin,
+        "/api/backends/app/servers/a/state",
+        r#"{"state": "maint"}"#,
+    );
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.contains("\"persisted\":true"),
+        "{answer}"
+    );
+    let answer = admin_post(
+        &admin,
+        "/api/backends/app/servers/b/weight",
+        r#"{"weight": 5}"#,
+    );
+    assert!(answer.contains("\"persisted\":true"), "{answer}");
+    let written = std::fs::read_to_string(&*path).unwrap();
+    assert_eq!(
+        written,
+        text.replace(
+            "\" },  # the main one",
+            "\", state = \"maint\" },  # the main one"
+        )
+        .replace("weight = 2", "weight = 5")
+    );
+    // A change that would leave the file invalid (every server at weight 0) is refused,
+    // and nothing changes.
+    admin_post(
+        &admin,
+        "/api/backends/app/servers/a/weight",
+        r#"{"weight": 0}"#,
+    );
+    let refused = admin_post(
+        &admin,
+        "/api/backends/app/servers/b/weight",
+        r#"{"weight": 0}"#,
+    );
+    assert!(refused.starts_with("HTTP/1.1 409"), "{refused}");
+    assert!(
+        std::fs::read_to_string(&*path)
+            .unwrap()
+            .contains("weight = 5")
+    );
+
+    // After a restart, the server is still in maintenance.
+    drop(running);
+    let _running = start();
+    let info = admin_call(&admin, "GET", "/api/backends");
+    assert!(
+        info.contains("\"name\":\"a\"") && info.contains("\"state\":\"maint\""),
+        "{info}"
+    );
+}
+
+#[test]
+fn without_persist_the_file_is_left_alone_and_the_answer_says_so() {
+    let server = slow_server(Duration::ZERO);
+    let admin = format!("127.0.0.1:{}", free_port());
+    let text = proxied_config(&server, "") + &format!("\n[admin]\nbind = \"{admin}\"\n");
+    let path = write_config("no-persist.toml", &text);
+    let (child, _, mut stderr) = spawn_run(&path);
+    let _child = Killed(child);
+    logged_after(&mut stderr, "admin listening on ").expect("the admin listener is up");
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    let answer = admin_post(
+        &admin,
+        "/api/backends/app/servers/a/state",
+        r#"{"state": "drain"}"#,
+    );
+    assert!(
+        answer.contains("\"persisted\":false") && answer.contains("\"state\":\"drain\""),
+        "{answer}"
+    );
+    assert_eq!(std::fs::read_to_string(&*path).unwrap(), text);
+}

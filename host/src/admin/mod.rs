@@ -37,6 +37,7 @@ pub mod csv;
 pub mod health;
 pub mod metrics;
 pub mod page;
+pub mod persist;
 
 /// Largest request body the API reads.
 const MAX_BODY: usize = 64 * 1024;
@@ -153,7 +154,7 @@ async fn handle(req: Request<Incoming>, control: &Control, cfg: &Admin) -> Reply
                 Ok(v) => v,
                 Err(r) => return r,
             };
-            set_server(control, &b, &s, &what, &body)
+            set_server(control, &b, &s, &what, &body).await
         }
         (Method::POST, ["api", "reload"]) => reload(control).await,
         (
@@ -328,7 +329,13 @@ fn backends(control: &Control) -> Reply {
     reply(StatusCode::OK, json!({ "backends": list }))
 }
 
-fn set_server(control: &Control, backend: &str, server: &str, what: &str, body: &Value) -> Reply {
+async fn set_server(
+    control: &Control,
+    backend: &str,
+    server: &str,
+    what: &str,
+    body: &Value,
+) -> Reply {
     let Some(b) = control.backend(backend) else {
         return error(StatusCode::NOT_FOUND, format!("no backend \"{backend}\""));
     };
@@ -338,37 +345,60 @@ fn set_server(control: &Control, backend: &str, server: &str, what: &str, body: 
             format!("no server \"{server}\" in backend \"{backend}\""),
         );
     }
-    let result = if what == "state" {
-        let state = match body.get("state").and_then(Value::as_str) {
-            Some("ready") => AdminState::Ready,
-            Some("drain") => AdminState::Drain,
-            Some("maint") => AdminState::Maint,
-            _ => {
+    let change = if what == "state" {
+        match body
+            .get("state")
+            .and_then(Value::as_str)
+            .and_then(AdminState::from_name)
+        {
+            Some(state) => persist::Change::State(state),
+            None => {
                 return error(
                     StatusCode::BAD_REQUEST,
                     "expected {\"state\": \"ready\" | \"drain\" | \"maint\"}",
                 );
             }
-        };
-        b.set_admin(server, state)
+        }
     } else {
-        let Some(weight) = body
+        match body
             .get("weight")
             .and_then(Value::as_u64)
             .filter(|w| *w <= 256)
-        else {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "expected {\"weight\": N} with N from 0 to 256",
-            );
-        };
-        b.set_weight(server, weight as u32)
+        {
+            Some(weight) => persist::Change::Weight(weight as u32),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "expected {\"weight\": N} with N from 0 to 256",
+                );
+            }
+        }
+    };
+    // Written back first: a change the file cannot take is not made at all.
+    let persisted = match (control.admin().is_some_and(|a| a.persist), control.source()) {
+        (true, Some(path)) => {
+            let (path, b_name, s_name) = (path.to_owned(), backend.to_owned(), server.to_owned());
+            let written = crate::util::off_runtime(move || {
+                persist::write_back(&path, &b_name, &s_name, change)
+            })
+            .await;
+            if let Err(e) = written {
+                return error(StatusCode::CONFLICT, format!("not changed: {e}"));
+            }
+            true
+        }
+        _ => false,
+    };
+    let result = match change {
+        persist::Change::State(state) => b.set_admin(server, state),
+        persist::Change::Weight(w) => b.set_weight(server, w),
     };
     match result {
         Ok(()) => {
             let i = b.server_index(server).unwrap_or_default();
-            let all = backend_json(&b);
-            reply(StatusCode::OK, all["servers"][i].clone())
+            let mut answer = backend_json(&b)["servers"][i].clone();
+            answer["persisted"] = Value::Bool(persisted);
+            reply(StatusCode::OK, answer)
         }
         Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
     }

@@ -54,6 +54,7 @@ pub struct AdminFile {
     pub stats_admin: Option<bool>,
     pub refresh: Option<Dur>,
     pub maxconn: Option<i64>,
+    pub persist: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -194,6 +195,7 @@ pub struct BackendFile {
 pub struct ServerFile {
     pub name: String,
     pub addr: String,
+    pub state: Option<String>,
     pub weight: Option<i64>,
     pub maxconn: Option<i64>,
     pub backup: Option<bool>,

@@ -118,6 +118,9 @@ pub struct Backend {
 pub struct Server {
     pub name: String,
     pub addr: SocketAddr,
+    /// The operator's say over it at start (`state`); a reload that leaves it as it was
+    /// keeps what was set at run time.
+    pub state: AdminState,
     /// 0 to 256; a server of weight 0 gets no new traffic from the balancer.
     pub weight: u32,
     pub maxconn: Option<u32>,
@@ -134,6 +137,38 @@ pub struct Server {
     pub h2: bool,
 }
 
+/// An operator's say over a server, beside what health checks decide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AdminState {
+    /// Takes traffic when healthy.
+    #[default]
+    Ready,
+    /// Takes no new traffic; requests in flight finish. Checks go on.
+    Drain,
+    /// Out of service; checks stop.
+    Maint,
+}
+
+impl AdminState {
+    /// `"ready"`, `"drain"`, `"maint"`: as the config, the API and the page write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            AdminState::Ready => "ready",
+            AdminState::Drain => "drain",
+            AdminState::Maint => "maint",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<AdminState> {
+        Some(match name {
+            "ready" => AdminState::Ready,
+            "drain" => AdminState::Drain,
+            "maint" => AdminState::Maint,
+            _ => return None,
+        })
+    }
+}
+
 /// The `[admin]` section: one listener for the runtime API.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admin {
@@ -146,6 +181,8 @@ pub struct Admin {
     pub refresh: Duration,
     /// Connections the admin listener serves at once; more wait in the kernel's backlog.
     pub maxconn: usize,
+    /// Server state and weight set at run time are written back into the config file.
+    pub persist: bool,
 }
 
 /// Where plugins' counters and kv live (`[state] store`).

@@ -182,11 +182,7 @@ pub fn server(cx: &mut Cx, line: &Line, defaults: &[String]) -> Option<Server> {
         }
     }
     if disabled {
-        cx.left(
-            line,
-            "a disabled server: weir's config has none; add it, then set it to maint through the runtime API",
-        );
-        return None;
+        s.entries.push(("state".into(), V::str("maint")));
     }
     if !missing.is_empty() {
         cx.partly(

@@ -11,6 +11,7 @@ mod memory;
 mod redis;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
@@ -44,6 +45,10 @@ fn all() -> &'static Mutex<HashMap<String, Arc<PluginState>>> {
 
 /// The shared store in use, if `[state]` names one.
 fn shared() -> Option<Arc<Redis>> {
+    // The memory store (nearly every node) pays one load, not a lock and a clone.
+    if !SHARED_ON.load(Ordering::Acquire) {
+        return None;
+    }
     SHARED
         .read()
         .unwrap_or_else(|p| p.into_inner())
@@ -52,6 +57,7 @@ fn shared() -> Option<Arc<Redis>> {
 }
 
 static SHARED: RwLock<Option<Arc<Redis>>> = RwLock::new(None);
+static SHARED_ON: AtomicBool = AtomicBool::new(false);
 
 /// Makes `store` the one plugins' state goes through, from now on: at start and at each
 /// reload. The Redis store of the generation before is kept when its settings did not
@@ -65,7 +71,9 @@ pub async fn use_store(store: &Store) {
             _ => Some(Redis::start(cfg.clone()).await),
         },
     };
+    let on = next.is_some();
     *SHARED.write().unwrap_or_else(|p| p.into_inner()) = next;
+    SHARED_ON.store(on, Ordering::Release);
 }
 
 /// The shared store's state for the metrics: None with the memory store.

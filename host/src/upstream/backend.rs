@@ -15,16 +15,7 @@ use super::body::ServerBody;
 use super::health::{Health, Observed, Transition};
 use super::pool::Pool;
 
-/// An operator's say over a server, beside what health checks decide.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AdminState {
-    /// Takes traffic when healthy.
-    Ready,
-    /// Takes no new traffic; requests in flight finish. Checks go on.
-    Drain,
-    /// Out of service; checks stop.
-    Maint,
-}
+pub use crate::config::AdminState;
 
 impl AdminState {
     fn from_u8(v: u8) -> Self {
@@ -67,7 +58,10 @@ impl ServerRt {
     /// history.
     fn carried_from(&mut self, old: &ServerRt) {
         self.stats = Arc::clone(&old.stats);
-        self.admin.store(old.admin() as u8, Ordering::Release);
+        // The state set at run time, unless the file now says another than it did.
+        if old.cfg.state == self.cfg.state {
+            self.admin.store(old.admin() as u8, Ordering::Release);
+        }
         if old.weight_set.load(Ordering::Acquire) {
             self.weight
                 .store(old.weight.load(Ordering::Acquire), Ordering::Release);
@@ -259,7 +253,7 @@ impl BackendRt {
                         weight: AtomicU32::new(s.weight),
                         in_flight: AtomicU32::new(0),
                         health: Health::default(),
-                        admin: AtomicU8::new(0),
+                        admin: AtomicU8::new(s.state as u8),
                         weight_set: std::sync::atomic::AtomicBool::new(false),
                         stats: Arc::default(),
                         // A connection that began with one client's PROXY header

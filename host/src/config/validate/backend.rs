@@ -168,9 +168,20 @@ pub(super) fn build_server_fields(
     let maxconn = s
         .maxconn
         .map(|m| cx.int(&path.key("maxconn"), Some(m), 1, 1, 1_000_000) as u32);
+    let state = match s.state.as_deref() {
+        None => AdminState::Ready,
+        Some(name) => AdminState::from_name(name).unwrap_or_else(|| {
+            cx.err(
+                &path.key("state"),
+                format!("must be \"ready\", \"drain\" or \"maint\", got \"{name}\""),
+            );
+            AdminState::Ready
+        }),
+    };
     Server {
         name: s.name.clone(),
         addr,
+        state,
         weight: cx.int(&path.key("weight"), s.weight, 1, 0, MAX_WEIGHT) as u32,
         maxconn,
         backup: s.backup.unwrap_or(false),

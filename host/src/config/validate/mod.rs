@@ -17,9 +17,9 @@ use super::file::{
 use super::locate::{KeyPath, Locator};
 use super::units::{Dur, Size, parse_duration, parse_size};
 use super::{
-    AccessLogTarget, Admin, Backend, Balance, CheckKind, Config, ConfigError, ConfigErrors,
-    ErrorFiles, ErrorPage, FailPolicy, Frontend, Global, HealthCheck, HttpCheck, LogFormat,
-    Observe, OnError, PluginConfig, PluginSource, RetryOn, Server, StatusMatch,
+    AccessLogTarget, Admin, AdminState, Backend, Balance, CheckKind, Config, ConfigError,
+    ConfigErrors, ErrorFiles, ErrorPage, FailPolicy, Frontend, Global, HealthCheck, HttpCheck,
+    LogFormat, Observe, OnError, PluginConfig, PluginSource, RetryOn, Server, StatusMatch,
 };
 
 /// Statuses that weir answers by itself and that `errorfiles` may therefore replace.
@@ -289,6 +289,7 @@ fn build(cx: &mut Ctx<'_>, file: File) -> Config {
         bind.map(|bind| Admin {
             bind,
             maxconn,
+            persist: a.persist.unwrap_or(false),
             stats_admin: a.stats_admin.unwrap_or(false),
             refresh,
             auth: a
