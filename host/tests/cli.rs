@@ -861,3 +861,50 @@ fn without_persist_the_file_is_left_alone_and_the_answer_says_so() {
     );
     assert_eq!(std::fs::read_to_string(&*path).unwrap(), text);
 }
+
+#[test]
+fn the_access_log_goes_to_syslog_over_a_local_socket_or_udp() {
+    use std::os::unix::net::UnixDatagram;
+    let server = slow_server(Duration::ZERO);
+    let dir = std::env::temp_dir().join(format!("weir-cli-syslog-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("log");
+    let local = UnixDatagram::bind(&socket).unwrap();
+    local
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let targets = [
+        format!(
+            "{{ syslog = \"{}\", facility = \"local3\" }}",
+            socket.display()
+        ),
+        format!(
+            "{{ syslog = \"udp://{}\", format = \"rfc5424\" }}",
+            udp.local_addr().unwrap()
+        ),
+    ];
+    for (i, target) in targets.iter().enumerate() {
+        let text = proxied_config(&server, &format!("[global]\naccess_log = {target}"));
+        let path = write_config(&format!("syslog{i}.toml"), &text);
+        let (child, addr, mut stderr) = spawn_run(&path);
+        let _child = Killed(child);
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        assert!(get(&addr).starts_with("HTTP/1.1 200"));
+        let mut buf = [0u8; 2048];
+        let n = if i == 0 {
+            local.recv(&mut buf).unwrap()
+        } else {
+            udp.recv(&mut buf).unwrap()
+        };
+        let datagram = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let header = if i == 0 { "<158>" } else { "<134>1 " };
+        assert!(datagram.starts_with(header), "{datagram}");
+        assert!(
+            datagram.contains(" www app/a ") && datagram.contains("\"GET / HTTP/1.1\""),
+            "{datagram}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -81,7 +81,8 @@ pub struct PluginFile {
 pub struct GlobalFile {
     pub maxconn: Option<i64>,
     pub threads: Option<i64>,
-    pub access_log: Option<String>,
+    /// `"stderr"`, `"off"`, a file path, `"syslog"`, or `{ syslog = ..., facility, format }`.
+    pub access_log: Option<toml::Value>,
     pub grace: Option<Dur>,
 }
 

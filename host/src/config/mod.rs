@@ -57,6 +57,32 @@ pub enum AccessLogTarget {
     Off,
     /// Appended to; reopened on SIGUSR1, for log rotation.
     File(PathBuf),
+    /// A syslog daemon, one datagram per line.
+    Syslog(Syslog),
+}
+
+/// `access_log = { syslog = "/dev/log" | "udp://host:port", facility, format }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Syslog {
+    pub to: SyslogAddr,
+    /// 0 (kern) to 23 (local7); local0 (16) by default.
+    pub facility: u8,
+    pub format: SyslogFormat,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyslogAddr {
+    /// A local socket (`/dev/log`).
+    Unix(PathBuf),
+    Udp(SocketAddr),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyslogFormat {
+    /// `<PRI>Mmm dd hh:mm:ss weir[PID]: line`, what local syslog daemons take.
+    Rfc3164,
+    /// `<PRI>1 TIMESTAMP HOST weir PID - - line`.
+    Rfc5424,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

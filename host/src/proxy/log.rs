@@ -198,6 +198,7 @@ enum Message {
 enum Sink {
     Writer(Box<dyn Write + Send>),
     File(std::path::PathBuf, std::fs::File),
+    Syslog(super::syslog::SyslogWriter),
 }
 
 impl Sink {
@@ -205,10 +206,14 @@ impl Sink {
         match self {
             Sink::Writer(w) => w,
             Sink::File(_, f) => f,
+            Sink::Syslog(s) => s,
         }
     }
 
     fn reopen(&mut self) {
+        if let Sink::Syslog(s) = self {
+            s.reconnect();
+        }
         if let Sink::File(path, file) = self {
             let _ = file.flush();
             match append(path) {
@@ -260,6 +265,9 @@ impl AccessLog {
             AccessLogTarget::Stderr => Ok(Self::stderr()),
             AccessLogTarget::Off => Ok(Self::disabled()),
             AccessLogTarget::File(path) => Self::file(path),
+            AccessLogTarget::Syslog(cfg) => Ok(Self::spawn(Sink::Syslog(
+                super::syslog::SyslogWriter::new(cfg)?,
+            ))),
         }
     }
 

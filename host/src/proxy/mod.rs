@@ -10,6 +10,7 @@ pub mod headers;
 pub mod local;
 pub mod log;
 mod pipeline;
+mod syslog;
 mod tunnel;
 
 use std::net::SocketAddr;

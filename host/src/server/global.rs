@@ -87,6 +87,10 @@ pub fn target_name(t: &AccessLogTarget) -> String {
         AccessLogTarget::Stderr => "stderr".into(),
         AccessLogTarget::Off => "off".into(),
         AccessLogTarget::File(p) => p.display().to_string(),
+        AccessLogTarget::Syslog(s) => match &s.to {
+            crate::config::SyslogAddr::Unix(p) => format!("syslog:{}", p.display()),
+            crate::config::SyslogAddr::Udp(a) => format!("syslog:udp://{a}"),
+        },
     }
 }
 

@@ -17,9 +17,9 @@ use super::file::{
 use super::locate::{KeyPath, Locator};
 use super::units::{Dur, Size, parse_duration, parse_size};
 use super::{
-    AccessLogTarget, Admin, AdminState, Backend, Balance, CheckKind, Config, ConfigError,
-    ConfigErrors, ErrorFiles, ErrorPage, FailPolicy, Frontend, Global, HealthCheck, HttpCheck,
-    LogFormat, Observe, OnError, PluginConfig, PluginSource, RetryOn, Server, StatusMatch,
+    Admin, AdminState, Backend, Balance, CheckKind, Config, ConfigError, ConfigErrors, ErrorFiles,
+    ErrorPage, FailPolicy, Frontend, Global, HealthCheck, HttpCheck, LogFormat, Observe, OnError,
+    PluginConfig, PluginSource, RetryOn, Server, StatusMatch,
 };
 
 /// Statuses that weir answers by itself and that `errorfiles` may therefore replace.
@@ -155,18 +155,7 @@ fn build(cx: &mut Ctx<'_>, file: File) -> Config {
     let global = Global {
         maxconn: cx.int(&g.key("maxconn"), file.global.maxconn, 4096, 1, 10_000_000) as usize,
         threads: cx.int(&g.key("threads"), file.global.threads, 0, 0, 1024) as usize,
-        access_log: match file.global.access_log.as_deref() {
-            None | Some("stderr") => AccessLogTarget::Stderr,
-            Some("off") => AccessLogTarget::Off,
-            Some("") => {
-                cx.err(
-                    &g.key("access_log"),
-                    "must be \"stderr\", \"off\" or a file path",
-                );
-                AccessLogTarget::Stderr
-            }
-            Some(path) => AccessLogTarget::File(cx.base.join(path)),
-        },
+        access_log: state::access_log(cx, &g.key("access_log"), file.global.access_log.as_ref()),
         timeout_shutdown: cx.positive(
             &root.key("defaults").key("timeout").key("shutdown"),
             file.defaults

@@ -73,6 +73,103 @@ pub(super) fn build_store(cx: &mut Ctx<'_>, file: &File) -> Store {
     })
 }
 
+/// `[global] access_log`: `"stderr"`, `"off"`, a file path, `"syslog"` (/dev/log, local0,
+/// RFC 3164), or `{ syslog = "/dev/log" | "udp://host:port", facility, format }`.
+pub(super) fn access_log(
+    cx: &mut Ctx<'_>,
+    path: &KeyPath,
+    value: Option<&toml::Value>,
+) -> crate::config::AccessLogTarget {
+    use crate::config::{AccessLogTarget, Syslog, SyslogAddr, SyslogFormat};
+    let local = || {
+        AccessLogTarget::Syslog(Syslog {
+            to: SyslogAddr::Unix("/dev/log".into()),
+            facility: 16,
+            format: SyslogFormat::Rfc3164,
+        })
+    };
+    let table = match value {
+        None => return AccessLogTarget::Stderr,
+        Some(toml::Value::String(s)) => {
+            return match s.as_str() {
+                "stderr" => AccessLogTarget::Stderr,
+                "off" => AccessLogTarget::Off,
+                "syslog" => local(),
+                "" => {
+                    cx.err(
+                        path,
+                        "must be \"stderr\", \"off\", \"syslog\" or a file path",
+                    );
+                    AccessLogTarget::Stderr
+                }
+                file => AccessLogTarget::File(cx.base.join(file)),
+            };
+        }
+        Some(toml::Value::Table(t)) => t,
+        Some(_) => {
+            cx.err(
+                path,
+                "must be a string or { syslog = ..., facility, format }",
+            );
+            return AccessLogTarget::Stderr;
+        }
+    };
+    if let Some(k) = table
+        .keys()
+        .find(|k| !["syslog", "facility", "format"].contains(&k.as_str()))
+    {
+        cx.err(&path.key(k), "unknown key (syslog, facility, format)");
+    }
+    let to = match table.get("syslog").and_then(toml::Value::as_str) {
+        Some(udp) if udp.starts_with("udp://") => match udp["udp://".len()..].parse() {
+            Ok(addr) => SyslogAddr::Udp(addr),
+            Err(_) => {
+                cx.err(&path.key("syslog"), "udp:// needs ip:port");
+                SyslogAddr::Unix("/dev/log".into())
+            }
+        },
+        Some(socket) if socket.starts_with('/') => SyslogAddr::Unix(socket.into()),
+        _ => {
+            cx.err(
+                &path.key("syslog"),
+                "must be a socket path (\"/dev/log\") or \"udp://ip:port\"",
+            );
+            SyslogAddr::Unix("/dev/log".into())
+        }
+    };
+    const FACILITIES: [&str; 24] = [
+        "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron",
+        "authpriv", "ftp", "ntp", "audit", "alert", "cron2", "local0", "local1", "local2",
+        "local3", "local4", "local5", "local6", "local7",
+    ];
+    let facility = match table.get("facility").map(|f| f.as_str()) {
+        None => 16,
+        Some(Some(name)) if FACILITIES.contains(&name) => {
+            FACILITIES.iter().position(|f| *f == name).unwrap_or(16) as u8
+        }
+        Some(_) => {
+            cx.err(
+                &path.key("facility"),
+                "a syslog facility name (local0 ... local7, daemon, ...)",
+            );
+            16
+        }
+    };
+    let format = match table.get("format").map(|f| f.as_str()) {
+        None | Some(Some("rfc3164")) => SyslogFormat::Rfc3164,
+        Some(Some("rfc5424")) => SyslogFormat::Rfc5424,
+        Some(_) => {
+            cx.err(&path.key("format"), "must be \"rfc3164\" or \"rfc5424\"");
+            SyslogFormat::Rfc3164
+        }
+    };
+    AccessLogTarget::Syslog(Syslog {
+        to,
+        facility,
+        format,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use crate::config::{Config, Consistency, Store, StoreOnError};
@@ -117,5 +214,43 @@ mod tests {
         assert!(e.contains("state.store.on_error"), "{e}");
         let e = load("[state]\nstore = { redis = \"redis://x\", sync = \"0s\" }\n").unwrap_err();
         assert!(e.contains("state.store.sync"), "{e}");
+    }
+
+    fn global(access_log: &str) -> Result<Config, String> {
+        Config::from_toml(
+            &format!("[global]\naccess_log = {access_log}\n{BASE}"),
+            Path::new("."),
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_access_log_may_go_to_syslog() {
+        use crate::config::{AccessLogTarget, SyslogAddr, SyslogFormat};
+        let AccessLogTarget::Syslog(s) = global("\"syslog\"").unwrap().global.access_log else {
+            panic!("not syslog")
+        };
+        assert_eq!(s.to, SyslogAddr::Unix("/dev/log".into()));
+        assert_eq!((s.facility, s.format), (16, SyslogFormat::Rfc3164));
+        let AccessLogTarget::Syslog(s) = global(
+            "{ syslog = \"udp://127.0.0.1:514\", facility = \"daemon\", format = \"rfc5424\" }",
+        )
+        .unwrap()
+        .global
+        .access_log
+        else {
+            panic!("not syslog")
+        };
+        assert_eq!(s.to, SyslogAddr::Udp("127.0.0.1:514".parse().unwrap()));
+        assert_eq!((s.facility, s.format), (3, SyslogFormat::Rfc5424));
+        let e = global("{ syslog = \"/dev/log\", facility = \"local9\" }").unwrap_err();
+        assert!(
+            e.contains("global.access_log.facility") && e.contains("line 2"),
+            "{e}"
+        );
+        let e = global("{ syslog = \"/dev/log\", level = \"info\" }").unwrap_err();
+        assert!(e.contains("global.access_log.level"), "{e}");
+        let e = global("{ syslog = \"tcp://x\" }").unwrap_err();
+        assert!(e.contains("global.access_log.syslog"), "{e}");
     }
 }
