@@ -206,6 +206,11 @@ pub struct Tracked<T> {
 }
 
 impl<T> Tracked<T> {
+    /// The stream it tracks.
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
+
     pub fn new(inner: T, prefix: Bytes, activity: Arc<Activity>) -> Self {
         activity.touch();
         Self {

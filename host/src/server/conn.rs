@@ -216,7 +216,7 @@ pub(super) async fn run<I>(
     conn: ConnInfo,
     shutdown: watch::Receiver<bool>,
 ) where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + io::AckNow + Unpin + Send + 'static,
 {
     let peer = conn.peer;
     let activity = Arc::clone(&conn.activity);

@@ -138,6 +138,9 @@ pub struct FramingGuard<T> {
     verdict: Arc<Verdict>,
     /// What is still to be written of the refusal's response, once it is due.
     reply: Option<Bytes>,
+    /// The socket was asked to acknowledge at once for the request under way (once per
+    /// request is enough: the ACK that releases the client's next segment).
+    acked: bool,
 }
 
 impl<T> FramingGuard<T> {
@@ -150,12 +153,20 @@ impl<T> FramingGuard<T> {
             ready: Bytes::new(),
             verdict,
             reply: None,
+            acked: false,
         }
     }
 
     /// What it finds, for the service answering the connection's requests.
     pub fn verdict(&self) -> Arc<Verdict> {
         Arc::clone(&self.verdict)
+    }
+
+    /// A request is under way (part of a head held back, or a body still to come): what
+    /// came may need acknowledging at once for the rest to be sent.
+    fn waits_for_more(&self) -> bool {
+        !self.acked
+            && (!self.held.is_empty() || matches!(self.state, State::Body(_) | State::Chunked(_)))
     }
 
     fn rejected(&self) -> bool {
@@ -201,6 +212,7 @@ impl<T> FramingGuard<T> {
                     }
                     Head::Next(len, state) => {
                         self.verdict.passed.fetch_add(1, Ordering::SeqCst);
+                        self.acked = false;
                         at += len;
                         self.state = state;
                     }
@@ -430,7 +442,7 @@ fn is_token(s: &[u8]) -> bool {
             .all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for FramingGuard<T> {
+impl<T: AsyncRead + Unpin + super::io::AckNow> AsyncRead for FramingGuard<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -468,6 +480,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for FramingGuard<T> {
                         .extend_from_slice(&buf.filled()[before + passed..after]);
                 }
                 buf.set_filled(before + passed);
+                if this.waits_for_more() {
+                    this.inner.ack_now();
+                    this.acked = true;
+                }
                 if passed > 0 {
                     return Poll::Ready(Ok(()));
                 }
@@ -482,6 +498,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for FramingGuard<T> {
                     this.held = rest.to_vec();
                 }
                 this.ready = checked;
+                if this.waits_for_more() {
+                    this.inner.ack_now();
+                    this.acked = true;
+                }
             }
         }
     }

@@ -194,6 +194,37 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for FrameWatch<T> {
     }
 }
 
+/// A client stream whose socket can be told to acknowledge at once what came: a client
+/// that writes a request's head and its body apart with Nagle's algorithm on (many HTTP
+/// libraries' default) sends the body only once the head is acknowledged, and on a
+/// kept-alive connection the kernel delays that ACK by up to 40 ms. The framing guard
+/// asks for it when a head came without all of its body.
+pub trait AckNow {
+    fn ack_now(&self);
+}
+
+impl AckNow for tokio::net::TcpStream {
+    fn ack_now(&self) {
+        let _ = socket2::SockRef::from(self).set_tcp_quickack(true);
+    }
+}
+
+impl<S: AckNow> AckNow for crate::activity::Tracked<S> {
+    fn ack_now(&self) {
+        self.get_ref().ack_now();
+    }
+}
+
+impl<S: AckNow> AckNow for tokio_rustls::server::TlsStream<S> {
+    fn ack_now(&self) {
+        self.get_ref().0.ack_now();
+    }
+}
+
+impl AckNow for () {
+    fn ack_now(&self) {}
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
