@@ -13,6 +13,8 @@ use std::process::{Command, Output};
 
 const WEIR: &str = env!("CARGO_BIN_EXE_weir");
 
+mod common;
+
 fn corpus() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/import")
 }
@@ -170,6 +172,7 @@ fn a_ten_megabyte_file_is_read_whole_without_trouble() {
 // ---- Differential tests: HAProxy on the file, weir on its import. ----
 
 mod differential {
+    use super::common::free_port;
     use super::*;
     use std::collections::BTreeMap;
     use std::io::{BufRead, BufReader, Read, Write};
@@ -337,14 +340,6 @@ mod differential {
             let _ = self.0.wait();
             let _ = std::fs::remove_dir_all(&self.1);
         }
-    }
-
-    fn free_port() -> u16 {
-        TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
     }
 
     fn wait_for(addr: &str, what: &str, log: &Path) {

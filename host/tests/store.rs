@@ -13,120 +13,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const WEIR: &str = env!("CARGO_BIN_EXE_weir");
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+mod common;
 
-/// A redis-server of the test's own, without persistence.
-struct Redis {
-    port: u16,
-    child: Option<Child>,
-}
+use common::{Redis, free_port};
 
-impl Redis {
-    fn start() -> Redis {
-        let found = Command::new("sh")
-            .args(["-c", "command -v redis-server"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !found {
-            let line = "SKIPPED: the store tests need redis-server (apt-get install redis-server)";
-            println!("{line}");
-            panic!("{line}");
-        }
-        let mut redis = Redis {
-            port: free_port(),
-            child: None,
-        };
-        redis.restart();
-        redis
-    }
-
-    /// Starts it (again) on its port, and waits until it answers.
-    fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        for _ in 0..100 {
-            if self.command(&["PING"]).is_ok_and(|r| r == "+PONG") {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("redis-server did not answer on port {}", self.port);
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    /// One command in RESP; its reply as one line per element (bulk strings by value).
-    fn command(&self, args: &[&str]) -> std::io::Result<String> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
-        s.set_read_timeout(Some(Duration::from_secs(2)))?;
-        let mut out = format!("*{}\r\n", args.len());
-        for a in args {
-            out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-        }
-        s.write_all(out.as_bytes())?;
-        let mut r = BufReader::new(s);
-        let mut lines = Vec::new();
-        read_reply(&mut r, &mut lines)?;
-        Ok(lines.join("\n"))
-    }
-
-    /// The sum of the values of the keys matching `pattern`.
-    fn sum(&self, pattern: &str) -> i64 {
-        let keys = self.command(&["KEYS", pattern]).unwrap();
-        keys.lines()
-            .filter(|k| !k.is_empty())
-            .map(|k| self.command(&["GET", k]).unwrap().parse::<i64>().unwrap())
-            .sum()
-    }
-}
-
-fn read_reply(r: &mut impl BufRead, lines: &mut Vec<String>) -> std::io::Result<()> {
-    let mut line = String::new();
-    r.read_line(&mut line)?;
-    let line = line.trim_end().to_owned();
-    match line.as_bytes().first() {
-        Some(b'*') => {
-            for _ in 0..line[1..].parse::<i64>().unwrap_or(0).max(0) {
-                read_reply(r, lines)?;
-            }
-        }
-        Some(b'$') => {
-            let n: i64 = line[1..].parse().unwrap_or(-1);
-            if n >= 0 {
-                let mut buf = vec![0; n as usize + 2];
-                r.read_exact(&mut buf)?;
-                lines.push(String::from_utf8_lossy(&buf[..n as usize]).into_owned());
-            }
-        }
-        _ => lines.push(line),
-    }
-    Ok(())
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// The sum of the values of the keys matching `pattern`.
+fn sum(redis: &Redis, pattern: &str) -> i64 {
+    let keys = redis.command(&["KEYS", pattern]).unwrap();
+    keys.lines()
+        .filter(|k| !k.is_empty())
+        .map(|k| redis.command(&["GET", k]).unwrap().parse::<i64>().unwrap())
+        .sum()
 }
 
 /// A server that answers every request 200 "ok", closing the connection.
@@ -376,7 +273,7 @@ fn with_exact_consistency_two_nodes_admit_exactly_the_limit() {
 fn wait_for_sum(redis: &Redis, pattern: &str, want: i64) {
     let mut total = 0;
     for _ in 0..100 {
-        total = redis.sum(pattern);
+        total = sum(redis, pattern);
         if total == want {
             return;
         }

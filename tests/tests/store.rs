@@ -5,77 +5,14 @@
 //! Needs Debian's redis-server, so ignored by a plain `cargo test`; run with
 //! `cargo test --workspace --test store -- --ignored` (CI does).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use weir_tests::*;
 
-/// A redis-server of the test's own on a port it picked, killed when dropped.
-struct Redis {
-    port: u16,
-    child: Child,
-}
+#[path = "../../host/tests/common/mod.rs"]
+mod common;
 
-impl Redis {
-    fn start() -> Redis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                let line = format!("SKIPPED: the store tests need redis-server ({e})");
-                println!("{line}");
-                panic!("{line}");
-            });
-        let redis = Redis { port, child };
-        for _ in 0..100 {
-            if redis.command(&["PING"]).is_ok_and(|r| r == "PONG") {
-                return redis;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("redis-server did not answer on port {port}");
-    }
-
-    /// One command; a string or integer reply, or "(nil)".
-    fn command(&self, args: &[&str]) -> std::io::Result<String> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
-        s.set_read_timeout(Some(Duration::from_secs(2)))?;
-        let mut out = format!("*{}\r\n", args.len());
-        for a in args {
-            out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-        }
-        s.write_all(out.as_bytes())?;
-        let mut r = BufReader::new(s);
-        let mut line = String::new();
-        r.read_line(&mut line)?;
-        let line = line.trim_end();
-        Ok(match line.split_at(1) {
-            ("$", "-1") => "(nil)".to_owned(),
-            ("$", n) => {
-                let mut buf = vec![0; n.parse::<usize>().unwrap() + 2];
-                r.read_exact(&mut buf)?;
-                String::from_utf8_lossy(&buf[..buf.len() - 2]).into_owned()
-            }
-            (_, rest) => rest.to_owned(),
-        })
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::Redis;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs redis-server: cargo test --workspace --test store -- --ignored"]
