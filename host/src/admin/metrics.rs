@@ -264,11 +264,8 @@ pub fn render(control: &Control) -> String {
         "The state an operator set: 1 for the current one of ready, drain and maint.",
     );
     for (b, s) in &servers {
-        for (state, name) in [
-            (AdminState::Ready, "ready"),
-            (AdminState::Drain, "drain"),
-            (AdminState::Maint, "maint"),
-        ] {
+        for state in AdminState::ALL {
+            let name = state.name();
             out.sample(
                 "server_admin_state",
                 &[("backend", &b.name), ("server", &s.name), ("state", name)],

@@ -290,14 +290,6 @@ fn info(control: &Control) -> Reply {
     )
 }
 
-fn admin_name(state: AdminState) -> &'static str {
-    match state {
-        AdminState::Ready => "ready",
-        AdminState::Drain => "drain",
-        AdminState::Maint => "maint",
-    }
-}
-
 fn backend_json(b: &BackendRt) -> Value {
     let servers: Vec<Value> = b
         .servers
@@ -309,7 +301,7 @@ fn backend_json(b: &BackendRt) -> Value {
                 "name": &*s.name,
                 "addr": s.cfg.addr.to_string(),
                 "status": status,
-                "state": admin_name(s.admin()),
+                "state": s.admin().name(),
                 "health": if detail.up { "up" } else { "down" },
                 "checked": s.cfg.health.is_some(),
                 "last_check": detail.last_check.map(|c| c.status.code()),

@@ -197,18 +197,15 @@ fn traffic(c: &Counters, denied: bool, request_errors: bool) -> Vec<String> {
 
 fn buttons(backend: &str, server: &ServerRt) -> String {
     let current = server.admin();
-    [
-        (AdminState::Ready, "ready"),
-        (AdminState::Drain, "drain"),
-        (AdminState::Maint, "maint"),
-    ]
-    .iter()
-    .map(|(state, label)| {
+    AdminState::ALL
+        .iter()
+        .map(|&state| {
+            let label = state.name();
         format!(
             "<button data-backend=\"{}\" data-server=\"{}\" data-state=\"{label}\"{}>{label}</button>",
             esc(backend),
             esc(&server.name),
-            if *state == current { " disabled" } else { "" }
+            if state == current { " disabled" } else { "" }
         )
     })
     .collect()

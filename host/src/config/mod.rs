@@ -176,6 +176,8 @@ pub enum AdminState {
 }
 
 impl AdminState {
+    pub const ALL: [AdminState; 3] = [AdminState::Ready, AdminState::Drain, AdminState::Maint];
+
     /// `"ready"`, `"drain"`, `"maint"`: as the config, the API and the page write it.
     pub fn name(self) -> &'static str {
         match self {
