@@ -498,10 +498,17 @@ pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
 }
 
-/// An address on which nothing listens (bound, then released).
+/// An address that refuses connections: a socket bound to it but not listening. It is
+/// held for the rest of the test process, so that no other test's listener, started
+/// meanwhile on port 0, can be given the port (a port bound and released could be, and a
+/// test expecting refusals then met a server).
 pub async fn closed_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    l.local_addr().unwrap()
+    static HELD: Mutex<Vec<tokio::net::TcpSocket>> = Mutex::new(Vec::new());
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    HELD.lock().unwrap().push(socket);
+    addr
 }
 
 /// The access log of a test proxy, line by line.
