@@ -30,6 +30,9 @@ pub struct Activity {
     head_wait_ms: AtomicU64,
     /// No more request heads come: the connection became a tunnel.
     heads_over: AtomicBool,
+    /// When the first bytes of the request head being read came (the activity clock's
+    /// milliseconds; `u64::MAX`: not seen), for the log's idle and request times.
+    head_began_ms: AtomicU64,
 }
 
 impl Default for Activity {
@@ -42,6 +45,7 @@ impl Default for Activity {
             requests: AtomicU32::new(0),
             head_wait_ms: AtomicU64::new(0),
             heads_over: AtomicBool::new(false),
+            head_began_ms: AtomicU64::new(u64::MAX),
         }
     }
 }
@@ -70,6 +74,17 @@ impl Activity {
             Some(at) => at.saturating_duration_since(self.base).as_millis() as u64,
             None => self.now_ms(),
         }
+    }
+
+    /// The first bytes of a request head came now.
+    pub fn head_began(&self) {
+        self.head_began_ms.store(self.now_ms(), Ordering::Release);
+    }
+
+    /// When the first bytes of the request head came, once per head.
+    pub fn take_head_began(&self) -> Option<std::time::Instant> {
+        let ms = self.head_began_ms.swap(u64::MAX, Ordering::AcqRel);
+        (ms != u64::MAX).then(|| self.base.into_std() + std::time::Duration::from_millis(ms))
     }
 
     /// The wait for the first request head begins now.

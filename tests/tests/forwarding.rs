@@ -487,3 +487,57 @@ async fn http10_clients_are_served_and_closed() {
     assert!(response.contains("\"path\":\"/old\""), "{response}");
     assert_eq!(server.requests(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_log_format_splits_keep_alive_idle_time_from_the_request_time() {
+    let (_server, proxy) =
+        one_server("log_format = \"%ci %ft %b/%s Ti=%Ti TR=%TR Tq=%Tq %ST %{+Q}r\"").await;
+    let mut client = Client::connect(proxy.addr()).await;
+    client.get("/first").await;
+    // Idle on the kept-alive connection, then the second request.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    client.get("/second").await;
+    let lines = proxy.log.wait_for(2).await;
+    let field = |line: &str, name: &str| -> u64 {
+        line.split(' ')
+            .find_map(|w| w.strip_prefix(name))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {line}"))
+    };
+    let second = &lines[1];
+    assert!(second.starts_with("127.0.0.1 www app/s1 Ti="), "{second}");
+    assert!(
+        second.ends_with(" 200 \"GET /second HTTP/1.1\""),
+        "{second}"
+    );
+    let (ti, tr, tq) = (
+        field(second, "Ti="),
+        field(second, "TR="),
+        field(second, "Tq="),
+    );
+    // Each is rounded down to the millisecond on its own.
+    assert!(
+        ti >= 250 && tr < 100 && (ti + tr..=ti + tr + 1).contains(&tq),
+        "{second}"
+    );
+
+    let e = weir::Config::from_toml(
+        &config(
+            "roundrobin",
+            &[("s1", "127.0.0.1:1".parse().unwrap(), "")],
+            "",
+        )
+        .replacen(
+            "default_backend = \"app\"\n",
+            "default_backend = \"app\"\nlog_format = \"%ci %ac\"\n",
+            1,
+        ),
+        std::path::Path::new("."),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("frontend[0].log_format") && e.contains("%ac"),
+        "{e}"
+    );
+}

@@ -85,10 +85,92 @@ pub enum SyslogFormat {
     Rfc5424,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
     Json,
+    /// A string with HAProxy's `%` variables (those weir has; see [`LogVar`]).
+    Custom(Arc<[LogPiece]>),
+}
+
+/// A piece of a custom log format: text as written, or a variable (`%{+Q}r`: quoted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogPiece {
+    Text(String),
+    Var(LogVar, bool),
+}
+
+/// HAProxy's log-format variables that weir has, by their names there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogVar {
+    ClientIp,
+    ClientPort,
+    Date,
+    Frontend,
+    Backend,
+    Server,
+    /// Ti, TR, Tq, Tw, Tc, Tr, Ta, Tt: ms, -1 for a phase not reached.
+    Ti,
+    TR,
+    Tq,
+    Tw,
+    Tc,
+    Tr,
+    Ta,
+    Tt,
+    Status,
+    Bytes,
+    BytesIn,
+    /// CC and CS: weir captures no cookie, so `-` as HAProxy writes then.
+    CapturedCookie,
+    Termination,
+    /// `tsc`: the termination state and `--` (weir's cookie persistence is a plugin's).
+    TerminationCookie,
+    Retries,
+    RequestLine,
+    Method,
+    Uri,
+    Version,
+}
+
+/// The pieces of a custom log format, for tests of other modules.
+#[doc(hidden)]
+pub fn custom_log_format_for_tests(text: &str) -> Vec<LogPiece> {
+    validate::custom_log_format(text).expect("a valid format")
+}
+
+impl LogVar {
+    pub fn by_name(name: &str) -> Option<LogVar> {
+        use LogVar::*;
+        Some(match name {
+            "ci" => ClientIp,
+            "cp" => ClientPort,
+            "tr" | "t" | "trg" => Date,
+            "ft" | "f" => Frontend,
+            "b" => Backend,
+            "s" => Server,
+            "Ti" => Ti,
+            "TR" => TR,
+            "Tq" => Tq,
+            "Tw" => Tw,
+            "Tc" => Tc,
+            "Tr" => Tr,
+            "Ta" => Ta,
+            "Tt" => Tt,
+            "ST" => Status,
+            "B" => Bytes,
+            "U" => BytesIn,
+            "CC" | "CS" => CapturedCookie,
+            "ts" => Termination,
+            "tsc" => TerminationCookie,
+            "rc" => Retries,
+            "r" => RequestLine,
+            "HM" => Method,
+            "HU" => Uri,
+            "HV" => Version,
+            _ => return None,
+        })
+    }
 }
 
 #[derive(Debug, Clone)]

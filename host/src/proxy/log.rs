@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::{Method, Version};
 
-use crate::config::LogFormat;
+use crate::config::{LogFormat, LogPiece, LogVar};
 use crate::stats::{Counters, Ended};
 
 /// Lines buffered before new ones are dropped (with a warning) rather than slowing requests.
@@ -30,6 +30,8 @@ pub struct LogRecord {
     pub backend: Option<Arc<str>>,
     pub server: Option<Arc<str>>,
     pub tq: Duration,
+    /// The part of `tq` the connection was idle before the head's first byte (keep-alive).
+    pub ti: Duration,
     pub tw: Option<Duration>,
     pub tc: Option<Duration>,
     pub tr: Option<Duration>,
@@ -128,12 +130,69 @@ fn ms(d: Option<Duration>) -> i64 {
 }
 
 impl LogRecord {
+    /// A line in a format with HAProxy's `%` variables.
+    fn custom(&self, pieces: &[LogPiece], tt: Duration) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::with_capacity(160);
+        for piece in pieces {
+            let (var, quoted) = match piece {
+                LogPiece::Text(t) => {
+                    out.push_str(t);
+                    continue;
+                }
+                LogPiece::Var(v, q) => (*v, *q),
+            };
+            if quoted {
+                out.push('"');
+            }
+            let ms_of = |d: Duration| d.as_millis() as i64;
+            let _ = match var {
+                LogVar::ClientIp => write!(out, "{}", self.client.ip()),
+                LogVar::ClientPort => write!(out, "{}", self.client.port()),
+                LogVar::Date => write!(out, "{}", clf_date(self.time)),
+                LogVar::Frontend => write!(out, "{}", self.frontend),
+                LogVar::Backend => write!(out, "{}", self.backend.as_deref().unwrap_or("<NOSRV>")),
+                LogVar::Server => write!(out, "{}", self.server.as_deref().unwrap_or("<NOSRV>")),
+                LogVar::Ti => write!(out, "{}", ms_of(self.ti)),
+                LogVar::TR => write!(out, "{}", ms_of(self.tq.saturating_sub(self.ti))),
+                LogVar::Tq => write!(out, "{}", ms_of(self.tq)),
+                LogVar::Tw => write!(out, "{}", ms(self.tw)),
+                LogVar::Tc => write!(out, "{}", ms(self.tc)),
+                LogVar::Tr => write!(out, "{}", ms(self.tr)),
+                LogVar::Ta => write!(out, "{}", ms_of(tt.saturating_sub(self.ti))),
+                LogVar::Tt => write!(out, "{}", ms_of(tt)),
+                LogVar::Status => write!(out, "{}", self.status),
+                LogVar::Bytes => write!(out, "{}", self.bytes),
+                LogVar::BytesIn => write!(out, "{}", self.received.bytes.load(Ordering::Relaxed)),
+                LogVar::CapturedCookie => write!(out, "-"),
+                LogVar::Termination => {
+                    write!(out, "{}", String::from_utf8_lossy(&self.termination))
+                }
+                LogVar::TerminationCookie => {
+                    write!(out, "{}--", String::from_utf8_lossy(&self.termination))
+                }
+                LogVar::Retries => write!(out, "{}", self.retries),
+                LogVar::RequestLine => {
+                    write!(out, "{} {} {:?}", self.method, self.uri, self.version)
+                }
+                LogVar::Method => write!(out, "{}", self.method),
+                LogVar::Uri => write!(out, "{}", self.uri),
+                LogVar::Version => write!(out, "{:?}", self.version),
+            };
+            if quoted {
+                out.push('"');
+            }
+        }
+        out
+    }
+
     pub fn line(&self) -> String {
         let tt = self.tq + self.start.elapsed();
         let backend = self.backend.as_deref().unwrap_or("<NOSRV>");
         let server = self.server.as_deref().unwrap_or("<NOSRV>");
         let termination = String::from_utf8_lossy(&self.termination);
-        match self.format {
+        match &self.format {
+            LogFormat::Custom(pieces) => self.custom(pieces, tt),
             LogFormat::Text => format!(
                 "{} [{}] {} {}/{} {}/{}/{}/{}/{} {} {} {} {} \"{} {} {:?}\"",
                 self.client,
@@ -161,6 +220,9 @@ impl LogRecord {
                 "backend": backend,
                 "server": server,
                 "tq": self.tq.as_millis() as i64,
+                "ti": self.ti.as_millis() as i64,
+                "treq": self.tq.saturating_sub(self.ti).as_millis() as i64,
+                "ta": tt.saturating_sub(self.ti).as_millis() as i64,
                 "tw": ms(self.tw),
                 "tc": ms(self.tc),
                 "tr": ms(self.tr),
@@ -496,6 +558,7 @@ mod tests {
             backend: Some("app".into()),
             server: None,
             tq: Duration::from_millis(2),
+            ti: Duration::from_millis(1),
             tw: Some(Duration::ZERO),
             tc: None,
             tr: None,
@@ -524,6 +587,18 @@ mod tests {
         );
         assert!(
             line.ends_with(" 503 57 SC 3 \"GET /x?y=1 HTTP/1.1\""),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn a_custom_format_writes_haproxys_variables() {
+        let pieces = crate::config::custom_log_format_for_tests(
+            "%ci:%cp [%tr] %ft %b/%s %TR/%Tw/%Tc/%Tr %ST %B %CC %CS %tsc %rc %{+Q}r 100%%",
+        );
+        let line = record(LogFormat::Custom(pieces.into())).line();
+        assert!(
+            line.starts_with("127.0.0.1:5000 [22/Nov/2026:05:30:00.123] www app/<NOSRV> 1/0/-1/-1 503 57 - - SC-- 3 \"GET /x?y=1 HTTP/1.1\" 100%"),
             "{line}"
         );
     }

@@ -192,6 +192,14 @@ fn new_record(
     bytes_in: u64,
 ) -> LogRecord {
     let start = Instant::now();
+    let tq = conn.take_wait(start);
+    // From the head's first byte to now is HAProxy's TR; the rest of the wait was idle.
+    let ti = conn
+        .activity
+        .take_head_began()
+        .map_or(Duration::ZERO, |began| {
+            tq.saturating_sub(start.saturating_duration_since(began))
+        });
     LogRecord {
         client: conn.peer,
         // Only the log line shows it.
@@ -204,7 +212,8 @@ fn new_record(
         frontend: Arc::clone(&fe.name),
         backend: None,
         server: None,
-        tq: conn.take_wait(start),
+        tq,
+        ti,
         tw: None,
         tc: None,
         tr: None,
@@ -224,7 +233,7 @@ fn new_record(
         method,
         uri,
         version,
-        format: fe.cfg.log_format,
+        format: fe.cfg.log_format.clone(),
     }
 }
 

@@ -269,7 +269,8 @@ pub(super) async fn run<I>(
                 max_headers: server.cfg.max_headers,
             },
             Arc::clone(&verdict),
-        );
+        )
+        .with_activity(Arc::clone(&activity));
         let connection = server
             .h1
             .serve_connection(TokioIo::new(guard), service)

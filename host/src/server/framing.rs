@@ -141,6 +141,8 @@ pub struct FramingGuard<T> {
     /// The socket was asked to acknowledge at once for the request under way (once per
     /// request is enough: the ACK that releases the client's next segment).
     acked: bool,
+    /// Told when a request head begins to come, for the log's idle time.
+    activity: Option<Arc<crate::activity::Activity>>,
 }
 
 impl<T> FramingGuard<T> {
@@ -154,7 +156,14 @@ impl<T> FramingGuard<T> {
             verdict,
             reply: None,
             acked: false,
+            activity: None,
         }
+    }
+
+    /// Tells `activity` when each request head begins to come.
+    pub fn with_activity(mut self, activity: Arc<crate::activity::Activity>) -> Self {
+        self.activity = Some(activity);
+        self
     }
 
     /// What it finds, for the service answering the connection's requests.
@@ -471,6 +480,12 @@ impl<T: AsyncRead + Unpin + super::io::AckNow> AsyncRead for FramingGuard<T> {
                 this.state = State::Open;
                 this.ready = Bytes::from(std::mem::take(&mut this.held));
                 continue;
+            }
+            if this.held.is_empty() && this.state == State::Head {
+                // The first bytes of a head: how long the connection was idle ends here.
+                if let Some(a) = &this.activity {
+                    a.head_began();
+                }
             }
             if this.held.is_empty() {
                 // The usual case: check the bytes where they are, in hyper's buffer.

@@ -94,7 +94,7 @@ pub(super) fn build_frontend(
             cx,
             &path.key("log_format"),
             f.log_format.as_deref(),
-            d.log_format,
+            d.log_format.clone(),
         ),
         errorfiles: merged(
             &d.errorfiles,
@@ -171,12 +171,68 @@ pub(super) fn log_format(
         None => default,
         Some("text") => LogFormat::Text,
         Some("json") => LogFormat::Json,
+        Some(custom) if custom.contains('%') => match custom_log_format(custom) {
+            Ok(pieces) => LogFormat::Custom(pieces.into()),
+            Err(why) => {
+                cx.err(path, why);
+                default
+            }
+        },
         Some(other) => {
             cx.err(
                 path,
-                format!("unknown log format \"{other}\" (expected \"text\" or \"json\")"),
+                format!(
+                    "unknown log format \"{other}\" (expected \"text\", \"json\" or a string with HAProxy's % variables)"
+                ),
             );
             default
         }
     }
+}
+
+/// A format string with HAProxy's `%` variables: `%ci:%cp [%tr] %ft %{+Q}r`.
+pub(in crate::config) fn custom_log_format(
+    text: &str,
+) -> Result<Vec<crate::config::LogPiece>, String> {
+    use crate::config::{LogPiece, LogVar};
+    let mut pieces = Vec::new();
+    let mut literal = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find('%') {
+        literal.push_str(&rest[..at]);
+        rest = &rest[at + 1..];
+        if let Some(after) = rest.strip_prefix('%') {
+            literal.push('%');
+            rest = after;
+            continue;
+        }
+        let mut quoted = false;
+        if let Some(flags) = rest.strip_prefix('{') {
+            let end = flags.find('}').ok_or("an unclosed %{...}")?;
+            match &flags[..end] {
+                "+Q" => quoted = true,
+                "" => {}
+                other => return Err(format!("%{{{other}}}: weir knows the +Q flag only")),
+            }
+            rest = &flags[end + 1..];
+        }
+        if rest.starts_with('[') {
+            return Err("%[...] (sample fetches): weir's log has the named variables only".into());
+        }
+        let len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
+        let name = &rest[..len];
+        let var = LogVar::by_name(name).ok_or_else(|| {
+            format!("%{name}: not a variable weir has (see the README's access log section)")
+        })?;
+        if !literal.is_empty() {
+            pieces.push(LogPiece::Text(std::mem::take(&mut literal)));
+        }
+        pieces.push(LogPiece::Var(var, quoted));
+        rest = &rest[len..];
+    }
+    literal.push_str(rest);
+    if !literal.is_empty() {
+        pieces.push(LogPiece::Text(literal));
+    }
+    Ok(pieces)
 }

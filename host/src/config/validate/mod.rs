@@ -33,6 +33,7 @@ mod plugins;
 mod state;
 
 use backend::{build_backend, retry_on};
+pub(super) use frontend::custom_log_format;
 use frontend::{build_frontend, header_size, log_format};
 use plugins::build_plugins;
 use state::build_store;
