@@ -168,7 +168,7 @@ fn bad_values_are_named() {
     let e = one_error(&VALID.replace("name = \"www\"", "name = \"www\"\nlog_format = \"xml\""));
     assert_eq!(
         e,
-        "frontend[0].log_format: unknown log format \"xml\" (expected \"text\" or \"json\") (line 4)"
+        "frontend[0].log_format: unknown log format \"xml\" (expected \"text\", \"json\" or a string with HAProxy's % variables) (line 4)"
     );
 }
 
