@@ -7,6 +7,9 @@ use std::time::Duration;
 
 const WEIR: &str = env!("CARGO_BIN_EXE_weir");
 
+mod common;
+use common::free_port;
+
 /// A config file in a directory of its own, removed with it when the test ends.
 struct Written(std::path::PathBuf);
 
@@ -564,15 +567,6 @@ fn health(args: &[&str]) -> (Option<i32>, String) {
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).trim().to_owned(),
     )
-}
-
-/// A port nothing listens on now (bound, then closed).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]

@@ -14,6 +14,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const WEIR: &str = env!("CARGO_BIN_EXE_weir");
+
+mod common;
 const VIP: &str = "198.18.0.100";
 
 /// Runs a command to its end; panics with its output when it fails.
@@ -46,11 +48,7 @@ fn prerequisites() -> Result<(), String> {
         ),
         ("python3", "python3, for the servers and the client"),
     ] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !found {
+        if !common::installed(tool) {
             return Err(format!("SKIPPED: the HA tests need {why}"));
         }
     }

@@ -358,15 +358,10 @@ mod differential {
     /// HAProxy on `file` and weir on its import, both in front of `servers` (`S1`..):
     /// their listening addresses.
     fn pair(file: &str, servers: &[&Mock]) -> (String, String, Vec<Proc>) {
-        let found = Command::new("sh")
-            .args(["-c", "command -v haproxy"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !found {
-            let line = "SKIPPED: the differential tests need haproxy (apt-get install haproxy)";
-            println!("{line}");
-            panic!("{line}");
-        }
+        super::common::require(
+            "haproxy",
+            "the differential tests need haproxy (apt-get install haproxy)",
+        );
         let scratch = std::env::temp_dir().join(format!(
             "weir-diff-{}-{}",
             std::process::id(),

@@ -1,5 +1,5 @@
 //! Helpers the integration tests of several binaries share (each includes this file):
-//! a free port, and a redis-server of the test's own.
+//! a free port, the check for a tool a test needs, and a redis-server of the test's own.
 
 #![allow(dead_code)]
 
@@ -17,6 +17,24 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Whether `tool` is on the PATH.
+pub fn installed(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Fails the test, in one visible line, when `tool` is missing: `line` says what needs it
+/// and how to install it. Such a test is never counted as passed.
+pub fn require(tool: &str, line: &str) {
+    if !installed(tool) {
+        let line = format!("SKIPPED: {line}");
+        println!("{line}");
+        panic!("{line}");
+    }
+}
+
 /// A redis-server of the test's own on 127.0.0.1, without persistence, killed when
 /// dropped. Where redis-server is missing, says so in one line and fails.
 pub struct Redis {
@@ -26,15 +44,10 @@ pub struct Redis {
 
 impl Redis {
     pub fn start() -> Redis {
-        let found = Command::new("sh")
-            .args(["-c", "command -v redis-server"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !found {
-            let line = "SKIPPED: the store tests need redis-server (apt-get install redis-server)";
-            println!("{line}");
-            panic!("{line}");
-        }
+        require(
+            "redis-server",
+            "the store tests need redis-server (apt-get install redis-server)",
+        );
         let mut redis = Redis {
             port: free_port(),
             child: None,
