@@ -902,3 +902,39 @@ fn the_access_log_goes_to_syslog_over_a_local_socket_or_udp() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn weir_starts_before_its_syslog_daemon_and_logs_once_it_is_there() {
+    use std::os::unix::net::UnixDatagram;
+    let server = slow_server(Duration::ZERO);
+    let dir = std::env::temp_dir().join(format!("weir-cli-syslog-late-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("log");
+    let text = proxied_config(
+        &server,
+        &format!(
+            "[global]\naccess_log = {{ syslog = \"{}\" }}",
+            socket.display()
+        ),
+    );
+    let path = write_config("syslog-late.toml", &text);
+    // No daemon yet: weir starts and serves all the same (HAProxy does too).
+    let (child, addr, mut stderr) = spawn_run(&path);
+    let _child = Killed(child);
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    assert!(get(&addr).starts_with("HTTP/1.1 200"));
+    // The daemon comes up: the next request's line reaches it.
+    let daemon = UnixDatagram::bind(&socket).unwrap();
+    daemon
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert!(get(&addr).starts_with("HTTP/1.1 200"));
+    let mut buf = [0u8; 2048];
+    let n = daemon.recv(&mut buf).unwrap();
+    let datagram = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(
+        datagram.starts_with("<134>") && datagram.contains(" www app/a "),
+        "{datagram}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -7,7 +7,9 @@ use std::os::unix::net::UnixDatagram;
 use crate::config::{Syslog, SyslogAddr, SyslogFormat};
 
 enum Socket {
-    Unix(UnixDatagram),
+    /// Unbound, sending to the path each time: a daemon that is not there yet, or that
+    /// restarts and makes its socket anew, loses lines meanwhile and stops nothing.
+    Unix(UnixDatagram, std::path::PathBuf),
     Udp(std::net::UdpSocket),
 }
 
@@ -23,9 +25,13 @@ pub struct SyslogWriter {
 fn connect(to: &SyslogAddr) -> std::io::Result<Socket> {
     Ok(match to {
         SyslogAddr::Unix(path) => {
-            let s = UnixDatagram::unbound()?;
-            s.connect(path)?;
-            Socket::Unix(s)
+            if !path.exists() {
+                tracing::warn!(
+                    "the syslog socket {} is not there (yet): access log lines are lost until it is",
+                    path.display()
+                );
+            }
+            Socket::Unix(UnixDatagram::unbound()?, path.clone())
         }
         SyslogAddr::Udp(addr) => {
             let bind: std::net::SocketAddr = if addr.is_ipv4() {
@@ -41,7 +47,7 @@ fn connect(to: &SyslogAddr) -> std::io::Result<Socket> {
 }
 
 impl SyslogWriter {
-    /// Connects (a local socket that is not there is an error now, not lines lost later).
+    /// Connects (a UDP address), or makes the socket that sends to a local path.
     pub fn new(cfg: &Syslog) -> std::io::Result<SyslogWriter> {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_owned())
@@ -94,7 +100,7 @@ impl SyslogWriter {
         datagram.extend_from_slice(line);
         // A daemon that is away loses the line, as with HAProxy; the request never waits.
         let _ = match &self.socket {
-            Socket::Unix(s) => s.send(&datagram),
+            Socket::Unix(s, path) => s.send_to(&datagram, path),
             Socket::Udp(s) => s.send(&datagram),
         };
     }
