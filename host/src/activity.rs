@@ -33,6 +33,8 @@ pub struct Activity {
     /// When the first bytes of the request head being read came (the activity clock's
     /// milliseconds; `u64::MAX`: not seen), for the log's idle and request times.
     head_began_ms: AtomicU64,
+    /// The connection was closed because timeout.client ran out (the log's `c`).
+    timed_out: AtomicBool,
 }
 
 impl Default for Activity {
@@ -46,6 +48,7 @@ impl Default for Activity {
             head_wait_ms: AtomicU64::new(0),
             heads_over: AtomicBool::new(false),
             head_began_ms: AtomicU64::new(u64::MAX),
+            timed_out: AtomicBool::new(false),
         }
     }
 }
@@ -74,6 +77,16 @@ impl Activity {
             Some(at) => at.saturating_duration_since(self.base).as_millis() as u64,
             None => self.now_ms(),
         }
+    }
+
+    /// timeout.client ran out: the connection is being closed for it.
+    pub fn time_out(&self) {
+        self.timed_out.store(true, Ordering::Release);
+    }
+
+    /// Whether the connection was closed by timeout.client (else by the client).
+    pub fn timed_out(&self) -> bool {
+        self.timed_out.load(Ordering::Acquire)
     }
 
     /// The first bytes of a request head came now.
@@ -172,6 +185,11 @@ impl InRequest {
     /// The request ended at `at`: the wait for the next request head begins then.
     pub fn end_at(mut self, at: Instant) {
         self.ended = Some(at);
+    }
+
+    /// The connection's activity.
+    pub fn activity(&self) -> &Activity {
+        &self.activity
     }
 }
 

@@ -2,6 +2,7 @@
 //! kept with atomics, added to once per request when it ends (`proxy::log::Tally` adds a
 //! request's [`Ended`] to its frontend's, backend's and server's).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -187,9 +188,22 @@ impl Gauge {
         self.max.fetch_max(now, Ordering::Relaxed);
     }
 
-    pub fn leave(&self) {
-        self.open.fetch_sub(1, Ordering::Relaxed);
+    /// One fewer; how many were open before.
+    pub fn leave(&self) -> u64 {
+        self.open.fetch_sub(1, Ordering::AcqRel)
     }
+
+    pub fn now(&self) -> u64 {
+        self.open.load(Ordering::Acquire)
+    }
+}
+
+/// The client connections open now on the whole process and on one frontend (the access
+/// log's %ac and %fc).
+#[derive(Clone, Default)]
+pub struct Open {
+    pub process: Arc<Gauge>,
+    pub frontend: Arc<Gauge>,
 }
 
 #[cfg(test)]

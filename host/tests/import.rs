@@ -21,7 +21,7 @@ fn corpus() -> PathBuf {
 
 /// The environment the corpus files that use `${VAR}` expect. The files the differential
 /// tests run name their listener `${FE}` and their servers `${S1}`..`${S3}`.
-const ENV: [(&str, &str); 8] = [
+const ENV: [(&str, &str); 9] = [
     ("CONNECT_TIMEOUT", "4s"),
     ("LISTEN_ADDR", "127.0.0.1"),
     ("LISTEN_PORT", "8080"),
@@ -30,6 +30,7 @@ const ENV: [(&str, &str); 8] = [
     ("S1", "10.0.0.1:8080"),
     ("S2", "10.0.0.2:8080"),
     ("S3", "10.0.0.3:8080"),
+    ("LOG", "127.0.0.1:5140"),
 ];
 
 fn import(dir: &Path, file: &str, env: &[(&str, &str)]) -> Output {
@@ -358,6 +359,15 @@ mod differential {
     /// HAProxy on `file` and weir on its import, both in front of `servers` (`S1`..):
     /// their listening addresses.
     fn pair(file: &str, servers: &[&Mock]) -> (String, String, Vec<Proc>) {
+        pair_with(file, servers, &[])
+    }
+
+    /// [`pair`], with more variables for the file.
+    fn pair_with(
+        file: &str,
+        servers: &[&Mock],
+        more: &[(&str, String)],
+    ) -> (String, String, Vec<Proc>) {
         super::common::require(
             "haproxy",
             "the differential tests need haproxy (apt-get install haproxy)",
@@ -373,6 +383,7 @@ mod differential {
             for (i, s) in servers.iter().enumerate() {
                 env.push((format!("S{}", i + 1), s.addr.clone()));
             }
+            env.extend(more.iter().map(|(k, v)| (k.to_string(), v.clone())));
             env
         };
         let (h, w) = (
@@ -674,6 +685,60 @@ mod differential {
             same_spread(&h, &w, "/first", 3),
             BTreeMap::from([("m1".into(), 3)])
         );
+    }
+
+    #[test]
+    #[ignore = "needs haproxy: cargo test -p weir --test import -- --ignored"]
+    fn option_httplog_lines_have_haproxys_fields_in_haproxys_places() {
+        let s1 = Mock::start("m1");
+        let daemon = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        daemon
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let log = daemon.local_addr().unwrap().to_string();
+        let (h, w, _p) = pair_with("22-httplog.cfg", &[&s1], &[("LOG", log)]);
+        // One request at a time, so each line is the one proxy's; the proxies' other
+        // messages (HAProxy's "Proxy started") are not request lines.
+        let line_of = |addr: &str| -> Vec<String> {
+            assert_eq!(request(addr, "/shape?x=1", &[]).status, 200);
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = daemon.recv(&mut buf).expect("a log line");
+                let datagram = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if datagram.contains("\"GET /shape?x=1 HTTP/1.1\"") {
+                    // After the syslog header: `<134>Dec  5 ... name[pid]: `.
+                    let (_, line) = datagram.split_once("]: ").expect("a syslog header");
+                    return line.split_whitespace().map(str::to_owned).collect();
+                }
+            }
+        };
+        let (haproxy, weir) = (line_of(&h), line_of(&w));
+        let shape = |fields: &[String]| -> Vec<String> {
+            fields
+                .iter()
+                .map(|f| {
+                    let mut out = String::new();
+                    for c in f.chars() {
+                        match c.is_ascii_digit() {
+                            true if out.ends_with('9') => {}
+                            true => out.push('9'),
+                            false => out.push(c),
+                        }
+                    }
+                    out
+                })
+                .collect()
+        };
+        assert_eq!(
+            shape(&haproxy),
+            shape(&weir),
+            "HAProxy (left) and weir (right):\n{haproxy:?}\n{weir:?}"
+        );
+        // Past the timers and byte counts, the fields are the same to the letter: frontend,
+        // backend/server, status, cookies, termination state, counts, queues, request.
+        for i in [2, 3, 5, 7, 8, 9, 10, 11, 12, 13, 14] {
+            assert_eq!(haproxy[i], weir[i], "field {i}: {haproxy:?}\n{weir:?}");
+        }
     }
 }
 

@@ -3,11 +3,11 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use weir_tests::{
     Client, Fault, MockServer, TestProxy, closed_port, config, faulty_server, get, raw, raw_status,
-    read_until_close,
+    read_until_close, wait_until,
 };
 
 fn with_timeouts(toml: String, timeouts: &str) -> String {
@@ -197,7 +197,7 @@ async fn no_reachable_server_is_503_after_retries() {
     );
     let lines = proxy.log.wait_for(1).await;
     assert!(
-        lines[0].contains(" 503 ") && lines[0].contains(" SC 2 "),
+        lines[0].contains(" 503 ") && lines[0].contains(" SC 1/1/0/0/2 0/0 "),
         "{lines:?}"
     );
 }
@@ -506,7 +506,7 @@ async fn connect_timeout_gives_503_in_time() {
         "503 after {took:?}"
     );
     let lines = proxy.log.wait_for(1).await;
-    assert!(lines[0].contains(" SC 1 "), "{lines:?}");
+    assert!(lines[0].contains(" SC 1/1/0/0/1 0/0 "), "{lines:?}");
 }
 
 /// A frontend over a dead server with the chain `secure` (security-headers), `tag` (the
@@ -607,4 +607,94 @@ async fn a_failed_plugins_503_passes_the_plugins_before_it_not_the_failed_one() 
     assert!(passed_the_chain(&response), "{response}");
     let lines = proxy.log.wait_for(1).await;
     assert!(lines[0].contains(" PI "), "{lines:?}");
+}
+
+/// The access log's line for the one request sent, once written.
+async fn only_line(proxy: &TestProxy) -> String {
+    let lines = proxy.log.wait_for(1).await;
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    lines[0].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_mid_response_is_logged_cd() {
+    let server = MockServer::start("s1").await;
+    let proxy = proxy_to(server.addr, "").await;
+    let mut stream = TcpStream::connect(proxy.addr()).await.unwrap();
+    stream
+        .write_all(b"GET /gate HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    // The head and the first chunk come; the rest waits on the server's gate.
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("first;") {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
+            .await
+            .expect("the response's first chunk")
+            .unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    drop(stream);
+    let line = only_line(&proxy).await;
+    assert!(
+        line.contains(" 200 ") && line.contains(" CD ") && line.contains("app/s1"),
+        "{line}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_cut_by_timeout_client_is_logged_cd_with_no_status() {
+    let server = MockServer::start("s1").await;
+    let proxy = proxy_to(server.addr, "client = \"300ms\"").await;
+    let mut stream = TcpStream::connect(proxy.addr()).await.unwrap();
+    stream
+        .write_all(b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let (response, closed) = read_until_close(&mut stream, Duration::from_secs(5)).await;
+    assert!(closed, "timeout.client must close the stalled upload");
+    assert!(response.is_empty(), "{response}");
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    let line = only_line(&proxy).await;
+    // Sent to the server, then cut in the data phase by the client timeout.
+    assert!(
+        line.contains(" -1 0 cD ") && line.contains("app/s1"),
+        "{line}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_the_client_stops_reading_is_logged_cd_after_timeout_client() {
+    let server = MockServer::start("s1").await;
+    let proxy = proxy_to(server.addr, "client = \"300ms\"").await;
+    let mut stream = TcpStream::connect(proxy.addr()).await.unwrap();
+    // Far more than the sockets between weir and the client hold; never read.
+    stream
+        .write_all(b"GET /bytes/64000000 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let line = tokio::time::timeout(Duration::from_secs(10), only_line(&proxy))
+        .await
+        .expect("a line once timeout.client cut the transfer");
+    assert!(line.contains(" 200 ") && line.contains(" cD "), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_while_the_server_thinks_is_logged_ch() {
+    let server = MockServer::start("s1").await;
+    let proxy = proxy_to(server.addr, "").await;
+    let mut stream = TcpStream::connect(proxy.addr()).await.unwrap();
+    stream
+        .write_all(b"GET /hang HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(5), || server.requests() == 1)
+        .await
+        .expect("the request reaches the server");
+    drop(stream);
+    let line = only_line(&proxy).await;
+    assert!(line.contains(" -1 0 CH "), "{line}");
 }

@@ -402,7 +402,7 @@ async fn every_request_gets_an_access_log_line() {
     assert!(line.contains("] www app/s1 "), "{line}");
     assert!(line.contains(" 200 "), "{line}");
     assert!(
-        line.ends_with(" -- 0 \"GET /logged?x=1 HTTP/1.1\""),
+        line.ends_with(" -- 1/1/0/0/0 0/0 \"GET /logged?x=1 HTTP/1.1\""),
         "{line}"
     );
 }
@@ -529,7 +529,7 @@ async fn a_custom_log_format_splits_keep_alive_idle_time_from_the_request_time()
         )
         .replacen(
             "default_backend = \"app\"\n",
-            "default_backend = \"app\"\nlog_format = \"%ci %ac\"\n",
+            "default_backend = \"app\"\nlog_format = \"%ci %hr\"\n",
             1,
         ),
         std::path::Path::new("."),
@@ -537,7 +537,52 @@ async fn a_custom_log_format_splits_keep_alive_idle_time_from_the_request_time()
     .unwrap_err()
     .to_string();
     assert!(
-        e.contains("frontend[0].log_format") && e.contains("%ac"),
+        e.contains("frontend[0].log_format") && e.contains("%hr"),
         "{e}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_counts_connections_and_queue_places_as_haproxy_does() {
+    // One slot on the only server: the second and third requests queue behind the first.
+    let server = MockServer::start("s1").await;
+    let toml = config("roundrobin", &[("s1", server.addr, "maxconn = 1")], "").replacen(
+        "default_backend = \"app\"\n",
+        "default_backend = \"app\"\nlog_format = \"%HU %ac/%fc/%bc/%sc/%rc %sq/%bq\"\n",
+        1,
+    );
+    let proxy = TestProxy::start(&toml).await;
+    let mut tasks = Vec::new();
+    for (path, queued_before) in [("/sleep/400", 0), ("/b", 1), ("/c", 2)] {
+        let addr = proxy.addr();
+        tasks.push(tokio::spawn(async move {
+            let mut client = Client::connect(addr).await;
+            client.get(path).await.status.as_u16()
+        }));
+        // Each in turn: the first on the server, the others in the queue.
+        let backend = proxy.running.backend("app").unwrap();
+        weir_tests::wait_until(Duration::from_secs(5), || {
+            server.requests() == 1 && backend.queue_len().0 == queued_before
+        })
+        .await
+        .unwrap_or_else(|| panic!("{path} in its place"));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), 200);
+    }
+    let lines = proxy.log.wait_for(3).await;
+    let line = |path: &str| {
+        lines
+            .iter()
+            .find(|l| l.starts_with(&format!("{path} ")))
+            .unwrap_or_else(|| panic!("no line for {path}: {lines:?}"))
+            .clone()
+    };
+    // When the first answered, three clients were connected and two other requests were
+    // on the backend (queued), none on the server: HAProxy's counts leave the request
+    // itself out.
+    assert_eq!(line("/sleep/400"), "/sleep/400 3/3/2/0/0 0/0");
+    // The second had one behind it, the third had one ahead of it in the queue.
+    assert!(line("/b").ends_with("/1/0/0 0/0"), "{lines:?}");
+    assert!(line("/c").ends_with("/0/0/0 0/1"), "{lines:?}");
 }

@@ -257,7 +257,7 @@ async fn without_redispatch_retries_stay_on_the_same_server() {
     assert!(
         lines
             .iter()
-            .any(|l| l.contains("app/refusing") && l.contains(" SC 2 ")),
+            .any(|l| l.contains("app/refusing") && l.contains(" SC 1/1/0/0/2 0/0 ")),
         "{lines:?}"
     );
 }

@@ -127,10 +127,32 @@ pub enum LogVar {
     /// `tsc`: the termination state and `--` (weir's cookie persistence is a plugin's).
     TerminationCookie,
     Retries,
+    /// ac, fc, bc, sc: client connections open on the process and on the frontend,
+    /// requests on the backend (in flight and queued) and in flight on the server.
+    ActConn,
+    FeConn,
+    BeConn,
+    SrvConn,
+    /// sq, bq: requests ahead of this one when it joined the server's queue (always 0:
+    /// weir queues per backend) and the backend's.
+    SrvQueue,
+    BackendQueue,
     RequestLine,
     Method,
     Uri,
     Version,
+}
+
+/// Syslog's facilities by number, as `access_log`'s `facility` names them.
+pub const SYSLOG_FACILITIES: [&str; 24] = [
+    "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron", "authpriv",
+    "ftp", "ntp", "audit", "alert", "cron2", "local0", "local1", "local2", "local3", "local4",
+    "local5", "local6", "local7",
+];
+
+/// Why `text` is not a `log_format` weir takes (an unknown `%` variable, say), if it is not.
+pub fn log_format_problem(text: &str) -> Option<String> {
+    validate::custom_log_format(text).err()
 }
 
 /// The pieces of a custom log format, for tests of other modules.
@@ -164,6 +186,12 @@ impl LogVar {
             "ts" => Termination,
             "tsc" => TerminationCookie,
             "rc" => Retries,
+            "ac" => ActConn,
+            "fc" => FeConn,
+            "bc" => BeConn,
+            "sc" => SrvConn,
+            "sq" => SrvQueue,
+            "bq" => BackendQueue,
             "r" => RequestLine,
             "HM" => Method,
             "HU" => Uri,

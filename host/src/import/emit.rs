@@ -136,6 +136,10 @@ impl Block {
         }
     }
 
+    pub fn has(&self, k: &str) -> bool {
+        self.entries.iter().any(|(e, _)| e == k)
+    }
+
     pub fn set(&mut self, k: &str, v: V) {
         self.entries.retain(|(e, _)| e != k);
         self.entries.push((k.to_owned(), v));

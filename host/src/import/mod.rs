@@ -345,7 +345,19 @@ fn global_section(cx: &mut Cx, s: &Section, global: &mut Block, shutdown: &mut O
                     cx.partly(line, "weir speaks TLS 1.2 and 1.3 only, with rustls's defaults");
                 }
             }
-            ("log", _) => cx.left(line, "weir writes its access log to stderr or a file ([global] access_log), not to syslog"),
+            ("log", _) if global.has("access_log") => cx.left(
+                line,
+                "weir sends its access log to one place: the first `log` line's",
+            ),
+            ("log", _) => match syslog_target(line) {
+                Ok((target, caveats)) => {
+                    global.set("access_log", target);
+                    if !caveats.is_empty() {
+                        cx.partly(line, caveats.join("; "));
+                    }
+                }
+                Err(why) => cx.left(line, why),
+            },
             ("stats", _) if arg == "socket" || arg == "timeout" => {
                 cx.left(line, "weir's runtime API is HTTP, on the [admin] listener")
             }
@@ -360,6 +372,74 @@ fn global_section(cx: &mut Cx, s: &Section, global: &mut Block, shutdown: &mut O
             _ => cx.left(line, "no equivalent in weir's [global]"),
         }
     }
+}
+
+/// A `log <target> [len N] [format F] [sample S] <facility> [level [minlevel]]` line as
+/// `access_log`, with what weir does otherwise than it says.
+fn syslog_target(line: &Line) -> Result<(V, Vec<String>), String> {
+    let words = line.from(1);
+    let target = words.first().map_or("", String::as_str);
+    let mut caveats = Vec::new();
+    let mut format = None;
+    let mut rest = words.get(1..).unwrap_or(&[]);
+    while let [option, value, more @ ..] = rest {
+        match option.as_str() {
+            "len" => caveats.push("weir does not cut its lines to a length".to_owned()),
+            "sample" => caveats.push("weir logs every request (no sampling)".to_owned()),
+            "format" => match value.as_str() {
+                "rfc3164" | "rfc5424" => format = Some(value.clone()),
+                other => caveats.push(format!(
+                    "weir writes syslog as RFC 3164 or RFC 5424, not {other}"
+                )),
+            },
+            _ => break,
+        }
+        rest = more;
+    }
+    let facility = rest.first().map_or("", String::as_str);
+    if !crate::config::SYSLOG_FACILITIES.contains(&facility) {
+        return Err(format!(
+            "\"{facility}\" is not a syslog facility weir knows"
+        ));
+    }
+    if let Some(level) = rest.get(1)
+        && !["info", "debug"].contains(&level.as_str())
+    {
+        caveats.push(format!(
+            "weir sends every request's line, at level info, where HAProxy sends only those at {level} or above"
+        ));
+    }
+    let unix = (target.strip_prefix("unix@")).or_else(|| target.starts_with('/').then_some(target));
+    let to = if let Some(path) = unix {
+        path.to_owned()
+    } else if target == "stdout" || target == "stderr" {
+        caveats.push("weir writes its access log to stderr, as plain lines".to_owned());
+        return Ok((V::str("stderr"), caveats));
+    } else {
+        let addr = ["udp4@", "udp6@", "udp@", "ipv4@", "ipv6@"]
+            .iter()
+            .find_map(|p| target.strip_prefix(p))
+            .unwrap_or(target);
+        let parsed = addr.parse::<std::net::SocketAddr>().ok().or_else(|| {
+            let ip = addr.trim_start_matches('[').trim_end_matches(']');
+            ip.parse::<std::net::IpAddr>()
+                .ok()
+                .map(|ip| std::net::SocketAddr::new(ip, 514))
+        });
+        match parsed {
+            Some(a) => format!("udp://{a}"),
+            None => {
+                return Err(format!(
+                    "weir sends syslog to a Unix socket path or an IP address over UDP, not {target}"
+                ));
+            }
+        }
+    };
+    let mut table = vec![("syslog", V::Str(to)), ("facility", V::str(facility))];
+    if let Some(f) = format {
+        table.push(("format", V::Str(f)));
+    }
+    Ok((V::table(table), caveats))
 }
 
 fn errorfiles(files: &BTreeMap<u16, String>) -> V {

@@ -158,7 +158,7 @@ impl Proxy {
                 line,
                 "weir limits connections for the whole process ([global] maxconn), not per frontend",
             ),
-            "log" => cx.left(line, "weir writes its access log to stderr or a file ([global] access_log), not to syslog"),
+            "log" => cx.left(line, "weir's access log goes where [global] access_log says, for every frontend"),
             _ => cx.left(line, "no equivalent in weir"),
         }
     }

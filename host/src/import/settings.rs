@@ -35,7 +35,13 @@ pub struct Settings {
     pub default_server: Vec<String>,
     pub httpchk: Option<Chk>,
     pub errorfiles: BTreeMap<u16, String>,
+    /// `log_format`: from `log-format`, or HAProxy's own httplog line for `option httplog`.
+    pub log_format: Option<String>,
 }
+
+/// HAProxy's `option httplog` line in weir's `%` variables: the same fields in the same
+/// places, without the header captures (`%hr %hs`, which weir has not).
+pub const HTTPLOG: &str = "%ci:%cp [%tr] %ft %b/%s %TR/%Tw/%Tc/%Tr/%Ta %ST %B %CC %CS %tsc %ac/%fc/%bc/%sc/%rc %sq/%bq %{+Q}r";
 
 /// HAProxy's duration (milliseconds without a unit) in weir's form.
 pub fn duration(text: &str) -> Option<String> {
@@ -79,8 +85,21 @@ impl Settings {
             // What weir does anyway: an access log line per request, none for a connection
             // that sent nothing, keep-alive on both sides, health changes logged, the
             // logs sent where `log` says (reported there).
-            ("option", "httplog" | "dontlognull" | "http-keep-alive" | "log-health-checks")
+            ("option", "dontlognull" | "http-keep-alive" | "log-health-checks")
             | ("log", "global") => {}
+            ("option", "httplog" | "httpslog") => self.log_format = Some(HTTPLOG.to_owned()),
+            ("log-format", _) => {
+                let text = line.from(1).join(" ");
+                // A format weir cannot write leaves weir's own text line, not the one
+                // inherited.
+                self.log_format = match crate::config::log_format_problem(&text) {
+                    None => Some(text),
+                    Some(why) => {
+                        cx.left(line, format!("{why}; weir writes its own text line there"));
+                        None
+                    }
+                };
+            }
             ("option", "http-server-close" | "httpclose") => cx.partly(
                 line,
                 "weir keeps client connections alive and reuses server connections from its pool",

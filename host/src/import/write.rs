@@ -234,6 +234,9 @@ pub fn frontend(
         if p.settings.errorfiles != base.errorfiles && !p.settings.errorfiles.is_empty() {
             b.set("errorfiles", errorfiles(&p.settings.errorfiles));
         }
+        if let Some(format) = &p.settings.log_format {
+            b.set("log_format", V::str(format));
+        }
         if p.accept_proxy {
             b.set("accept_proxy", V::Bool(true));
         }

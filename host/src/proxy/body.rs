@@ -186,7 +186,11 @@ impl Drop for ResponseBody {
         if self.logged.is_some() || self.in_flight.is_some() {
             // Dropped before its end: the client went away (or the connection was cut).
             let ended = self.is_end_stream();
-            self.finish(if ended { None } else { Some(*b"CD") });
+            let who = match &self.logged {
+                Some(logged) if logged.request.activity().timed_out() => b'c',
+                _ => b'C',
+            };
+            self.finish(if ended { None } else { Some([who, b'D']) });
         }
     }
 }

@@ -1,9 +1,11 @@
 //! The access log: one line per request in the spirit of HAProxy's httplog, or JSON.
 //!
-//! Text: `client [date] frontend backend/server Tq/Tw/Tc/Tr/Tt status bytes termination retries "request"`
-//! where Tq is the wait for the request (including keep-alive idle time), Tw the time to
-//! choose a server, Tc the connect time, Tr the server's time to its response head, and
-//! Tt the total, in milliseconds; -1 marks a phase that was not reached.
+//! Text: `client [date] frontend backend/server Tq/Tw/Tc/Tr/Tt status bytes termination
+//! ac/fc/bc/sc/rc sq/bq "request"` where Tq is the wait for the request (including
+//! keep-alive idle time), Tw the time to choose a server, Tc the connect time, Tr the
+//! server's time to its response head, and Tt the total, in milliseconds; -1 marks a
+//! phase that was not reached (and a status never sent). ac/fc/bc/sc/rc and sq/bq are
+//! HAProxy's connection counts, retries and queue positions ([`Load`]).
 //! Lines are written by a dedicated thread so a slow stderr never stalls a request.
 
 use std::io::Write;
@@ -36,7 +38,11 @@ pub struct LogRecord {
     pub tc: Option<Duration>,
     pub tr: Option<Duration>,
     pub status: u16,
+    /// Response body bytes sent.
     pub bytes: u64,
+    /// The response head's size as HTTP/1.1 writes it, for HAProxy's %B (which counts
+    /// heads and bodies); taken only for a logged request.
+    pub head_bytes: u64,
     /// Request bytes received (the head as sent on HTTP/1.1 and the body read so far),
     /// and whether reading the body failed.
     pub received: Arc<crate::upstream::Received>,
@@ -46,6 +52,13 @@ pub struct LogRecord {
     pub redispatches: u32,
     /// The counters this request adds to when it ends.
     pub tally: Tally,
+    /// A line is written for it (the frontend's access log is on): [`Self::load`] is
+    /// taken only then.
+    pub logged: bool,
+    /// What was open when its response began (or it ended without one).
+    pub load: Load,
+    /// Requests ahead of it when it joined the backend's queue (HAProxy's %bq).
+    pub queue_ahead: u32,
     pub method: Method,
     /// The request target as the client wrote it, formatted only when a line is written.
     pub uri: Target,
@@ -93,6 +106,20 @@ impl Tally {
     }
 }
 
+/// What was open when a request's response began, for HAProxy's %ac/%fc/%bc/%sc
+/// (HAProxy takes them when the line is written; the difference is the requests that
+/// began or ended during this one's body).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Load {
+    /// Client connections open on the process (%ac) and on the frontend (%fc).
+    pub process: u64,
+    pub frontend: u64,
+    /// Requests on the backend, in flight or queued (%bc), and in flight on the server
+    /// (%sc); 0 before one was chosen.
+    pub backend: u64,
+    pub server: u64,
+}
+
 /// A request target for the log: parsed, or the text of a head that was refused
 /// unparsed.
 #[derive(Debug, Clone)]
@@ -130,6 +157,14 @@ fn ms(d: Option<Duration>) -> i64 {
 }
 
 impl LogRecord {
+    /// The status sent, or -1 when the request ended before any (as HAProxy writes it).
+    fn status(&self) -> i32 {
+        match self.status {
+            0 => -1,
+            s => i32::from(s),
+        }
+    }
+
     /// A line in a format with HAProxy's `%` variables.
     fn custom(&self, pieces: &[LogPiece], tt: Duration) -> String {
         use std::fmt::Write as _;
@@ -161,8 +196,8 @@ impl LogRecord {
                 LogVar::Tr => write!(out, "{}", ms(self.tr)),
                 LogVar::Ta => write!(out, "{}", ms_of(tt.saturating_sub(self.ti))),
                 LogVar::Tt => write!(out, "{}", ms_of(tt)),
-                LogVar::Status => write!(out, "{}", self.status),
-                LogVar::Bytes => write!(out, "{}", self.bytes),
+                LogVar::Status => write!(out, "{}", self.status()),
+                LogVar::Bytes => write!(out, "{}", self.head_bytes + self.bytes),
                 LogVar::BytesIn => write!(out, "{}", self.received.bytes.load(Ordering::Relaxed)),
                 LogVar::CapturedCookie => write!(out, "-"),
                 LogVar::Termination => {
@@ -172,6 +207,12 @@ impl LogRecord {
                     write!(out, "{}--", String::from_utf8_lossy(&self.termination))
                 }
                 LogVar::Retries => write!(out, "{}", self.retries),
+                LogVar::ActConn => write!(out, "{}", self.load.process),
+                LogVar::FeConn => write!(out, "{}", self.load.frontend),
+                LogVar::BeConn => write!(out, "{}", self.load.backend),
+                LogVar::SrvConn => write!(out, "{}", self.load.server),
+                LogVar::SrvQueue => write!(out, "0"),
+                LogVar::BackendQueue => write!(out, "{}", self.queue_ahead),
                 LogVar::RequestLine => {
                     write!(out, "{} {} {:?}", self.method, self.uri, self.version)
                 }
@@ -194,7 +235,7 @@ impl LogRecord {
         match &self.format {
             LogFormat::Custom(pieces) => self.custom(pieces, tt),
             LogFormat::Text => format!(
-                "{} [{}] {} {}/{} {}/{}/{}/{}/{} {} {} {} {} \"{} {} {:?}\"",
+                "{} [{}] {} {}/{} {}/{}/{}/{}/{} {} {} {} {}/{}/{}/{}/{} 0/{} \"{} {} {:?}\"",
                 self.client,
                 clf_date(self.time),
                 self.frontend,
@@ -205,10 +246,15 @@ impl LogRecord {
                 ms(self.tc),
                 ms(self.tr),
                 tt.as_millis(),
-                self.status,
+                self.status(),
                 self.bytes,
                 termination,
+                self.load.process,
+                self.load.frontend,
+                self.load.backend,
+                self.load.server,
                 self.retries,
+                self.queue_ahead,
                 self.method,
                 self.uri,
                 self.version,
@@ -227,10 +273,16 @@ impl LogRecord {
                 "tc": ms(self.tc),
                 "tr": ms(self.tr),
                 "tt": tt.as_millis() as i64,
-                "status": self.status,
+                "status": self.status(),
                 "bytes": self.bytes,
                 "termination": termination,
+                "actconn": self.load.process,
+                "feconn": self.load.frontend,
+                "beconn": self.load.backend,
+                "srv_conn": self.load.server,
                 "retries": self.retries,
+                "srv_queue": 0,
+                "backend_queue": self.queue_ahead,
                 "method": self.method.as_str(),
                 "uri": self.uri.to_string(),
                 "version": format!("{:?}", self.version),
@@ -564,11 +616,20 @@ mod tests {
             tr: None,
             status: 503,
             bytes: 57,
+            head_bytes: 100,
             received: Default::default(),
             termination: *b"SC",
             retries: 3,
             redispatches: 0,
             tally: Default::default(),
+            logged: true,
+            load: Load {
+                process: 4,
+                frontend: 3,
+                backend: 2,
+                server: 0,
+            },
+            queue_ahead: 1,
             method: Method::GET,
             uri: Target::Text("/x?y=1".into()),
             version: Version::HTTP_11,
@@ -586,7 +647,7 @@ mod tests {
             "{line}"
         );
         assert!(
-            line.ends_with(" 503 57 SC 3 \"GET /x?y=1 HTTP/1.1\""),
+            line.ends_with(" 503 57 SC 4/3/2/0/3 0/1 \"GET /x?y=1 HTTP/1.1\""),
             "{line}"
         );
     }
@@ -594,13 +655,21 @@ mod tests {
     #[test]
     fn a_custom_format_writes_haproxys_variables() {
         let pieces = crate::config::custom_log_format_for_tests(
-            "%ci:%cp [%tr] %ft %b/%s %TR/%Tw/%Tc/%Tr %ST %B %CC %CS %tsc %rc %{+Q}r 100%%",
+            "%ci:%cp [%tr] %ft %b/%s %TR/%Tw/%Tc/%Tr %ST %B %CC %CS %tsc %ac/%fc/%bc/%sc/%rc %sq/%bq %{+Q}r 100%%",
         );
         let line = record(LogFormat::Custom(pieces.into())).line();
         assert!(
-            line.starts_with("127.0.0.1:5000 [22/Nov/2026:05:30:00.123] www app/<NOSRV> 1/0/-1/-1 503 57 - - SC-- 3 \"GET /x?y=1 HTTP/1.1\" 100%"),
+            line.starts_with("127.0.0.1:5000 [22/Nov/2026:05:30:00.123] www app/<NOSRV> 1/0/-1/-1 503 157 - - SC-- 4/3/2/0/3 0/1 \"GET /x?y=1 HTTP/1.1\" 100%"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn a_request_ended_before_its_response_has_status_minus_one() {
+        let mut r = record(LogFormat::Text);
+        r.status = 0;
+        r.termination = *b"CH";
+        assert!(r.line().contains(" -1 57 CH "), "{}", r.line());
     }
 
     #[test]
@@ -610,6 +679,14 @@ mod tests {
         assert_eq!(v["tc"], -1);
         assert_eq!(v["status"], 503);
         assert_eq!(v["termination"], "SC");
+        assert_eq!(
+            [&v["actconn"], &v["feconn"], &v["beconn"], &v["srv_conn"]],
+            [4, 3, 2, 0]
+        );
+        assert_eq!(
+            (&v["srv_queue"], &v["backend_queue"]),
+            (&0.into(), &1.into())
+        );
         assert_eq!(v["version"], "HTTP/1.1");
     }
 }

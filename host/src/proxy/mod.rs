@@ -26,7 +26,7 @@ use crate::activity::Activity;
 use crate::config::{Config, Frontend};
 use crate::plugin::{self, LoadError, Plugin};
 use crate::stats::Counters;
-use crate::upstream::{BackendRt, Received, TimerSlot};
+use crate::upstream::{BackendRt, Received, ServerRt, TimerSlot};
 use body::ResponseBody;
 pub use error::ProxyError;
 use log::{AccessLog, LogRecord, Target};
@@ -219,6 +219,7 @@ fn new_record(
         tr: None,
         status: 0,
         bytes: 0,
+        head_bytes: 0,
         received: Arc::new(Received {
             bytes: AtomicU64::new(bytes_in),
             ..Default::default()
@@ -230,6 +231,9 @@ fn new_record(
             frontend: Some(Arc::clone(&fe.stats)),
             ..Default::default()
         },
+        logged: fe.log.is_on(),
+        load: log::Load::default(),
+        queue_ahead: 0,
         method,
         uri,
         version,
@@ -256,6 +260,8 @@ pub struct ConnInfo {
     peer_ip_text: OnceLock<Box<str>>,
     /// The connection's share of `global.maxconn`, held while any request or tunnel lives.
     _permit: Option<OwnedSemaphorePermit>,
+    /// The connections open now, for the access log.
+    open: crate::stats::Open,
 }
 
 impl ConnInfo {
@@ -265,6 +271,7 @@ impl ConnInfo {
         proto: &'static str,
         activity: Arc<Activity>,
         permit: Option<OwnedSemaphorePermit>,
+        open: crate::stats::Open,
     ) -> Self {
         Self {
             peer,
@@ -276,6 +283,7 @@ impl ConnInfo {
             server_timer: TimerSlot::default(),
             peer_ip_text: OnceLock::new(),
             _permit: permit,
+            open,
         }
     }
 
@@ -284,6 +292,22 @@ impl ConnInfo {
     pub fn peer_ip_text(&self) -> &str {
         self.peer_ip_text
             .get_or_init(|| self.peer.ip().to_string().into())
+    }
+
+    /// What is open now, for the log: the connections, and the other requests on the
+    /// backend and server a request went to (it holds a slot there, and HAProxy, which
+    /// counts when the request is over, does not count it).
+    fn load(&self, on: Option<(&BackendRt, &ServerRt)>) -> log::Load {
+        let (backend, server) = on.map_or((0, 0), |(b, s)| {
+            let server = u64::from(s.in_flight.load(Ordering::Relaxed));
+            (b.sessions().saturating_sub(1), server.saturating_sub(1))
+        });
+        log::Load {
+            process: self.open.process.now(),
+            frontend: self.open.frontend.now(),
+            backend,
+            server,
+        }
     }
 
     /// Time since the connection was accepted or the previous response head was sent.
@@ -310,19 +334,32 @@ pub async fn handle(
     let request = conn.activity.request();
     let uri = Target::Uri(req.uri().clone());
     let head = head_size(&req, &uri);
-    let mut record = new_record(&fe, &conn, req.method().clone(), uri, req.version(), head);
+    let record = new_record(&fe, &conn, req.method().clone(), uri, req.version(), head);
+    let mut pending = Unanswered {
+        record: Some(record),
+        fe: &fe,
+        conn: &conn,
+    };
     let version = req.version();
     // Only the request's number is kept across the pipeline (every byte held here is
     // moved with each request's future); the error path makes its `Client` again.
     let id = chain::next_request_id();
     // The plugins that ran, once the chain has: weir's own answers pass back through them.
     let mut ran = None;
-    let response = match pipeline::forward(&fe, &conn, req, &mut record, id, &mut ran).await {
+    let forwarded = pipeline::forward(&fe, &conn, req, pending.record(), id, &mut ran).await;
+    let mut record = pending.answered();
+    let response = match forwarded {
         Ok(mut response) => {
+            if record.logged {
+                record.head_bytes = response_head_size(&response);
+            }
             response.body_mut().attach(record, fe.log.clone(), request);
             response
         }
         Err(err) => {
+            if record.logged && record.load.process == 0 {
+                record.load = conn.load(None);
+            }
             let client = chain::Client::of(&fe, &conn, id);
             let answer = local::error(&fe, client, &err, record, version, request, ran);
             Box::pin(answer).await
@@ -330,6 +367,78 @@ pub async fn handle(
     };
     conn.mark_ready();
     response
+}
+
+/// A request's record until its response is decided. A request dropped before that (its
+/// client went away, or timeout.client closed its connection) is logged and counted
+/// here, with a termination state saying who ended it and in which phase, and status -1.
+struct Unanswered<'a> {
+    record: Option<LogRecord>,
+    fe: &'a FrontendRt,
+    conn: &'a ConnInfo,
+}
+
+impl Unanswered<'_> {
+    fn record(&mut self) -> &mut LogRecord {
+        self.record.as_mut().expect("a record until answered")
+    }
+
+    fn answered(mut self) -> LogRecord {
+        self.record.take().expect("a record until answered")
+    }
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        let Some(mut record) = self.record.take() else {
+            return;
+        };
+        let who = match self.conn.activity.timed_out() {
+            true => b'c',
+            false => b'C',
+        };
+        record.termination = [who, cut_phase(&record)];
+        if record.logged {
+            record.load = self.conn.load(None);
+        }
+        record.tally.count(&record);
+        self.fe.log.emit(&record);
+    }
+}
+
+/// The phase a request was in when its client cut it off, as HAProxy names them: `R`
+/// before a server was sought (the plugins), `Q` waiting for a server slot, `C`
+/// connecting, `D` sending the request body, `H` waiting for the response head.
+fn cut_phase(record: &LogRecord) -> u8 {
+    if record.tc.is_some() {
+        match record.received.complete.load(Ordering::Acquire) {
+            true => b'H',
+            false => b'D',
+        }
+    } else if record.tw.is_some() {
+        b'C'
+    } else if record.backend.is_some() {
+        b'Q'
+    } else {
+        b'R'
+    }
+}
+
+/// The size of a response head as weir writes it on HTTP/1.1: status line, header lines
+/// (with the `date` the listener adds when the head has none), blank line.
+fn response_head_size<B>(response: &Response<B>) -> u64 {
+    let status = response.status();
+    let line = "HTTP/1.1 200 \r\n".len() + status.canonical_reason().map_or(0, str::len);
+    let fields: usize = response
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    let date = match response.headers().contains_key(http::header::DATE) {
+        true => 0,
+        false => "date: Sat, 05 Dec 2026 21:55:12 GMT\r\n".len(),
+    };
+    (line + fields + date + 2) as u64
 }
 
 /// The size of a request head as HTTP/1.1 writes it: request line (`uri` is its target

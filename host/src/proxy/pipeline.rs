@@ -295,7 +295,10 @@ async fn exchange(
         let slot = match choose(backend, &req, conn, &mut attempts) {
             Slot::Got(slot) => slot,
             Slot::Refused(e) => return Err(no_slot(e)),
-            Slot::Queued(place) => backend.wait(place).await.map_err(no_slot)?,
+            Slot::Queued(place, ahead) => {
+                record.queue_ahead = u32::try_from(ahead).unwrap_or(u32::MAX);
+                backend.wait(place).await.map_err(no_slot)?
+            }
         };
         // One clock reading serves the wait's end, the pool's freshness check and, on a
         // pooled connection, the moment the request is sent.
@@ -384,6 +387,9 @@ async fn exchange(
                 if !(retried && attempts.again(true, record, index)) {
                     record.tr = Some(answered - sent_at);
                     record.status = status;
+                    if record.logged {
+                        record.load = conn.load(Some((backend, &server)));
+                    }
                     return Ok(Exchanged {
                         response,
                         upgrade: (client_upgrade, upgrade),

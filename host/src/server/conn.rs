@@ -95,7 +95,7 @@ pub(super) async fn accept_loop(
         };
         let server = Arc::clone(&server.borrow());
         let _ = stream.set_nodelay(true);
-        connections.open.fetch_add(1, Ordering::AcqRel);
+        connections.open.enter();
         server.connections.enter();
         let guard = ConnGuard(Arc::clone(&connections), Arc::clone(&server.connections));
         let proto = if server.tls.is_some() {
@@ -110,6 +110,10 @@ pub(super) async fn accept_loop(
             proto,
             Arc::new(Activity::default()),
             Some(permit),
+            crate::stats::Open {
+                process: Arc::clone(&connections.open),
+                frontend: Arc::clone(&server.connections),
+            },
         );
         tokio::spawn(serve(stream, server, conn, closing.clone(), guard));
     }
@@ -422,7 +426,11 @@ pub(super) async fn drive<C: Future<Output = Result<(), hyper::Error>>>(
             Event::Cut => return,
             Event::Expired(why) => {
                 match why {
-                    Expired::Client => tracing::debug!("{peer}: closed after timeout.client"),
+                    Expired::Client => {
+                        // For the log lines of the requests this cuts off.
+                        activity.time_out();
+                        tracing::debug!("{peer}: closed after timeout.client");
+                    }
                     Expired::Head => {
                         tracing::debug!("{peer}: no complete request within timeout.http_request");
                     }

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -96,7 +96,8 @@ pub(super) fn spawn_generation(proxy: &Arc<Proxy>, stop: &watch::Sender<bool>) {
 
 #[derive(Default)]
 pub(super) struct Connections {
-    pub(super) open: AtomicUsize,
+    /// Client connections open on the process, on every frontend.
+    pub(super) open: Arc<Gauge>,
     pub(super) closed: Notify,
 }
 
@@ -105,7 +106,7 @@ pub(super) struct ConnGuard(Arc<Connections>, Arc<Gauge>);
 impl Drop for ConnGuard {
     fn drop(&mut self) {
         self.1.leave();
-        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+        if self.0.open.leave() == 1 {
             self.0.closed.notify_waiters();
         }
     }
@@ -181,19 +182,19 @@ impl Running {
         let deadline = tokio::time::Instant::now() + grace;
         let left = loop {
             let closed = self.connections.closed.notified();
-            let open = self.connections.open.load(Ordering::Acquire);
+            let open = self.connections.open.now();
             if open == 0 {
                 break 0;
             }
             if tokio::time::timeout_at(deadline, closed).await.is_err() {
-                break self.connections.open.load(Ordering::Acquire);
+                break self.connections.open.now();
             }
         };
         for task in self.tasks {
             task.abort();
             let _ = task.await;
         }
-        left
+        left as usize
     }
 }
 

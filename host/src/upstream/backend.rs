@@ -207,8 +207,8 @@ pub enum NoSlot {
 /// What [`BackendRt::choose`] got.
 pub enum Slot {
     Got(InFlight),
-    /// A place in the queue: [`BackendRt::wait`] there.
-    Queued(oneshot::Receiver<InFlight>),
+    /// A place in the queue, behind this many requests: [`BackendRt::wait`] there.
+    Queued(oneshot::Receiver<InFlight>, usize),
     Refused(QueueError),
 }
 
@@ -351,11 +351,10 @@ impl BackendRt {
             return Slot::Refused(QueueError::QueueFull);
         }
         let (tx, rx) = oneshot::channel();
+        let ahead = waiters.len();
         waiters.push_back(tx);
-        self.queue
-            .max_seen
-            .fetch_max(waiters.len(), Ordering::Relaxed);
-        Slot::Queued(rx)
+        self.queue.max_seen.fetch_max(ahead + 1, Ordering::Relaxed);
+        Slot::Queued(rx, ahead)
     }
 
     /// Waits in the queue up to `timeout.queue` for a slot a finishing request hands over.
@@ -413,6 +412,16 @@ impl BackendRt {
                 return;
             }
         }
+    }
+
+    /// Requests on the backend now: in flight on its servers and waiting in its queue.
+    pub fn sessions(&self) -> u64 {
+        let in_flight: u64 = self
+            .servers
+            .iter()
+            .map(|s| u64::from(s.in_flight.load(Ordering::Relaxed)))
+            .sum();
+        in_flight + self.queue.lock().len() as u64
     }
 
     /// Requests waiting now, and the most ever waiting at once.

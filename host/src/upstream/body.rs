@@ -26,6 +26,9 @@ pub struct Received {
     /// Reading the body failed: a broken chunk from the client is a 400, not a server
     /// failure.
     pub failed: AtomicBool,
+    /// The body has been read to its end (or there was none), once the request is on
+    /// its way to a server.
+    pub complete: AtomicBool,
 }
 
 /// The client's request body, forwarded as it arrives.
@@ -41,6 +44,9 @@ pub struct ClientBody {
 impl ClientBody {
     pub fn new(inner: Incoming, received: Arc<Received>, activity: &Arc<Activity>) -> Self {
         let receiving = (!inner.is_end_stream()).then(|| activity.receiving_body());
+        if receiving.is_none() {
+            received.complete.store(true, Ordering::Release);
+        }
         Self {
             inner: Some(inner),
             received: Some(received),
@@ -54,6 +60,14 @@ impl ClientBody {
             inner: None,
             received: None,
             receiving: None,
+        }
+    }
+
+    /// The body came to its end.
+    fn ended(&mut self) {
+        self.receiving = None;
+        if let Some(received) = &self.received {
+            received.complete.store(true, Ordering::Release);
         }
     }
 }
@@ -84,10 +98,10 @@ impl Body for ClientBody {
                         .fetch_add(data.len() as u64, Ordering::Relaxed);
                 }
                 if self.inner.as_ref().is_some_and(|b| b.is_end_stream()) {
-                    self.receiving = None;
+                    self.ended();
                 }
             }
-            Poll::Ready(None) => self.receiving = None,
+            Poll::Ready(None) => self.ended(),
             Poll::Pending => {}
         }
         polled

@@ -80,7 +80,7 @@ pub(super) fn access_log(
     path: &KeyPath,
     value: Option<&toml::Value>,
 ) -> crate::config::AccessLogTarget {
-    use crate::config::{AccessLogTarget, Syslog, SyslogAddr, SyslogFormat};
+    use crate::config::{AccessLogTarget, SYSLOG_FACILITIES, Syslog, SyslogAddr, SyslogFormat};
     let local = || {
         AccessLogTarget::Syslog(Syslog {
             to: SyslogAddr::Unix("/dev/log".into()),
@@ -137,16 +137,12 @@ pub(super) fn access_log(
             SyslogAddr::Unix("/dev/log".into())
         }
     };
-    const FACILITIES: [&str; 24] = [
-        "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron",
-        "authpriv", "ftp", "ntp", "audit", "alert", "cron2", "local0", "local1", "local2",
-        "local3", "local4", "local5", "local6", "local7",
-    ];
     let facility = match table.get("facility").map(|f| f.as_str()) {
         None => 16,
-        Some(Some(name)) if FACILITIES.contains(&name) => {
-            FACILITIES.iter().position(|f| *f == name).unwrap_or(16) as u8
-        }
+        Some(Some(name)) if SYSLOG_FACILITIES.contains(&name) => SYSLOG_FACILITIES
+            .iter()
+            .position(|f| *f == name)
+            .unwrap_or(16) as u8,
         Some(_) => {
             cx.err(
                 &path.key("facility"),
