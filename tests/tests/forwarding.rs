@@ -420,6 +420,18 @@ async fn log_format_json_writes_one_json_object_per_request() {
     assert_eq!(v["uri"], "/j");
     assert_eq!(v["termination"], "--");
     assert!(v["bytes"].as_u64().unwrap() > 0);
+    // HAProxy's counts under its names: the one client connection, no other request.
+    for (name, value) in [
+        ("actconn", 1),
+        ("feconn", 1),
+        ("beconn", 0),
+        ("srv_conn", 0),
+        ("retries", 0),
+        ("srv_queue", 0),
+        ("backend_queue", 0),
+    ] {
+        assert_eq!(v[name], value, "{name} in {v}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
