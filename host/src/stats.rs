@@ -140,14 +140,18 @@ impl Counters {
         self.bytes_out.fetch_add(r.bytes_out, Ordering::Relaxed);
         self.bytes_in.fetch_add(r.bytes_in, Ordering::Relaxed);
         let class = match r.status {
-            100..=199 => 0,
-            200..=299 => 1,
-            300..=399 => 2,
-            400..=499 => 3,
-            500..=599 => 4,
-            _ => 5,
+            // No response: a tcp connection, or a request its client left.
+            0 => None,
+            100..=199 => Some(0),
+            200..=299 => Some(1),
+            300..=399 => Some(2),
+            400..=499 => Some(3),
+            500..=599 => Some(4),
+            _ => Some(5),
         };
-        self.responses[class].fetch_add(1, Ordering::Relaxed);
+        if let Some(class) = class {
+            self.responses[class].fetch_add(1, Ordering::Relaxed);
+        }
         let error = match &r.termination {
             b"LR" if r.status >= 400 => Some(&self.denied),
             b"PR" => Some(&self.request_errors),

@@ -92,7 +92,7 @@ impl ResolvesServerCert for BySni {
 }
 
 /// The acceptor of a TLS frontend.
-pub fn acceptor(certs: &[Arc<CertifiedKey>]) -> TlsAcceptor {
+pub fn acceptor(certs: &[Arc<CertifiedKey>], alpn: bool) -> TlsAcceptor {
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .expect("the ring provider supports TLS 1.3 and 1.2")
@@ -101,7 +101,9 @@ pub fn acceptor(certs: &[Arc<CertifiedKey>]) -> TlsAcceptor {
             certs: certs.to_vec(),
         }));
     config.ignore_client_order = true;
-    config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()];
+    if alpn {
+        config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()];
+    }
     TlsAcceptor::from(Arc::new(config))
 }
 

@@ -879,3 +879,23 @@ pub fn with_plugins(toml: String, chain: &[&str], sections: &[String]) -> String
     }
     t
 }
+
+/// A listener whose accept queue is full: the kernel drops further SYNs, so a connect
+/// hangs as it would to a host that does not answer.
+pub fn unresponsive_server() -> (std::net::TcpListener, Vec<std::net::TcpStream>, SocketAddr) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    socket.listen(0).unwrap();
+    let listener: std::net::TcpListener = socket.into();
+    let addr = listener.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            Ok(s) => fillers.push(s),
+            Err(_) => break,
+        }
+    }
+    (listener, fillers, addr)
+}

@@ -152,7 +152,10 @@ pub async fn echo_server(listen: Listen) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let acceptor = match &listen {
-        Listen::Tls(cert, key) => Some(weir::tls::acceptor(&[weir::tls::load(cert, key).unwrap()])),
+        Listen::Tls(cert, key) => Some(weir::tls::acceptor(
+            &[weir::tls::load(cert, key).unwrap()],
+            true,
+        )),
         _ => None,
     };
     let h2c = matches!(listen, Listen::H2c);

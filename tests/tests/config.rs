@@ -345,3 +345,66 @@ fn health_and_resilience_keys_load_with_their_defaults() {
     );
     assert!(plain.backends[0].retry_on.conn_failure && !plain.backends[0].retry_on.after_send());
 }
+
+#[test]
+fn tcp_mode_is_checked_by_key_path_and_line() {
+    let base = |frontend: &str, backend: &str| {
+        format!(
+            "[[frontend]]\nname = \"db\"\nmode = \"tcp\"\nbind = \"127.0.0.1:6380\"\ndefault_backend = \"app\"\n{frontend}\n\n[backend.app]\n{backend}\nservers = [{{ name = \"a\", addr = \"127.0.0.1:6379\" }}]\n"
+        )
+    };
+    // A tcp frontend needs a tcp backend.
+    let e = one_error(&base("", ""));
+    assert!(
+        e.starts_with("frontend[0].default_backend: backend \"app\" is mode http")
+            && e.ends_with("(line 5)"),
+        "{e}"
+    );
+    let tcp = "mode = \"tcp\"";
+    Config::from_toml(&base("", tcp), Path::new(".")).expect("a tcp pair loads");
+    // What only HTTP has, on a tcp frontend.
+    let e = one_error(&base("forwardfor = true", tcp));
+    assert!(
+        e.starts_with("frontend[0].forwardfor: applies to HTTP"),
+        "{e}"
+    );
+    let e = one_error(&base(
+        "plugins = [\"x\"]\n[plugin.x]\nstock = \"router\"",
+        tcp,
+    ));
+    assert!(e.starts_with("frontend[0].plugins: "), "{e}");
+    // Balancing on HTTP fields, on a tcp backend; sni on an http one.
+    let e = one_error(&base("", "mode = \"tcp\"\nbalance = \"uri\""));
+    assert!(
+        e.starts_with("backend.app.balance: hashes an HTTP request"),
+        "{e}"
+    );
+    let e = one_error(&VALID.replace("[backend.app]\n", "[backend.app]\nbalance = \"sni\"\n"));
+    assert!(
+        e.starts_with("backend.app.balance: sni is for tcp backends"),
+        "{e}"
+    );
+    // Passthrough only on tcp, and not with termination.
+    let e = one_error(&VALID.replace(
+        "default_backend = \"app\"\n",
+        "default_backend = \"app\"\ntls_passthrough = true\n",
+    ));
+    assert!(
+        e.starts_with("frontend[0].tls_passthrough: is for a tcp frontend"),
+        "{e}"
+    );
+    // A TCP check's exchange is not for an HTTP check.
+    let e = one_error(&base(
+        "",
+        "mode = \"tcp\"\nhealth = { path = \"/\", send = \"PING\\r\\n\" }",
+    ));
+    assert!(
+        e.starts_with("backend.app.health.send: applies to TCP checks") && e.ends_with("(line 10)"),
+        "{e}"
+    );
+    let e = errors(&base("", "mode = \"udp\""))[0].to_string();
+    assert!(
+        e.starts_with("backend.app.mode: must be \"http\" or \"tcp\""),
+        "{e}"
+    );
+}

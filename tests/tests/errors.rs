@@ -7,7 +7,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use weir_tests::{
     Client, Fault, MockServer, TestProxy, closed_port, config, faulty_server, get, raw, raw_status,
-    read_until_close, wait_until,
+    read_until_close, unresponsive_server, wait_until,
 };
 
 fn with_timeouts(toml: String, timeouts: &str) -> String {
@@ -466,26 +466,6 @@ async fn a_bind_address_in_use_is_a_clear_startup_error() {
         "{msg}"
     );
     assert!(msg.to_lowercase().contains("in use"), "{msg}");
-}
-
-/// A listener whose accept queue is full: the kernel drops further SYNs, so a connect
-/// hangs as it would to a host that does not answer.
-fn unresponsive_server() -> (std::net::TcpListener, Vec<std::net::TcpStream>, SocketAddr) {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket
-        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
-        .unwrap();
-    socket.listen(0).unwrap();
-    let listener: std::net::TcpListener = socket.into();
-    let addr = listener.local_addr().unwrap();
-    let mut fillers = Vec::new();
-    for _ in 0..4 {
-        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
-            Ok(s) => fillers.push(s),
-            Err(_) => break,
-        }
-    }
-    (listener, fillers, addr)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

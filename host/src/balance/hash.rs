@@ -1,4 +1,4 @@
-//! Hash-based algorithms (`source`, `uri`, `hdr:<name>`, `url_param:<name>`) by weighted
+//! Hash-based algorithms (`source`, `uri`, `hdr:<name>`, `url_param:<name>`, `sni`) by weighted
 //! rendezvous hashing: every server scores the key, the best score wins. Removing one of
 //! N servers moves only the keys it held (about 1/N); weights are followed exactly in
 //! expectation, without the imbalance of a ring with virtual nodes. A pick costs one
@@ -14,6 +14,7 @@ pub enum KeySource {
     Uri,
     Header(HeaderName),
     UrlParam(String),
+    Sni,
 }
 
 pub struct Rendezvous {
@@ -41,6 +42,7 @@ impl Rendezvous {
             KeySource::UrlParam(name) => {
                 query_param(key.query?, name).map(|v| hash_bytes(v.as_bytes()))
             }
+            KeySource::Sni => key.sni.map(|name| hash_bytes(name.as_bytes())),
         }
     }
 }

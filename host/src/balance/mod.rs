@@ -41,6 +41,8 @@ pub struct RequestKey<'a> {
     pub path: &'a str,
     pub query: Option<&'a str>,
     pub headers: &'a HeaderMap,
+    /// The TLS ClientHello's server name, on a tcp frontend that reads it.
+    pub sni: Option<&'a str>,
 }
 
 pub trait Balancer: Send + Sync {
@@ -68,6 +70,7 @@ pub fn build(balance: &Balance, weights: &[u32]) -> Box<dyn Balancer> {
             n,
         )),
         Balance::First => Box::new(first::First),
+        Balance::Sni => Box::new(hash::Rendezvous::new(hash::KeySource::Sni, n)),
     }
 }
 
@@ -119,6 +122,7 @@ pub(crate) mod fake {
             path,
             query: None,
             headers: EMPTY.get_or_init(HeaderMap::new),
+            sni: None,
         }
     }
 

@@ -154,6 +154,9 @@ pub struct FrontendFile {
     pub tls: Option<TlsFile>,
     pub redirect_https: Option<bool>,
     pub accept_proxy: Option<bool>,
+    /// "http" (the default) or "tcp".
+    pub mode: Option<String>,
+    pub tls_passthrough: Option<bool>,
 }
 
 /// `tls = { cert, key }`, or a list of them chosen by SNI (the first is the default).
@@ -175,6 +178,8 @@ pub struct CertFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendFile {
+    /// "http" (the default) or "tcp".
+    pub mode: Option<String>,
     pub balance: Option<String>,
     #[serde(default)]
     pub servers: Vec<ServerFile>,
@@ -232,6 +237,10 @@ pub struct HealthFile {
     pub on_error: Option<String>,
     /// A plugin whose `on-health-check` judges the response.
     pub plugin: Option<String>,
+    /// A TCP check's exchange: what to send once connected, and what the reply must
+    /// contain.
+    pub send: Option<String>,
+    pub expect: Option<String>,
 }
 
 impl HealthFile {
@@ -257,6 +266,8 @@ impl HealthFile {
             error_limit: pick(&self.error_limit, &base.error_limit),
             on_error: pick(&self.on_error, &base.on_error),
             plugin: pick(&self.plugin, &base.plugin),
+            send: pick(&self.send, &base.send),
+            expect: pick(&self.expect, &base.expect),
         }
     }
 }

@@ -224,11 +224,36 @@ pub struct Frontend {
     /// Connections start with a PROXY protocol header (v1 or v2) that gives the client's
     /// address; one without is closed.
     pub accept_proxy: bool,
+    pub mode: Mode,
+    /// tcp: read the TLS ClientHello (its SNI and ALPN) without decrypting, and relay the
+    /// bytes untouched.
+    pub tls_passthrough: bool,
+}
+
+/// What a frontend or backend speaks: HTTP, or bytes relayed both ways (layer 4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    #[default]
+    Http,
+    Tcp,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Http => "http",
+            Mode::Tcp => "tcp",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct Backend {
     pub name: String,
+    pub mode: Mode,
+    /// tcp: `timeout.tunnel` when written (in the backend or `[defaults]`), which then
+    /// bounds a relayed connection's idle time instead of the client and server timeouts.
+    pub tunnel_written: bool,
     pub balance: Balance,
     pub servers: Vec<Server>,
     pub timeout_connect: Duration,
@@ -440,8 +465,12 @@ pub struct HealthCheck {
 
 #[derive(Debug, Clone)]
 pub enum CheckKind {
-    /// A TCP connect.
-    Tcp,
+    /// A TCP connect, and optionally an exchange: `send` written once connected, `expect`
+    /// looked for in what comes back (HAProxy's `tcp-check send` / `expect string`).
+    Tcp {
+        send: Option<Vec<u8>>,
+        expect: Option<String>,
+    },
     Http(HttpCheck),
 }
 
@@ -500,6 +529,8 @@ pub enum Balance {
     Hdr(HeaderName),
     UrlParam(String),
     First,
+    /// tcp: a hash of the TLS ClientHello's server name.
+    Sni,
 }
 
 /// Replacement bodies for the responses weir generates itself, by status.

@@ -109,8 +109,17 @@ async fn attempt(
         Err(e) => return dial_failed(e),
     };
     match &check.kind {
-        CheckKind::Tcp if server.tls.is_some() => (CheckStatus::L6Ok, None, String::new()),
-        CheckKind::Tcp => (CheckStatus::L4Ok, None, String::new()),
+        CheckKind::Tcp {
+            send: None,
+            expect: None,
+        } if server.tls.is_some() => (CheckStatus::L6Ok, None, String::new()),
+        CheckKind::Tcp {
+            send: None,
+            expect: None,
+        } => (CheckStatus::L4Ok, None, String::new()),
+        CheckKind::Tcp { send, expect } => {
+            tcp_exchange(stream, send.as_deref(), expect.as_deref()).await
+        }
         CheckKind::Http(http) => {
             match http_probe(http, addr, stream, server.h2, server.tls.is_some()).await {
                 Ok(response) => match judge {
@@ -120,6 +129,41 @@ async fn attempt(
                 Err(detail) => (CheckStatus::L7Response, None, detail),
             }
         }
+    }
+}
+
+/// A TCP check's exchange (HAProxy's `tcp-check send` / `expect string`): `send` written,
+/// then what comes back read until it holds `expect`, the server closes, or
+/// [`BODY_PREFIX`] bytes came without it.
+async fn tcp_exchange(mut stream: Stream, send: Option<&[u8]>, expect: Option<&str>) -> Outcome {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if let Some(bytes) = send
+        && let Err(e) = stream.write_all(bytes).await
+    {
+        return (CheckStatus::L4Conn, None, format!("sending: {e}"));
+    }
+    let Some(expect) = expect else {
+        return (CheckStatus::L7Ok, None, String::new());
+    };
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 2048];
+    loop {
+        if got.windows(expect.len()).any(|w| w == expect.as_bytes()) {
+            return (CheckStatus::L7Ok, None, String::new());
+        }
+        let n = match stream.read(&mut chunk).await {
+            Ok(n) => n,
+            Err(e) => return (CheckStatus::L7Response, None, format!("reading: {e}")),
+        };
+        if n == 0 || got.len() >= BODY_PREFIX {
+            let seen = String::from_utf8_lossy(&got[..got.len().min(64)]).into_owned();
+            return (
+                CheckStatus::L7Response,
+                None,
+                format!("expected {expect:?}, got {seen:?}"),
+            );
+        }
+        got.extend_from_slice(&chunk[..n]);
     }
 }
 
@@ -311,7 +355,10 @@ mod tests {
     #[test]
     fn the_next_check_follows_the_state_with_up_to_ten_percent_jitter() {
         let check = HealthCheck {
-            kind: CheckKind::Tcp,
+            kind: CheckKind::Tcp {
+                send: None,
+                expect: None,
+            },
             interval: Duration::from_millis(1000),
             fastinter: Duration::from_millis(100),
             downinter: Duration::from_millis(5000),

@@ -11,6 +11,7 @@ pub mod local;
 pub mod log;
 mod pipeline;
 mod syslog;
+pub mod tcp;
 mod tunnel;
 
 use std::net::SocketAddr;
@@ -84,7 +85,7 @@ impl Proxy {
             for s in &b.servers {
                 let judge = s.health.as_ref().and_then(|h| match &h.kind {
                     crate::config::CheckKind::Http(http) => http.plugin.as_deref(),
-                    crate::config::CheckKind::Tcp => None,
+                    crate::config::CheckKind::Tcp { .. } => None,
                 });
                 let Some(name) = judge else { continue };
                 let p = plugins

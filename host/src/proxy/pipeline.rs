@@ -67,6 +67,15 @@ pub(super) async fn forward(
         false => Instant::now(),
     };
     let backend = route.backend.as_ref().unwrap_or(&fe.backend);
+    if backend.cfg.mode == crate::config::Mode::Tcp {
+        // A plugin routed an HTTP request to a backend that relays bytes.
+        tracing::warn!(
+            "frontend {}: a plugin chose backend {}, which is mode tcp; answered 503",
+            fe.name,
+            backend.name
+        );
+        return Err(ProxyError::NoServer);
+    }
     record.backend = Some(Arc::clone(&backend.name));
     record.tally.backend = Some(Arc::clone(&backend.stats));
     // What on-response is told of the request, kept only for plugins that will see it.
@@ -417,6 +426,7 @@ fn choose(
         path: request.uri().path(),
         query: request.uri().query(),
         headers: request.headers(),
+        sni: None,
     };
     backend.choose(&key, &mut attempts.excluded, attempts.pinned)
 }

@@ -56,7 +56,9 @@ impl FrontendServer {
         h2.timer(TokioTimer::new())
             .max_header_list_size(cfg.max_header_size as u32)
             .max_concurrent_streams(256);
-        let tls = cfg.tls.as_deref().map(tls::acceptor);
+        // HTTP offers h2 and http/1.1; a tcp frontend's clients speak what they speak.
+        let alpn = cfg.mode == crate::config::Mode::Http;
+        let tls = cfg.tls.as_deref().map(|certs| tls::acceptor(certs, alpn));
         Self {
             cfg,
             live,
@@ -157,6 +159,9 @@ pub(super) async fn serve(
                 return;
             }
         }
+    }
+    if cfg.mode == crate::config::Mode::Tcp {
+        return super::tcp::serve(stream, server, conn, early).await;
     }
     let peer = conn.peer;
     if let Some(acceptor) = &server.tls {

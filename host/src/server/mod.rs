@@ -8,6 +8,7 @@ mod control;
 pub mod framing;
 mod global;
 pub mod io;
+mod tcp;
 
 use conn::FrontendServer;
 pub use control::{Control, ReloadError};

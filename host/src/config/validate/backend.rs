@@ -9,6 +9,7 @@ pub(super) fn build_backend(
     b: &BackendFile,
     d: &Defaults,
 ) -> Backend {
+    let mode = mode(cx, &path.key("mode"), b.mode.as_deref());
     let balance = match &b.balance {
         None => Balance::RoundRobin,
         Some(text) => parse_balance(text).unwrap_or_else(|msg| {
@@ -16,6 +17,27 @@ pub(super) fn build_backend(
             Balance::RoundRobin
         }),
     };
+    match (&balance, mode) {
+        (Balance::Uri | Balance::Hdr(_) | Balance::UrlParam(_), Mode::Tcp) => cx.err(
+            &path.key("balance"),
+            "hashes an HTTP request; a tcp backend has roundrobin, static-rr, leastconn, first, random, source and sni",
+        ),
+        (Balance::Sni, Mode::Http) => cx.err(
+            &path.key("balance"),
+            "sni is for tcp backends (mode = \"tcp\"); an http backend has hdr:host",
+        ),
+        _ => {}
+    }
+    if mode == Mode::Tcp {
+        for (i, s) in b.servers.iter().enumerate() {
+            if s.proto.as_deref() == Some("h2") {
+                cx.err(
+                    &path.key("servers").index(i).key("proto"),
+                    "a tcp backend relays bytes: it speaks no HTTP/2 to its servers",
+                );
+            }
+        }
+    }
     if b.servers.is_empty() {
         cx.err(&path.key("servers"), "at least one server is required");
     }
@@ -45,8 +67,11 @@ pub(super) fn build_backend(
     }
     let t = b.timeout.as_ref();
     let tp = path.key("timeout");
+    let tunnel_written = t.is_some_and(|t| t.tunnel.is_some()) || d.tunnel_written;
     Backend {
         name: name.to_owned(),
+        mode,
+        tunnel_written,
         balance,
         servers,
         timeout_connect: cx.positive(
@@ -243,6 +268,8 @@ pub(super) fn health_check(
             "error_limit" => s.error_limit.is_some(),
             "on_error" => s.on_error.is_some(),
             "plugin" => s.plugin.is_some(),
+            "send" => s.send.is_some(),
+            "expect" => s.expect.is_some(),
             _ => false,
         }
     };
@@ -256,8 +283,11 @@ pub(super) fn health_check(
     };
     let h = &merged;
     let interval = cx.positive(&at("interval"), h.interval.as_ref(), Duration::from_secs(2));
-    let check = HealthCheck {
-        kind: CheckKind::Tcp,
+    let mut check = HealthCheck {
+        kind: CheckKind::Tcp {
+            send: None,
+            expect: None,
+        },
         interval,
         fastinter: cx.positive(&at("fastinter"), h.fastinter.as_ref(), interval),
         downinter: cx.positive(&at("downinter"), h.downinter.as_ref(), interval),
@@ -315,8 +345,23 @@ pub(super) fn health_check(
                 cx.err(&at(key), "applies to HTTP checks only: set health.path too");
             }
         }
+        if h.send.as_deref() == Some("") {
+            cx.err(&at("send"), "must not be empty");
+        }
+        if h.expect.as_deref() == Some("") {
+            cx.err(&at("expect"), "must not be empty");
+        }
+        check.kind = CheckKind::Tcp {
+            send: h.send.clone().map(String::into_bytes),
+            expect: h.expect.clone(),
+        };
         return Some(check);
     };
+    for (key, written) in [("send", h.send.is_some()), ("expect", h.expect.is_some())] {
+        if written {
+            cx.err(&at(key), "applies to TCP checks (without health.path)");
+        }
+    }
     if !path.starts_with('/') {
         cx.err(
             &at("path"),
@@ -424,6 +469,7 @@ pub(super) fn parse_balance(text: &str) -> Result<Balance, String> {
         "source" => Balance::Source,
         "uri" => Balance::Uri,
         "first" => Balance::First,
+        "sni" => Balance::Sni,
         _ => {
             if let Some(name) = text.strip_prefix("hdr:") {
                 let header = HeaderName::from_bytes(name.as_bytes())
@@ -438,9 +484,24 @@ pub(super) fn parse_balance(text: &str) -> Result<Balance, String> {
                 Balance::UrlParam(name.to_owned())
             } else {
                 return Err(format!(
-                    "unknown algorithm \"{text}\" (expected roundrobin, static-rr, leastconn, random, source, uri, hdr:<name>, url_param:<name> or first)"
+                    "unknown algorithm \"{text}\" (expected roundrobin, static-rr, leastconn, random, source, uri, hdr:<name>, url_param:<name>, first or sni)"
                 ));
             }
         }
     })
+}
+
+/// `mode`: "http" (the default) or "tcp".
+pub(super) fn mode(cx: &mut Ctx<'_>, path: &KeyPath, text: Option<&str>) -> Mode {
+    match text {
+        None | Some("http") => Mode::Http,
+        Some("tcp") => Mode::Tcp,
+        Some(other) => {
+            cx.err(
+                path,
+                format!("must be \"http\" or \"tcp\", got \"{other}\""),
+            );
+            Mode::Http
+        }
+    }
 }

@@ -61,6 +61,44 @@ pub(super) fn build_frontend(
             "is for a plain-http frontend; this one has tls",
         );
     }
+    let mode = mode(cx, &path.key("mode"), f.mode.as_deref());
+    let tls_passthrough = f.tls_passthrough.unwrap_or(false);
+    if mode == Mode::Tcp {
+        // What only HTTP has.
+        let http_only = [
+            ("redirect_https", f.redirect_https.is_some()),
+            ("forwardfor", f.forwardfor.is_some()),
+            ("max_header_size", f.max_header_size.is_some()),
+            ("max_headers", f.max_headers.is_some()),
+            ("errorfiles", f.errorfiles.is_some()),
+            (
+                "timeout.http_request",
+                f.timeout.as_ref().is_some_and(|t| t.http_request.is_some()),
+            ),
+        ];
+        for (key, written) in http_only {
+            if written {
+                cx.err(&path.key(key), "applies to HTTP: this frontend is mode tcp");
+            }
+        }
+        if !f.plugins.is_empty() {
+            cx.err(
+                &path.key("plugins"),
+                "plugins act on HTTP requests; a tcp frontend runs none yet (the on-connect hook is to come)",
+            );
+        }
+        if tls_passthrough && f.tls.is_some() {
+            cx.err(
+                &path.key("tls_passthrough"),
+                "relays TLS undecrypted; with tls = {...} weir terminates it: choose one",
+            );
+        }
+    } else if tls_passthrough {
+        cx.err(
+            &path.key("tls_passthrough"),
+            "is for a tcp frontend (mode = \"tcp\")",
+        );
+    }
     Frontend {
         name: f.name.clone(),
         binds,
@@ -90,12 +128,20 @@ pub(super) fn build_frontend(
             1,
             10_000,
         ) as usize,
-        log_format: log_format(
+        log_format: match log_format(
             cx,
             &path.key("log_format"),
             f.log_format.as_deref(),
             d.log_format.clone(),
-        ),
+        ) {
+            // A tcp frontend's text line is HAProxy's tcplog.
+            LogFormat::Text if mode == Mode::Tcp => LogFormat::Custom(
+                custom_log_format(TCPLOG)
+                    .expect("tcplog is a valid format")
+                    .into(),
+            ),
+            format => format,
+        },
         errorfiles: merged(
             &d.errorfiles,
             errorfiles(cx, &path.key("errorfiles"), f.errorfiles.as_ref()),
@@ -103,6 +149,8 @@ pub(super) fn build_frontend(
         tls: f.tls.as_ref().map(|t| tls(cx, &path.key("tls"), t)),
         redirect_https,
         accept_proxy: f.accept_proxy.unwrap_or(false),
+        mode,
+        tls_passthrough,
     }
 }
 
@@ -189,6 +237,10 @@ pub(super) fn log_format(
         }
     }
 }
+
+/// HAProxy's tcplog line: a tcp frontend's `text` format.
+pub(super) const TCPLOG: &str =
+    "%ci:%cp [%t] %ft %b/%s %Tw/%Tc/%Tt %B %ts %ac/%fc/%bc/%sc/%rc %sq/%bq";
 
 /// A format string with HAProxy's `%` variables: `%ci:%cp [%tr] %ft %{+Q}r`.
 pub(in crate::config) fn custom_log_format(

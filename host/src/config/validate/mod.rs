@@ -18,8 +18,8 @@ use super::locate::{KeyPath, Locator};
 use super::units::{Dur, Size, parse_duration, parse_size};
 use super::{
     Admin, AdminState, Backend, Balance, CheckKind, Config, ConfigError, ConfigErrors, ErrorFiles,
-    ErrorPage, FailPolicy, Frontend, Global, HealthCheck, HttpCheck, LogFormat, Observe, OnError,
-    PluginConfig, PluginSource, RetryOn, Server, StatusMatch,
+    ErrorPage, FailPolicy, Frontend, Global, HealthCheck, HttpCheck, LogFormat, Mode, Observe,
+    OnError, PluginConfig, PluginSource, RetryOn, Server, StatusMatch,
 };
 
 /// Statuses that weir answers by itself and that `errorfiles` may therefore replace.
@@ -32,7 +32,7 @@ mod frontend;
 mod plugins;
 mod state;
 
-use backend::{build_backend, retry_on};
+use backend::{build_backend, mode, retry_on};
 pub(super) use frontend::custom_log_format;
 use frontend::{build_frontend, header_size, log_format};
 use plugins::build_plugins;
@@ -137,6 +137,8 @@ struct Defaults {
     server: Duration,
     http_request: Duration,
     tunnel: Duration,
+    /// `timeout.tunnel` is written in `[defaults]`.
+    tunnel_written: bool,
     queue: Duration,
     retries: u32,
     redispatch: bool,
@@ -211,6 +213,25 @@ fn build(cx: &mut Ctx<'_>, file: File) -> Config {
         .map(|(name, b)| build_backend(cx, &root.key("backend").key(name), name, b, &defaults))
         .collect();
 
+    // A tcp frontend relays to tcp backends, an http one speaks HTTP to http ones.
+    let backends: Vec<Backend> = backends;
+    for (i, f) in frontends.iter().enumerate() {
+        if let Some(b) = backends.iter().find(|b| b.name == f.default_backend)
+            && b.mode != f.mode
+        {
+            cx.err(
+                &root.key("frontend").index(i).key("default_backend"),
+                format!(
+                    "backend \"{}\" is mode {}, but this frontend is mode {}: a {} frontend needs {} backends",
+                    b.name,
+                    b.mode.name(),
+                    f.mode.name(),
+                    f.mode.name(),
+                    f.mode.name()
+                ),
+            );
+        }
+    }
     let plugins = build_plugins(cx, &file);
     for (name, b) in &file.backend {
         let named = |h: &Option<HealthFile>| h.as_ref().and_then(|h| h.plugin.clone());
@@ -331,6 +352,7 @@ fn build_defaults(cx: &mut Ctx<'_>, file: &File) -> Defaults {
             t.and_then(|t| t.tunnel.as_ref()),
             Duration::from_secs(3600),
         ),
+        tunnel_written: t.is_some_and(|t| t.tunnel.is_some()),
         retries: cx.int(&p.key("retries"), d.retries, 3, 0, 100) as u32,
         queue: cx.positive(
             &tp.key("queue"),

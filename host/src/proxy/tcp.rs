@@ -1,0 +1,269 @@
+//! Layer 4: a tcp frontend's connection relayed, bytes both ways, to one server of its
+//! backend. The server is chosen as for HTTP (balancing, maxconn and the queue, backups,
+//! slowstart and weights), the connect is retried on failure (elsewhere with redispatch),
+//! and the connection then lives until both sides have closed (a half-close passes
+//! through) or nothing has moved either way for its idle timeout. When it ends, one line
+//! in the access log (HAProxy's tcplog by default) and the counters.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use http::{HeaderMap, Method, Version};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::log::{Load, LogRecord, Target};
+use super::{ConnInfo, FrontendRt, new_record};
+use crate::balance::RequestKey;
+use crate::upstream::connect::{self, Dial, Stream};
+use crate::upstream::{BackendRt, InFlight, QueueError, Slot};
+
+/// Relays `client` (whose first bytes may already have been read: `client` replays them)
+/// to a server of `fe`'s backend until the connection ends, then logs and counts it.
+/// `sni`: the server name the client's TLS ClientHello asked for, when weir read it.
+pub async fn relay<C>(fe: Arc<FrontendRt>, conn: ConnInfo, client: C, sni: Option<&str>)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut record = tcp_record(&fe, &conn);
+    let backend = Arc::clone(&fe.backend);
+    record.backend = Some(Arc::clone(&backend.name));
+    record.tally.backend = Some(Arc::clone(&backend.stats));
+    let (server, slot) = match connect(&backend, &conn, sni, &mut record).await {
+        Ok(connected) => connected,
+        Err(termination) => {
+            record.termination = termination;
+            return finish(&fe, &conn, record, None);
+        }
+    };
+    let (limit, blame) = idle_limit(&fe, &backend);
+    let mut client = Side::new(client);
+    let mut server = Side::new(server);
+    let ended = {
+        let copy = tokio::io::copy_bidirectional(&mut client, &mut server);
+        tokio::select! {
+            copied = copy => match copied {
+                Ok(_) => *b"--",
+                // Which side broke: the one whose read or write failed.
+                Err(_) if server.failed => *b"SD",
+                Err(_) => *b"CD",
+            },
+            () = idle(&conn, limit) => [blame, b'D'],
+        }
+    };
+    record.termination = ended;
+    record.bytes = server.read;
+    record
+        .received
+        .bytes
+        .fetch_add(client.read, Ordering::Relaxed);
+    finish(&fe, &conn, record, Some(slot));
+}
+
+/// A connection refused before any server was sought (with `tls_passthrough`, its first
+/// bytes were no TLS ClientHello): said in weir's log, and in the access log as `PR`.
+pub fn refused(fe: &FrontendRt, conn: &ConnInfo, why: &str) {
+    tracing::info!("{}: frontend {}: {why}; closed", conn.peer, fe.name);
+    let mut record = tcp_record(fe, conn);
+    record.termination = *b"PR";
+    finish(fe, conn, record, None);
+}
+
+/// A connection's log record: HTTP's fields stay empty (`TCP` for the method).
+fn tcp_record(fe: &FrontendRt, conn: &ConnInfo) -> LogRecord {
+    let method = Method::from_bytes(b"TCP").expect("a valid token");
+    new_record(
+        fe,
+        conn,
+        method,
+        Target::Text(String::new()),
+        Version::HTTP_11,
+        0,
+    )
+}
+
+/// Logs and counts a connection that ended; `slot`, the server slot it held, is released
+/// first, so the counts are of the others (as HAProxy counts them).
+fn finish(fe: &FrontendRt, conn: &ConnInfo, mut record: LogRecord, slot: Option<InFlight>) {
+    let server = slot.map(|slot| {
+        let server = Arc::clone(slot.server());
+        drop(slot);
+        server
+    });
+    if record.logged {
+        record.load = Load {
+            process: conn.open.process.now(),
+            frontend: conn.open.frontend.now(),
+            backend: fe.backend.sessions(),
+            server: server.map_or(0, |s| u64::from(s.in_flight.load(Ordering::Relaxed))),
+        };
+    }
+    record.tally.count(&record);
+    fe.log.emit(&record);
+}
+
+/// How long a relayed connection may stay idle, and whose timeout that is: `timeout.tunnel`
+/// when the backend (or `[defaults]`) writes it, else the shorter of the frontend's client
+/// timeout and the backend's server timeout, as HAProxy does in tcp mode.
+fn idle_limit(fe: &FrontendRt, backend: &BackendRt) -> (Duration, u8) {
+    if backend.cfg.tunnel_written {
+        return (backend.cfg.timeout_tunnel, b'c');
+    }
+    if fe.cfg.timeout_client <= backend.cfg.timeout_server {
+        (fe.cfg.timeout_client, b'c')
+    } else {
+        (backend.cfg.timeout_server, b's')
+    }
+}
+
+/// Resolves once nothing has moved on the client connection (either way) for `limit`.
+async fn idle(conn: &ConnInfo, limit: Duration) {
+    loop {
+        let idle = conn.activity.idle();
+        if idle >= limit {
+            return;
+        }
+        tokio::time::sleep(limit - idle).await;
+    }
+}
+
+/// A server slot and a connection to that server: the queue when every server is full,
+/// the connect within `timeout.connect`, again on failure while `retries` allow. Else the
+/// termination state of the failure.
+async fn connect(
+    backend: &BackendRt,
+    conn: &ConnInfo,
+    sni: Option<&str>,
+    record: &mut LogRecord,
+) -> Result<(Stream, InFlight), [u8; 2]> {
+    static NO_HEADERS: std::sync::OnceLock<HeaderMap> = std::sync::OnceLock::new();
+    let key = RequestKey {
+        client_ip: conn.peer.ip(),
+        path: "",
+        query: None,
+        headers: NO_HEADERS.get_or_init(HeaderMap::new),
+        sni,
+    };
+    let started = Instant::now();
+    let mut excluded = Vec::new();
+    let mut pinned = None;
+    loop {
+        let slot = match backend.choose(&key, &mut excluded, pinned) {
+            Slot::Got(slot) => slot,
+            Slot::Refused(QueueError::QueueFull) => return Err(*b"PQ"),
+            Slot::Refused(_) => return Err(*b"SC"),
+            Slot::Queued(place, ahead) => {
+                record.queue_ahead = u32::try_from(ahead).unwrap_or(u32::MAX);
+                match backend.wait(place).await {
+                    Ok(slot) => slot,
+                    Err(QueueError::Timeout) => return Err(*b"sQ"),
+                    Err(_) => return Err(*b"SC"),
+                }
+            }
+        };
+        let chosen = Instant::now();
+        record.tw.get_or_insert(chosen - started);
+        let server = Arc::clone(slot.server());
+        let index = slot.index();
+        record.server = Some(Arc::clone(&server.name));
+        record.tally.server = Some(Arc::clone(&server.stats));
+        let preface = server
+            .cfg
+            .send_proxy
+            .map(|v| crate::proxy_protocol::encode(v, conn.peer, conn.local));
+        let dial = Dial {
+            addr: server.cfg.addr,
+            preface: preface.as_deref(),
+            tls: server.cfg.tls.as_ref(),
+        };
+        let failure =
+            match tokio::time::timeout(backend.cfg.timeout_connect, connect::dial(&dial)).await {
+                Ok(Ok(stream)) => {
+                    record.tc = Some(chosen.elapsed());
+                    return Ok((stream, slot));
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("connect to {} timed out", server.cfg.addr),
+            };
+        let key = format!("{}/{}", backend.name, server.name);
+        if let Some(held) = crate::logging::quietly(&key) {
+            tracing::warn!("{key}: {failure}{}", crate::logging::held_back(held));
+        }
+        backend.observe(index, true, false);
+        if !backend.cfg.retry_on.conn_failure || record.retries >= backend.cfg.retries {
+            return Err(*b"SC");
+        }
+        record.retries += 1;
+        if backend.cfg.redispatch {
+            record.redispatches += 1;
+            excluded.push(index);
+            pinned = None;
+        } else {
+            pinned = Some(index);
+        }
+    }
+}
+
+/// One side of a relay: the bytes read from it, and whether reading or writing it failed.
+struct Side<S> {
+    inner: S,
+    read: u64,
+    failed: bool,
+}
+
+impl<S> Side<S> {
+    fn new(inner: S) -> Self {
+        Self {
+            inner,
+            read: 0,
+            failed: false,
+        }
+    }
+
+    fn note<T>(&mut self, polled: &Poll<io::Result<T>>) {
+        if let Poll::Ready(Err(_)) = polled {
+            self.failed = true;
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Side<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        self.read += (buf.filled().len() - before) as u64;
+        self.note(&polled);
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Side<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, data);
+        self.note(&polled);
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.note(&polled);
+        polled
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.note(&polled);
+        polled
+    }
+}

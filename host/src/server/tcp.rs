@@ -1,0 +1,110 @@
+//! A tcp frontend's connections, once any PROXY header is read: TLS terminated (`tls`),
+//! or the ClientHello read without decrypting it (`tls_passthrough`, for its server name),
+//! or nothing at all; then relayed by [`proxy::tcp::relay`].
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+use super::conn::FrontendServer;
+use super::current;
+use crate::activity::Tracked;
+use crate::proxy::{self, ConnInfo};
+
+/// The most of a ClientHello weir reads to find its server name (a hello with post-quantum
+/// key shares is about 2 KiB; TLS allows a handshake message of up to 16 MiB, which no
+/// client sends).
+const HELLO_LIMIT: usize = 64 * 1024;
+
+pub(super) async fn serve(
+    stream: TcpStream,
+    server: Arc<FrontendServer>,
+    conn: ConnInfo,
+    early: Vec<u8>,
+) {
+    let cfg = &server.cfg;
+    let Some(fe) = current(&server.live).frontend(&cfg.name).cloned() else {
+        return;
+    };
+    let peer = conn.peer;
+    let activity = Arc::clone(&conn.activity);
+    // The TLS handshake, or the ClientHello, must come within timeout.client.
+    let limit = cfg.timeout_client;
+    if let Some(acceptor) = &server.tls {
+        let tracked = Tracked::new(stream, Bytes::from(early), activity);
+        let tls = match tokio::time::timeout(limit, acceptor.accept(tracked)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::debug!("{peer}: TLS handshake: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("{peer}: no TLS handshake within timeout.client");
+                return;
+            }
+        };
+        let sni = tls.get_ref().1.server_name().map(str::to_owned);
+        return proxy::tcp::relay(fe, conn, tls, sni.as_deref()).await;
+    }
+    if !cfg.tls_passthrough {
+        let client = Tracked::new(stream, Bytes::from(early), activity);
+        return proxy::tcp::relay(fe, conn, client, None).await;
+    }
+    let mut stream = stream;
+    match tokio::time::timeout(limit, client_hello(&mut stream, early)).await {
+        Ok(Ok((hello, read))) => {
+            let client = Tracked::new(stream, Bytes::from(read), activity);
+            proxy::tcp::relay(fe, conn, client, hello.as_deref()).await;
+        }
+        Ok(Err(why)) => proxy::tcp::refused(&fe, &conn, &why),
+        Err(_) => proxy::tcp::refused(
+            &fe,
+            &conn,
+            &format!("no TLS ClientHello within timeout.client ({limit:?})"),
+        ),
+    }
+}
+
+/// Reads a TLS ClientHello, however it is split into records and packets, without
+/// answering it: its server name, and every byte read (to be relayed untouched).
+async fn client_hello(
+    stream: &mut TcpStream,
+    mut read: Vec<u8>,
+) -> Result<(Option<String>, Vec<u8>), String> {
+    let mut acceptor = rustls::server::Acceptor::default();
+    let mut fed = 0;
+    let mut chunk = [0u8; 4096];
+    loop {
+        while fed < read.len() {
+            let mut rest = &read[fed..];
+            match acceptor.read_tls(&mut rest) {
+                Ok(0) => break,
+                Ok(n) => fed += n,
+                Err(e) => return Err(format!("not a TLS ClientHello: {e}")),
+            }
+        }
+        match acceptor.accept() {
+            Ok(Some(accepted)) => {
+                let name = accepted.client_hello().server_name().map(str::to_owned);
+                return Ok((name, read));
+            }
+            Ok(None) => {}
+            Err((e, _)) => return Err(format!("not a TLS ClientHello: {e}")),
+        }
+        if read.len() >= HELLO_LIMIT {
+            return Err(format!(
+                "no whole ClientHello in its first {HELLO_LIMIT} bytes"
+            ));
+        }
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|e| format!("reading the ClientHello: {e}"))?;
+        if n == 0 {
+            return Err("closed before its ClientHello ended".into());
+        }
+        read.extend_from_slice(&chunk[..n]);
+    }
+}
