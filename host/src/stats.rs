@@ -153,7 +153,8 @@ impl Counters {
             self.responses[class].fetch_add(1, Ordering::Relaxed);
         }
         let error = match &r.termination {
-            b"LR" if r.status >= 400 => Some(&self.denied),
+            // A plugin's refusal: a 4xx or 5xx of its own, or a connection it closed.
+            b"LR" if r.status >= 400 || r.status == 0 => Some(&self.denied),
             b"PR" => Some(&self.request_errors),
             b"SC" => Some(&self.connect_errors),
             b"SH" | b"sH" | b"SD" => Some(&self.response_errors),
@@ -208,6 +209,65 @@ impl Gauge {
 pub struct Open {
     pub process: Arc<Gauge>,
     pub frontend: Arc<Gauge>,
+}
+
+/// Client connections open now per client IP address, on every frontend: what plugins'
+/// connection limits read (the `connections` import, and `on-connect`).
+pub struct PerClient {
+    shards: [std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, u32>>; 16],
+}
+
+/// The process's count of client connections per address.
+pub fn per_client() -> &'static PerClient {
+    static COUNTS: std::sync::OnceLock<PerClient> = std::sync::OnceLock::new();
+    COUNTS.get_or_init(|| PerClient {
+        shards: std::array::from_fn(|_| Default::default()),
+    })
+}
+
+impl PerClient {
+    fn shard(
+        &self,
+        ip: std::net::IpAddr,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<std::net::IpAddr, u32>> {
+        let bytes = match ip {
+            std::net::IpAddr::V4(v4) => u64::from(u32::from(v4)),
+            std::net::IpAddr::V6(v6) => {
+                let o = v6.octets();
+                u64::from_le_bytes(o[8..].try_into().expect("eight bytes"))
+            }
+        };
+        let i = (bytes.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 60) as usize;
+        self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One more from `ip`: the count with it, and the guard that takes it away.
+    pub fn enter(&'static self, ip: std::net::IpAddr) -> (u32, ClientConn) {
+        let mut shard = self.shard(ip);
+        let n = shard.entry(ip).or_insert(0);
+        *n += 1;
+        (*n, ClientConn(ip, self))
+    }
+
+    /// Connections open now from `ip`.
+    pub fn open(&self, ip: std::net::IpAddr) -> u32 {
+        self.shard(ip).get(&ip).copied().unwrap_or(0)
+    }
+}
+
+/// One client connection counted in [`PerClient`], until it drops.
+pub struct ClientConn(std::net::IpAddr, &'static PerClient);
+
+impl Drop for ClientConn {
+    fn drop(&mut self) {
+        let mut shard = self.1.shard(self.0);
+        if let Some(n) = shard.get_mut(&self.0) {
+            *n -= 1;
+            if *n == 0 {
+                shard.remove(&self.0);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

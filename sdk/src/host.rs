@@ -1,4 +1,5 @@
-//! What weir offers a plugin: log, clock, counters, kv and a view of the backends. In a
+//! What weir offers a plugin: log, clock, counters, kv, a view of the backends and the
+//! client connections open per address. In a
 //! component these call weir; in a native build they call the installed
 //! [`FakeHost`](crate::testing::FakeHost), so plugin logic runs in ordinary unit tests.
 
@@ -6,7 +7,7 @@ use crate::{Level, ServerInfo, Sliding};
 
 #[cfg(target_arch = "wasm32")]
 mod imp {
-    use crate::bindings::weir::plugin::{backends, clock, counters, kv, log};
+    use crate::bindings::weir::plugin::{backends, clock, connections, counters, kv, log};
     use crate::{Level, ServerInfo, Sliding};
 
     pub fn log(level: Level, message: &str) {
@@ -38,6 +39,9 @@ mod imp {
     }
     pub fn servers(backend: &str) -> Vec<ServerInfo> {
         backends::servers(backend)
+    }
+    pub fn open_from(client_ip: &str) -> u32 {
+        connections::open_from(client_ip)
     }
 }
 
@@ -75,6 +79,9 @@ mod imp {
     }
     pub fn servers(backend: &str) -> Vec<ServerInfo> {
         with_host(|h| h.servers(backend))
+    }
+    pub fn open_from(client_ip: &str) -> u32 {
+        with_host(|h| h.open_from(client_ip))
     }
 }
 
@@ -128,4 +135,9 @@ pub fn kv_delete(key: &str) {
 /// The servers of a backend, in config order.
 pub fn servers(backend: &str) -> Vec<ServerInfo> {
     imp::servers(backend)
+}
+
+/// Client connections open now from `client_ip` (as text), on every frontend.
+pub fn open_from(client_ip: &str) -> u32 {
+    imp::open_from(client_ip)
 }

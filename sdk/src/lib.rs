@@ -39,7 +39,7 @@ pub mod util;
 #[allow(unsafe_code, clippy::all)]
 pub mod bindings {
     wit_bindgen::generate!({
-        world: "plugin",
+        world: "plugin-l4",
         path: "../wit",
         pub_export_macro: true,
         export_macro_name: "__export_plugin_world",
@@ -49,6 +49,7 @@ pub mod bindings {
 
 pub use bindings::weir::plugin::backends::{ServerInfo, ServerState};
 pub use bindings::weir::plugin::counters::Sliding;
+pub use bindings::weir::plugin::l4::{ConnectAction, ConnectRoute, Connection};
 pub use bindings::weir::plugin::log::Level;
 pub use bindings::weir::plugin::types::{
     Header, HeaderOp, Hooks, Info, LocalResponse, Probe, Proceed, RequestAction, RequestFields,
@@ -251,6 +252,13 @@ pub trait Plugin: Sized + 'static {
     fn on_health_check(&self, _probe: Probe) -> Verdict {
         Verdict::Up(None)
     }
+
+    /// Decides on a connection to a tcp frontend whose chain has the plugin: another
+    /// backend (and a server to prefer), or a close. Default: it goes on unchanged.
+    /// (No flag in `HOOKS`: weir calls it for the plugins of tcp frontends' chains.)
+    fn on_connect(&self, _connection: Connection) -> ConnectAction {
+        ConnectAction::Unchanged
+    }
 }
 
 /// Parses the JSON config weir hands over into the plugin's `Config`, naming the field at
@@ -399,7 +407,8 @@ impl Response {
     }
 }
 
-/// Exports a [`Plugin`] as the component's `weir:plugin` world. On targets other than
+/// Exports a [`Plugin`] as the component's `weir:plugin` world (`plugin-l4`: with
+/// `on-connect`, so it may also be in a tcp frontend's chain). On targets other than
 /// wasm32 it expands to nothing, so plugin crates also build (and test) natively.
 #[macro_export]
 macro_rules! export_plugin {
@@ -454,6 +463,9 @@ macro_rules! export_plugin {
                 }
                 fn on_health_check(probe: __types::Probe) -> __types::Verdict {
                     __with(|p| $crate::Plugin::on_health_check(p, probe))
+                }
+                fn on_connect(connection: $crate::Connection) -> $crate::ConnectAction {
+                    __with(|p| $crate::Plugin::on_connect(p, connection))
                 }
             }
             $crate::bindings::__export_plugin_world!(__WeirExport with_types_in $crate::bindings);

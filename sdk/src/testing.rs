@@ -24,6 +24,7 @@ struct State {
     kv: HashMap<String, (Vec<u8>, Option<u64>)>,
     logs: Vec<(Level, String)>,
     backends: HashMap<String, Vec<ServerInfo>>,
+    open: HashMap<String, u32>,
 }
 
 /// The fake host of the current thread; cloning shares it.
@@ -70,6 +71,15 @@ impl FakeHost {
             .borrow_mut()
             .backends
             .insert(backend.to_owned(), servers);
+    }
+
+    /// Sets the client connections open from `client_ip`, for `host::open_from`.
+    pub fn set_open_from(&self, client_ip: &str, n: u32) {
+        self.0.borrow_mut().open.insert(client_ip.to_owned(), n);
+    }
+
+    pub(crate) fn open_from(&self, client_ip: &str) -> u32 {
+        self.0.borrow().open.get(client_ip).copied().unwrap_or(0)
     }
 
     pub(crate) fn log(&self, level: Level, message: &str) {
@@ -199,6 +209,20 @@ pub fn request(method: &str, path_and_query: &str) -> crate::Request {
     }
 }
 
+/// A connection as weir would hand it to `on-connect`: from 192.0.2.1 to 127.0.0.1:6379
+/// on frontend "www", no TLS, the only one from its address.
+pub fn connection() -> crate::Connection {
+    crate::Connection {
+        client_ip: "192.0.2.1".into(),
+        local_addr: "127.0.0.1:6379".into(),
+        frontend: "www".into(),
+        sni: None,
+        alpn: Vec::new(),
+        client_connections: 1,
+        id: 1,
+    }
+}
+
 /// A response as weir would hand it to `on-response`: from server "s1" of backend "app",
 /// answering `GET /` from 192.0.2.1 on frontend "www" over plain http.
 pub fn response(status: u16) -> crate::Response {
@@ -288,6 +312,25 @@ impl crate::Response {
 
     pub fn over_https(mut self) -> Self {
         self.scheme = "https".into();
+        self
+    }
+}
+
+impl crate::Connection {
+    /// The server name of its TLS ClientHello.
+    pub fn with_sni(mut self, sni: &str) -> Self {
+        self.sni = Some(sni.to_owned());
+        self
+    }
+
+    pub fn from_ip(mut self, ip: &str) -> Self {
+        self.client_ip = ip.to_owned();
+        self
+    }
+
+    /// Connections open from its address, this one included.
+    pub fn with_client_connections(mut self, n: u32) -> Self {
+        self.client_connections = n;
         self
     }
 }

@@ -368,11 +368,6 @@ fn tcp_mode_is_checked_by_key_path_and_line() {
         e.starts_with("frontend[0].forwardfor: applies to HTTP"),
         "{e}"
     );
-    let e = one_error(&base(
-        "plugins = [\"x\"]\n[plugin.x]\nstock = \"router\"",
-        tcp,
-    ));
-    assert!(e.starts_with("frontend[0].plugins: "), "{e}");
     // Balancing on HTTP fields, on a tcp backend; sni on an http one.
     let e = one_error(&base("", "mode = \"tcp\"\nbalance = \"uri\""));
     assert!(

@@ -636,3 +636,145 @@ async fn tcp_frontends_and_backends_are_in_the_csv_and_metrics() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_router_sends_connections_by_sni_to_backends_and_closes_denied_sources() {
+    let ca = TestCa::new("tcp-router");
+    let names = ["*.weir.test", "*.eu.weir.test"];
+    let (a_cert, a_key) = ca.issue("a", &names);
+    let (b_cert, b_key) = ca.issue("b", &names);
+    let (a, _) = named_tls_server("a", &a_cert, &a_key).await;
+    let (b, _) = named_tls_server("b", &b_cert, &b_key).await;
+    let rules = r#"{ rules = [
+        { src = "127.0.0.2/32", deny = 403 },
+        { sni = "api.weir.test", backend = "api" },
+        { sni = "*.eu.weir.test", backend = "eu" },
+    ] }"#;
+    let toml = weir_tests::with_plugins(
+        tcp_config(&[("a", a, "")], "tls_passthrough = true", ""),
+        &["routes"],
+        &[weir_tests::stock_plugin("routes", "router", rules)],
+    ) + &format!(
+        "\n[backend.api]\nmode = \"tcp\"\nservers = [{{ name = \"a\", addr = \"{a}\" }}]\n\n[backend.eu]\nmode = \"tcp\"\nservers = [{{ name = \"b\", addr = \"{b}\" }}]\n"
+    );
+    let proxy = TestProxy::start(&toml).await;
+    let talk = |sni: &'static str| {
+        let ca = &ca;
+        let addr = proxy.addr();
+        async move {
+            tls_talk(ca, TcpStream::connect(addr).await.unwrap(), sni)
+                .await
+                .0
+        }
+    };
+    assert_eq!(talk("api.weir.test").await, "a");
+    assert_eq!(talk("db.eu.weir.test").await, "b");
+    // No rule: the frontend's default backend (server a).
+    assert_eq!(talk("other.weir.test").await, "a");
+    // A denied source is closed before any server hears of it.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let denied = socket.connect(proxy.addr()).await.unwrap();
+    // on-connect runs once the ClientHello is read (the rules may need its name).
+    let name = ServerName::try_from("api.weir.test").unwrap();
+    let handshake = ca.connector(&[]).connect(name, denied);
+    let refused = tokio::time::timeout(Duration::from_secs(5), handshake)
+        .await
+        .expect("closed at once");
+    assert!(refused.is_err(), "the denied source must get no handshake");
+    let lines = proxy.log.wait_for(4).await;
+    let routed: Vec<&str> = lines.iter().map(|l| l.split(' ').nth(3).unwrap()).collect();
+    assert_eq!(
+        routed,
+        ["api/a", "eu/b", "app/a", "<NOSRV>/<NOSRV>"],
+        "{lines:?}"
+    );
+    assert!(lines[3].contains(" LR "), "{lines:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_eleventh_connection_from_one_address_is_refused_until_one_closes() {
+    let s1 = EchoServer::start("s1").await;
+    let limit = weir_tests::stock_plugin("limit", "rate-limit", "{ max_connections = 10 }");
+    let toml = weir_tests::with_plugins(
+        tcp_config(&[("s1", s1.addr, "")], "", ""),
+        &["limit"],
+        &[limit],
+    );
+    let proxy = TestProxy::start(&toml).await;
+    let mut open = Vec::new();
+    for _ in 0..10 {
+        let mut c = TcpStream::connect(proxy.addr()).await.unwrap();
+        c.write_all(b"x").await.unwrap();
+        let mut one = [0u8; 1];
+        c.read_exact(&mut one).await.unwrap();
+        open.push(c);
+    }
+    let mut eleventh = TcpStream::connect(proxy.addr()).await.unwrap();
+    let (got, closed) = read_until_close(&mut eleventh, Duration::from_secs(5)).await;
+    assert!(
+        closed && got.is_empty(),
+        "the eleventh must be closed: {got}"
+    );
+    assert_eq!(s1.connections.load(Ordering::SeqCst), 10);
+    // One closes: the next one is let through.
+    drop(open.pop());
+    let mut served = false;
+    for _ in 0..100 {
+        let mut c = TcpStream::connect(proxy.addr()).await.unwrap();
+        c.write_all(b"y").await.unwrap();
+        let mut one = [0u8; 1];
+        if tokio::time::timeout(Duration::from_secs(2), c.read_exact(&mut one))
+            .await
+            .is_ok_and(|r| r.is_ok())
+        {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        served,
+        "a connection must be accepted once one of the ten closed"
+    );
+    let lines = proxy.log.lines();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(" www <NOSRV>/<NOSRV> ") && l.contains(" LR ")),
+        "{lines:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_max_connections_an_http_request_gets_429() {
+    let server = weir_tests::MockServer::start("s1").await;
+    let limit = weir_tests::stock_plugin("limit", "rate-limit", "{ max_connections = 2 }");
+    let toml = weir_tests::with_plugins(
+        weir_tests::config("roundrobin", &[("s1", server.addr, "")], ""),
+        &["limit"],
+        &[limit],
+    );
+    let proxy = TestProxy::start(&toml).await;
+    let mut first = weir_tests::Client::connect(proxy.addr()).await;
+    let mut second = weir_tests::Client::connect(proxy.addr()).await;
+    assert_eq!(first.get("/").await.status, 200);
+    assert_eq!(second.get("/").await.status, 200);
+    let mut third = weir_tests::Client::connect(proxy.addr()).await;
+    assert_eq!(third.get("/").await.status, 429);
+    drop(first);
+    let mut again = None;
+    for _ in 0..100 {
+        let status = third.get("/").await.status;
+        if status == 200 {
+            again = Some(status);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        again,
+        Some(http::StatusCode::OK),
+        "once one closed, the third is served"
+    );
+}

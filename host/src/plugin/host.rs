@@ -1,10 +1,11 @@
-//! The host side of the imports a plugin sees: log, clock, counters, kv, backends.
+//! The host side of the imports a plugin sees: log, clock, counters, kv, backends,
+//! connections.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::StoreState;
-use super::bindings::weir::plugin::{backends, clock, counters, kv, log, types};
+use super::bindings::weir::plugin::{backends, clock, connections, counters, kv, log, types};
 use crate::upstream::AdminState;
 
 /// Longest log message kept from a plugin.
@@ -89,6 +90,14 @@ impl kv::Host for StoreState {
 
     async fn delete(&mut self, key: String) -> wasmtime::Result<()> {
         Ok(self.state.kv_delete(&key).await?)
+    }
+}
+
+impl connections::Host for StoreState {
+    fn open_from(&mut self, client_ip: String) -> u32 {
+        client_ip
+            .parse()
+            .map_or(0, |ip| crate::stats::per_client().open(ip))
     }
 }
 

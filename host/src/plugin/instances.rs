@@ -9,6 +9,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{Store, StoreLimitsBuilder, Trap};
 
 use super::engine::{self, CpuMeter, StoreState};
+use super::wire::l4;
 use super::{HookError, LoadError, Plugin, bindings, types};
 
 /// Instances kept ready per plugin.
@@ -20,7 +21,12 @@ pub(super) struct Instance {
     pub(super) store: Store<StoreState>,
     pub(super) bindings: bindings::Plugin,
     pub(super) meter: Arc<CpuMeter>,
+    /// `on-connect`, for a component of the world `plugin-l4`.
+    pub(super) on_connect: Option<OnConnect>,
 }
+
+/// `on-connect` as the sandbox takes it.
+pub(super) type OnConnect = wasmtime::component::TypedFunc<(l4::Connection,), (l4::ConnectAction,)>;
 
 impl Plugin {
     pub(super) fn new_store(&self) -> Store<StoreState> {
@@ -48,21 +54,33 @@ impl Plugin {
         let mut store = self.new_store();
         let meter = Arc::clone(&store.data().meter);
         engine::arm_for_load(&mut store, &meter);
-        let (bindings, info) = meter
+        let (bindings, on_connect, info) = meter
             .metered(
                 std::time::Instant::now(),
                 std::pin::pin!(async {
-                    let bindings = self
+                    let failed = |e: wasmtime::Error| Instantiate::Failed(format!("{e:#}"));
+                    let instance = self
                         .pre
+                        .instance_pre()
                         .instantiate_async(&mut store)
                         .await
-                        .map_err(|e| Instantiate::Failed(format!("{e:#}")))?;
+                        .map_err(failed)?;
+                    let bindings = bindings::Plugin::new(&mut store, &instance).map_err(failed)?;
+                    let on_connect = match instance.get_export_index(&mut store, None, "on-connect")
+                    {
+                        None => None,
+                        Some(index) => Some(
+                            instance
+                                .get_typed_func(&mut store, index)
+                                .map_err(|e| failed(e.context("on-connect")))?,
+                        ),
+                    };
                     let info = bindings
                         .call_describe(&mut store)
                         .await
                         .map_err(|e| Instantiate::Failed(format!("describe: {e:#}")))?;
                     match bindings.call_configure(&mut store, &self.config_json).await {
-                        Ok(Ok(())) => Ok((bindings, info)),
+                        Ok(Ok(())) => Ok((bindings, on_connect, info)),
                         Ok(Err(msg)) => Err(Instantiate::Configure(msg)),
                         Err(e) => Err(Instantiate::Configure(format!("trapped: {e:#}"))),
                     }
@@ -74,6 +92,7 @@ impl Plugin {
                 store,
                 bindings,
                 meter,
+                on_connect,
             }),
             info,
         ))

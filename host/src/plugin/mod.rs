@@ -30,8 +30,8 @@ pub use engine::{
 use engine::{StoreState, advance_epoch_from_signal, arm_for_load, compile, linker};
 use instances::Instance;
 pub use wire::{
-    Answer, Fields, HealthProbe, HealthVerdict, Hook, Proceed, RequestDecision, RequestInfo,
-    ResponseDecision, ResponseInfo, header_list, headers_of,
+    Answer, ConnectDecision, ConnectInfo, Fields, HealthProbe, HealthVerdict, Hook, Proceed,
+    RequestDecision, RequestInfo, ResponseDecision, ResponseInfo, header_list, headers_of,
 };
 use wire::{declared, declared_edits, declared_headers, selected_headers};
 
@@ -156,6 +156,8 @@ pub struct Plugin {
     request_fields: types::RequestFields,
     /// The response fields its `on-response` reads.
     response_fields: types::ResponseFields,
+    /// It has `on-connect` (its component is of the world `plugin-l4`).
+    connects: bool,
     timeout: Duration,
     memory: usize,
     config_json: String,
@@ -226,6 +228,7 @@ impl Plugin {
             response_headers: None,
             request_fields: types::RequestFields::all(),
             response_fields: types::ResponseFields::all(),
+            connects: false,
             timeout: cfg.timeout,
             memory: cfg.memory as usize,
             config_json: cfg.config_json.clone(),
@@ -238,6 +241,7 @@ impl Plugin {
         // config; it then serves the first calls.
         let (mut instance, info) = plugin.instantiate().await?;
         plugin.info = info;
+        plugin.connects = instance.on_connect.is_some();
         // What the plugin reads, declared once after configure.
         let Instance {
             store, bindings, ..
@@ -285,6 +289,7 @@ impl Plugin {
             store,
             bindings,
             meter,
+            ..
         } = &mut *instance;
         arm_for_load(store, meter);
         let (request, response) = meter
@@ -317,6 +322,43 @@ impl Plugin {
             Hook::Response => types::Hooks::ON_RESPONSE,
             Hook::HealthCheck => types::Hooks::ON_HEALTH_CHECK,
         })
+    }
+
+    /// Whether it has `on-connect`, which tcp frontends call.
+    pub fn connects(&self) -> bool {
+        self.connects
+    }
+
+    /// `on-connect`: the plugin's decision on a tcp frontend's connection, checked.
+    pub async fn on_connect(
+        self: &Arc<Self>,
+        connection: &ConnectInfo,
+    ) -> Result<ConnectDecision, HookError> {
+        let wire = wire::l4::Connection {
+            client_ip: connection.client_ip.clone(),
+            local_addr: connection.local_addr.clone(),
+            frontend: connection.frontend.clone(),
+            sni: connection.sni.clone(),
+            alpn: connection.alpn.clone(),
+            client_connections: connection.client_connections,
+            id: connection.id,
+        };
+        let started = std::time::Instant::now();
+        let (mut i, now) = self.take(started).await?;
+        let Instance {
+            store,
+            meter,
+            on_connect,
+            ..
+        } = &mut *i;
+        let Some(func) = *on_connect else {
+            self.finish(i, started, Ok(()))?;
+            return Err(HookError::Invalid("the plugin has no on-connect".into()));
+        };
+        let call = async { func.call_async(&mut *store, (wire,)).await.map(|(a,)| a) };
+        let result = meter.metered(now, std::pin::pin!(call)).await;
+        let action = self.finish(i, started, result)?;
+        self.checked(wire::connect_decision(action))
     }
 
     /// The name and version the plugin describes itself with.
@@ -427,6 +469,7 @@ impl Plugin {
             store,
             bindings,
             meter,
+            ..
         } = &mut *i;
         let result = meter
             .metered(
@@ -447,6 +490,7 @@ impl Plugin {
             store,
             bindings,
             meter,
+            ..
         } = &mut *i;
         let result = meter
             .metered(
@@ -467,6 +511,7 @@ impl Plugin {
             store,
             bindings,
             meter,
+            ..
         } = &mut *i;
         let result = meter
             .metered(

@@ -284,3 +284,92 @@ pub(super) fn header_of<'a>(
         value: v,
     })
 }
+
+/// `weir:plugin/l4`'s types, written out here (the bindings are generated for the world
+/// `plugin`, which every plugin has; `on-connect` is looked up apart, when a component
+/// has it). Field names and order are the WIT's.
+pub mod l4 {
+    use wasmtime::component::{ComponentType, Lift, Lower};
+
+    #[derive(ComponentType, Lower, Debug, Clone)]
+    #[component(record)]
+    pub struct Connection {
+        #[component(name = "client-ip")]
+        pub client_ip: String,
+        #[component(name = "local-addr")]
+        pub local_addr: String,
+        pub frontend: String,
+        pub sni: Option<String>,
+        pub alpn: Vec<String>,
+        #[component(name = "client-connections")]
+        pub client_connections: u32,
+        pub id: u64,
+    }
+
+    #[derive(ComponentType, Lift, Debug, Clone)]
+    #[component(record)]
+    pub struct ConnectRoute {
+        pub backend: Option<String>,
+        pub server: Option<String>,
+    }
+
+    #[derive(ComponentType, Lift, Debug, Clone)]
+    #[component(variant)]
+    pub enum ConnectAction {
+        #[component(name = "proceed")]
+        Proceed(ConnectRoute),
+        #[component(name = "close")]
+        Close(String),
+        #[component(name = "unchanged")]
+        Unchanged,
+    }
+}
+
+/// What `on-connect` decided, checked (backend and server names are looked up by the
+/// caller).
+#[derive(Debug)]
+pub enum ConnectDecision {
+    Unchanged,
+    Proceed {
+        backend: Option<String>,
+        server: Option<String>,
+    },
+    /// Close the connection, for this reason.
+    Close(String),
+}
+
+/// A connection as `on-connect` is told of it.
+#[derive(Debug, Clone)]
+pub struct ConnectInfo {
+    pub client_ip: String,
+    pub local_addr: String,
+    pub frontend: String,
+    pub sni: Option<String>,
+    pub alpn: Vec<String>,
+    pub client_connections: u32,
+    pub id: u64,
+}
+
+/// `on-connect`'s action, checked: names are non-empty and at most 255 bytes.
+pub(super) fn connect_decision(action: l4::ConnectAction) -> Result<ConnectDecision, String> {
+    let name = |what: &str, n: Option<String>| -> Result<Option<String>, String> {
+        match n {
+            Some(n) if n.is_empty() || n.len() > 255 => Err(format!(
+                "{what} name must be 1 to 255 bytes, got {} bytes",
+                n.len()
+            )),
+            n => Ok(n),
+        }
+    };
+    Ok(match action {
+        l4::ConnectAction::Unchanged => ConnectDecision::Unchanged,
+        l4::ConnectAction::Proceed(route) => ConnectDecision::Proceed {
+            backend: name("backend", route.backend)?,
+            server: name("server", route.server)?,
+        },
+        l4::ConnectAction::Close(mut reason) => {
+            reason.truncate(reason.floor_char_boundary(1024));
+            ConnectDecision::Close(reason)
+        }
+    })
+}

@@ -287,3 +287,83 @@ pub async fn on_response(
     }
     Ok(change)
 }
+
+/// Where `on-connect` over a tcp frontend's chain leaves a connection.
+pub enum Connected {
+    /// Go on, to this backend (the frontend's when None), preferring this server.
+    Proceed {
+        backend: Option<Arc<BackendRt>>,
+        prefer: Option<usize>,
+    },
+    /// A plugin closed it, for this reason.
+    Close(String),
+    /// A fail-closed plugin failed.
+    Failed,
+}
+
+/// Runs `on-connect` over a tcp frontend's chain, in order; the first close stops it.
+pub async fn on_connect(
+    plugins: &[Link],
+    backends: &[Arc<BackendRt>],
+    default: &Arc<BackendRt>,
+    connection: &crate::plugin::ConnectInfo,
+) -> Connected {
+    use crate::plugin::ConnectDecision;
+    let mut backend: Option<Arc<BackendRt>> = None;
+    let mut prefer = None;
+    for Link { plugin, .. } in plugins {
+        let decision = match plugin.on_connect(connection).await {
+            Ok(d) => d,
+            Err(e) => match on_failure(plugin, "on-connect", &e) {
+                Ok(()) => continue,
+                Err(Failed) => return Connected::Failed,
+            },
+        };
+        let (chosen, server) = match decision {
+            ConnectDecision::Unchanged => continue,
+            ConnectDecision::Close(why) => {
+                return Connected::Close(format!("plugin {}: {why}", plugin.name));
+            }
+            ConnectDecision::Proceed { backend, server } => (backend, server),
+        };
+        let looked_up = (|| {
+            let chosen = match &chosen {
+                Some(name) => {
+                    let b = backends
+                        .iter()
+                        .find(|b| *b.name == **name)
+                        .ok_or_else(|| format!("unknown backend {name:?}"))?;
+                    if b.cfg.mode != crate::config::Mode::Tcp {
+                        return Err(format!("backend {name:?} is not mode tcp"));
+                    }
+                    Some(Arc::clone(b))
+                }
+                None => None,
+            };
+            let target = chosen.as_ref().or(backend.as_ref()).unwrap_or(default);
+            let server = match &server {
+                Some(name) => Some(target.server_index(name).map_err(|e| e.to_string())?),
+                None => None,
+            };
+            Ok((chosen, server))
+        })();
+        match looked_up {
+            Ok((chosen, server)) => {
+                if let Some(b) = chosen {
+                    backend = Some(b);
+                    prefer = None;
+                }
+                if server.is_some() {
+                    prefer = server;
+                }
+            }
+            Err(why) => {
+                plugin.note_invalid();
+                if on_failure(plugin, "on-connect", &HookError::Invalid(why)).is_err() {
+                    return Connected::Failed;
+                }
+            }
+        }
+    }
+    Connected::Proceed { backend, prefer }
+}

@@ -116,13 +116,30 @@ impl Proxy {
                     .iter()
                     .find(|p| &*p.name == name)
                     .expect("validation checked plugin names");
-                let fixed = plugin
-                    .fixed_edits(&f.name)
-                    .await
-                    .map_err(|error| PluginLoadError {
+                let tcp = f.mode == crate::config::Mode::Tcp;
+                if tcp && !plugin.connects() {
+                    let why = format!(
+                        "frontend {} is mode tcp, and this plugin has no on-connect (a component of the world plugin, not plugin-l4: build it with this weir's SDK)",
+                        f.name
+                    );
+                    return Err(PluginLoadError {
                         name: name.clone(),
-                        error,
-                    })?;
+                        error: LoadError::Misused(why),
+                    });
+                }
+                // Fixed header edits are HTTP's.
+                let fixed = match tcp {
+                    true => plugin::FixedEdits::default(),
+                    false => {
+                        plugin
+                            .fixed_edits(&f.name)
+                            .await
+                            .map_err(|error| PluginLoadError {
+                                name: name.clone(),
+                                error,
+                            })?
+                    }
+                };
                 chain.push(chain::Link {
                     plugin: Arc::clone(plugin),
                     fixed,

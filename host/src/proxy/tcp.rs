@@ -15,24 +15,43 @@ use std::time::{Duration, Instant};
 use http::{HeaderMap, Method, Version};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::chain::{self, Connected};
 use super::log::{Load, LogRecord, Target};
 use super::{ConnInfo, FrontendRt, new_record};
 use crate::balance::RequestKey;
 use crate::upstream::connect::{self, Dial, Stream};
 use crate::upstream::{BackendRt, InFlight, QueueError, Slot};
 
+/// What weir knows of a tcp connection before it relays it.
+#[derive(Debug, Default)]
+pub struct Opening {
+    /// The server name and the protocols (ALPN) of the client's TLS ClientHello, when
+    /// weir read one.
+    pub sni: Option<String>,
+    pub alpn: Vec<String>,
+    /// Connections open from the client's address, this one included.
+    pub client_connections: u32,
+}
+
 /// Relays `client` (whose first bytes may already have been read: `client` replays them)
-/// to a server of `fe`'s backend until the connection ends, then logs and counts it.
-/// `sni`: the server name the client's TLS ClientHello asked for, when weir read it.
-pub async fn relay<C>(fe: Arc<FrontendRt>, conn: ConnInfo, client: C, sni: Option<&str>)
+/// to a server of `fe`'s backend (or the one the chain's `on-connect` chose) until the
+/// connection ends, then logs and counts it.
+pub async fn relay<C>(fe: Arc<FrontendRt>, conn: ConnInfo, client: C, opening: Opening)
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
     let mut record = tcp_record(&fe, &conn);
-    let backend = Arc::clone(&fe.backend);
+    let (backend, prefer) = match on_connect(&fe, &conn, &opening).await {
+        Ok(route) => route,
+        Err(termination) => {
+            record.termination = termination;
+            return finish(&fe, &conn, record, None);
+        }
+    };
     record.backend = Some(Arc::clone(&backend.name));
     record.tally.backend = Some(Arc::clone(&backend.stats));
-    let (server, slot) = match connect(&backend, &conn, sni, &mut record).await {
+    let sni = opening.sni.as_deref();
+    let (server, slot) = match connect(&backend, &conn, sni, prefer, &mut record).await {
         Ok(connected) => connected,
         Err(termination) => {
             record.termination = termination;
@@ -70,6 +89,37 @@ pub fn refused(fe: &FrontendRt, conn: &ConnInfo, why: &str) {
     let mut record = tcp_record(fe, conn);
     record.termination = *b"PR";
     finish(fe, conn, record, None);
+}
+
+/// The chain's `on-connect`: the backend and the server to prefer, or the termination
+/// state of a connection a plugin closed (`LR`) or a fail-closed plugin failed on (`PI`).
+async fn on_connect(
+    fe: &FrontendRt,
+    conn: &ConnInfo,
+    opening: &Opening,
+) -> Result<(Arc<BackendRt>, Option<usize>), [u8; 2]> {
+    if fe.plugins.is_empty() {
+        return Ok((Arc::clone(&fe.backend), None));
+    }
+    let info = crate::plugin::ConnectInfo {
+        client_ip: conn.peer_ip_text().to_owned(),
+        local_addr: conn.local.to_string(),
+        frontend: fe.name.to_string(),
+        sni: opening.sni.clone(),
+        alpn: opening.alpn.clone(),
+        client_connections: opening.client_connections,
+        id: chain::next_request_id(),
+    };
+    match chain::on_connect(&fe.plugins, &fe.backends, &fe.backend, &info).await {
+        Connected::Proceed { backend, prefer } => {
+            Ok((backend.unwrap_or_else(|| Arc::clone(&fe.backend)), prefer))
+        }
+        Connected::Close(why) => {
+            tracing::info!("{}: frontend {}: {why}; closed", conn.peer, fe.name);
+            Err(*b"LR")
+        }
+        Connected::Failed => Err(*b"PI"),
+    }
 }
 
 /// A connection's log record: HTTP's fields stay empty (`TCP` for the method).
@@ -137,6 +187,7 @@ async fn connect(
     backend: &BackendRt,
     conn: &ConnInfo,
     sni: Option<&str>,
+    prefer: Option<usize>,
     record: &mut LogRecord,
 ) -> Result<(Stream, InFlight), [u8; 2]> {
     static NO_HEADERS: std::sync::OnceLock<HeaderMap> = std::sync::OnceLock::new();
@@ -149,7 +200,7 @@ async fn connect(
     };
     let started = Instant::now();
     let mut excluded = Vec::new();
-    let mut pinned = None;
+    let mut pinned = prefer;
     loop {
         let slot = match backend.choose(&key, &mut excluded, pinned) {
             Slot::Got(slot) => slot,

@@ -160,8 +160,11 @@ pub(super) async fn serve(
             }
         }
     }
+    // Counted from here (the client's address is known, through a PROXY header too)
+    // until the connection ends: for plugins' connection limits.
+    let (client_connections, _counted) = crate::stats::per_client().enter(conn.peer.ip());
     if cfg.mode == crate::config::Mode::Tcp {
-        return super::tcp::serve(stream, server, conn, early).await;
+        return super::tcp::serve(stream, server, conn, early, client_connections).await;
     }
     let peer = conn.peer;
     if let Some(acceptor) = &server.tls {

@@ -11,6 +11,7 @@ use tokio::net::TcpStream;
 use super::conn::FrontendServer;
 use super::current;
 use crate::activity::Tracked;
+use crate::proxy::tcp::Opening;
 use crate::proxy::{self, ConnInfo};
 
 /// The most of a ClientHello weir reads to find its server name (a hello with post-quantum
@@ -23,6 +24,7 @@ pub(super) async fn serve(
     server: Arc<FrontendServer>,
     conn: ConnInfo,
     early: Vec<u8>,
+    client_connections: u32,
 ) {
     let cfg = &server.cfg;
     let Some(fe) = current(&server.live).frontend(&cfg.name).cloned() else {
@@ -45,18 +47,27 @@ pub(super) async fn serve(
                 return;
             }
         };
-        let sni = tls.get_ref().1.server_name().map(str::to_owned);
-        return proxy::tcp::relay(fe, conn, tls, sni.as_deref()).await;
+        let opening = Opening {
+            sni: tls.get_ref().1.server_name().map(str::to_owned),
+            alpn: Vec::new(),
+            client_connections,
+        };
+        return proxy::tcp::relay(fe, conn, tls, opening).await;
     }
     if !cfg.tls_passthrough {
         let client = Tracked::new(stream, Bytes::from(early), activity);
-        return proxy::tcp::relay(fe, conn, client, None).await;
+        let opening = Opening {
+            client_connections,
+            ..Opening::default()
+        };
+        return proxy::tcp::relay(fe, conn, client, opening).await;
     }
     let mut stream = stream;
     match tokio::time::timeout(limit, client_hello(&mut stream, early)).await {
-        Ok(Ok((hello, read))) => {
+        Ok(Ok((mut opening, read))) => {
+            opening.client_connections = client_connections;
             let client = Tracked::new(stream, Bytes::from(read), activity);
-            proxy::tcp::relay(fe, conn, client, hello.as_deref()).await;
+            proxy::tcp::relay(fe, conn, client, opening).await;
         }
         Ok(Err(why)) => proxy::tcp::refused(&fe, &conn, &why),
         Err(_) => proxy::tcp::refused(
@@ -68,11 +79,11 @@ pub(super) async fn serve(
 }
 
 /// Reads a TLS ClientHello, however it is split into records and packets, without
-/// answering it: its server name, and every byte read (to be relayed untouched).
+/// answering it: its server name and ALPN, and every byte read (to be relayed untouched).
 async fn client_hello(
     stream: &mut TcpStream,
     mut read: Vec<u8>,
-) -> Result<(Option<String>, Vec<u8>), String> {
+) -> Result<(Opening, Vec<u8>), String> {
     let mut acceptor = rustls::server::Acceptor::default();
     let mut fed = 0;
     let mut chunk = [0u8; 4096];
@@ -87,8 +98,20 @@ async fn client_hello(
         }
         match acceptor.accept() {
             Ok(Some(accepted)) => {
-                let name = accepted.client_hello().server_name().map(str::to_owned);
-                return Ok((name, read));
+                let hello = accepted.client_hello();
+                let opening = Opening {
+                    sni: hello.server_name().map(str::to_owned),
+                    alpn: hello
+                        .alpn()
+                        .map(|offered| {
+                            offered
+                                .map(|p| String::from_utf8_lossy(p).into_owned())
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    client_connections: 0,
+                };
+                return Ok((opening, read));
             }
             Ok(None) => {}
             Err((e, _)) => return Err(format!("not a TLS ClientHello: {e}")),

@@ -1,6 +1,10 @@
 //! `rate-limit`: at most `requests` per `window` per key (the client address, a header or
 //! a cookie); over the limit a request is answered 429 with `Retry-After` and never
-//! reaches a server.
+//! reaches a server. With `max_connections`, at most that many connections open at once
+//! per client address (HAProxy's `src_conn_cur`): a request on one more is answered 429.
+//!
+//! On a tcp frontend (`on-connect`) each connection counts as a request (per client
+//! address), and a connection over either limit is closed.
 //!
 //! The count is a sliding window kept by the host (`add-sliding`, one host call per
 //! request), so it is shared by every instance of the plugin and survives reloads: the
@@ -16,15 +20,19 @@
 use serde::Deserialize;
 use weir_sdk::util::{Cidr, Millis, in_any};
 use weir_sdk::{
-    Hooks, LocalResponse, Plugin, Proceed, Request, RequestAction, RequestFields, export_plugin,
-    host,
+    ConnectAction, Connection, Hooks, LocalResponse, Plugin, Proceed, Request, RequestAction,
+    RequestFields, export_plugin, host,
 };
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Requests allowed per window.
-    pub requests: u32,
+    #[serde(default)]
+    pub requests: Option<u32>,
+    /// Connections open at once per client address (weir counts them on every frontend).
+    #[serde(default)]
+    pub max_connections: Option<u32>,
     /// The window: "1s" by default.
     #[serde(default)]
     pub window: Option<Millis>,
@@ -46,7 +54,9 @@ enum Key {
 }
 
 pub struct RateLimit {
-    limit: u64,
+    /// Requests per window, with the burst; None for no rate.
+    limit: Option<u64>,
+    max_connections: Option<u32>,
     window: u64,
     key: Key,
     allow: Vec<Cidr>,
@@ -72,7 +82,7 @@ impl RateLimit {
     /// Seconds until one more request would be allowed, if no other came meanwhile:
     /// `previous` and `current` are the two windows' counts, `elapsed` ms into the current.
     fn retry_after(&self, previous: u64, current: u64, elapsed: u64) -> u64 {
-        let (w, limit) = (self.window, self.limit);
+        let (w, limit) = (self.window, self.limit.unwrap_or(u64::MAX));
         // Allowed at `e` ms into a window when ceil(p * (w - e) / w) + c + 1 <= limit,
         // that is from e = w - floor((limit - 1 - c) * w / p).
         let from = |p: u64, c: u64| -> Option<u64> {
@@ -101,8 +111,13 @@ impl Plugin for RateLimit {
     const HOOKS: Hooks = Hooks::ON_REQUEST;
 
     fn configure(config: Config) -> Result<Self, String> {
-        if config.requests == 0 {
-            return Err("requests: must be at least 1".into());
+        match (config.requests, config.max_connections) {
+            (None, None) => {
+                return Err("requests: give requests, max_connections or both".into());
+            }
+            (Some(0), _) => return Err("requests: must be at least 1".into()),
+            (_, Some(0)) => return Err("max_connections: must be at least 1".into()),
+            _ => {}
         }
         let window = config.window.map_or(1000, |m| m.0);
         if window == 0 {
@@ -122,8 +137,17 @@ impl Plugin for RateLimit {
                 }
             },
         };
+        if config.max_connections.is_some() && !matches!(key, Key::Src) {
+            return Err(
+                "max_connections: connections are counted per client address: key must be \"src\""
+                    .into(),
+            );
+        }
         Ok(RateLimit {
-            limit: u64::from(config.requests) + u64::from(config.burst),
+            limit: config
+                .requests
+                .map(|r| u64::from(r) + u64::from(config.burst)),
+            max_connections: config.max_connections,
             window,
             key,
             allow: config.allow,
@@ -143,14 +167,29 @@ impl Plugin for RateLimit {
         Some(RequestFields::CLIENT_IP)
     }
 
+    fn on_connect(&self, connection: Connection) -> ConnectAction {
+        self.connection(&connection)
+    }
+
     fn on_request(&self, request: Request) -> RequestAction {
         if in_any(&self.allow, &request.client_ip) {
             return RequestAction::Proceed(Proceed::unchanged());
         }
+        if let Some(max) = self.max_connections
+            && host::open_from(&request.client_ip) > max
+        {
+            return RequestAction::Respond(LocalResponse::text(
+                429,
+                "Too Many Requests: too many connections\n",
+            ));
+        }
+        let Some(limit) = self.limit else {
+            return RequestAction::Unchanged;
+        };
         let id = self.identity(&request);
         // Counted only when within the limit, in one step with the check: concurrent
         // requests never get past the limit together, and refused ones are not counted.
-        let limit = i64::try_from(self.limit).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let count = host::add_sliding(&id, 1, self.window, Some(limit));
         if count.added {
             return RequestAction::Proceed(Proceed::unchanged());
@@ -164,6 +203,35 @@ impl Plugin for RateLimit {
             LocalResponse::text(429, "Too Many Requests\n")
                 .with_header("retry-after", &retry.to_string()),
         )
+    }
+}
+
+impl RateLimit {
+    /// `on-connect`: a connection over `max_connections`, or over `requests` new
+    /// connections per window from its address, is closed.
+    fn connection(&self, c: &Connection) -> ConnectAction {
+        if in_any(&self.allow, &c.client_ip) {
+            return ConnectAction::Unchanged;
+        }
+        if let Some(max) = self.max_connections
+            && c.client_connections > max
+        {
+            return ConnectAction::Close(format!(
+                "{} connections open from {}, more than max_connections = {max}",
+                c.client_connections, c.client_ip
+            ));
+        }
+        if let Some(limit) = self.limit {
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let id = format!("conn:{}", c.client_ip);
+            if !host::add_sliding(&id, 1, self.window, Some(limit)).added {
+                return ConnectAction::Close(format!(
+                    "{} over {limit} connections per {} ms",
+                    c.client_ip, self.window
+                ));
+            }
+        }
+        ConnectAction::Unchanged
     }
 }
 
@@ -280,5 +348,58 @@ mod tests {
         assert!(e(r#"{"requests": 1, "key": "ip"}"#).starts_with("key:"));
         assert!(e(r#"{"requests": 1, "allow": ["300.0.0.0/8"]}"#).starts_with("allow[0]"));
         assert!(e(r#"{"window": "1s"}"#).contains("requests"));
+    }
+
+    #[test]
+    fn max_connections_counts_what_is_open_per_address() {
+        let host = FakeHost::install();
+        host.set_now_ms(5);
+        let p = limiter(r#"{"max_connections": 10, "allow": ["10.0.0.0/8"]}"#);
+        host.set_open_from("192.0.2.1", 10);
+        assert_eq!(refused(&p, request("GET", "/").from_ip("192.0.2.1")), None);
+        host.set_open_from("192.0.2.1", 11);
+        let r = p.on_request(request("GET", "/").from_ip("192.0.2.1"));
+        assert!(matches!(r, RequestAction::Respond(l) if l.status == 429));
+        // Without `requests`, nothing else is limited.
+        for _ in 0..100 {
+            assert_eq!(refused(&p, request("GET", "/").from_ip("192.0.2.9")), None);
+        }
+        // On a tcp frontend: the eleventh connection is closed, the allowed never.
+        use weir_sdk::testing::connection;
+        let c =
+            |ip: &str, n: u32| p.on_connect(connection().from_ip(ip).with_client_connections(n));
+        assert!(matches!(c("192.0.2.1", 10), ConnectAction::Unchanged));
+        assert!(
+            matches!(c("192.0.2.1", 11), ConnectAction::Close(why) if why.contains("more than max_connections = 10"))
+        );
+        assert!(matches!(c("10.1.1.1", 50), ConnectAction::Unchanged));
+        let e = |c: &str| weir_sdk::parse_config::<RateLimit>(c).err().unwrap();
+        assert!(e(r#"{"max_connections": 0}"#).starts_with("max_connections:"));
+        assert!(e(r#"{"max_connections": 5, "key": "header:x"}"#).starts_with("max_connections:"));
+        assert!(e(r#"{"window": "1s"}"#).starts_with("requests:"));
+    }
+
+    #[test]
+    fn new_connections_count_against_the_rate_on_tcp() {
+        let host = FakeHost::install();
+        host.set_now_ms(5);
+        let p = limiter(r#"{"requests": 2, "window": "10s"}"#);
+        use weir_sdk::testing::connection;
+        assert!(matches!(
+            p.on_connect(connection()),
+            ConnectAction::Unchanged
+        ));
+        assert!(matches!(
+            p.on_connect(connection()),
+            ConnectAction::Unchanged
+        ));
+        assert!(matches!(
+            p.on_connect(connection()),
+            ConnectAction::Close(_)
+        ));
+        assert!(matches!(
+            p.on_connect(connection().from_ip("192.0.2.7")),
+            ConnectAction::Unchanged
+        ));
     }
 }

@@ -3,6 +3,11 @@
 //! redirect, or a new path alone. A request no rule matches goes on unchanged, to the
 //! frontend's default backend.
 //!
+//! On a tcp frontend the same rules route connections (`on-connect`): a rule whose
+//! conditions are all about the connection (`sni`, `sni_not`, `src`, `src_not`, or none)
+//! sends it to its `backend` or, with `deny`, closes it; rules with HTTP conditions pass
+//! connections by, and rules with `sni` conditions pass HTTP requests by.
+//!
 //! ```toml
 //! [plugin.routes]
 //! stock = "router"
@@ -18,8 +23,8 @@ use regex_lite::Regex;
 use serde::Deserialize;
 use weir_sdk::util::{Cidr, OneOrMany};
 use weir_sdk::{
-    Hooks, LocalResponse, Plugin, Proceed, Request, RequestAction, RequestFields, export_plugin,
-    host,
+    ConnectAction, ConnectRoute, Connection, Hooks, LocalResponse, Plugin, Proceed, Request,
+    RequestAction, RequestFields, export_plugin, host,
 };
 
 /// `header` and `query` conditions: a name alone (present), or a name and how its value
@@ -69,6 +74,8 @@ pub struct RuleFile {
     query_not: Many<FieldMatchFile>,
     src: Many<Cidr>,
     src_not: Many<Cidr>,
+    sni: Many<String>,
+    sni_not: Many<String>,
     backend: Option<String>,
     deny: Option<u16>,
     redirect: Option<RedirectFile>,
@@ -164,6 +171,8 @@ enum Test {
     Header(Vec<FieldMatch>),
     Query(Vec<FieldMatch>),
     Src(Vec<Cidr>),
+    /// The TLS server name of a connection (exact, or `*.suffix`).
+    Sni(Vec<HostPattern>),
 }
 
 struct Condition {
@@ -186,6 +195,10 @@ enum Action {
 struct Rule {
     conditions: Vec<Condition>,
     action: Action,
+    /// Its conditions can be told of a request (no `sni`), and of a connection (only
+    /// `sni` and `src`), and its action applies to a connection (no redirect, no new path).
+    for_requests: bool,
+    for_connections: bool,
 }
 
 pub struct Router {
@@ -216,6 +229,24 @@ impl Test {
             Test::Header(_) => RequestFields::empty(),
             Test::Query(_) => RequestFields::QUERY,
             Test::Src(_) => RequestFields::CLIENT_IP,
+            Test::Sni(_) => RequestFields::empty(),
+        }
+    }
+
+    /// Whether it can be told of a connection (on a tcp frontend), and of a request.
+    fn on_connections(&self) -> bool {
+        matches!(self, Test::Src(_) | Test::Sni(_))
+    }
+
+    fn on_requests(&self) -> bool {
+        !matches!(self, Test::Sni(_))
+    }
+
+    fn holds_for_connection(&self, sni: Option<&str>, ip: Option<IpAddr>) -> bool {
+        match self {
+            Test::Src(v) => ip.is_some_and(|ip| v.iter().any(|b| b.contains(ip))),
+            Test::Sni(v) => sni.is_some_and(|name| host_matches(v, name)),
+            _ => false,
         }
     }
 
@@ -226,14 +257,7 @@ impl Test {
             Test::PathBeg(v) => v.iter().any(|p| path.starts_with(p.as_str())),
             Test::PathEnd(v) => v.iter().any(|p| path.ends_with(p.as_str())),
             Test::PathReg(v) => v.iter().any(|r| r.is_match(path)),
-            Test::Host(v) => s.host.as_deref().is_some_and(|h| {
-                v.iter().any(|p| match p {
-                    HostPattern::Exact(e) => h == e,
-                    HostPattern::Suffix(suffix) => {
-                        h.len() > suffix.len() && h.ends_with(suffix.as_str())
-                    }
-                })
-            }),
+            Test::Host(v) => s.host.as_deref().is_some_and(|h| host_matches(v, h)),
             Test::Method(v) => v.contains(&s.request.method),
             Test::Header(v) => v.iter().any(|m| {
                 s.request
@@ -246,8 +270,17 @@ impl Test {
                     .is_some_and(|value| m.value_ok(value))
             }),
             Test::Src(v) => s.ip.is_some_and(|ip| v.iter().any(|b| b.contains(ip))),
+            Test::Sni(_) => false,
         }
     }
+}
+
+/// Whether a (lower-case) host name is one of `patterns`.
+fn host_matches(patterns: &[HostPattern], h: &str) -> bool {
+    patterns.iter().any(|p| match p {
+        HostPattern::Exact(e) => h == e,
+        HostPattern::Suffix(suffix) => h.len() > suffix.len() && h.ends_with(suffix.as_str()),
+    })
 }
 
 /// `header` (names compared case-insensitively, so kept lower-case) and `query`
@@ -406,6 +439,11 @@ fn compile_rule(rule: RuleFile, at: &str) -> Result<Rule, String> {
             add(Test::Src(v.0), negate);
         }
     }
+    for (v, negate, name) in [(rule.sni, false, "sni"), (rule.sni_not, true, "sni_not")] {
+        if let Some(v) = v {
+            add(Test::Sni(host_patterns(v, &key(name))?), negate);
+        }
+    }
 
     if let Some(backend) = &rule.backend
         && host::servers(backend).is_empty()
@@ -472,7 +510,18 @@ fn compile_rule(rule: RuleFile, at: &str) -> Result<Rule, String> {
             ));
         }
     };
-    Ok(Rule { conditions, action })
+    let for_requests = conditions.iter().all(|c| c.test.on_requests());
+    let for_connections = conditions.iter().all(|c| c.test.on_connections())
+        && matches!(
+            action,
+            Action::Deny(_) | Action::Route { set_path: None, .. }
+        );
+    Ok(Rule {
+        conditions,
+        action,
+        for_requests,
+        for_connections,
+    })
 }
 
 impl Plugin for Router {
@@ -519,6 +568,34 @@ impl Plugin for Router {
         Some(self.fields)
     }
 
+    fn on_connect(&self, connection: Connection) -> ConnectAction {
+        let sni = connection
+            .sni
+            .as_deref()
+            .map(|s| s.trim_end_matches('.').to_ascii_lowercase());
+        let ip = connection.client_ip.parse().ok();
+        let found = self.rules.iter().enumerate().find(|(_, r)| {
+            r.for_connections
+                && r.conditions
+                    .iter()
+                    .all(|c| c.test.holds_for_connection(sni.as_deref(), ip) != c.negate)
+        });
+        match found {
+            None => ConnectAction::Unchanged,
+            Some((
+                _,
+                Rule {
+                    action: Action::Route { backend, .. },
+                    ..
+                },
+            )) => ConnectAction::Proceed(ConnectRoute {
+                backend: backend.clone(),
+                server: None,
+            }),
+            Some((i, _)) => ConnectAction::Close(format!("denied by rule {i}")),
+        }
+    }
+
     fn on_request(&self, request: Request) -> RequestAction {
         // The host and the address are prepared only when a rule reads them: most rule
         // sets test the path alone, and parsing an address costs more than the match
@@ -546,9 +623,10 @@ impl Plugin for Router {
             request: &request,
         };
         let Some(rule) = self.rules.iter().find(|r| {
-            r.conditions
-                .iter()
-                .all(|c| c.test.holds(&subject) != c.negate)
+            r.for_requests
+                && r.conditions
+                    .iter()
+                    .all(|c| c.test.holds(&subject) != c.negate)
         }) else {
             return RequestAction::Unchanged;
         };
@@ -860,5 +938,69 @@ mod tests {
         assert!(e.starts_with("rules[0].header:"), "{e}");
         let e = error(r#"[{"host": "a*.example.com", "deny": 403}]"#);
         assert!(e.starts_with("rules[0].host:"), "{e}");
+    }
+
+    fn connect_outcome(r: &Router, c: Connection) -> String {
+        match r.on_connect(c) {
+            ConnectAction::Unchanged => "-".into(),
+            ConnectAction::Proceed(route) => format!("backend:{}", route.backend.unwrap()),
+            ConnectAction::Close(why) => format!("close:{why}"),
+        }
+    }
+
+    #[test]
+    fn connections_are_routed_by_sni_and_source() {
+        let _h = host();
+        let r = router(
+            r#"[{"path_beg": "/x", "backend": "static"},
+                {"src": "10.0.0.0/8", "sni_not": "api.example.com", "deny": 403},
+                {"sni": "api.example.com", "backend": "api"},
+                {"sni": "*.eu.example.com", "backend": "eu"},
+                {"host": "a.example.com", "backend": "static"}]"#,
+        );
+        use weir_sdk::testing::connection;
+        assert_eq!(
+            connect_outcome(&r, connection().with_sni("api.example.com")),
+            "backend:api"
+        );
+        // Names compare without case, and a wildcard needs a label before its suffix.
+        assert_eq!(
+            connect_outcome(&r, connection().with_sni("API.Example.com")),
+            "backend:api"
+        );
+        assert_eq!(
+            connect_outcome(&r, connection().with_sni("db.eu.example.com")),
+            "backend:eu"
+        );
+        assert_eq!(
+            connect_outcome(&r, connection().with_sni("eu.example.com")),
+            "-"
+        );
+        assert_eq!(connect_outcome(&r, connection()), "-");
+        // Source blocks deny (close) unless the name is the exempted one.
+        assert_eq!(
+            connect_outcome(
+                &r,
+                connection()
+                    .from_ip("10.1.2.3")
+                    .with_sni("db.eu.example.com")
+            ),
+            "close:denied by rule 1"
+        );
+        assert_eq!(
+            connect_outcome(
+                &r,
+                connection().from_ip("10.1.2.3").with_sni("api.example.com")
+            ),
+            "backend:api"
+        );
+        // The HTTP rules pass connections by, and the sni rules pass requests by.
+        assert_eq!(outcome(&r, request("GET", "/x")), "backend:static");
+        assert_eq!(
+            outcome(&r, request("GET", "/").with_host("a.example.com")),
+            "backend:static"
+        );
+        assert_eq!(outcome(&r, request("GET", "/")), "-");
+        assert!(error(r#"[{"sni": "a.*.com", "backend": "api"}]"#).contains("rules[0].sni"));
     }
 }

@@ -81,12 +81,6 @@ pub(super) fn build_frontend(
                 cx.err(&path.key(key), "applies to HTTP: this frontend is mode tcp");
             }
         }
-        if !f.plugins.is_empty() {
-            cx.err(
-                &path.key("plugins"),
-                "plugins act on HTTP requests; a tcp frontend runs none yet (the on-connect hook is to come)",
-            );
-        }
         if tls_passthrough && f.tls.is_some() {
             cx.err(
                 &path.key("tls_passthrough"),
