@@ -34,6 +34,11 @@ fn the_script_parses_and_explains_itself() {
 }
 
 #[test]
+fn the_tcp_script_parses_and_explains_itself() {
+    parses_and_explains_itself("tcp", &["ROUNDS", "TRANSFER", "splice", "HAProxy"]);
+}
+
+#[test]
 fn the_store_script_parses_and_explains_itself() {
     parses_and_explains_itself("store", &["ROUNDS", "redis-server", "exact"]);
 }

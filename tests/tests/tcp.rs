@@ -778,3 +778,36 @@ async fn over_max_connections_an_http_request_gets_429() {
         "once one closed, the third is served"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_half_closes_still_hears_the_client() {
+    // The server greets, ends its side, and goes on reading what the client sends.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (heard_tx, heard) = tokio::sync::oneshot::channel::<Vec<u8>>();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        s.write_all(b"hello, then silence").await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap();
+        let _ = heard_tx.send(got);
+    });
+    let proxy = TestProxy::start(&tcp_config(&[("s1", addr, "")], "", "")).await;
+    let mut c = TcpStream::connect(proxy.addr()).await.unwrap();
+    let mut greeting = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut greeting))
+        .await
+        .expect("the server's end of stream reaches the client")
+        .unwrap();
+    assert_eq!(greeting, b"hello, then silence");
+    c.write_all(b"still talking").await.unwrap();
+    c.shutdown().await.unwrap();
+    let heard = tokio::time::timeout(Duration::from_secs(5), heard)
+        .await
+        .expect("the client's bytes after the server's half-close reach it")
+        .unwrap();
+    assert_eq!(heard, b"still talking");
+    let lines = proxy.log.wait_for(1).await;
+    assert!(lines[0].contains(" -- "), "{lines:?}");
+}

@@ -48,6 +48,8 @@ enum Fetch {
     Method,
     Src,
     Query(String),
+    /// The TLS ClientHello's server name (tcp frontends).
+    Sni,
 }
 
 /// The meaning of `criterion [flags] values...`.
@@ -67,6 +69,9 @@ pub fn meaning(words: &[String]) -> Result<Read, String> {
         "TRUE" | "always_true" => return Ok((Meaning::Always, None)),
         "FALSE" | "always_false" => return Ok((Meaning::Never, None)),
         "ssl_fc" => return Ok((Meaning::Tls, None)),
+        // `tcp-request content accept if { req_ssl_hello_type 1 }`: weir with
+        // tls_passthrough reads the ClientHello before it routes.
+        "req_ssl_hello_type" | "req.ssl_hello_type" => return Ok((Meaning::Always, None)),
         "sc_http_req_rate" | "sc0_http_req_rate" | "src_http_req_rate" => {
             return rate(arg.as_deref(), &words[1..]);
         }
@@ -90,6 +95,7 @@ pub fn meaning(words: &[String]) -> Result<Read, String> {
         "hdr_dom" => (header(arg)?, Match::Dom),
         "method" => (Fetch::Method, Match::Str),
         "src" => (Fetch::Src, Match::Str),
+        "req_ssl_sni" | "req.ssl_sni" => (Fetch::Sni, Match::Str),
         "url_param" | "urlp" => match arg {
             Some(p) if !p.is_empty() => (Fetch::Query(p), Match::Str),
             _ => return Err(format!("{criterion}: a parameter name is needed")),
@@ -243,6 +249,26 @@ fn test(fetch: Fetch, how: Match, icase: bool, values: Vec<String>) -> Result<Re
                 .map(|v| V::table([("name", V::str(h.clone())), (kind, V::str(v.clone()))]))
                 .collect();
             (many("header", tables), case_caveat())
+        }
+        Fetch::Sni => {
+            let lower: Vec<String> = values.iter().map(|v| v.to_ascii_lowercase()).collect();
+            match how {
+                Match::Str => (many("sni", strs(&lower)), None),
+                Match::Dom => {
+                    let both = lower
+                        .iter()
+                        .flat_map(|v| [V::str(v.clone()), V::Str(format!("*.{v}"))])
+                        .collect();
+                    (many("sni", both), None)
+                }
+                Match::End if lower.iter().all(|v| v.starts_with('.')) => {
+                    let any = lower.iter().map(|v| V::Str(format!("*{v}"))).collect();
+                    (many("sni", any), None)
+                }
+                _ => {
+                    return Err("this match on the SNI has no equivalent in weir's router".into());
+                }
+            }
         }
         Fetch::Method if how == Match::Str => {
             let upper = values

@@ -140,13 +140,6 @@ pub fn import(
                 };
                 let mut p = Proxy::new(s, base);
                 p.read(&mut cx);
-                if p.settings.tcp.is_some() {
-                    let (a, b) = s.span();
-                    cx.notes.retain(|n| n.line < a || n.line > b);
-                    for line in std::iter::once(&s.header).chain(&s.lines) {
-                        cx.left(line, "mode tcp: weir has no TCP mode yet");
-                    }
-                }
                 proxies.push(p);
             }
             kind => {
@@ -209,9 +202,6 @@ pub fn import(
     let mut admin_written = false;
     let mut reach: Vec<(String, Vec<String>)> = Vec::new();
     for p in &proxies {
-        if p.settings.tcp.is_some() {
-            continue;
-        }
         if p.stats_only() {
             if admin_written {
                 cx.left(&p.section.header, "weir has one [admin] listener");
@@ -294,7 +284,7 @@ fn inherited(
 
 /// Every backend a frontend names exists (HAProxy refuses the file otherwise).
 fn check_references(proxies: &[Proxy]) -> Result<(), SyntaxError> {
-    for p in proxies.iter().filter(|p| p.settings.tcp.is_none()) {
+    for p in proxies {
         let named = p
             .default_backend
             .iter()

@@ -74,6 +74,8 @@ pub struct Proxy {
     pub cookie: Option<(Vec<(String, V)>, Line)>,
     /// The period of the stick table's `http_req_rate`, and its line.
     pub table_window: Option<(String, usize)>,
+    /// tcp: it reads the TLS ClientHello before routing (`tcp-request inspect-delay`).
+    pub reads_hello: bool,
 }
 
 impl Proxy {
@@ -104,6 +106,7 @@ impl Proxy {
             servers: Vec::new(),
             cookie: None,
             table_window: None,
+            reads_hello: false,
         }
     }
 
@@ -159,7 +162,24 @@ impl Proxy {
                 "weir limits connections for the whole process ([global] maxconn), not per frontend",
             ),
             "log" => cx.left(line, "weir's access log goes where [global] access_log says, for every frontend"),
+            "tcp-request" if front => self.tcp_request(cx, line),
             _ => cx.left(line, "no equivalent in weir"),
+        }
+    }
+
+    /// `tcp-request inspect-delay` and the `content accept` of a TLS hello: what weir's
+    /// `tls_passthrough` does (it waits for the ClientHello within timeout.client).
+    fn tcp_request(&mut self, cx: &mut Cx, line: &Line) {
+        let hello = |w: &str| w.contains("req_ssl_hello_type") || w.contains("req.ssl_hello_type");
+        match line.word(1) {
+            "inspect-delay" => {
+                self.reads_hello = true;
+                cx.partly(line, "weir waits for the ClientHello up to timeout.client");
+            }
+            "content" if line.word(2) == "accept" && line.words.iter().any(|w| hello(w)) => {
+                self.reads_hello = true;
+            }
+            _ => cx.left(line, "weir's tcp frontends run plugins' on-connect instead"),
         }
     }
 

@@ -37,6 +37,15 @@ pub struct Settings {
     pub errorfiles: BTreeMap<u16, String>,
     /// `log_format`: from `log-format`, or HAProxy's own httplog line for `option httplog`.
     pub log_format: Option<String>,
+    /// `option tcp-check` with its `tcp-check send` / `expect string`.
+    pub tcp_check: Option<TcpCheck>,
+}
+
+/// A TCP check's exchange.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TcpCheck {
+    pub send: Option<String>,
+    pub expect: Option<String>,
 }
 
 /// HAProxy's `option httplog` line in weir's `%` variables: the same fields in the same
@@ -88,6 +97,26 @@ impl Settings {
             ("option", "dontlognull" | "http-keep-alive" | "log-health-checks")
             | ("log", "global") => {}
             ("option", "httplog" | "httpslog") => self.log_format = Some(HTTPLOG.to_owned()),
+            // A tcp frontend's text line is HAProxy's tcplog.
+            ("option", "tcplog") => {}
+            ("option", "tcp-check") => {
+                self.tcp_check.get_or_insert_with(TcpCheck::default);
+            }
+            ("tcp-check", "connect") => {}
+            ("tcp-check", "send") if line.words.len() == 3 => {
+                self.tcp_check.get_or_insert_with(TcpCheck::default).send = Some(w(2).to_owned());
+            }
+            ("tcp-check", "expect") if w(2) == "string" && line.words.len() == 4 => {
+                self.tcp_check.get_or_insert_with(TcpCheck::default).expect = Some(w(3).to_owned());
+            }
+            ("tcp-check", _) => cx.left(
+                line,
+                "weir's TCP check sends one string and expects one (send, expect string)",
+            ),
+            ("option", "splice-auto" | "splice-request" | "splice-response") => cx.partly(
+                line,
+                "weir relays with its own copy loop (BENCHMARKS.md, Layer 4, says why)",
+            ),
             ("log-format", _) => {
                 let text = line.from(1).join(" ");
                 // A format weir cannot write leaves weir's own text line, not the one

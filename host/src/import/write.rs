@@ -18,9 +18,13 @@ fn lines(nos: impl IntoIterator<Item = usize>) -> String {
 }
 
 /// A backend that exists in weir: not tcp, with servers.
-fn usable<'a>(proxies: &'a [Proxy], name: &str) -> Option<&'a Proxy> {
+/// The backend `name` with servers, in mode tcp or not as `tcp` says.
+fn usable<'a>(proxies: &'a [Proxy], name: &str, tcp: bool) -> Option<&'a Proxy> {
     proxies.iter().find(|p| {
-        p.holds_servers() && p.name == name && p.settings.tcp.is_none() && !p.servers.is_empty()
+        p.holds_servers()
+            && p.name == name
+            && p.settings.tcp.is_some() == tcp
+            && !p.servers.is_empty()
     })
 }
 
@@ -35,6 +39,8 @@ pub fn frontend(
     admin: bool,
 ) -> (Vec<Block>, Vec<String>) {
     let header = &p.section.header;
+    let tcp = p.settings.tcp.is_some();
+    let usable = |proxies, name: &str| usable(proxies, name, tcp);
     if p.plain.is_empty() && p.tls.is_empty() {
         if p.kind == "frontend" {
             cx.left(header, "a frontend without a bind address");
@@ -60,9 +66,12 @@ pub fn frontend(
             rules.push(rule_table(conds, action));
         } else if proxies
             .iter()
-            .any(|x| x.name == *b && x.settings.tcp.is_some())
+            .any(|x| x.name == *b && x.holds_servers() && x.settings.tcp.is_some() != tcp)
         {
-            cx.left(line, "its backend is in mode tcp, which weir has not yet");
+            cx.left(
+                line,
+                "its backend is of the other mode (tcp or http): weir sends to backends of the frontend's own",
+            );
         } else {
             rules.push(rule_table(conds, &Action::Deny(503)));
         }
@@ -100,7 +109,7 @@ pub fn frontend(
         }
         chain.push(name);
     };
-    if let Some(b) = limit(cx, p, proxies) {
+    if let Some(b) = limit(cx, p, proxies).filter(|_| !tcp) {
         plugin(format!("{}-limit", p.name), Some(b), &mut chain);
     } else if let Some((_, _, line)) = &p.track {
         cx.left(line, "a tracking no rate limit of this frontend uses");
@@ -217,13 +226,43 @@ pub fn frontend(
             "[[frontend]]",
         );
         b.set("name", V::Str(name));
+        if tcp {
+            b.set("mode", V::str("tcp"));
+        }
         b.set("bind", V::one_or_list(binds.iter().map(V::str).collect()));
         b.set("default_backend", V::str(&default));
         if !chain.is_empty() {
             b.set("plugins", V::strs(chain.clone()));
         }
-        if let Some(t) = timeouts(&p.settings, base, &["client", "http_request"]) {
+        let frontend_timeouts: &[&str] = match tcp {
+            true => &["client"],
+            false => &["client", "http_request"],
+        };
+        if let Some(t) = timeouts(&p.settings, base, frontend_timeouts) {
             b.set("timeout", t);
+        }
+        if tcp {
+            // Rules on the server name need the ClientHello: read, not decrypted.
+            let by_sni = p
+                .routes
+                .iter()
+                .any(|r| r.conds.iter().any(|(k, _)| k.starts_with("sni")));
+            if !tls && (p.reads_hello || by_sni) {
+                b.set("tls_passthrough", V::Bool(true));
+            }
+            if p.accept_proxy {
+                b.set("accept_proxy", V::Bool(true));
+            }
+            if tls {
+                let certs = p
+                    .crts
+                    .iter()
+                    .map(|c| V::table([("cert", V::str(c))]))
+                    .collect();
+                b.set("tls", V::one_or_list(certs));
+            }
+            fronts.push(b);
+            continue;
         }
         if p.settings.forwardfor.unwrap_or(false) != base.forwardfor.unwrap_or(false) {
             b.set(
@@ -336,6 +375,10 @@ pub fn backend(cx: &mut Cx, p: &Proxy, base: &Settings) -> Option<Block> {
         ));
     }
     let mut b = Block::new(comment, format!("[backend.{}]", key(&p.name)));
+    let tcp = p.settings.tcp.is_some();
+    if tcp {
+        b.set("mode", V::str("tcp"));
+    }
     if let Some(bal) = &p.settings.balance
         && bal != "roundrobin"
     {
@@ -356,11 +399,24 @@ pub fn backend(cx: &mut Cx, p: &Proxy, base: &Settings) -> Option<Block> {
     if p.settings.allbackups == Some(true) {
         b.set("allbackups", V::Bool(true));
     }
-    if p.settings.errorfiles != base.errorfiles && !p.settings.errorfiles.is_empty() {
+    if !tcp && p.settings.errorfiles != base.errorfiles && !p.settings.errorfiles.is_empty() {
         b.set("errorfiles", errorfiles(&p.settings.errorfiles));
     }
     // The check: what the backend says, with each checked server's timings.
     let mut check: Vec<(String, V)> = Vec::new();
+    if let Some(c) = p
+        .settings
+        .tcp_check
+        .as_ref()
+        .filter(|_| p.settings.httpchk.is_none())
+    {
+        if let Some(s) = &c.send {
+            check.push(("send".into(), V::str(s)));
+        }
+        if let Some(s) = &c.expect {
+            check.push(("expect".into(), V::str(s)));
+        }
+    }
     if let Some(c) = &p.settings.httpchk {
         check.push((
             "method".into(),

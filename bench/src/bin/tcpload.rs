@@ -1,0 +1,228 @@
+//! The layer 4 bench's tools (bench/tcp): servers, load, and two bare relays that measure
+//! how bytes best cross a proxy.
+//!
+//! ```text
+//! tcpload serve ECHO_ADDR SOURCE_ADDR   echo: 16 bytes back per connection; source: the
+//!                                       count of bytes a client asks for (8 bytes, LE)
+//! tcpload conns ADDR SECONDS CONCURRENCY   short connections: connect, 16 bytes each way,
+//!                                          close; prints {"connections": n, "seconds": s}
+//! tcpload stream ADDR BYTES              one connection receiving BYTES from the source;
+//!                                        prints {"bytes": n, "seconds": s}
+//! tcpload relay LISTEN TARGET copy|splice   a one-thread relay: tokio's copy_bidirectional,
+//!                                           or splice(2) through a pipe, no user-space copy
+//! ```
+
+#![allow(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::{TcpListener, TcpStream};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |i: usize| -> &str { args.get(i).map(String::as_str).unwrap_or_else(|| usage()) };
+    let addr = |i: usize| -> SocketAddr { arg(i).parse().unwrap_or_else(|_| usage()) };
+    let number = |i: usize| -> u64 { arg(i).parse().unwrap_or_else(|_| usage()) };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    match arg(0) {
+        "serve" => runtime.block_on(serve(addr(1), addr(2))),
+        "conns" => runtime.block_on(conns(addr(1), number(2), number(3))),
+        "stream" => runtime.block_on(stream(addr(1), number(2))),
+        "relay" => runtime.block_on(relay(addr(1), addr(2), arg(3) == "splice")),
+        _ => usage(),
+    }
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: tcpload serve ECHO SOURCE | conns ADDR SECONDS CONCURRENCY | stream ADDR BYTES | relay LISTEN TARGET copy|splice"
+    );
+    std::process::exit(2)
+}
+
+async fn serve(echo: SocketAddr, source: SocketAddr) {
+    let echo = TcpListener::bind(echo).await.expect("bind the echo server");
+    let source = TcpListener::bind(source).await.expect("bind the source");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = echo.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 16];
+                if s.read_exact(&mut buf).await.is_ok() {
+                    let _ = s.write_all(&buf).await;
+                }
+            });
+        }
+    });
+    while let Ok((mut s, _)) = source.accept().await {
+        tokio::spawn(async move {
+            let mut asked = [0u8; 8];
+            if s.read_exact(&mut asked).await.is_err() {
+                return;
+            }
+            let mut left = u64::from_le_bytes(asked);
+            let chunk = vec![0u8; 256 * 1024];
+            while left > 0 {
+                let n = left.min(chunk.len() as u64) as usize;
+                if s.write_all(&chunk[..n]).await.is_err() {
+                    return;
+                }
+                left -= n as u64;
+            }
+        });
+    }
+}
+
+async fn conns(addr: SocketAddr, seconds: u64, concurrency: u64) {
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (done, stop) = (Arc::clone(&done), Arc::clone(&stop));
+        workers.push(tokio::spawn(async move {
+            let mut buf = [0u8; 16];
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(mut s) = TcpStream::connect(addr).await else {
+                    continue;
+                };
+                let _ = s.set_nodelay(true);
+                if s.write_all(b"0123456789abcdef").await.is_ok()
+                    && s.read_exact(&mut buf).await.is_ok()
+                {
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = started.elapsed().as_secs_f64();
+    for w in workers {
+        let _ = w.await;
+    }
+    println!(
+        "{{\"connections\": {}, \"seconds\": {elapsed:.3}}}",
+        done.load(Ordering::Relaxed)
+    );
+}
+
+async fn stream(addr: SocketAddr, bytes: u64) {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let started = Instant::now();
+    s.write_all(&bytes.to_le_bytes()).await.expect("ask");
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut got = 0u64;
+    while got < bytes {
+        let n = s.read(&mut buf).await.expect("read");
+        if n == 0 {
+            break;
+        }
+        got += n as u64;
+    }
+    println!(
+        "{{\"bytes\": {got}, \"seconds\": {:.3}}}",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+async fn relay(listen: SocketAddr, target: SocketAddr, splice: bool) {
+    let listener = TcpListener::bind(listen).await.expect("bind the relay");
+    while let Ok((mut client, _)) = listener.accept().await {
+        tokio::spawn(async move {
+            let Ok(mut server) = TcpStream::connect(target).await else {
+                return;
+            };
+            if splice {
+                let _ = splice_both(&client, &server).await;
+            } else {
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            }
+        });
+    }
+}
+
+/// Both directions through pipes with splice(2): the bytes never enter user space.
+async fn splice_both(a: &TcpStream, b: &TcpStream) -> std::io::Result<()> {
+    let (ab, ba) = tokio::join!(splice_one(a, b), splice_one(b, a));
+    ab.and(ba)
+}
+
+async fn splice_one(from: &TcpStream, to: &TcpStream) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut fds = [0i32; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let (pr, pw) = (fds[0], fds[1]);
+    let flags = libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK;
+    let result = async {
+        loop {
+            // Socket → pipe.
+            let n = from
+                .async_io(Interest::READABLE, || {
+                    // SAFETY: both descriptors are open for the call; null offsets.
+                    let n = unsafe {
+                        libc::splice(
+                            from.as_raw_fd(),
+                            std::ptr::null_mut(),
+                            pw,
+                            std::ptr::null_mut(),
+                            1 << 20,
+                            flags,
+                        )
+                    };
+                    if n < 0 {
+                        Err(std::io::Error::last_os_error())
+                    } else {
+                        Ok(n as usize)
+                    }
+                })
+                .await?;
+            if n == 0 {
+                // SAFETY: a plain shutdown of an open socket's write side.
+                unsafe { libc::shutdown(to.as_raw_fd(), libc::SHUT_WR) };
+                return Ok(());
+            }
+            // Pipe → socket, all of it.
+            let mut left = n;
+            while left > 0 {
+                let m = to
+                    .async_io(Interest::WRITABLE, || {
+                        // SAFETY: as above.
+                        let m = unsafe {
+                            libc::splice(
+                                pr,
+                                std::ptr::null_mut(),
+                                to.as_raw_fd(),
+                                std::ptr::null_mut(),
+                                left,
+                                flags,
+                            )
+                        };
+                        if m < 0 {
+                            Err(std::io::Error::last_os_error())
+                        } else {
+                            Ok(m as usize)
+                        }
+                    })
+                    .await?;
+                left -= m;
+            }
+        }
+    }
+    .await;
+    // SAFETY: the pipe's two ends, opened above, closed once.
+    unsafe {
+        libc::close(pr);
+        libc::close(pw);
+    }
+    result
+}
