@@ -811,3 +811,31 @@ async fn a_server_that_half_closes_still_hears_the_client() {
     let lines = proxy.log.wait_for(1).await;
     assert!(lines[0].contains(" -- "), "{lines:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_transfer_both_ways_arrives_byte_for_byte() {
+    let s1 = EchoServer::start("s1").await;
+    let proxy = TestProxy::start(&tcp_config(&[("s1", s1.addr, "")], "", "")).await;
+    // Far more than one read's buffer: past the first full read it goes by splice(2).
+    let data: Vec<u8> = (0..24u32 << 20).map(|i| (i % 253) as u8).collect();
+    let stream = TcpStream::connect(proxy.addr()).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let sent = data.clone();
+    let writer = tokio::spawn(async move {
+        write.write_all(&sent).await.unwrap();
+        write.shutdown().await.unwrap();
+    });
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), read.read_to_end(&mut got))
+        .await
+        .expect("the echo within 30 s")
+        .unwrap();
+    writer.await.unwrap();
+    let tail = format!("s1 saw {} bytes\n", data.len());
+    assert_eq!(got.len(), data.len() + tail.len());
+    assert!(got[..data.len()] == data[..], "the bytes came back changed");
+    assert_eq!(&got[data.len()..], tail.as_bytes());
+    let lines = proxy.log.wait_for(1).await;
+    let words: Vec<&str> = lines[0].split(' ').collect();
+    assert_eq!(words[5], got.len().to_string(), "{lines:?}");
+}

@@ -10,6 +10,7 @@ pub mod headers;
 pub mod local;
 pub mod log;
 mod pipeline;
+mod splice;
 mod syslog;
 pub mod tcp;
 mod tunnel;

@@ -17,10 +17,14 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::chain::{self, Connected};
 use super::log::{Load, LogRecord, Target};
+use super::splice;
 use super::{ConnInfo, FrontendRt, new_record};
+use crate::activity::Tracked;
 use crate::balance::RequestKey;
 use crate::upstream::connect::{self, Dial, Stream};
 use crate::upstream::{BackendRt, InFlight, QueueError, Slot};
+use bytes::Bytes;
+use tokio::net::TcpStream;
 
 /// What weir knows of a tcp connection before it relays it.
 #[derive(Debug, Default)]
@@ -33,13 +37,19 @@ pub struct Opening {
     pub client_connections: u32,
 }
 
-/// Relays `client` (whose first bytes may already have been read: `client` replays them)
-/// to a server of `fe`'s backend (or the one the chain's `on-connect` chose) until the
-/// connection ends, then logs and counts it.
-pub async fn relay<C>(fe: Arc<FrontendRt>, conn: ConnInfo, client: C, opening: Opening)
-where
-    C: AsyncRead + AsyncWrite + Unpin,
-{
+/// A tcp frontend's client connection, as the listener hands it over.
+pub enum Client {
+    /// The socket, and the bytes already read from it (a ClientHello, what followed a
+    /// PROXY header), relayed first.
+    Plain(TcpStream, Bytes),
+    /// TLS that weir terminated.
+    Tls(Box<tokio_rustls::server::TlsStream<Tracked<TcpStream>>>),
+}
+
+/// Relays `client` to a server of `fe`'s backend (or the one the chain's `on-connect`
+/// chose) until the connection ends, then logs and counts it. Between two plain sockets
+/// bulk bytes move with splice(2) ([`super::splice`]); through TLS, with a copy.
+pub async fn relay(fe: Arc<FrontendRt>, conn: ConnInfo, client: Client, opening: Opening) {
     let mut record = tcp_record(&fe, &conn);
     let (backend, prefer) = match on_connect(&fe, &conn, &opening).await {
         Ok(route) => route,
@@ -59,28 +69,58 @@ where
         }
     };
     let (limit, blame) = idle_limit(&fe, &backend);
-    let mut client = Side::new(client);
-    let mut server = Side::new(server);
-    let ended = {
-        let copy = tokio::io::copy_bidirectional(&mut client, &mut server);
-        tokio::select! {
-            copied = copy => match copied {
-                Ok(_) => *b"--",
-                // Which side broke: the one whose read or write failed.
-                Err(_) if server.failed => *b"SD",
-                Err(_) => *b"CD",
-            },
-            () = idle(&conn, limit) => [blame, b'D'],
+    let activity = Arc::clone(&conn.activity);
+    let (ended, (up, down)) = match (client, server) {
+        (Client::Plain(client, early), Stream::Plain(server)) => {
+            let mut counted = (0, 0);
+            let relayed = async {
+                super::splice::write_all(&server, &early)
+                    .await
+                    .map_err(|_| splice::Side::Server)?;
+                activity.touch();
+                splice::relay(&client, &server, &activity, &mut counted).await
+            };
+            let ended = tokio::select! {
+                relayed = relayed => match relayed {
+                    Ok(()) => *b"--",
+                    Err(splice::Side::Server) => *b"SD",
+                    Err(splice::Side::Client) => *b"CD",
+                },
+                () = idle(&conn, limit) => [blame, b'D'],
+            };
+            (ended, (counted.0 + early.len() as u64, counted.1))
+        }
+        (client, server) => {
+            let client: Box<dyn Io> = match client {
+                Client::Plain(socket, early) => {
+                    Box::new(Tracked::new(socket, early, Arc::clone(&activity)))
+                }
+                Client::Tls(tls) => tls,
+            };
+            let mut client = Side::new(client);
+            let mut server = Side::new(server);
+            let copy = tokio::io::copy_bidirectional(&mut client, &mut server);
+            let ended = tokio::select! {
+                copied = copy => match copied {
+                    Ok(_) => *b"--",
+                    // Which side broke: the one whose read or write failed.
+                    Err(_) if server.failed => *b"SD",
+                    Err(_) => *b"CD",
+                },
+                () = idle(&conn, limit) => [blame, b'D'],
+            };
+            (ended, (client.read, server.read))
         }
     };
     record.termination = ended;
-    record.bytes = server.read;
-    record
-        .received
-        .bytes
-        .fetch_add(client.read, Ordering::Relaxed);
+    record.bytes = down;
+    record.received.bytes.fetch_add(up, Ordering::Relaxed);
     finish(&fe, &conn, record, Some(slot));
 }
+
+/// A client connection the copy relays.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// A connection refused before any server was sought (with `tls_passthrough`, its first
 /// bytes were no TLS ClientHello): said in weir's log, and in the access log as `PR`.

@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 use super::conn::FrontendServer;
 use super::current;
 use crate::activity::Tracked;
-use crate::proxy::tcp::Opening;
+use crate::proxy::tcp::{Client, Opening};
 use crate::proxy::{self, ConnInfo};
 
 /// The most of a ClientHello weir reads to find its server name (a hello with post-quantum
@@ -52,10 +52,10 @@ pub(super) async fn serve(
             alpn: Vec::new(),
             client_connections,
         };
-        return proxy::tcp::relay(fe, conn, tls, opening).await;
+        return proxy::tcp::relay(fe, conn, Client::Tls(Box::new(tls)), opening).await;
     }
     if !cfg.tls_passthrough {
-        let client = Tracked::new(stream, Bytes::from(early), activity);
+        let client = Client::Plain(stream, Bytes::from(early));
         let opening = Opening {
             client_connections,
             ..Opening::default()
@@ -66,7 +66,7 @@ pub(super) async fn serve(
     match tokio::time::timeout(limit, client_hello(&mut stream, early)).await {
         Ok(Ok((mut opening, read))) => {
             opening.client_connections = client_connections;
-            let client = Tracked::new(stream, Bytes::from(read), activity);
+            let client = Client::Plain(stream, Bytes::from(read));
             proxy::tcp::relay(fe, conn, client, opening).await;
         }
         Ok(Err(why)) => proxy::tcp::refused(&fe, &conn, &why),
