@@ -694,23 +694,25 @@ async fn the_router_sends_connections_by_sni_to_backends_and_closes_denied_sourc
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_eleventh_connection_from_one_address_is_refused_until_one_closes() {
+    // An address of the test's own: weir counts per address across the process.
+    const CLIENT: [u8; 4] = [127, 0, 0, 11];
     let s1 = EchoServer::start("s1").await;
     let limit = weir_tests::stock_plugin("limit", "rate-limit", "{ max_connections = 10 }");
     let toml = weir_tests::with_plugins(
         tcp_config(&[("s1", s1.addr, "")], "", ""),
         &["limit"],
         &[limit],
-    );
+    ) + "\n[admin]\nbind = \"127.0.0.1:0\"\n";
     let proxy = TestProxy::start(&toml).await;
     let mut open = Vec::new();
     for _ in 0..10 {
-        let mut c = TcpStream::connect(proxy.addr()).await.unwrap();
+        let mut c = connect_from(proxy.addr(), CLIENT).await;
         c.write_all(b"x").await.unwrap();
         let mut one = [0u8; 1];
         c.read_exact(&mut one).await.unwrap();
         open.push(c);
     }
-    let mut eleventh = TcpStream::connect(proxy.addr()).await.unwrap();
+    let mut eleventh = connect_from(proxy.addr(), CLIENT).await;
     let (got, closed) = read_until_close(&mut eleventh, Duration::from_secs(5)).await;
     assert!(
         closed && got.is_empty(),
@@ -721,7 +723,7 @@ async fn the_eleventh_connection_from_one_address_is_refused_until_one_closes() 
     drop(open.pop());
     let mut served = false;
     for _ in 0..100 {
-        let mut c = TcpStream::connect(proxy.addr()).await.unwrap();
+        let mut c = connect_from(proxy.addr(), CLIENT).await;
         c.write_all(b"y").await.unwrap();
         let mut one = [0u8; 1];
         if tokio::time::timeout(Duration::from_secs(2), c.read_exact(&mut one))
@@ -737,6 +739,22 @@ async fn the_eleventh_connection_from_one_address_is_refused_until_one_closes() 
         served,
         "a connection must be accepted once one of the ten closed"
     );
+    // The refusal is counted as denied (the CSV's dreq).
+    let admin = proxy.running.admin_addr().unwrap();
+    let csv = weir_tests::get(admin, "/;csv").await.text();
+    let frontend = csv
+        .lines()
+        .find(|l| l.starts_with("www,FRONTEND,"))
+        .unwrap();
+    let denied: usize = frontend.split(',').nth(10).unwrap().parse().unwrap();
+    assert!(denied >= 1, "{csv}");
+    // As many as the access log's refusals (its lines are written by their own thread).
+    let log = &proxy.log;
+    wait_until(Duration::from_secs(5), || {
+        log.lines().iter().filter(|l| l.contains(" LR ")).count() == denied
+    })
+    .await
+    .unwrap_or_else(|| panic!("{denied} denied, log: {:?}", log.lines()));
     let lines = proxy.log.lines();
     assert!(
         lines
@@ -756,11 +774,11 @@ async fn over_max_connections_an_http_request_gets_429() {
         &[limit],
     );
     let proxy = TestProxy::start(&toml).await;
-    let mut first = weir_tests::Client::connect(proxy.addr()).await;
-    let mut second = weir_tests::Client::connect(proxy.addr()).await;
+    let mut first = weir_tests::Client::connect_from(proxy.addr(), [127, 0, 0, 12].into()).await;
+    let mut second = weir_tests::Client::connect_from(proxy.addr(), [127, 0, 0, 12].into()).await;
     assert_eq!(first.get("/").await.status, 200);
     assert_eq!(second.get("/").await.status, 200);
-    let mut third = weir_tests::Client::connect(proxy.addr()).await;
+    let mut third = weir_tests::Client::connect_from(proxy.addr(), [127, 0, 0, 12].into()).await;
     assert_eq!(third.get("/").await.status, 429);
     drop(first);
     let mut again = None;
@@ -838,4 +856,91 @@ async fn a_bulk_transfer_both_ways_arrives_byte_for_byte() {
     let lines = proxy.log.wait_for(1).await;
     let words: Vec<&str> = lines[0].split(' ').collect();
     assert_eq!(words[5], got.len().to_string(), "{lines:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_close_after_timeout_server_or_timeout_tunnel() {
+    let s1 = EchoServer::start("s1").await;
+    // The server's timeout is the shorter: the close is blamed on it.
+    let frontend = "timeout = { client = \"5s\" }";
+    let backend = "timeout = { server = \"300ms\" }";
+    let proxy = TestProxy::start(&tcp_config(&[("s1", s1.addr, "")], frontend, backend)).await;
+    let started = Instant::now();
+    let mut c = TcpStream::connect(proxy.addr()).await.unwrap();
+    c.write_all(b"x").await.unwrap();
+    let (_, closed) = read_until_close(&mut c, Duration::from_secs(4)).await;
+    assert!(closed && started.elapsed() < Duration::from_secs(3));
+    let lines = proxy.log.wait_for(1).await;
+    assert!(lines[0].contains(" sD "), "{lines:?}");
+    // timeout.tunnel, when written, bounds the idle time instead of both.
+    let backend = "timeout = { server = \"5s\", tunnel = \"300ms\" }";
+    let proxy = TestProxy::start(&tcp_config(&[("s1", s1.addr, "")], frontend, backend)).await;
+    let started = Instant::now();
+    let mut c = TcpStream::connect(proxy.addr()).await.unwrap();
+    c.write_all(b"x").await.unwrap();
+    let (_, closed) = read_until_close(&mut c, Duration::from_secs(4)).await;
+    let took = started.elapsed();
+    assert!(closed && took >= Duration::from_millis(300) && took < Duration::from_secs(3));
+    let lines = proxy.log.wait_for(1).await;
+    assert!(lines[0].contains(" cD "), "{lines:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_takes_the_connections_while_the_primary_is_down() {
+    let backup = EchoServer::start("backup").await;
+    let servers = [
+        ("primary", closed_port().await, ""),
+        ("spare", backup.addr, "backup = true"),
+    ];
+    let health = "health = { interval = \"100ms\", fall = 1, rise = 1 }";
+    let proxy = TestProxy::start(&tcp_config(&servers, "", health)).await;
+    let rt = proxy.running.backend("app").unwrap();
+    wait_until(Duration::from_secs(5), || !rt.servers[0].health.is_up())
+        .await
+        .expect("the primary goes DOWN");
+    for _ in 0..3 {
+        assert_eq!(
+            exchange(proxy.addr(), b"hi").await,
+            "hibackup saw 2 bytes\n"
+        );
+    }
+}
+
+/// A connection to `addr` from the local address `from`.
+async fn connect_from(addr: SocketAddr, from: [u8; 4]) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from((from, 0))).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_protocols_a_client_hello_offers_reach_the_router() {
+    let ca = TestCa::new("tcp-alpn");
+    let (a_cert, a_key) = ca.issue("a", &["svc.weir.test"]);
+    let (b_cert, b_key) = ca.issue("b", &["svc.weir.test"]);
+    let (a, _) = named_tls_server("a", &a_cert, &a_key).await;
+    let (b, _) = named_tls_server("b", &b_cert, &b_key).await;
+    let rules = "{ rules = [{ alpn = \"h2\", backend = \"h2\" }] }";
+    let toml = weir_tests::with_plugins(
+        tcp_config(&[("a", a, "")], "tls_passthrough = true", ""),
+        &["routes"],
+        &[weir_tests::stock_plugin("routes", "router", rules)],
+    ) + &format!(
+        "\n[backend.h2]\nmode = \"tcp\"\nservers = [{{ name = \"b\", addr = \"{b}\" }}]\n"
+    );
+    let proxy = TestProxy::start(&toml).await;
+    let talk = |alpn: &'static [&'static [u8]]| {
+        let (ca, addr) = (&ca, proxy.addr());
+        async move {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let name = ServerName::try_from("svc.weir.test").unwrap();
+            let mut tls = ca.connector(alpn).connect(name, tcp).await.unwrap();
+            let mut said = String::new();
+            let _ = tls.read_to_string(&mut said).await;
+            said
+        }
+    };
+    assert_eq!(talk(&[b"h2", b"http/1.1"]).await, "b");
+    assert_eq!(talk(&[b"http/1.1"]).await, "a");
+    assert_eq!(talk(&[]).await, "a");
 }

@@ -117,7 +117,12 @@ pub(super) async fn accept_loop(
                 frontend: Arc::clone(&server.connections),
             },
         );
-        tokio::spawn(serve(stream, server, conn, closing.clone(), guard));
+        // A tcp connection's task holds none of HTTP's (larger) state.
+        if server.cfg.mode == crate::config::Mode::Tcp {
+            tokio::spawn(super::tcp::accepted(stream, server, conn, guard));
+        } else {
+            tokio::spawn(serve(stream, server, conn, closing.clone(), guard));
+        }
     }
 }
 
@@ -133,39 +138,12 @@ pub(super) async fn serve(
     // The PROXY header, the TLS handshake, and the first bytes that tell HTTP/2 prior
     // knowledge from HTTP/1.x must each come within timeout.http_request.
     let limit = cfg.timeout_http_request;
-    let mut early = Vec::new();
-    if cfg.accept_proxy {
-        match tokio::time::timeout(limit, read_proxy_header(&mut stream)).await {
-            Ok(Ok((header, rest))) => {
-                if let proxy_protocol::Header::Proxied {
-                    source,
-                    destination,
-                } = header
-                {
-                    conn.peer = source;
-                    conn.local = destination;
-                }
-                early = rest;
-            }
-            Ok(Err(e)) => {
-                tracing::debug!("{}: {e}", conn.peer);
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(
-                    "{}: no PROXY protocol header within timeout.http_request",
-                    conn.peer
-                );
-                return;
-            }
-        }
-    }
+    let Some(early) = proxied(&mut stream, cfg, &mut conn).await else {
+        return;
+    };
     // Counted from here (the client's address is known, through a PROXY header too)
     // until the connection ends: for plugins' connection limits.
-    let (client_connections, _counted) = crate::stats::per_client().enter(conn.peer.ip());
-    if cfg.mode == crate::config::Mode::Tcp {
-        return super::tcp::serve(stream, server, conn, early, client_connections).await;
-    }
+    let _counted = crate::stats::per_client().enter(conn.peer.ip());
     let peer = conn.peer;
     if let Some(acceptor) = &server.tls {
         let tracked = Tracked::new(stream, bytes::Bytes::from(early), activity);
@@ -198,6 +176,43 @@ pub(super) async fn serve(
     };
     let io = Tracked::new(stream, prefix, activity);
     run(io, is_h2, &server, conn, shutdown).await;
+}
+
+/// With `accept_proxy`, reads the connection's PROXY header (within timeout.http_request)
+/// and takes the client's address from it: the bytes read past it, or None when the
+/// connection is to be closed.
+pub(super) async fn proxied(
+    stream: &mut TcpStream,
+    cfg: &Frontend,
+    conn: &mut ConnInfo,
+) -> Option<Vec<u8>> {
+    if !cfg.accept_proxy {
+        return Some(Vec::new());
+    }
+    match tokio::time::timeout(cfg.timeout_http_request, read_proxy_header(stream)).await {
+        Ok(Ok((header, rest))) => {
+            if let proxy_protocol::Header::Proxied {
+                source,
+                destination,
+            } = header
+            {
+                conn.peer = source;
+                conn.local = destination;
+            }
+            Some(rest)
+        }
+        Ok(Err(e)) => {
+            tracing::debug!("{}: {e}", conn.peer);
+            None
+        }
+        Err(_) => {
+            tracing::debug!(
+                "{}: no PROXY protocol header within timeout.http_request",
+                conn.peer
+            );
+            None
+        }
+    }
 }
 
 /// Reads a PROXY protocol header (v1 or v2); returns it and the bytes read past it.

@@ -19,7 +19,23 @@ use crate::proxy::{self, ConnInfo};
 /// client sends).
 const HELLO_LIMIT: usize = 64 * 1024;
 
-pub(super) async fn serve(
+/// A tcp frontend's connection from its accept to its end: the PROXY header when the
+/// frontend takes one, then [`serve`].
+pub(super) async fn accepted(
+    mut stream: TcpStream,
+    server: Arc<FrontendServer>,
+    mut conn: ConnInfo,
+    _guard: super::ConnGuard,
+) {
+    let Some(early) = super::conn::proxied(&mut stream, &server.cfg, &mut conn).await else {
+        return;
+    };
+    // Counted until the connection ends: for plugins' connection limits.
+    let (client_connections, _counted) = crate::stats::per_client().enter(conn.peer.ip());
+    serve(stream, server, conn, early, client_connections).await;
+}
+
+async fn serve(
     stream: TcpStream,
     server: Arc<FrontendServer>,
     conn: ConnInfo,

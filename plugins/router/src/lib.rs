@@ -4,7 +4,7 @@
 //! frontend's default backend.
 //!
 //! On a tcp frontend the same rules route connections (`on-connect`): a rule whose
-//! conditions are all about the connection (`sni`, `sni_not`, `src`, `src_not`, or none)
+//! conditions are all about the connection (`sni`, `alpn`, `src` and their `_not`, or none)
 //! sends it to its `backend` or, with `deny`, closes it; rules with HTTP conditions pass
 //! connections by, and rules with `sni` conditions pass HTTP requests by.
 //!
@@ -76,6 +76,8 @@ pub struct RuleFile {
     src_not: Many<Cidr>,
     sni: Many<String>,
     sni_not: Many<String>,
+    alpn: Many<String>,
+    alpn_not: Many<String>,
     backend: Option<String>,
     deny: Option<u16>,
     redirect: Option<RedirectFile>,
@@ -173,6 +175,8 @@ enum Test {
     Src(Vec<Cidr>),
     /// The TLS server name of a connection (exact, or `*.suffix`).
     Sni(Vec<HostPattern>),
+    /// A protocol the connection's ClientHello offers (ALPN).
+    Alpn(Vec<String>),
 }
 
 struct Condition {
@@ -229,23 +233,24 @@ impl Test {
             Test::Header(_) => RequestFields::empty(),
             Test::Query(_) => RequestFields::QUERY,
             Test::Src(_) => RequestFields::CLIENT_IP,
-            Test::Sni(_) => RequestFields::empty(),
+            Test::Sni(_) | Test::Alpn(_) => RequestFields::empty(),
         }
     }
 
     /// Whether it can be told of a connection (on a tcp frontend), and of a request.
     fn on_connections(&self) -> bool {
-        matches!(self, Test::Src(_) | Test::Sni(_))
+        matches!(self, Test::Src(_) | Test::Sni(_) | Test::Alpn(_))
     }
 
     fn on_requests(&self) -> bool {
-        !matches!(self, Test::Sni(_))
+        !matches!(self, Test::Sni(_) | Test::Alpn(_))
     }
 
-    fn holds_for_connection(&self, sni: Option<&str>, ip: Option<IpAddr>) -> bool {
+    fn holds_for_connection(&self, c: &Connection, sni: Option<&str>, ip: Option<IpAddr>) -> bool {
         match self {
             Test::Src(v) => ip.is_some_and(|ip| v.iter().any(|b| b.contains(ip))),
             Test::Sni(v) => sni.is_some_and(|name| host_matches(v, name)),
+            Test::Alpn(v) => c.alpn.iter().any(|offered| v.contains(offered)),
             _ => false,
         }
     }
@@ -270,7 +275,7 @@ impl Test {
                     .is_some_and(|value| m.value_ok(value))
             }),
             Test::Src(v) => s.ip.is_some_and(|ip| v.iter().any(|b| b.contains(ip))),
-            Test::Sni(_) => false,
+            Test::Sni(_) | Test::Alpn(_) => false,
         }
     }
 }
@@ -444,6 +449,11 @@ fn compile_rule(rule: RuleFile, at: &str) -> Result<Rule, String> {
             add(Test::Sni(host_patterns(v, &key(name))?), negate);
         }
     }
+    for (v, negate) in [(rule.alpn, false), (rule.alpn_not, true)] {
+        if let Some(v) = v {
+            add(Test::Alpn(v.0), negate);
+        }
+    }
 
     if let Some(backend) = &rule.backend
         && host::servers(backend).is_empty()
@@ -576,9 +586,9 @@ impl Plugin for Router {
         let ip = connection.client_ip.parse().ok();
         let found = self.rules.iter().enumerate().find(|(_, r)| {
             r.for_connections
-                && r.conditions
-                    .iter()
-                    .all(|c| c.test.holds_for_connection(sni.as_deref(), ip) != c.negate)
+                && r.conditions.iter().all(|t| {
+                    t.test.holds_for_connection(&connection, sni.as_deref(), ip) != t.negate
+                })
         });
         match found {
             None => ConnectAction::Unchanged,
@@ -946,6 +956,30 @@ mod tests {
             ConnectAction::Proceed(route) => format!("backend:{}", route.backend.unwrap()),
             ConnectAction::Close(why) => format!("close:{why}"),
         }
+    }
+
+    #[test]
+    fn connections_are_routed_by_the_protocols_their_hello_offers() {
+        let _h = host();
+        let r = router(
+            r#"[{"alpn": ["h2", "http/1.1"], "backend": "api"}, {"alpn": "redis", "deny": 403}]"#,
+        );
+        use weir_sdk::testing::connection;
+        let offering = |p: &[&str]| {
+            let mut c = connection();
+            c.alpn = p.iter().map(|s| s.to_string()).collect();
+            c
+        };
+        assert_eq!(connect_outcome(&r, offering(&["h2"])), "backend:api");
+        assert_eq!(
+            connect_outcome(&r, offering(&["x", "http/1.1"])),
+            "backend:api"
+        );
+        assert_eq!(
+            connect_outcome(&r, offering(&["redis"])),
+            "close:denied by rule 1"
+        );
+        assert_eq!(connect_outcome(&r, offering(&[])), "-");
     }
 
     #[test]
