@@ -573,6 +573,14 @@ impl TestProxy {
 /// (`name = addr` pairs, with optional extra server keys), plus `extra` TOML appended
 /// inside `[backend.app]`.
 pub fn config(balance: &str, servers: &[(&str, SocketAddr, &str)], backend_extra: &str) -> String {
+    format!(
+        "[[frontend]]\nname = \"www\"\nbind = \"127.0.0.1:0\"\ndefault_backend = \"app\"\n\n[backend.app]\nbalance = \"{balance}\"\n{backend_extra}\nservers = [\n{}\n]\n",
+        server_lines(servers)
+    )
+}
+
+/// A backend's `servers` list, one inline table a line: name, address, more keys.
+pub fn server_lines(servers: &[(&str, SocketAddr, &str)]) -> String {
     let list: Vec<String> = servers
         .iter()
         .map(|(name, addr, more)| {
@@ -584,10 +592,7 @@ pub fn config(balance: &str, servers: &[(&str, SocketAddr, &str)], backend_extra
             format!("  {{ name = \"{name}\", addr = \"{addr}\"{more} }},")
         })
         .collect();
-    format!(
-        "[[frontend]]\nname = \"www\"\nbind = \"127.0.0.1:0\"\ndefault_backend = \"app\"\n\n[backend.app]\nbalance = \"{balance}\"\n{backend_extra}\nservers = [\n{}\n]\n",
-        list.join("\n")
-    )
+    list.join("\n")
 }
 
 /// A response as a test reads it.

@@ -22,20 +22,9 @@ mod common;
 
 /// A tcp frontend "www" over a tcp backend "app" of `servers` (name, address, more keys).
 fn tcp_config(servers: &[(&str, SocketAddr, &str)], frontend: &str, backend: &str) -> String {
-    let list: Vec<String> = servers
-        .iter()
-        .map(|(name, addr, more)| {
-            let more = if more.is_empty() {
-                String::new()
-            } else {
-                format!(", {more}")
-            };
-            format!("  {{ name = \"{name}\", addr = \"{addr}\"{more} }},")
-        })
-        .collect();
     format!(
         "[[frontend]]\nname = \"www\"\nmode = \"tcp\"\nbind = \"127.0.0.1:0\"\ndefault_backend = \"app\"\n{frontend}\n\n[backend.app]\nmode = \"tcp\"\n{backend}\nservers = [\n{}\n]\n",
-        list.join("\n")
+        weir_tests::server_lines(servers)
     )
 }
 

@@ -241,6 +241,17 @@ pub fn frontend(
         if let Some(t) = timeouts(&p.settings, base, frontend_timeouts) {
             b.set("timeout", t);
         }
+        if p.accept_proxy {
+            b.set("accept_proxy", V::Bool(true));
+        }
+        if tls {
+            let certs = p
+                .crts
+                .iter()
+                .map(|c| V::table([("cert", V::str(c))]))
+                .collect();
+            b.set("tls", V::one_or_list(certs));
+        }
         if tcp {
             // Rules on the server name need the ClientHello: read, not decrypted.
             let by_sni = p
@@ -249,17 +260,6 @@ pub fn frontend(
                 .any(|r| r.conds.iter().any(|(k, _)| k.starts_with("sni")));
             if !tls && (p.reads_hello || by_sni) {
                 b.set("tls_passthrough", V::Bool(true));
-            }
-            if p.accept_proxy {
-                b.set("accept_proxy", V::Bool(true));
-            }
-            if tls {
-                let certs = p
-                    .crts
-                    .iter()
-                    .map(|c| V::table([("cert", V::str(c))]))
-                    .collect();
-                b.set("tls", V::one_or_list(certs));
             }
             fronts.push(b);
             continue;
@@ -276,17 +276,7 @@ pub fn frontend(
         if let Some(format) = &p.settings.log_format {
             b.set("log_format", V::str(format));
         }
-        if p.accept_proxy {
-            b.set("accept_proxy", V::Bool(true));
-        }
-        if tls {
-            let certs = p
-                .crts
-                .iter()
-                .map(|c| V::table([("cert", V::str(c))]))
-                .collect();
-            b.set("tls", V::one_or_list(certs));
-        } else if p.redirect_https.is_some() {
+        if !tls && p.redirect_https.is_some() {
             b.set("redirect_https", V::Bool(true));
         }
         fronts.push(b);

@@ -147,16 +147,9 @@ pub(super) async fn serve(
     let peer = conn.peer;
     if let Some(acceptor) = &server.tls {
         let tracked = Tracked::new(stream, bytes::Bytes::from(early), activity);
-        let tls = match tokio::time::timeout(limit, acceptor.accept(tracked)).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
-                tracing::debug!("{peer}: TLS handshake: {e}");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!("{peer}: no TLS handshake within timeout.http_request");
-                return;
-            }
+        let Some(tls) = handshake(acceptor, tracked, (limit, "timeout.http_request"), peer).await
+        else {
+            return;
         };
         let is_h2 = tls.get_ref().1.alpn_protocol() == Some(tls::ALPN_H2);
         return run(tls, is_h2, &server, conn, shutdown).await;
@@ -176,6 +169,27 @@ pub(super) async fn serve(
     };
     let io = Tracked::new(stream, prefix, activity);
     run(io, is_h2, &server, conn, shutdown).await;
+}
+
+/// The TLS handshake of a frontend with `tls`, within `limit` (and the name of its
+/// setting, for the log); None when it failed or took too long.
+pub(super) async fn handshake(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    io: Tracked<TcpStream>,
+    (limit, setting): (Duration, &str),
+    peer: SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<Tracked<TcpStream>>> {
+    match tokio::time::timeout(limit, acceptor.accept(io)).await {
+        Ok(Ok(tls)) => Some(tls),
+        Ok(Err(e)) => {
+            tracing::debug!("{peer}: TLS handshake: {e}");
+            None
+        }
+        Err(_) => {
+            tracing::debug!("{peer}: no TLS handshake within {setting}");
+            None
+        }
+    }
 }
 
 /// With `accept_proxy`, reads the connection's PROXY header (within timeout.http_request)

@@ -52,16 +52,9 @@ async fn serve(
     let limit = cfg.timeout_client;
     if let Some(acceptor) = &server.tls {
         let tracked = Tracked::new(stream, Bytes::from(early), activity);
-        let tls = match tokio::time::timeout(limit, acceptor.accept(tracked)).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
-                tracing::debug!("{peer}: TLS handshake: {e}");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!("{peer}: no TLS handshake within timeout.client");
-                return;
-            }
+        let handshake = super::conn::handshake(acceptor, tracked, (limit, "timeout.client"), peer);
+        let Some(tls) = handshake.await else {
+            return;
         };
         let opening = Opening {
             sni: tls.get_ref().1.server_name().map(str::to_owned),
