@@ -156,6 +156,28 @@ fn rate(arg: Option<&str>, rest: &[String]) -> Result<Read, String> {
     }
 }
 
+/// A match on a host name (`hdr(host)`, `req_ssl_sni`) as the router's name patterns,
+/// lower-case: exact names, a domain and its subdomains (`-m dom`), or `*.suffix` for a
+/// `-m end` on a leading dot. None for the other matches.
+fn host_names(how: Match, values: &[String]) -> Option<Vec<V>> {
+    let lower = values.iter().map(|v| v.to_ascii_lowercase());
+    match how {
+        Match::Str => Some(lower.map(V::Str).collect()),
+        Match::Dom => Some(
+            lower
+                .flat_map(|v| {
+                    let sub = format!("*.{v}");
+                    [V::Str(v), V::Str(sub)]
+                })
+                .collect(),
+        ),
+        Match::End if values.iter().all(|v| v.starts_with('.')) => {
+            Some(lower.map(|v| V::Str(format!("*{v}"))).collect())
+        }
+        _ => None,
+    }
+}
+
 /// Escapes a literal for a regular expression.
 fn literal(s: &str) -> String {
     let mut out = String::new();
@@ -197,23 +219,13 @@ fn test(fetch: Fetch, how: Match, icase: bool, values: Vec<String>) -> Result<Re
             Match::Dom => return Err("-m dom on a path".into()),
         },
         Fetch::Header(h) if h == "host" => {
-            let lower: Vec<String> = values.iter().map(|v| v.to_ascii_lowercase()).collect();
+            if let Some(names) = host_names(how, &values) {
+                return Ok((many("host", names), None));
+            }
             let header = |kind: &str, v: &String| {
                 V::table([("name", V::str("host")), (kind, V::str(v.clone()))])
             };
             match how {
-                Match::Str => (many("host", strs(&lower)), None),
-                Match::Dom => {
-                    let both = lower
-                        .iter()
-                        .flat_map(|v| [V::str(v.clone()), V::Str(format!("*.{v}"))])
-                        .collect();
-                    (many("host", both), None)
-                }
-                Match::End if lower.iter().all(|v| v.starts_with('.')) => {
-                    let any = lower.iter().map(|v| V::Str(format!("*{v}"))).collect();
-                    (many("host", any), None)
-                }
                 Match::Beg => (
                     many(
                         "header",
@@ -229,7 +241,7 @@ fn test(fetch: Fetch, how: Match, icase: bool, values: Vec<String>) -> Result<Re
                     None,
                 ),
                 Match::Found => (Meaning::Test("header".into(), V::str("host")), None),
-                Match::End | Match::Reg => {
+                _ => {
                     return Err("this match on the host has no equivalent in weir's router".into());
                 }
             }
@@ -250,26 +262,10 @@ fn test(fetch: Fetch, how: Match, icase: bool, values: Vec<String>) -> Result<Re
                 .collect();
             (many("header", tables), case_caveat())
         }
-        Fetch::Sni => {
-            let lower: Vec<String> = values.iter().map(|v| v.to_ascii_lowercase()).collect();
-            match how {
-                Match::Str => (many("sni", strs(&lower)), None),
-                Match::Dom => {
-                    let both = lower
-                        .iter()
-                        .flat_map(|v| [V::str(v.clone()), V::Str(format!("*.{v}"))])
-                        .collect();
-                    (many("sni", both), None)
-                }
-                Match::End if lower.iter().all(|v| v.starts_with('.')) => {
-                    let any = lower.iter().map(|v| V::Str(format!("*{v}"))).collect();
-                    (many("sni", any), None)
-                }
-                _ => {
-                    return Err("this match on the SNI has no equivalent in weir's router".into());
-                }
-            }
-        }
+        Fetch::Sni => match host_names(how, &values) {
+            Some(names) => (many("sni", names), None),
+            None => return Err("this match on the SNI has no equivalent in weir's router".into()),
+        },
         Fetch::Method if how == Match::Str => {
             let upper = values
                 .iter()
