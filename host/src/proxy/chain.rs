@@ -188,22 +188,13 @@ fn apply(
         }
         (new, _) => new.map(validate::path).transpose()?,
     };
-    let chosen = match &p.backend {
-        Some(name) => Some(
-            backends
-                .iter()
-                .find(|b| *b.name == **name)
-                .cloned()
-                .ok_or_else(|| format!("unknown backend {name:?}"))?,
-        ),
-        None => None,
-    };
-    // A server is looked up in the backend the request is going to.
-    let target = chosen.as_ref().or(backend.as_ref()).unwrap_or(default);
-    let server = match &p.server {
-        Some(name) => Some(target.server_index(name).map_err(|e| e.to_string())?),
-        None => None,
-    };
+    let (chosen, server) = route(
+        backends,
+        default,
+        backend.as_ref(),
+        p.backend.as_deref(),
+        p.server.as_deref(),
+    )?;
     validate::apply(p.edits, &mut parts.headers);
     if let Some(pq) = path {
         parts.uri = Uri::from(pq);
@@ -216,6 +207,34 @@ fn apply(
         *prefer = server;
     }
     Ok(())
+}
+
+/// A plugin's backend and server, by name, looked up: the backend (None when it named
+/// none) and the server's index in the backend the request or connection goes to (the
+/// one named, else `current`, else the frontend's `default`).
+fn route(
+    backends: &[Arc<BackendRt>],
+    default: &Arc<BackendRt>,
+    current: Option<&Arc<BackendRt>>,
+    backend: Option<&str>,
+    server: Option<&str>,
+) -> Result<(Option<Arc<BackendRt>>, Option<usize>), String> {
+    let chosen = match backend {
+        Some(name) => Some(
+            backends
+                .iter()
+                .find(|b| *b.name == *name)
+                .cloned()
+                .ok_or_else(|| format!("unknown backend {name:?}"))?,
+        ),
+        None => None,
+    };
+    let target = chosen.as_ref().or(current).unwrap_or(default);
+    let server = match server {
+        Some(name) => Some(target.server_index(name).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    Ok((chosen, server))
 }
 
 /// What `on-response` asks of a response.
@@ -326,27 +345,19 @@ pub async fn on_connect(
             }
             ConnectDecision::Proceed { backend, server } => (backend, server),
         };
-        let looked_up = (|| {
-            let chosen = match &chosen {
-                Some(name) => {
-                    let b = backends
-                        .iter()
-                        .find(|b| *b.name == **name)
-                        .ok_or_else(|| format!("unknown backend {name:?}"))?;
-                    if b.cfg.mode != crate::config::Mode::Tcp {
-                        return Err(format!("backend {name:?} is not mode tcp"));
-                    }
-                    Some(Arc::clone(b))
-                }
-                None => None,
-            };
-            let target = chosen.as_ref().or(backend.as_ref()).unwrap_or(default);
-            let server = match &server {
-                Some(name) => Some(target.server_index(name).map_err(|e| e.to_string())?),
-                None => None,
-            };
-            Ok((chosen, server))
-        })();
+        let looked_up = route(
+            backends,
+            default,
+            backend.as_ref(),
+            chosen.as_deref(),
+            server.as_deref(),
+        )
+        .and_then(|(chosen, server)| match &chosen {
+            Some(b) if b.cfg.mode != crate::config::Mode::Tcp => {
+                Err(format!("backend {:?} is not mode tcp", &*b.name))
+            }
+            _ => Ok((chosen, server)),
+        });
         match looked_up {
             Ok((chosen, server)) => {
                 if let Some(b) = chosen {

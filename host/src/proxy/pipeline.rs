@@ -18,7 +18,7 @@ use super::log::LogRecord;
 use super::{ConnInfo, FrontendRt, ProxyError, headers, local, tunnel};
 use crate::balance::RequestKey;
 use crate::upstream::{
-    self, BackendRt, ClientBody, InFlight, Outcome, QueueError, ServerBody, Slot, Unsent,
+    self, BackendRt, ClientBody, InFlight, Outcome, QueueError, ServerBody, ServerRt, Slot, Unsent,
 };
 
 /// Decides a request's response: a server's, a plugin's or weir's own. `record` fills in
@@ -255,16 +255,25 @@ struct Exchanged {
 
 /// Where the next attempt may go: the servers failed attempts excluded, the server a
 /// plugin (or, without redispatch, the last attempt) pinned.
-struct Attempts<'a> {
+pub(super) struct Attempts<'a> {
     backend: &'a BackendRt,
-    excluded: Vec<usize>,
-    pinned: Option<usize>,
+    pub(super) excluded: Vec<usize>,
+    pub(super) pinned: Option<usize>,
 }
 
-impl Attempts<'_> {
+impl<'a> Attempts<'a> {
+    /// The first attempt: any server, or the one a plugin prefers.
+    pub(super) fn new(backend: &'a BackendRt, prefer: Option<usize>) -> Self {
+        Attempts {
+            backend,
+            excluded: Vec::new(),
+            pinned: prefer,
+        }
+    }
+
     /// Whether another attempt is allowed; if so, it is counted and aimed: elsewhere with
     /// redispatch (even from a server a plugin preferred), else at server `index` again.
-    fn again(&mut self, allowed: bool, record: &mut LogRecord, index: usize) -> bool {
+    pub(super) fn again(&mut self, allowed: bool, record: &mut LogRecord, index: usize) -> bool {
         if !allowed || record.retries >= self.backend.cfg.retries {
             return false;
         }
@@ -294,11 +303,7 @@ async fn exchange(
 ) -> Result<Exchanged, ProxyError> {
     let retry_on = &backend.cfg.retry_on;
     let replayable = request.replay.is_some();
-    let mut attempts = Attempts {
-        backend,
-        excluded: Vec::new(),
-        pinned: prefer,
-    };
+    let mut attempts = Attempts::new(backend, prefer);
     loop {
         let mut req = request.take();
         let slot = match choose(backend, &req, conn, &mut attempts) {
@@ -336,11 +341,7 @@ async fn exchange(
                         connection
                     }
                     Err(e) => {
-                        let key = format!("{}/{}", backend.name, server.name);
-                        if let Some(held) = crate::logging::quietly(&key) {
-                            tracing::warn!("{key}: {e}{}", crate::logging::held_back(held));
-                        }
-                        backend.observe(index, true, false);
+                        connect_failed(backend, &server, index, &e);
                         if attempts.again(retry_on.conn_failure, record, index) {
                             request.pending = Some(req);
                             continue;
@@ -412,6 +413,21 @@ async fn exchange(
             return Err(retry.1);
         }
     }
+}
+
+/// A connect to server `index` failed: said in weir's log (at most a line per server and
+/// second) and observed in its health.
+pub(super) fn connect_failed(
+    backend: &BackendRt,
+    server: &ServerRt,
+    index: usize,
+    e: &dyn std::fmt::Display,
+) {
+    let key = format!("{}/{}", backend.name, server.name);
+    if let Some(held) = crate::logging::quietly(&key) {
+        tracing::warn!("{key}: {e}{}", crate::logging::held_back(held));
+    }
+    backend.observe(index, true, false);
 }
 
 /// A server slot for this attempt (see [`BackendRt::choose`]), without waiting.

@@ -28,8 +28,8 @@ pub enum Side {
 
 /// Bytes both ways between `client` and `server` until each direction has ended (a
 /// half-close passes through as a shutdown of the other side's writing), touching
-/// `activity` whenever bytes move. The bytes from the client and from the server, or the
-/// side whose socket failed.
+/// `activity` whenever bytes move; `counted` becomes the bytes from the client and from
+/// the server. Err: the side whose socket failed.
 pub async fn relay(
     client: &TcpStream,
     server: &TcpStream,

@@ -17,11 +17,12 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::chain::{self, Connected};
 use super::log::{Load, LogRecord, Target};
+use super::pipeline::{Attempts, connect_failed};
 use super::splice;
 use super::{ConnInfo, FrontendRt, new_record};
 use crate::activity::Tracked;
 use crate::balance::RequestKey;
-use crate::upstream::connect::{self, Dial, Stream};
+use crate::upstream::connect::Stream;
 use crate::upstream::{BackendRt, InFlight, QueueError, Slot};
 use bytes::Bytes;
 use tokio::net::TcpStream;
@@ -74,7 +75,7 @@ pub async fn relay(fe: Arc<FrontendRt>, conn: ConnInfo, client: Client, opening:
         (Client::Plain(client, early), Stream::Plain(server)) => {
             let mut counted = (0, 0);
             let relayed = async {
-                super::splice::write_all(&server, &early)
+                splice::write_all(&server, &early)
                     .await
                     .map_err(|_| splice::Side::Server)?;
                 activity.touch();
@@ -115,7 +116,7 @@ pub async fn relay(fe: Arc<FrontendRt>, conn: ConnInfo, client: Client, opening:
     record.termination = ended;
     record.bytes = down;
     record.received.bytes.fetch_add(up, Ordering::Relaxed);
-    finish(&fe, &conn, record, Some(slot));
+    finish(&fe, &conn, record, Some((&backend, slot)));
 }
 
 /// A client connection the copy relays.
@@ -177,18 +178,27 @@ fn tcp_record(fe: &FrontendRt, conn: &ConnInfo) -> LogRecord {
 
 /// Logs and counts a connection that ended; `slot`, the server slot it held, is released
 /// first, so the counts are of the others (as HAProxy counts them).
-fn finish(fe: &FrontendRt, conn: &ConnInfo, mut record: LogRecord, slot: Option<InFlight>) {
-    let server = slot.map(|slot| {
+/// `at`: the backend it went to and the slot it held there, once it had one.
+fn finish(
+    fe: &FrontendRt,
+    conn: &ConnInfo,
+    mut record: LogRecord,
+    at: Option<(&BackendRt, InFlight)>,
+) {
+    let at = at.map(|(backend, slot)| {
         let server = Arc::clone(slot.server());
         drop(slot);
-        server
+        (backend, server)
     });
     if record.logged {
+        let (backend, server) = at.map_or((0, 0), |(b, s)| {
+            (b.sessions(), u64::from(s.in_flight.load(Ordering::Relaxed)))
+        });
         record.load = Load {
             process: conn.open.process.now(),
             frontend: conn.open.frontend.now(),
-            backend: fe.backend.sessions(),
-            server: server.map_or(0, |s| u64::from(s.in_flight.load(Ordering::Relaxed))),
+            backend,
+            server,
         };
     }
     record.tally.count(&record);
@@ -239,10 +249,9 @@ async fn connect(
         sni,
     };
     let started = Instant::now();
-    let mut excluded = Vec::new();
-    let mut pinned = prefer;
+    let mut attempts = Attempts::new(backend, prefer);
     loop {
-        let slot = match backend.choose(&key, &mut excluded, pinned) {
+        let slot = match backend.choose(&key, &mut attempts.excluded, attempts.pinned) {
             Slot::Got(slot) => slot,
             Slot::Refused(QueueError::QueueFull) => return Err(*b"PQ"),
             Slot::Refused(_) => return Err(*b"SC"),
@@ -265,35 +274,16 @@ async fn connect(
             .cfg
             .send_proxy
             .map(|v| crate::proxy_protocol::encode(v, conn.peer, conn.local));
-        let dial = Dial {
-            addr: server.cfg.addr,
-            preface: preface.as_deref(),
-            tls: server.cfg.tls.as_ref(),
-        };
-        let failure =
-            match tokio::time::timeout(backend.cfg.timeout_connect, connect::dial(&dial)).await {
-                Ok(Ok(stream)) => {
-                    record.tc = Some(chosen.elapsed());
-                    return Ok((stream, slot));
-                }
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => format!("connect to {} timed out", server.cfg.addr),
-            };
-        let key = format!("{}/{}", backend.name, server.name);
-        if let Some(held) = crate::logging::quietly(&key) {
-            tracing::warn!("{key}: {failure}{}", crate::logging::held_back(held));
+        let timeout = backend.cfg.timeout_connect;
+        match server.stream(timeout, preface.as_deref()).await {
+            Ok(stream) => {
+                record.tc = Some(chosen.elapsed());
+                return Ok((stream, slot));
+            }
+            Err(e) => connect_failed(backend, &server, index, &e),
         }
-        backend.observe(index, true, false);
-        if !backend.cfg.retry_on.conn_failure || record.retries >= backend.cfg.retries {
+        if !attempts.again(backend.cfg.retry_on.conn_failure, record, index) {
             return Err(*b"SC");
-        }
-        record.retries += 1;
-        if backend.cfg.redispatch {
-            record.redispatches += 1;
-            excluded.push(index);
-            pinned = None;
-        } else {
-            pinned = Some(index);
         }
     }
 }

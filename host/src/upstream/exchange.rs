@@ -50,6 +50,30 @@ impl ServerRt {
             })
     }
 
+    /// How to reach the server: its address and TLS, and `preface` (a PROXY header) to
+    /// write first.
+    fn dial<'a>(&'a self, preface: Option<&'a [u8]>) -> Dial<'a> {
+        Dial {
+            addr: self.cfg.addr,
+            preface,
+            tls: self.cfg.tls.as_ref(),
+        }
+    }
+
+    /// A bare stream to the server (TCP, PROXY header, TLS) within `timeout`, for a tcp
+    /// frontend's relay.
+    pub async fn stream(
+        &self,
+        timeout: Duration,
+        preface: Option<&[u8]>,
+    ) -> Result<super::connect::Stream, ConnectError> {
+        let dial = self.dial(preface);
+        match tokio::time::timeout(timeout, super::connect::dial(&dial)).await {
+            Ok(stream) => stream,
+            Err(_) => Err(ConnectError::Timeout(self.cfg.addr)),
+        }
+    }
+
     /// A new connection within `timeout`, beginning with `preface` (a PROXY header) when
     /// given.
     pub async fn connect(
@@ -58,12 +82,10 @@ impl ServerRt {
         preface: Option<&[u8]>,
         direct: bool,
     ) -> Result<Connection, ConnectError> {
-        let dial = Dial {
-            addr: self.cfg.addr,
-            preface,
-            tls: self.cfg.tls.as_ref(),
-        };
-        let sender = self.pool.connect(dial, timeout, direct).await?;
+        let sender = self
+            .pool
+            .connect(self.dial(preface), timeout, direct)
+            .await?;
         Ok(Connection {
             sender,
             reused: false,
