@@ -8,9 +8,11 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use tokio::io::Interest;
+use tokio::io::{AsyncReadExt, Interest};
 use tokio::net::TcpStream;
+use tokio::net::tcp::ReadHalf;
 
 use crate::activity::Activity;
 
@@ -31,25 +33,28 @@ pub enum Side {
 /// `activity` whenever bytes move; `counted` becomes the bytes from the client and from
 /// the server. Err: the side whose socket failed.
 pub async fn relay(
-    client: &TcpStream,
-    server: &TcpStream,
+    client: &mut TcpStream,
+    server: &mut TcpStream,
     activity: &Activity,
     counted: &mut (u64, u64),
 ) -> Result<(), Side> {
     let (mut up, mut down) = (0u64, 0u64);
+    let ended = AtomicBool::new(false);
+    let (client_read, client_write) = client.split();
+    let (server_read, server_write) = server.split();
     let result = tokio::try_join!(
         pump(
-            client,
-            server,
+            (client_read, server_write.as_ref()),
             activity,
             &mut up,
+            &ended,
             (Side::Client, Side::Server)
         ),
         pump(
-            server,
-            client,
+            (server_read, client_write.as_ref()),
             activity,
             &mut down,
+            &ended,
             (Side::Server, Side::Client)
         ),
     );
@@ -58,11 +63,12 @@ pub async fn relay(
 }
 
 /// One direction: `from` to `to`. `sides`: who `from` and `to` are, for the error.
+/// `ended`: whether one of the two directions has ended.
 async fn pump(
-    from: &TcpStream,
-    to: &TcpStream,
+    (mut from, to): (ReadHalf<'_>, &TcpStream),
     activity: &Activity,
     moved: &mut u64,
+    ended: &AtomicBool,
     (from_side, to_side): (Side, Side),
 ) -> Result<(), Side> {
     let mut pipe: Option<Pipe> = None;
@@ -72,7 +78,7 @@ async fn pump(
     loop {
         let n = match &pipe {
             Some(pipe) => {
-                let n = pipe.fill_from(from).await.map_err(|_| from_side)?;
+                let n = pipe.fill_from(from.as_ref()).await.map_err(|_| from_side)?;
                 if n > 0 {
                     pipe.drain_to(to, n).await.map_err(|_| to_side)?;
                 }
@@ -80,7 +86,9 @@ async fn pump(
             }
             None => {
                 buf.clear();
-                let n = read(from, &mut buf).await.map_err(|_| from_side)?;
+                // Through tokio's read: a read that does not fill the buffer tells it the
+                // socket is drained, so the next read waits for data instead of trying.
+                let n = from.read_buf(&mut buf).await.map_err(|_| from_side)?;
                 write_all(to, &buf).await.map_err(|_| to_side)?;
                 if n == BUFFER {
                     // Bulk: the rest goes through a pipe.
@@ -90,23 +98,16 @@ async fn pump(
             }
         };
         if n == 0 {
-            // The end of `from`'s stream: `to` is told, and may go on sending.
-            let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
+            // The end of `from`'s stream: `to` is told, and may go on sending. When the
+            // other direction has ended too, `to` has sent all it will and both sockets
+            // close next, which tells it the same (its reads are drained: a FIN, no RST).
+            if !ended.swap(true, Ordering::Relaxed) {
+                let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
+            }
             return Ok(());
         }
         *moved += n as u64;
         activity.touch();
-    }
-}
-
-/// Reads into `buf`'s spare room.
-async fn read(from: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
-    loop {
-        from.readable().await?;
-        match from.try_read_buf(buf) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            done => return done,
-        }
     }
 }
 

@@ -52,7 +52,13 @@ pub enum Client {
 /// bulk bytes move with splice(2) ([`super::splice`]); through TLS, with a copy.
 pub async fn relay(fe: Arc<FrontendRt>, conn: ConnInfo, client: Client, opening: Opening) {
     let mut record = tcp_record(&fe, &conn);
-    let (backend, prefer) = match on_connect(&fe, &conn, &opening).await {
+    // The chain's future is boxed: without plugins the task does not carry its room.
+    let route = if fe.plugins.is_empty() {
+        Ok((Arc::clone(&fe.backend), None))
+    } else {
+        Box::pin(on_connect(&fe, &conn, &opening)).await
+    };
+    let (backend, prefer) = match route {
         Ok(route) => route,
         Err(termination) => {
             record.termination = termination;
@@ -72,14 +78,14 @@ pub async fn relay(fe: Arc<FrontendRt>, conn: ConnInfo, client: Client, opening:
     let (limit, blame) = idle_limit(&fe, &backend);
     let activity = Arc::clone(&conn.activity);
     let (ended, (up, down)) = match (client, server) {
-        (Client::Plain(client, early), Stream::Plain(server)) => {
+        (Client::Plain(mut client, early), Stream::Plain(mut server)) => {
             let mut counted = (0, 0);
             let relayed = async {
                 splice::write_all(&server, &early)
                     .await
                     .map_err(|_| splice::Side::Server)?;
                 activity.touch();
-                splice::relay(&client, &server, &activity, &mut counted).await
+                splice::relay(&mut client, &mut server, &activity, &mut counted).await
             };
             let ended = tokio::select! {
                 relayed = relayed => match relayed {
@@ -139,9 +145,6 @@ async fn on_connect(
     conn: &ConnInfo,
     opening: &Opening,
 ) -> Result<(Arc<BackendRt>, Option<usize>), [u8; 2]> {
-    if fe.plugins.is_empty() {
-        return Ok((Arc::clone(&fe.backend), None));
-    }
     let info = crate::plugin::ConnectInfo {
         client_ip: conn.peer_ip_text().to_owned(),
         local_addr: conn.local.to_string(),

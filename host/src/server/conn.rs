@@ -77,6 +77,12 @@ pub(super) async fn accept_loop(
     mut closing: watch::Receiver<bool>,
     connections: Arc<Connections>,
 ) {
+    // A listener bound to one address is where all its connections arrive: only a
+    // wildcard bind asks each connection (getsockname) which address it came to.
+    let bound = listener
+        .local_addr()
+        .ok()
+        .filter(|a| !a.ip().is_unspecified());
     loop {
         // Past maxconn, new connections wait in the kernel's backlog, as with HAProxy.
         let permit = tokio::select! {
@@ -105,7 +111,7 @@ pub(super) async fn accept_loop(
         } else {
             "http"
         };
-        let local = stream.local_addr().unwrap_or(peer);
+        let local = bound.unwrap_or_else(|| stream.local_addr().unwrap_or(peer));
         let conn = ConnInfo::new(
             peer,
             local,
@@ -203,7 +209,10 @@ pub(super) async fn proxied(
     if !cfg.accept_proxy {
         return Some(Vec::new());
     }
-    match tokio::time::timeout(cfg.timeout_http_request, read_proxy_header(stream)).await {
+    // Boxed: a connection's task does not carry the header's read buffer when it has
+    // none to read.
+    let header = Box::pin(read_proxy_header(stream));
+    match tokio::time::timeout(cfg.timeout_http_request, header).await {
         Ok(Ok((header, rest))) => {
             if let proxy_protocol::Header::Proxied {
                 source,

@@ -20,7 +20,7 @@ use crate::proxy::{self, ConnInfo};
 const HELLO_LIMIT: usize = 64 * 1024;
 
 /// A tcp frontend's connection from its accept to its end: the PROXY header when the
-/// frontend takes one, then [`serve`].
+/// frontend takes one, then what [`opened`] reads, then the relay.
 pub(super) async fn accepted(
     mut stream: TcpStream,
     server: Arc<FrontendServer>,
@@ -32,58 +32,62 @@ pub(super) async fn accepted(
     };
     // Counted until the connection ends: for plugins' connection limits.
     let (client_connections, _counted) = crate::stats::per_client().enter(conn.peer.ip());
-    serve(stream, server, conn, early, client_connections).await;
-}
-
-async fn serve(
-    stream: TcpStream,
-    server: Arc<FrontendServer>,
-    conn: ConnInfo,
-    early: Vec<u8>,
-    client_connections: u32,
-) {
-    let cfg = &server.cfg;
-    let Some(fe) = current(&server.live).frontend(&cfg.name).cloned() else {
+    let Some(fe) = current(&server.live).frontend(&server.cfg.name).cloned() else {
         return;
     };
-    let peer = conn.peer;
-    let activity = Arc::clone(&conn.activity);
+    // The relay is awaited in this one place, and what comes before it that is not a plain
+    // relay's (a TLS handshake, a ClientHello) in a box: a connection's task is then only
+    // as large as a plain relay needs, which keeps spawning it cheap.
+    let (client, mut opening) = if server.tls.is_none() && !server.cfg.tls_passthrough {
+        (
+            Client::Plain(stream, Bytes::from(early)),
+            Opening::default(),
+        )
+    } else {
+        match Box::pin(opened(stream, &server, &fe, &conn, early)).await {
+            Some(opened) => opened,
+            None => return,
+        }
+    };
+    opening.client_connections = client_connections;
+    proxy::tcp::relay(fe, conn, client, opening).await;
+}
+
+/// The client's side of a connection with `tls` or `tls_passthrough`, ready to relay: TLS
+/// terminated, or its ClientHello read (its server name and ALPN in the [`Opening`]).
+/// None when it cannot be relayed (said in the log).
+async fn opened(
+    mut stream: TcpStream,
+    server: &FrontendServer,
+    fe: &proxy::FrontendRt,
+    conn: &ConnInfo,
+    early: Vec<u8>,
+) -> Option<(Client, Opening)> {
+    let cfg = &server.cfg;
     // The TLS handshake, or the ClientHello, must come within timeout.client.
     let limit = cfg.timeout_client;
     if let Some(acceptor) = &server.tls {
-        let tracked = Tracked::new(stream, Bytes::from(early), activity);
-        let handshake = super::conn::handshake(acceptor, tracked, (limit, "timeout.client"), peer);
-        let Some(tls) = handshake.await else {
-            return;
-        };
+        let tracked = Tracked::new(stream, Bytes::from(early), Arc::clone(&conn.activity));
+        let handshake =
+            super::conn::handshake(acceptor, tracked, (limit, "timeout.client"), conn.peer);
+        let tls = handshake.await?;
         let opening = Opening {
             sni: tls.get_ref().1.server_name().map(str::to_owned),
-            alpn: Vec::new(),
-            client_connections,
-        };
-        return proxy::tcp::relay(fe, conn, Client::Tls(Box::new(tls)), opening).await;
-    }
-    if !cfg.tls_passthrough {
-        let client = Client::Plain(stream, Bytes::from(early));
-        let opening = Opening {
-            client_connections,
             ..Opening::default()
         };
-        return proxy::tcp::relay(fe, conn, client, opening).await;
+        return Some((Client::Tls(Box::new(tls)), opening));
     }
-    let mut stream = stream;
     match tokio::time::timeout(limit, client_hello(&mut stream, early)).await {
-        Ok(Ok((mut opening, read))) => {
-            opening.client_connections = client_connections;
-            let client = Client::Plain(stream, Bytes::from(read));
-            proxy::tcp::relay(fe, conn, client, opening).await;
+        Ok(Ok((opening, read))) => Some((Client::Plain(stream, Bytes::from(read)), opening)),
+        Ok(Err(why)) => {
+            proxy::tcp::refused(fe, conn, &why);
+            None
         }
-        Ok(Err(why)) => proxy::tcp::refused(&fe, &conn, &why),
-        Err(_) => proxy::tcp::refused(
-            &fe,
-            &conn,
-            &format!("no TLS ClientHello within timeout.client ({limit:?})"),
-        ),
+        Err(_) => {
+            let why = format!("no TLS ClientHello within timeout.client ({limit:?})");
+            proxy::tcp::refused(fe, conn, &why);
+            None
+        }
     }
 }
 

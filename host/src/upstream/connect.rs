@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
@@ -49,10 +49,34 @@ pub enum Stream {
 /// Health checks take this step apart from [`secure`], to tell a connect that timed out
 /// (L4) from a server that connected and then went silent.
 pub async fn tcp(addr: SocketAddr) -> Result<TcpStream, ConnectError> {
-    let stream = TcpStream::connect(addr)
+    let failed = |e| ConnectError::Io(addr, e);
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM.nonblocking().cloexec(),
+        None,
+    )
+    .map_err(failed)?;
+    let _ = socket.set_tcp_nodelay(true);
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(failed(e)),
+    }
+    let stream = TcpStream::from_std(std::net::TcpStream::from(socket)).map_err(failed)?;
+    // The connect has ended when the socket turns writable; it failed when the kernel also
+    // flags an error (or a hang-up). Only then is the error read: a connect that succeeded
+    // costs no getsockopt(SO_ERROR) (it is most of the connects a tcp frontend makes).
+    let ready = stream
+        .ready(Interest::WRITABLE | Interest::ERROR)
         .await
-        .map_err(|e| ConnectError::Io(addr, e))?;
-    let _ = stream.set_nodelay(true);
+        .map_err(failed)?;
+    if ready.is_error() || ready.is_write_closed() {
+        let e = match stream.take_error() {
+            Ok(Some(e)) | Err(e) => e,
+            Ok(None) => io::Error::from(io::ErrorKind::ConnectionRefused),
+        };
+        return Err(failed(e));
+    }
     Ok(stream)
 }
 
@@ -66,9 +90,8 @@ pub async fn secure(mut stream: TcpStream, dial: &Dial<'_>) -> Result<Stream, Co
     }
     match dial.tls {
         None => Ok(Stream::Plain(stream)),
-        Some(tls) => tls
-            .connector
-            .connect(tls.name.clone(), stream)
+        // Boxed: the handshake's state stays out of every plain connection's future.
+        Some(tls) => Box::pin(tls.connector.connect(tls.name.clone(), stream))
             .await
             .map(|s| Stream::Tls(Box::new(s)))
             .map_err(|e| ConnectError::Tls(dial.addr, e)),
