@@ -18,6 +18,7 @@ pub mod notify;
 pub mod plugin;
 pub mod proxy;
 pub mod proxy_protocol;
+pub mod scaffold;
 pub mod server;
 pub mod state;
 pub mod stats;

@@ -67,6 +67,40 @@ enum Command {
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
+    /// Write a plugin project, or check a built plugin component.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Write a plugin project that builds as it is: Cargo.toml, src/lib.rs with the hooks
+    /// asked for and their unit tests, a weir.toml that loads it, and a README.
+    New {
+        /// The plugin's name, and the project's directory (lower-case letters, digits, -).
+        name: String,
+        /// The hooks to start with, of request, response, health, connect.
+        #[arg(long, default_value = "request")]
+        hooks: String,
+        /// The weir-sdk crate to depend on; by default the SDK of the weir checkout this
+        /// binary was built from.
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+        /// Where to write the project (default: ./NAME).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Load a plugin component as weir would, configure it, and print what it declares (or
+    /// why weir would refuse it). Exit status 0 when it loads, 1 otherwise.
+    Check {
+        /// The component (`.wasm`).
+        file: PathBuf,
+        /// The JSON handed to its `configure` (a plugin table's `config`).
+        #[arg(long, default_value = "{}")]
+        config: String,
+    },
 }
 
 /// mimalloc, called the way it is fast ([`weir::alloc`]).
@@ -82,6 +116,18 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check { config, against } => return check(&config, against.as_deref()),
         Command::Import { file, output } => return import(&file, output.as_deref()),
+        Command::Plugin {
+            command:
+                PluginCommand::New {
+                    name,
+                    hooks,
+                    sdk,
+                    dir,
+                },
+        } => return plugin_new(&name, &hooks, sdk, dir),
+        Command::Plugin {
+            command: PluginCommand::Check { file, config },
+        } => return plugin_check(&file, &config),
         Command::Health {
             admin,
             config,
@@ -193,6 +239,77 @@ fn check(path: &Path, against: Option<&str>) -> ExitCode {
             for e in &errors.0 {
                 eprintln!("{}: {e}", path.display());
             }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `weir plugin new`.
+fn plugin_new(name: &str, hooks: &str, sdk: Option<PathBuf>, dir: Option<PathBuf>) -> ExitCode {
+    let written = (|| {
+        weir::scaffold::check_name(name)?;
+        let hooks = weir::scaffold::Hook::parse_list(hooks)?;
+        let sdk = weir::scaffold::find_sdk(sdk.as_deref())?;
+        let rust_version = weir::scaffold::rust_version(&sdk)?;
+        let dir = dir.unwrap_or_else(|| PathBuf::from(name));
+        let project = weir::scaffold::Project {
+            name,
+            hooks: &hooks,
+            sdk: &sdk,
+            rust_version: &rust_version,
+        };
+        weir::scaffold::write(&project, &dir).map(|files| (dir, files))
+    })();
+    match written {
+        Ok((dir, files)) => {
+            for file in files {
+                println!("wrote {}", file.display());
+            }
+            println!(
+                "next: cd {} && cargo test && cargo build --release --target wasm32-wasip2",
+                dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("weir plugin new: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `weir plugin check`.
+fn plugin_check(file: &Path, config: &str) -> ExitCode {
+    let shown = file.display();
+    let bytes = match std::fs::read(file) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("{shown}: cannot read: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = serde_json::from_str::<serde_json::Value>(config) {
+        eprintln!("--config: not JSON: {e}");
+        return ExitCode::FAILURE;
+    }
+    let name = file
+        .file_stem()
+        .map_or_else(|| "plugin".into(), |s| s.to_string_lossy().into_owned());
+    let inspected = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| {
+            rt.block_on(weir::plugin::inspect(&name, &bytes, config))
+                .map_err(|e| e.to_string())
+        });
+    match inspected {
+        Ok(i) => {
+            print!("{i}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{shown}: weir would refuse it: {e}");
             ExitCode::FAILURE
         }
     }

@@ -17,6 +17,7 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 
 pub use locate::KeyPath;
+pub use validate::{PLUGIN_MEMORY, PLUGIN_TIMEOUT};
 
 /// A validated configuration. Cheap to share; built once per load or reload.
 #[derive(Debug, Clone)]

@@ -348,6 +348,11 @@ pub(super) fn linker() -> &'static Linker<StoreState> {
 /// until they were compiled). A panic in the compiler refuses the component, as a
 /// compile error does.
 pub(super) async fn compile(bytes: &[u8], sha256: &str) -> Result<Component, LoadError> {
+    if !bytes.starts_with(b"\0asm") {
+        return Err(LoadError::Component(
+            "not WebAssembly (a component begins with the bytes \\0asm)".into(),
+        ));
+    }
     static CACHE: OnceLock<Mutex<HashMap<String, Component>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
     if let Some(c) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(sha256) {

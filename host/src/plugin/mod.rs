@@ -13,6 +13,7 @@
 mod cpu_timer;
 mod engine;
 mod host;
+mod inspect;
 mod instances;
 pub mod validate;
 mod wire;
@@ -28,6 +29,7 @@ pub use engine::{
     LONG_CALL_SLICE, TICK, calls_running_long, epoch_thread_asleep, stall_epoch_thread,
 };
 use engine::{StoreState, advance_epoch_from_signal, arm_for_load, compile, linker};
+pub use inspect::{Inspection, inspect};
 use instances::Instance;
 pub use wire::{
     Answer, ConnectDecision, ConnectInfo, Fields, HealthProbe, HealthVerdict, Hook, Proceed,

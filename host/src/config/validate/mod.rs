@@ -392,6 +392,9 @@ fn build_defaults(cx: &mut Ctx<'_>, file: &File) -> Defaults {
 
 /// Most memory a plugin instance may be given.
 const MAX_PLUGIN_MEMORY: u64 = 256 << 20;
+/// A plugin's `memory` and `timeout` when its table does not say.
+pub const PLUGIN_MEMORY: u64 = 16 << 20;
+pub const PLUGIN_TIMEOUT: Duration = Duration::from_millis(10);
 
 /// `ip:port`, `[v6]:port` or `host:port` (resolved now, at load time, to its first address).
 fn parse_addr(text: &str, allow_port_zero: bool) -> Result<SocketAddr, String> {

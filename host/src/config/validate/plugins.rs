@@ -1,4 +1,4 @@
-//! `[plugin.<name>]`: sources, limits, candidates, configs.
+//! `[plugin.<name>]`: sources, limits, configs.
 
 use super::*;
 
@@ -15,7 +15,7 @@ pub(super) fn build_plugins(cx: &mut Ctx<'_>, file: &File) -> Vec<PluginConfig> 
             }
             let memory = cx
                 .size(&path.key("memory"), p.memory.as_ref())
-                .unwrap_or(16 << 20);
+                .unwrap_or(PLUGIN_MEMORY);
             if !(1 << 20..=MAX_PLUGIN_MEMORY).contains(&memory) {
                 cx.err(&path.key("memory"), "must be between 1MiB and 256MiB");
             }
@@ -66,11 +66,7 @@ pub(super) fn build_plugins(cx: &mut Ctx<'_>, file: &File) -> Vec<PluginConfig> 
                 source,
                 sha256,
                 on_error,
-                timeout: cx.positive(
-                    &path.key("timeout"),
-                    p.timeout.as_ref(),
-                    Duration::from_millis(10),
-                ),
+                timeout: cx.positive(&path.key("timeout"), p.timeout.as_ref(), PLUGIN_TIMEOUT),
                 memory,
                 config_json: serde_json::to_string(&config).unwrap_or_else(|_| "{}".into()),
             }
