@@ -403,3 +403,49 @@ fn tcp_mode_is_checked_by_key_path_and_line() {
         "{e}"
     );
 }
+
+#[test]
+fn a_candidates_mode_and_limits_are_checked_by_key_path_and_line() {
+    let with = |candidate: &str| {
+        format!(
+            "{VALID}\n[plugin.r]\nstock = \"router\"\ntimeout = \"20ms\"\nconfig = {{ rules = [] }}\ncandidate = {candidate}\n"
+        )
+    };
+    let e = one_error(&with(r#"{ stock = "router" }"#));
+    assert!(
+        e.contains("plugin.r.candidate.mode") && e.contains("line 14") && e.contains("is required"),
+        "{e}"
+    );
+    let e = one_error(&with(r#"{ stock = "router", mode = "canary" }"#));
+    assert!(
+        e.contains("plugin.r.candidate.mode") && e.contains("not built yet"),
+        "{e}"
+    );
+    let e = one_error(&with(r#"{ stock = "router", mode = "mirror" }"#));
+    assert!(e.contains("unknown mode \"mirror\""), "{e}");
+    let e = one_error(&with(r#"{ mode = "shadow" }"#));
+    assert!(
+        e.contains("plugin.r.candidate") && e.contains("needs `wasm"),
+        "{e}"
+    );
+    let e = one_error(&with(
+        r#"{ stock = "router", mode = "shadow", memory = "1KiB" }"#,
+    ));
+    assert!(e.contains("plugin.r.candidate.memory"), "{e}");
+    let e = one_error(&with(
+        r#"{ stock = "router", mode = "shadow", percent = 5 }"#,
+    ));
+    assert!(e.contains("percent"), "{e}");
+
+    // What the candidate does not say, it takes from the plugin (but not sha256).
+    let config = Config::from_toml(
+        &with(r#"{ stock = "router", mode = "shadow" }"#),
+        Path::new("."),
+    )
+    .unwrap();
+    let plugin = &config.plugins[0];
+    let candidate = &plugin.candidate.as_ref().unwrap().plugin;
+    assert_eq!(candidate.name, "r (candidate)");
+    assert_eq!(candidate.timeout, Duration::from_millis(20));
+    assert_eq!(candidate.config_json, plugin.config_json);
+}

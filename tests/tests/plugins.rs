@@ -538,3 +538,144 @@ async fn a_plugin_gets_only_the_response_fields_it_asks_for() {
         "backend,server,method,path,client-ip,scheme,frontend"
     );
 }
+
+/// A plugin "routes" (the stock router: `/static` to backend "static") over backends "app"
+/// (s1) and "static" (st), with `candidate` in its table and an admin listener.
+async fn shadowed(candidate: &str) -> (MockServer, MockServer, TestProxy, String) {
+    let (s1, st) = (MockServer::start("s1").await, MockServer::start("st").await);
+    let section = format!(
+        "[plugin.routes]\nstock = \"router\"\nconfig = {{ rules = [{{ path_beg = \"/static\", backend = \"static\" }}] }}\ncandidate = {candidate}\n"
+    );
+    let mut toml = with_plugins(
+        config("roundrobin", &[("s1", s1.addr, "")], ""),
+        &["routes"],
+        &[section],
+    );
+    toml.push_str(&format!(
+        "\n[backend.static]\nservers = [{{ name = \"st\", addr = \"{}\" }}]\n\n[admin]\nbind = \"127.0.0.1:0\"\n",
+        st.addr
+    ));
+    let proxy = TestProxy::start(&toml).await;
+    (s1, st, proxy, toml)
+}
+
+/// The candidate's report from the runtime API once it has compared `n` requests (the
+/// shadow runs after the answer, so it may lag a little).
+async fn candidate_report(proxy: &TestProxy, n: u64) -> serde_json::Value {
+    let admin = proxy.running.admin_addr().unwrap();
+    for _ in 0..200 {
+        let report = Client::connect(admin)
+            .await
+            .get("/api/plugins/routes/candidate")
+            .await
+            .json();
+        if report["on_request"]["compared"].as_u64() >= Some(n) {
+            return report;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the candidate did not compare {n} requests");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_candidate_is_compared_on_every_request_and_decides_none() {
+    // The candidate also sends /v2 to "static": it disagrees on one path of four.
+    let (s1, st, proxy, _) = shadowed(
+        r#"{ stock = "router", mode = "shadow", config = { rules = [{ path_beg = ["/static", "/v2"], backend = "static" }] } }"#,
+    )
+    .await;
+    let mut c = Client::connect(proxy.addr()).await;
+    for (path, server) in [
+        ("/", "s1"),
+        ("/static/a.css", "st"),
+        ("/v2/users", "s1"),
+        ("/x", "s1"),
+    ] {
+        let r = c.get(path).await;
+        assert_eq!(
+            (r.status.as_u16(), r.server()),
+            (200, server.to_owned()),
+            "{path}: the current version decides"
+        );
+    }
+    assert_eq!((s1.requests(), st.requests()), (3, 1));
+    let report = candidate_report(&proxy, 4).await;
+    assert_eq!(report["on_request"]["compared"], 4);
+    assert_eq!(report["on_request"]["outcomes"]["agree"], 3);
+    assert_eq!(report["on_request"]["outcomes"]["backend"], 1);
+    assert_eq!(report["on_request"]["disagreement_share"], 0.25);
+    assert_eq!(report["candidate"]["calls"], 4);
+    let sample = report["sample"].as_array().unwrap();
+    assert_eq!(sample.len(), 1, "{report}");
+    assert_eq!(sample[0]["path"], "/v2/users");
+    assert_eq!(sample[0]["method"], "GET");
+    assert_eq!(sample[0]["kind"], "backend");
+    assert_eq!(sample[0]["current"], "proceed");
+    assert_eq!(sample[0]["candidate"], "proceed backend static");
+    let info = Client::connect(proxy.running.admin_addr().unwrap())
+        .await
+        .get("/api/info")
+        .await
+        .json();
+    assert_eq!(info["plugins"][0]["candidate"]["mode"], "shadow");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trapping_candidate_never_touches_a_response() {
+    let candidate = format!(
+        r#"{{ wasm = "{}", mode = "shadow", config = {{ mode = "trap" }} }}"#,
+        weir_tests::FIXTURE_WASM
+    );
+    let (_s1, _st, proxy, _) = shadowed(&candidate).await;
+    let mut c = Client::connect(proxy.addr()).await;
+    for path in ["/", "/static/a", "/b", "/static/c"] {
+        let r = c.get(path).await;
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(r.json()["path"], path);
+    }
+    let report = candidate_report(&proxy, 4).await;
+    assert_eq!(report["on_request"]["outcomes"]["trap"], 4);
+    assert_eq!(report["candidate"]["traps"], 4);
+    assert!(
+        report["sample"][0]["candidate"]
+            .as_str()
+            .unwrap()
+            .starts_with("failed: trapped")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_without_the_candidate_removes_it_and_a_broken_one_is_refused() {
+    let candidate = r#"{ stock = "router", mode = "shadow", config = { rules = [] } }"#;
+    let (_s1, _st, proxy, toml) = shadowed(candidate).await;
+    let admin = proxy.running.admin_addr().unwrap();
+    let r = Client::connect(proxy.addr()).await.get("/").await;
+    assert_eq!(r.status, 200);
+    candidate_report(&proxy, 1).await;
+
+    // A candidate whose configure fails: the reload is refused, the candidate stays.
+    let broken = toml.replace("config = { rules = [] }", "config = { rules = 3 }");
+    let config = weir::Config::from_toml(&broken, std::path::Path::new(".")).unwrap();
+    let err = proxy
+        .running
+        .reload(&config)
+        .await
+        .expect_err("a broken candidate");
+    assert!(
+        err.to_string()
+            .contains("routes: candidate: configure failed"),
+        "{err}"
+    );
+    let report = candidate_report(&proxy, 1).await;
+    assert_eq!(report["mode"], "shadow");
+
+    let without = toml.replace(&format!("candidate = {candidate}\n"), "");
+    let config = weir::Config::from_toml(&without, std::path::Path::new(".")).unwrap();
+    proxy.running.reload(&config).await.unwrap();
+    let gone = Client::connect(admin)
+        .await
+        .get("/api/plugins/routes/candidate")
+        .await;
+    assert_eq!(gone.status, 404);
+    assert!(gone.text().contains("has no candidate"), "{}", gone.text());
+}

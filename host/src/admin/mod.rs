@@ -10,7 +10,8 @@
 //! - `GET /api/backends`: every backend's servers with state, weight and health;
 //! - `POST /api/backends/<b>/servers/<s>/state` with `{"state": "ready" | "drain" | "maint"}`;
 //! - `POST /api/backends/<b>/servers/<s>/weight` with `{"weight": 0..256}`;
-//! - `POST /api/reload`: reads the config file again, as SIGHUP does.
+//! - `POST /api/reload`: reads the config file again, as SIGHUP does;
+//! - `GET /api/plugins/<name>/candidate`: how a plugin's candidate compares with it.
 //!
 //! Bad input gets a 4xx with `{"error": "..."}` and changes nothing. With `auth`, every
 //! route needs HTTP basic auth.
@@ -138,6 +139,7 @@ async fn handle(req: Request<Incoming>, control: &Control, cfg: &Admin) -> Reply
         ),
         (Method::GET, ["api", "info"]) => info(control),
         (Method::GET, ["api", "backends"]) => backends(control),
+        (Method::GET, ["api", "plugins", name, "candidate"]) => candidate(control, name),
         (
             Method::POST,
             [
@@ -162,6 +164,7 @@ async fn handle(req: Request<Incoming>, control: &Control, cfg: &Admin) -> Reply
             ["api", "info"]
             | ["api", "backends"]
             | ["api", "reload"]
+            | ["api", "plugins", _, "candidate"]
             | ["api", "backends", _, "servers", _, "state" | "weight"],
         ) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here"),
         _ => error(StatusCode::NOT_FOUND, format!("no such route: {path}")),
@@ -267,6 +270,12 @@ fn info(control: &Control) -> Reply {
                 "plugin": p.describe().0,
                 "version": p.describe().1,
                 "sha256": p.sha256,
+                "candidate": p.candidate.as_ref().map(|c| json!({
+                    "mode": c.mode.name(),
+                    "version": c.plugin.describe().1,
+                    "sha256": c.plugin.sha256,
+                    "aborted": c.aborted(),
+                })),
             })
         })
         .collect();
@@ -286,6 +295,58 @@ fn info(control: &Control) -> Reply {
                 "user": a.auth.as_ref().map(|(u, _)| u.clone()),
             })),
             "plugins": plugins,
+        }),
+    )
+}
+
+/// `GET /api/plugins/<name>/candidate`: how the plugin's candidate compares with it.
+fn candidate(control: &Control, name: &str) -> Reply {
+    let proxy = control.proxy();
+    let Some(plugin) = proxy.plugins.iter().find(|p| *p.name == *name) else {
+        return error(StatusCode::NOT_FOUND, format!("no plugin {name:?}"));
+    };
+    let Some(c) = &plugin.candidate else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("plugin {name:?} has no candidate"),
+        );
+    };
+    let counts: serde_json::Map<String, Value> = c
+        .stats
+        .request
+        .all()
+        .into_iter()
+        .map(|(kind, n)| (kind.to_owned(), json!(n)))
+        .collect();
+    let compared: u64 = c.stats.request.all().iter().map(|(_, n)| n).sum();
+    let stats = &c.plugin.stats;
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    reply(
+        StatusCode::OK,
+        json!({
+            "plugin": name,
+            "mode": c.mode.name(),
+            "aborted": c.aborted(),
+            "current": { "version": plugin.describe().1, "sha256": plugin.sha256 },
+            "candidate": {
+                "version": c.plugin.describe().1,
+                "sha256": c.plugin.sha256,
+                "calls": load(&stats.calls),
+                "traps": load(&stats.traps),
+                "timeouts": load(&stats.timeouts),
+                "invalid": load(&stats.invalid),
+            },
+            "on_request": {
+                "compared": compared,
+                "outcomes": counts,
+                "disagreement_share": if compared == 0 {
+                    0.0
+                } else {
+                    (compared - c.stats.request.all()[0].1) as f64 / compared as f64
+                },
+            },
+            "skipped": load(&c.stats.skipped),
+            "sample": c.stats.sample(),
         }),
     )
 }

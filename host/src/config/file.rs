@@ -74,6 +74,20 @@ pub struct PluginFile {
     pub timeout: Option<Dur>,
     pub memory: Option<Size>,
     pub config: Option<toml::Table>,
+    pub candidate: Option<CandidateFile>,
+}
+
+/// `candidate = { wasm = "...", mode = "shadow", ... }` in a plugin's table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CandidateFile {
+    pub wasm: Option<String>,
+    pub stock: Option<String>,
+    pub mode: Option<String>,
+    pub sha256: Option<String>,
+    pub timeout: Option<Dur>,
+    pub memory: Option<Size>,
+    pub config: Option<toml::Table>,
 }
 
 #[derive(Debug, Default, Deserialize)]

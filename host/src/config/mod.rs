@@ -407,6 +407,32 @@ pub struct PluginConfig {
     pub memory: u64,
     /// The `config` table, as the JSON text handed to the plugin's `configure`.
     pub config_json: String,
+    /// A candidate version run beside it (`candidate = {...}`).
+    pub candidate: Option<Box<Candidate>>,
+}
+
+/// A plugin's candidate version: another component (and maybe config), run as `mode` says.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub mode: CandidateMode,
+    /// The candidate as a plugin of its own, named "<plugin> (candidate)".
+    pub plugin: PluginConfig,
+}
+
+/// How a candidate runs beside the plugin's current version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CandidateMode {
+    /// On the same inputs, after the current version decided, off the request's path: its
+    /// decision compared with the current one's and thrown away.
+    Shadow,
+}
+
+impl CandidateMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            CandidateMode::Shadow => "shadow",
+        }
+    }
 }
 
 /// Where a plugin's component comes from.

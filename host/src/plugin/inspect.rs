@@ -39,6 +39,7 @@ pub async fn inspect(name: &str, bytes: &[u8], config_json: &str) -> Result<Insp
         timeout: crate::config::PLUGIN_TIMEOUT,
         memory: crate::config::PLUGIN_MEMORY,
         config_json: config_json.to_owned(),
+        candidate: None,
     };
     let plugin = Plugin::from_bytes(&cfg, bytes, Arc::from([])).await?;
     let component = engine::compile(bytes, &plugin.sha256).await?;

@@ -15,6 +15,7 @@ mod engine;
 mod host;
 mod inspect;
 mod instances;
+mod shadow;
 pub mod validate;
 mod wire;
 
@@ -31,6 +32,7 @@ pub use engine::{
 use engine::{StoreState, advance_epoch_from_signal, arm_for_load, compile, linker};
 pub use inspect::{Inspection, inspect};
 use instances::Instance;
+pub use shadow::{Candidate, Counts, Disagreement, ShadowStats};
 pub use wire::{
     Answer, ConnectDecision, ConnectInfo, Fields, HealthProbe, HealthVerdict, Hook, Proceed,
     RequestDecision, RequestInfo, ResponseDecision, ResponseInfo, header_list, headers_of,
@@ -81,6 +83,8 @@ pub enum LoadError {
     Misused(String),
     #[error("no stock plugin {0:?} in this build")]
     NoStock(&'static str),
+    #[error("candidate: {0}")]
+    Candidate(Box<LoadError>),
 }
 
 /// Why a hook call produced no usable action.
@@ -160,6 +164,8 @@ pub struct Plugin {
     response_fields: types::ResponseFields,
     /// It has `on-connect` (its component is of the world `plugin-l4`).
     connects: bool,
+    /// A candidate version run beside it (`candidate = {...}`).
+    pub candidate: Option<Candidate>,
     timeout: Duration,
     memory: usize,
     config_json: String,
@@ -231,6 +237,7 @@ impl Plugin {
             request_fields: types::RequestFields::all(),
             response_fields: types::ResponseFields::all(),
             connects: false,
+            candidate: None,
             timeout: cfg.timeout,
             memory: cfg.memory as usize,
             config_json: cfg.config_json.clone(),
@@ -543,8 +550,16 @@ pub async fn load_all(
         let mut plugin = Plugin::load(cfg, Arc::clone(&backends))
             .await
             .map_err(|e| (cfg.name.clone(), e))?;
-        if let Some(old) = before.iter().find(|p| *p.name == *plugin.name) {
+        let old = before.iter().find(|p| *p.name == *plugin.name);
+        if let Some(old) = old {
             plugin.stats = Arc::clone(&old.stats);
+        }
+        if let Some(c) = &cfg.candidate {
+            let candidate = Plugin::load(&c.plugin, Arc::clone(&backends))
+                .await
+                .map_err(|e| (cfg.name.clone(), LoadError::Candidate(Box::new(e))))?;
+            let previous = old.and_then(|o| o.candidate.as_ref());
+            plugin.candidate = Some(Candidate::new(candidate, c.mode, previous));
         }
         plugins.push(Arc::new(plugin));
     }

@@ -146,7 +146,13 @@ pub async fn on_request(
             backend: &backend.as_ref().unwrap_or(default).name,
         };
         let decision = match plugin.on_request(&info, &parts.headers, client.id).await {
-            Ok(d) => d,
+            Ok(d) => {
+                if let Some(candidate) = &plugin.candidate {
+                    // On the same request, in a task of its own: compared, thrown away.
+                    candidate.shadow_request(&info, &parts.headers, client.id, &d);
+                }
+                d
+            }
             Err(e) => {
                 on_failure(plugin, "on-request", &e)?;
                 continue;

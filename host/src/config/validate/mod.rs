@@ -11,15 +11,15 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 
 use super::file::{
-    BackendFile, CertFile, ExpectStatusFile, File, FrontendFile, HealthFile, OneOrMany, ServerFile,
-    TlsFile,
+    BackendFile, CandidateFile, CertFile, ExpectStatusFile, File, FrontendFile, HealthFile,
+    OneOrMany, ServerFile, TlsFile,
 };
 use super::locate::{KeyPath, Locator};
 use super::units::{Dur, Size, parse_duration, parse_size};
 use super::{
-    Admin, AdminState, Backend, Balance, CheckKind, Config, ConfigError, ConfigErrors, ErrorFiles,
-    ErrorPage, FailPolicy, Frontend, Global, HealthCheck, HttpCheck, LogFormat, Mode, Observe,
-    OnError, PluginConfig, PluginSource, RetryOn, Server, StatusMatch,
+    Admin, AdminState, Backend, Balance, Candidate, CandidateMode, CheckKind, Config, ConfigError,
+    ConfigErrors, ErrorFiles, ErrorPage, FailPolicy, Frontend, Global, HealthCheck, HttpCheck,
+    LogFormat, Mode, Observe, OnError, PluginConfig, PluginSource, RetryOn, Server, StatusMatch,
 };
 
 /// Statuses that weir answers by itself and that `errorfiles` may therefore replace.

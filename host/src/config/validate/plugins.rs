@@ -1,4 +1,4 @@
-//! `[plugin.<name>]`: sources, limits, configs.
+//! `[plugin.<name>]`: sources, limits, configs, and a candidate version.
 
 use super::*;
 
@@ -7,18 +7,6 @@ pub(super) fn build_plugins(cx: &mut Ctx<'_>, file: &File) -> Vec<PluginConfig> 
         .iter()
         .map(|(name, p)| {
             let path = KeyPath::root().key("plugin").key(name);
-            let sha256 = p.sha256.as_ref().map(|h| h.to_ascii_lowercase());
-            if let Some(h) = &sha256
-                && (h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()))
-            {
-                cx.err(&path.key("sha256"), "must be 64 hexadecimal digits");
-            }
-            let memory = cx
-                .size(&path.key("memory"), p.memory.as_ref())
-                .unwrap_or(PLUGIN_MEMORY);
-            if !(1 << 20..=MAX_PLUGIN_MEMORY).contains(&memory) {
-                cx.err(&path.key("memory"), "must be between 1MiB and 256MiB");
-            }
             let on_error = match p.on_error.as_deref() {
                 None | Some("fail-closed") => FailPolicy::Closed,
                 Some("fail-open") => FailPolicy::Open,
@@ -32,44 +20,130 @@ pub(super) fn build_plugins(cx: &mut Ctx<'_>, file: &File) -> Vec<PluginConfig> 
                     FailPolicy::Closed
                 }
             };
-            let source = match (&p.wasm, &p.stock) {
-                (Some(file), None) => PluginSource::File(cx.base.join(file)),
-                (None, Some(stock)) => match crate::stock::find(stock) {
-                    Some((name, _)) => PluginSource::Stock(name),
-                    None => {
-                        let known = crate::stock::names().collect::<Vec<_>>();
-                        cx.err(
-                            &path.key("stock"),
-                            format!(
-                                "no stock plugin \"{stock}\" (weir has: {})",
-                                known.join(", ")
-                            ),
-                        );
-                        PluginSource::Stock("")
-                    }
-                },
-                (Some(_), Some(_)) => {
-                    cx.err(
-                        &path.key("stock"),
-                        "give either `wasm` or `stock`, not both",
-                    );
-                    PluginSource::Stock("")
-                }
-                (None, None) => {
-                    cx.err(&path, "needs `wasm = \"path\"` or `stock = \"name\"`");
-                    PluginSource::Stock("")
-                }
-            };
             let config = p.config.clone().unwrap_or_default();
-            PluginConfig {
+            let plugin = PluginConfig {
                 name: name.clone(),
-                source,
-                sha256,
+                source: source(cx, &path, p.wasm.as_deref(), p.stock.as_deref()),
+                sha256: sha256(cx, &path, p.sha256.as_deref()),
                 on_error,
                 timeout: cx.positive(&path.key("timeout"), p.timeout.as_ref(), PLUGIN_TIMEOUT),
-                memory,
+                memory: memory(cx, &path, p.memory.as_ref(), PLUGIN_MEMORY),
                 config_json: serde_json::to_string(&config).unwrap_or_else(|_| "{}".into()),
+                candidate: None,
+            };
+            let candidate = p
+                .candidate
+                .as_ref()
+                .map(|c| Box::new(candidate(cx, &path.key("candidate"), c, &plugin)));
+            PluginConfig {
+                candidate,
+                ..plugin
             }
         })
         .collect()
+}
+
+/// A plugin's candidate version: its own component, and what it does not say taken from
+/// the plugin (config, timeout, memory, on_error; never sha256, which names one file).
+fn candidate(
+    cx: &mut Ctx<'_>,
+    path: &KeyPath,
+    c: &CandidateFile,
+    plugin: &PluginConfig,
+) -> Candidate {
+    let mode = match c.mode.as_deref() {
+        Some("shadow") => CandidateMode::Shadow,
+        Some("canary") => {
+            cx.err(
+                &path.key("mode"),
+                "\"canary\" is not built yet: a candidate runs as \"shadow\"",
+            );
+            CandidateMode::Shadow
+        }
+        Some(other) => {
+            cx.err(
+                &path.key("mode"),
+                format!("unknown mode \"{other}\" (expected \"shadow\")"),
+            );
+            CandidateMode::Shadow
+        }
+        None => {
+            cx.err(&path.key("mode"), "is required: \"shadow\"");
+            CandidateMode::Shadow
+        }
+    };
+    let config_json = match &c.config {
+        Some(config) => serde_json::to_string(config).unwrap_or_else(|_| "{}".into()),
+        None => plugin.config_json.clone(),
+    };
+    Candidate {
+        mode,
+        plugin: PluginConfig {
+            // Its own name: its counters and kv are apart from the plugin's, and the log
+            // tells the two apart.
+            name: format!("{} (candidate)", plugin.name),
+            source: source(cx, path, c.wasm.as_deref(), c.stock.as_deref()),
+            sha256: sha256(cx, path, c.sha256.as_deref()),
+            on_error: plugin.on_error,
+            timeout: cx.positive(&path.key("timeout"), c.timeout.as_ref(), plugin.timeout),
+            memory: memory(cx, path, c.memory.as_ref(), plugin.memory),
+            config_json,
+            candidate: None,
+        },
+    }
+}
+
+fn sha256(cx: &mut Ctx<'_>, path: &KeyPath, given: Option<&str>) -> Option<String> {
+    let sha256 = given.map(str::to_ascii_lowercase);
+    if let Some(h) = &sha256
+        && (h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        cx.err(&path.key("sha256"), "must be 64 hexadecimal digits");
+    }
+    sha256
+}
+
+fn memory(cx: &mut Ctx<'_>, path: &KeyPath, given: Option<&Size>, default: u64) -> u64 {
+    let memory = cx.size(&path.key("memory"), given).unwrap_or(default);
+    if !(1 << 20..=MAX_PLUGIN_MEMORY).contains(&memory) {
+        cx.err(&path.key("memory"), "must be between 1MiB and 256MiB");
+    }
+    memory
+}
+
+/// `wasm = "file"` (relative to the config file) or `stock = "name"`.
+fn source(
+    cx: &mut Ctx<'_>,
+    path: &KeyPath,
+    wasm: Option<&str>,
+    stock: Option<&str>,
+) -> PluginSource {
+    match (wasm, stock) {
+        (Some(file), None) => PluginSource::File(cx.base.join(file)),
+        (None, Some(stock)) => match crate::stock::find(stock) {
+            Some((name, _)) => PluginSource::Stock(name),
+            None => {
+                let known = crate::stock::names().collect::<Vec<_>>();
+                cx.err(
+                    &path.key("stock"),
+                    format!(
+                        "no stock plugin \"{stock}\" (weir has: {})",
+                        known.join(", ")
+                    ),
+                );
+                PluginSource::Stock("")
+            }
+        },
+        (Some(_), Some(_)) => {
+            cx.err(
+                &path.key("stock"),
+                "give either `wasm` or `stock`, not both",
+            );
+            PluginSource::Stock("")
+        }
+        (None, None) => {
+            cx.err(path, "needs `wasm = \"path\"` or `stock = \"name\"`");
+            PluginSource::Stock("")
+        }
+    }
 }

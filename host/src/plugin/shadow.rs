@@ -1,0 +1,347 @@
+//! A plugin's candidate version in shadow (`candidate = { ..., mode = "shadow" }`): after
+//! the current version's `on-request` decided, the candidate gets the same request, in a
+//! task of its own, so that the request never waits for it; its decision is compared with
+//! the current one's and thrown away. It is a plugin of its own ("<name> (candidate)"):
+//! its own instances, limits, call statistics, counters and kv.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use http::HeaderMap;
+
+use super::validate::Edit;
+use super::{HookError, Plugin, RequestDecision, RequestInfo};
+use crate::config::CandidateMode;
+
+/// Disagreeing requests kept for the runtime API: the latest ones.
+const SAMPLE: usize = 32;
+/// Shadow calls running at once past which new ones are skipped (and counted): a slow
+/// candidate never piles up work.
+const MAX_IN_FLIGHT: usize = 64;
+
+/// A plugin's candidate version, loaded.
+pub struct Candidate {
+    pub plugin: Arc<Plugin>,
+    pub mode: CandidateMode,
+    pub stats: Arc<ShadowStats>,
+    in_flight: Arc<AtomicUsize>,
+    /// Taken out by hand (`abort`): it runs no more.
+    aborted: AtomicBool,
+}
+
+/// What the shadow saw: agreements and disagreements by kind, and the latest disagreeing
+/// requests. Kept across reloads while the candidate's component stays the same.
+#[derive(Default)]
+pub struct ShadowStats {
+    pub request: Counts,
+    /// Requests not shadowed because `MAX_IN_FLIGHT` calls were running.
+    pub skipped: AtomicU64,
+    sample: Mutex<VecDeque<Disagreement>>,
+}
+
+/// Comparisons of one hook, by outcome.
+#[derive(Default)]
+pub struct Counts {
+    pub agree: AtomicU64,
+    /// One answered the request and the other did not, or their answers differ.
+    pub status: AtomicU64,
+    /// Another backend or server.
+    pub backend: AtomicU64,
+    /// Other header edits, or another path.
+    pub edits: AtomicU64,
+    /// The candidate failed where the current version did not.
+    pub trap: AtomicU64,
+    pub timeout: AtomicU64,
+    pub invalid: AtomicU64,
+}
+
+impl Counts {
+    /// `(kind, count)` for each outcome, agreements first.
+    pub fn all(&self) -> [(&'static str, u64); 7] {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [
+            ("agree", n(&self.agree)),
+            ("status", n(&self.status)),
+            ("backend", n(&self.backend)),
+            ("edits", n(&self.edits)),
+            ("trap", n(&self.trap)),
+            ("timeout", n(&self.timeout)),
+            ("invalid", n(&self.invalid)),
+        ]
+    }
+
+    fn counter(&self, kind: &str) -> &AtomicU64 {
+        match kind {
+            "status" => &self.status,
+            "backend" => &self.backend,
+            "edits" => &self.edits,
+            "trap" => &self.trap,
+            "timeout" => &self.timeout,
+            "invalid" => &self.invalid,
+            _ => &self.agree,
+        }
+    }
+}
+
+/// One disagreeing request, as the runtime API shows it (no header values).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Disagreement {
+    pub hook: &'static str,
+    pub kind: &'static str,
+    pub method: String,
+    pub path: String,
+    pub current: String,
+    pub candidate: String,
+}
+
+impl ShadowStats {
+    /// The latest disagreements, oldest first.
+    pub fn sample(&self) -> Vec<Disagreement> {
+        let sample = self.sample.lock().unwrap_or_else(|p| p.into_inner());
+        sample.iter().cloned().collect()
+    }
+
+    fn record(
+        &self,
+        method: &str,
+        path: &str,
+        current: &Outcome,
+        got: &Result<Outcome, HookError>,
+    ) {
+        let (kind, candidate) = match got {
+            Ok(outcome) => (current.differs(outcome), outcome.to_string()),
+            Err(e) => {
+                let kind = match e {
+                    HookError::Timeout(_) => "timeout",
+                    HookError::Invalid(_) => "invalid",
+                    HookError::Trap(_) | HookError::StoreDown => "trap",
+                };
+                (Some(kind), format!("failed: {e}"))
+            }
+        };
+        self.request
+            .counter(kind.unwrap_or("agree"))
+            .fetch_add(1, Ordering::Relaxed);
+        let Some(kind) = kind else {
+            return;
+        };
+        let mut sample = self.sample.lock().unwrap_or_else(|p| p.into_inner());
+        if sample.len() == SAMPLE {
+            sample.pop_front();
+        }
+        sample.push_back(Disagreement {
+            hook: "on-request",
+            kind,
+            method: method.to_owned(),
+            path: path.to_owned(),
+            current: current.to_string(),
+            candidate,
+        });
+    }
+}
+
+impl Candidate {
+    /// `previous`: the same plugin's candidate in the generation before, whose statistics
+    /// go on when its component is the same.
+    pub fn new(plugin: Plugin, mode: CandidateMode, previous: Option<&Candidate>) -> Candidate {
+        let stats = previous
+            .filter(|p| p.plugin.sha256 == plugin.sha256)
+            .map_or_else(Arc::default, |p| Arc::clone(&p.stats));
+        Candidate {
+            plugin: Arc::new(plugin),
+            mode,
+            stats,
+            in_flight: Arc::default(),
+            aborted: AtomicBool::new(false),
+        }
+    }
+
+    /// Stops it for good (until a reload loads it again).
+    pub fn abort(&self) {
+        self.aborted.store(true, Ordering::Relaxed);
+    }
+
+    pub fn aborted(&self) -> bool {
+        self.aborted.load(Ordering::Relaxed)
+    }
+
+    /// Runs the candidate's `on-request` on what the current version was given, in a task
+    /// of its own, and counts how its decision compares with `current`'s.
+    pub fn shadow_request(
+        &self,
+        request: &RequestInfo<'_>,
+        headers: &HeaderMap,
+        id: u64,
+        current: &RequestDecision,
+    ) {
+        if self.aborted() {
+            return;
+        }
+        if self.in_flight.fetch_add(1, Ordering::Relaxed) >= MAX_IN_FLIGHT {
+            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+            self.stats.skipped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let current = Outcome::of(current);
+        let owned = OwnedRequest::of(request);
+        let headers = headers.clone();
+        let plugin = Arc::clone(&self.plugin);
+        let stats = Arc::clone(&self.stats);
+        let in_flight = Arc::clone(&self.in_flight);
+        tokio::spawn(async move {
+            let got = plugin
+                .on_request(&owned.view(), &headers, id)
+                .await
+                .map(|d| Outcome::of(&d));
+            stats.record(&owned.method, &owned.path, &current, &got);
+            in_flight.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
+/// A request's fields, owned, for the candidate's task.
+struct OwnedRequest {
+    method: String,
+    path: String,
+    query: Option<String>,
+    host: Option<String>,
+    client_ip: String,
+    frontend: String,
+    scheme: String,
+    backend: String,
+}
+
+impl OwnedRequest {
+    fn of(r: &RequestInfo<'_>) -> Self {
+        OwnedRequest {
+            method: r.method.to_owned(),
+            path: r.path.to_owned(),
+            query: r.query.map(str::to_owned),
+            host: r.host.map(str::to_owned),
+            client_ip: r.client_ip.to_owned(),
+            frontend: r.frontend.to_owned(),
+            scheme: r.scheme.to_owned(),
+            backend: r.backend.to_owned(),
+        }
+    }
+
+    fn view(&self) -> RequestInfo<'_> {
+        RequestInfo {
+            method: &self.method,
+            path: &self.path,
+            query: self.query.as_deref(),
+            host: self.host.as_deref(),
+            client_ip: &self.client_ip,
+            frontend: &self.frontend,
+            scheme: &self.scheme,
+            backend: &self.backend,
+        }
+    }
+}
+
+/// A request decision, as the shadow compares it: `unchanged` is a `proceed` that changes
+/// nothing; a note (the plugin's own memo for its `on-response`) is left out.
+#[derive(Debug, PartialEq)]
+enum Outcome {
+    Proceed {
+        backend: Option<String>,
+        server: Option<String>,
+        path: Option<String>,
+        /// What each edit does (set, append, remove), the header's name and its value.
+        edits: Vec<(&'static str, String, Vec<u8>)>,
+    },
+    Respond {
+        status: u16,
+        headers: Vec<String>,
+        body: bytes::Bytes,
+    },
+}
+
+impl Outcome {
+    fn of(decision: &RequestDecision) -> Outcome {
+        match decision {
+            RequestDecision::Unchanged => Outcome::Proceed {
+                backend: None,
+                server: None,
+                path: None,
+                edits: Vec::new(),
+            },
+            RequestDecision::Proceed(p) => Outcome::Proceed {
+                backend: p.backend.clone(),
+                server: p.server.clone(),
+                path: p.set_path.clone(),
+                edits: p.edits.iter().map(edit_parts).collect(),
+            },
+            RequestDecision::Respond(a) => Outcome::Respond {
+                status: a.status.as_u16(),
+                headers: a
+                    .headers
+                    .iter()
+                    .map(|(n, v)| format!("{n}: {}", String::from_utf8_lossy(v.as_bytes())))
+                    .collect(),
+                body: a.body.clone(),
+            },
+        }
+    }
+
+    /// How `other` differs from this, the most telling difference first; None when alike.
+    fn differs(&self, other: &Outcome) -> Option<&'static str> {
+        match (self, other) {
+            (a, b) if a == b => None,
+            (
+                Outcome::Proceed {
+                    backend, server, ..
+                },
+                Outcome::Proceed {
+                    backend: b2,
+                    server: s2,
+                    ..
+                },
+            ) => Some(if backend != b2 || server != s2 {
+                "backend"
+            } else {
+                "edits"
+            }),
+            _ => Some("status"),
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Respond { status, .. } => write!(f, "respond {status}"),
+            Outcome::Proceed {
+                backend,
+                server,
+                path,
+                edits,
+            } => {
+                write!(f, "proceed")?;
+                if let Some(b) = backend {
+                    write!(f, " backend {b}")?;
+                }
+                if let Some(s) = server {
+                    write!(f, " server {s}")?;
+                }
+                if let Some(p) = path {
+                    write!(f, " path {p}")?;
+                }
+                // Header names only: values may be private.
+                for (op, name, _) in edits {
+                    write!(f, "; {op} {name}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn edit_parts(edit: &Edit) -> (&'static str, String, Vec<u8>) {
+    match edit {
+        Edit::Set(name, value) => ("set", name.to_string(), value.as_bytes().to_vec()),
+        Edit::Append(name, value) => ("append", name.to_string(), value.as_bytes().to_vec()),
+        Edit::Remove(name) => ("remove", name.to_string(), Vec::new()),
+    }
+}
