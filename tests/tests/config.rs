@@ -418,9 +418,17 @@ fn a_candidates_mode_and_limits_are_checked_by_key_path_and_line() {
     );
     let e = one_error(&with(r#"{ stock = "router", mode = "canary" }"#));
     assert!(
-        e.contains("plugin.r.candidate.mode") && e.contains("not built yet"),
+        e.contains("plugin.r.candidate.percent") && e.contains("is required for a canary"),
         "{e}"
     );
+    let e = one_error(&with(
+        r#"{ stock = "router", mode = "canary", percent = 101 }"#,
+    ));
+    assert!(e.contains("must be between 0 and 100"), "{e}");
+    let e = one_error(&with(
+        r#"{ stock = "router", mode = "canary", percent = 5, max_failures = "lots" }"#,
+    ));
+    assert!(e.contains("plugin.r.candidate.max_failures"), "{e}");
     let e = one_error(&with(r#"{ stock = "router", mode = "mirror" }"#));
     assert!(e.contains("unknown mode \"mirror\""), "{e}");
     let e = one_error(&with(r#"{ mode = "shadow" }"#));
@@ -435,7 +443,10 @@ fn a_candidates_mode_and_limits_are_checked_by_key_path_and_line() {
     let e = one_error(&with(
         r#"{ stock = "router", mode = "shadow", percent = 5 }"#,
     ));
-    assert!(e.contains("percent"), "{e}");
+    assert!(
+        e.contains("plugin.r.candidate.percent") && e.contains("is for a canary"),
+        "{e}"
+    );
 
     // What the candidate does not say, it takes from the plugin (but not sha256).
     let config = Config::from_toml(

@@ -679,3 +679,199 @@ async fn a_reload_without_the_candidate_removes_it_and_a_broken_one_is_refused()
     assert_eq!(gone.status, 404);
     assert!(gone.text().contains("has no candidate"), "{}", gone.text());
 }
+
+/// POST `path` on the admin listener with an empty body.
+async fn admin_post(proxy: &TestProxy, path: &str) -> weir_tests::Reply {
+    let admin = proxy.running.admin_addr().unwrap();
+    let req = http::Request::post(path)
+        .header("host", "admin")
+        .body(weir_tests::empty())
+        .unwrap();
+    Client::connect(admin).await.send(req).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_decides_for_its_share_of_clients_each_staying_on_its_side() {
+    // The candidate sends everything to "static"; the current version only /static.
+    let (s1, st, proxy, _) = shadowed(
+        r#"{ stock = "router", mode = "canary", percent = 50, config = { rules = [{ path_beg = "/", backend = "static" }] } }"#,
+    )
+    .await;
+    let mut on_candidate = 0;
+    for i in 1..=40u8 {
+        let from = std::net::IpAddr::from([127, 0, 3, i]);
+        let mut c = Client::connect_from(proxy.addr(), from).await;
+        let first = c.get("/a").await.server();
+        for _ in 0..2 {
+            assert_eq!(
+                c.get("/b").await.server(),
+                first,
+                "client {from} stays on its side"
+            );
+        }
+        on_candidate += usize::from(first == "st");
+    }
+    assert!(
+        (8..=32).contains(&on_candidate),
+        "about half of 40 clients on the canary: {on_candidate}"
+    );
+    assert_eq!(st.requests(), on_candidate * 3);
+    assert_eq!(s1.requests(), (40 - on_candidate) * 3);
+    let report = Client::connect(proxy.running.admin_addr().unwrap())
+        .await
+        .get("/api/plugins/routes/candidate")
+        .await
+        .json();
+    assert_eq!(report["mode"], "canary");
+    assert_eq!(report["percent"], 50.0);
+    assert_eq!(report["candidate"]["calls"], on_candidate as u64 * 3);
+    assert_eq!(report["current"]["calls"], (40 - on_candidate) as u64 * 3);
+    let metrics = Client::connect(proxy.running.admin_addr().unwrap())
+        .await
+        .get("/metrics")
+        .await
+        .text();
+    assert!(
+        metrics.contains(&format!(
+            "weir_plugin_calls_total{{plugin=\"routes (candidate)\"}} {}",
+            on_candidate * 3
+        )),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_canary_is_taken_out_by_itself() {
+    let candidate = format!(
+        r#"{{ wasm = "{}", mode = "canary", percent = 100, max_failures = "10%", config = {{ mode = "trap" }} }}"#,
+        weir_tests::FIXTURE_WASM
+    );
+    let (s1, _st, proxy, _) = shadowed(&candidate).await;
+    let mut c = Client::connect(proxy.addr()).await;
+    let mut refused = 0;
+    for _ in 0..30 {
+        let r = c.get("/a").await;
+        if r.status == 503 {
+            refused += 1;
+            // A fail-closed failure closes nothing: the next request goes on.
+        } else {
+            assert_eq!(r.status, 200);
+        }
+    }
+    // Every call failed: taken out at the 20th (the fewest calls a window is judged on);
+    // from then on the current version decides.
+    assert_eq!(
+        refused, 20,
+        "fail-closed: the candidate's failures cost their requests a 503"
+    );
+    assert_eq!(s1.requests(), 10);
+    let report = Client::connect(proxy.running.admin_addr().unwrap())
+        .await
+        .get("/api/plugins/routes/candidate")
+        .await
+        .json();
+    assert_eq!(report["taken_out"], "by failures");
+    assert_eq!(report["candidate"]["calls"], 20);
+    assert_eq!(report["candidate"]["traps"], 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_and_promote_through_the_api() {
+    let (s1, st, proxy, _) = shadowed(
+        r#"{ stock = "router", mode = "canary", percent = 100, config = { rules = [{ path_beg = "/", backend = "static" }] } }"#,
+    )
+    .await;
+    let mut c = Client::connect(proxy.addr()).await;
+    assert_eq!(
+        c.get("/a").await.server(),
+        "st",
+        "the canary decides for every client"
+    );
+
+    let r = admin_post(&proxy, "/api/plugins/routes/abort").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["persisted"], false);
+    assert!(
+        r.json()["note"]
+            .as_str()
+            .unwrap()
+            .contains("persist is off")
+    );
+    assert_eq!(
+        c.get("/a").await.server(),
+        "s1",
+        "taken out: the current version decides"
+    );
+    let report = Client::connect(proxy.running.admin_addr().unwrap())
+        .await
+        .get("/api/plugins/routes/candidate")
+        .await
+        .json();
+    assert_eq!(report["taken_out"], "by hand");
+
+    let r = admin_post(&proxy, "/api/plugins/routes/promote").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["generation"], 2);
+    assert_eq!(
+        c.get("/a").await.server(),
+        "st",
+        "promoted: the candidate's rules decide"
+    );
+    let info = Client::connect(proxy.running.admin_addr().unwrap())
+        .await
+        .get("/api/info")
+        .await
+        .json();
+    assert!(info["plugins"][0]["candidate"].is_null(), "{info}");
+    let r = admin_post(&proxy, "/api/plugins/routes/promote").await;
+    assert_eq!(r.status, 404);
+    let r = admin_post(&proxy, "/api/plugins/nope/abort").await;
+    assert_eq!(r.status, 404);
+    assert_eq!((s1.requests(), st.requests()), (1, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_persist_a_promotion_is_written_to_the_config_file() {
+    let (s1, st) = (MockServer::start("s1").await, MockServer::start("st").await);
+    let dir = weir_tests::scratch_dir("candidate-persist");
+    let file = dir.join("weir.toml");
+    let text = format!(
+        "# Routing, by the router stock plugin.\n\
+         [[frontend]]\nname = \"www\"\nbind = \"127.0.0.1:0\"\ndefault_backend = \"app\"\nplugins = [\"routes\"]\n\n\
+         [backend.app]\nservers = [{{ name = \"s1\", addr = \"{}\" }}]\n\n\
+         [backend.static]\nservers = [{{ name = \"st\", addr = \"{}\" }}]\n\n\
+         [plugin.routes]\nstock = \"router\"   # v1\nconfig = {{ rules = [] }}\n\
+         candidate = {{ stock = \"router\", mode = \"shadow\", config = {{ rules = [{{ path_beg = \"/\", backend = \"static\" }}] }} }}\n\n\
+         [admin]\nbind = \"127.0.0.1:0\"\npersist = true\n",
+        s1.addr, st.addr
+    );
+    std::fs::write(&file, &text).unwrap();
+    let config = weir::Config::from_file(&file).unwrap();
+    let running = weir::start(&config, weir::AccessLog::disabled())
+        .await
+        .unwrap();
+    let mut c = Client::connect(running.addr("www")).await;
+    assert_eq!(c.get("/a").await.server(), "s1", "a shadow decides nothing");
+    let req = http::Request::post("/api/plugins/routes/promote")
+        .header("host", "admin")
+        .body(weir_tests::empty())
+        .unwrap();
+    let r = Client::connect(running.admin_addr().unwrap())
+        .await
+        .send(req)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["persisted"], true);
+    assert_eq!(c.get("/a").await.server(), "st");
+    let written = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        written.starts_with("# Routing, by the router stock plugin.\n"),
+        "{written}"
+    );
+    assert!(!written.contains("candidate"), "{written}");
+    assert!(written.contains("backend = \"static\""), "{written}");
+    // The file now says what runs: loading it again gives the same routing.
+    let again = weir::Config::from_file(&file).unwrap();
+    assert!(again.plugins[0].candidate.is_none());
+    let _ = std::fs::remove_dir_all(&dir);
+}

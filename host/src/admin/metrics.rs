@@ -377,8 +377,13 @@ pub fn render(control: &Control) -> String {
         ],
     );
 
-    // Plugins.
-    let plugins = &proxy.plugins;
+    // Plugins, each candidate version as a plugin of its own ("<name> (candidate)").
+    let plugins: Vec<&std::sync::Arc<crate::plugin::Plugin>> = proxy
+        .plugins
+        .iter()
+        .flat_map(|p| std::iter::once(p).chain(p.candidate.as_ref().map(|c| &c.plugin)))
+        .collect();
+    let plugins = &plugins;
     let plugin_counters: [Family<crate::plugin::PluginStats>; 4] = [
         ("plugin_calls_total", "Hook calls.", |p| &p.calls),
         ("plugin_traps_total", "Hook calls that trapped.", |p| {
@@ -399,6 +404,36 @@ pub fn render(control: &Control) -> String {
         out.family(name, "counter", help);
         for p in plugins {
             out.sample(name, &[("plugin", &p.name)], get(field(&p.stats)));
+        }
+    }
+    out.family(
+        "plugin_candidate_comparisons_total",
+        "counter",
+        "A shadow candidate's on-request decisions compared with its plugin's, by outcome.",
+    );
+    for p in &proxy.plugins {
+        if let Some(c) = p.candidate.as_ref() {
+            for (outcome, n) in c.stats.request.all() {
+                out.sample(
+                    "plugin_candidate_comparisons_total",
+                    &[("plugin", &p.name), ("outcome", outcome)],
+                    n,
+                );
+            }
+        }
+    }
+    out.family(
+        "plugin_candidate_running",
+        "gauge",
+        "1 while a plugin's candidate version runs, 0 once it was taken out.",
+    );
+    for p in &proxy.plugins {
+        if let Some(c) = p.candidate.as_ref() {
+            out.sample(
+                "plugin_candidate_running",
+                &[("plugin", &p.name), ("mode", c.mode.name())],
+                u8::from(!c.aborted()),
+            );
         }
     }
     out.family(

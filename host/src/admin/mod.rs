@@ -11,7 +11,9 @@
 //! - `POST /api/backends/<b>/servers/<s>/state` with `{"state": "ready" | "drain" | "maint"}`;
 //! - `POST /api/backends/<b>/servers/<s>/weight` with `{"weight": 0..256}`;
 //! - `POST /api/reload`: reads the config file again, as SIGHUP does;
-//! - `GET /api/plugins/<name>/candidate`: how a plugin's candidate compares with it.
+//! - `GET /api/plugins/<name>/candidate`: how a plugin's candidate compares with it;
+//! - `POST /api/plugins/<name>/promote` and `.../abort`: the candidate takes the plugin's
+//!   place (a reload), or is taken out.
 //!
 //! Bad input gets a 4xx with `{"error": "..."}` and changes nothing. With `auth`, every
 //! route needs HTTP basic auth.
@@ -140,6 +142,15 @@ async fn handle(req: Request<Incoming>, control: &Control, cfg: &Admin) -> Reply
         (Method::GET, ["api", "info"]) => info(control),
         (Method::GET, ["api", "backends"]) => backends(control),
         (Method::GET, ["api", "plugins", name, "candidate"]) => candidate(control, name),
+        (Method::POST, ["api", "plugins", name, what @ ("promote" | "abort")]) => {
+            let name = name.to_string();
+            let change = if *what == "promote" {
+                persist::CandidateChange::Promote
+            } else {
+                persist::CandidateChange::Abort
+            };
+            settle(control, &name, change).await
+        }
         (
             Method::POST,
             [
@@ -164,7 +175,7 @@ async fn handle(req: Request<Incoming>, control: &Control, cfg: &Admin) -> Reply
             ["api", "info"]
             | ["api", "backends"]
             | ["api", "reload"]
-            | ["api", "plugins", _, "candidate"]
+            | ["api", "plugins", _, "candidate" | "promote" | "abort"]
             | ["api", "backends", _, "servers", _, "state" | "weight"],
         ) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here"),
         _ => error(StatusCode::NOT_FOUND, format!("no such route: {path}")),
@@ -321,17 +332,32 @@ fn candidate(control: &Control, name: &str) -> Reply {
     let compared: u64 = c.stats.request.all().iter().map(|(_, n)| n).sum();
     let stats = &c.plugin.stats;
     let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    let (percent, taken) = match c.mode {
+        crate::config::CandidateMode::Canary { percent, .. } => (Some(percent), c.taken()),
+        crate::config::CandidateMode::Shadow => (None, c.taken()),
+    };
     reply(
         StatusCode::OK,
         json!({
             "plugin": name,
             "mode": c.mode.name(),
+            "percent": percent,
             "aborted": c.aborted(),
-            "current": { "version": plugin.describe().1, "sha256": plugin.sha256 },
+            "taken_out": taken.map(|t| match t {
+                crate::plugin::Taken::ByHand => "by hand",
+                crate::plugin::Taken::ByFailures => "by failures",
+            }),
+            "current": {
+                "version": plugin.describe().1,
+                "sha256": plugin.sha256,
+                "calls": load(&plugin.stats.calls),
+                "failures": plugin.stats.failures(),
+            },
             "candidate": {
                 "version": c.plugin.describe().1,
                 "sha256": c.plugin.sha256,
                 "calls": load(&stats.calls),
+                "failures": stats.failures(),
                 "traps": load(&stats.traps),
                 "timeouts": load(&stats.timeouts),
                 "invalid": load(&stats.invalid),
@@ -349,6 +375,91 @@ fn candidate(control: &Control, name: &str) -> Reply {
             "sample": c.stats.sample(),
         }),
     )
+}
+
+/// `POST /api/plugins/<name>/promote` or `.../abort`. Promote: the candidate (its
+/// component and the keys it sets) takes the plugin's place in a reload. Abort: it is
+/// taken out at once. With `[admin] persist`, the config file says so too; without, the
+/// answer says that the file still names the candidate.
+async fn settle(control: &Control, name: &str, change: persist::CandidateChange) -> Reply {
+    let running = control.config();
+    let Some(at) = running.plugins.iter().position(|p| p.name == name) else {
+        return error(StatusCode::NOT_FOUND, format!("no plugin {name:?}"));
+    };
+    let Some(candidate) = running.plugins[at].candidate.clone() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("plugin {name:?} has no candidate"),
+        );
+    };
+    // Written back first: a change the file cannot take is not made at all.
+    let before = match (control.admin().is_some_and(|a| a.persist), control.source()) {
+        (true, Some(path)) => {
+            let (path, plugin) = (path.to_owned(), name.to_owned());
+            let written = crate::util::off_runtime(move || {
+                persist::edit_file(&path, |text| {
+                    persist::candidate_edited(text, &plugin, change)
+                })
+            })
+            .await;
+            match written {
+                Ok(before) => Some(before),
+                Err(e) => return error(StatusCode::CONFLICT, format!("not changed: {e}")),
+            }
+        }
+        _ => None,
+    };
+    let persisted = before.is_some();
+    let mut answer = json!({ "plugin": name, "persisted": persisted });
+    match change {
+        persist::CandidateChange::Abort => {
+            let proxy = control.proxy();
+            if let Some(c) = proxy
+                .plugins
+                .iter()
+                .find(|p| *p.name == *name)
+                .and_then(|p| p.candidate.as_ref())
+                && c.take_out(crate::plugin::Taken::ByHand)
+            {
+                tracing::info!("plugin {name}: candidate taken out through the runtime API");
+            }
+            answer["aborted"] = Value::Bool(true);
+            if !persisted {
+                answer["note"] = json!(
+                    "[admin] persist is off: the config file still names the candidate, which a reload brings back"
+                );
+            }
+        }
+        persist::CandidateChange::Promote => {
+            let mut config = (*running).clone();
+            config.plugins[at] = crate::config::PluginConfig {
+                name: name.to_owned(),
+                candidate: None,
+                ..candidate.plugin.clone()
+            };
+            match control.reload(&config).await {
+                Ok(generation) => {
+                    tracing::info!("plugin {name}: candidate promoted (generation {generation})");
+                    answer["generation"] = json!(generation);
+                    if !persisted {
+                        answer["note"] = json!(
+                            "[admin] persist is off: the config file still names the version before, which a reload brings back"
+                        );
+                    }
+                }
+                Err(e) => {
+                    if let (Some(text), Some(path)) = (before, control.source()) {
+                        let _ = persist::write_atomically(path, &text);
+                    }
+                    return error(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        format!("not promoted, the running generation stays: {e}"),
+                    );
+                }
+            }
+        }
+    }
+    reply(StatusCode::OK, answer)
 }
 
 fn backend_json(b: &BackendRt) -> Value {

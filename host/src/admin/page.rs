@@ -328,7 +328,11 @@ fn plugin_table(out: &mut String, plugins: &[std::sync::Arc<crate::plugin::Plugi
     if plugins.is_empty() {
         out.push_str("<tr><td class=\"name\" colspan=\"11\">no plugins configured</td></tr>\n");
     }
-    for p in plugins {
+    // Each plugin, then its candidate version (if any) on a row of its own.
+    let versions = plugins.iter().flat_map(|p| {
+        std::iter::once((p, None)).chain(p.candidate.as_ref().map(|c| (&c.plugin, Some(c))))
+    });
+    for (p, candidate) in versions {
         let st = &p.stats;
         let cells = [
             p.describe().0.to_owned(),
@@ -340,20 +344,45 @@ fn plugin_table(out: &mut String, plugins: &[std::sync::Arc<crate::plugin::Plugi
             latency(st.latency.quantile(0.5)),
             latency(st.latency.quantile(0.99)),
             p.pooled().to_string(),
-            match p.on_error {
-                crate::config::FailPolicy::Closed => "fail-closed",
-                crate::config::FailPolicy::Open => "fail-open",
-            }
-            .to_string(),
+            match candidate {
+                Some(c) => candidate_cell(c),
+                None => match p.on_error {
+                    crate::config::FailPolicy::Closed => "fail-closed",
+                    crate::config::FailPolicy::Open => "fail-open",
+                }
+                .to_string(),
+            },
         ];
-        let class = if st.failures() > 0 {
-            "going-down"
-        } else {
-            "up"
+        let class = match candidate {
+            Some(c) if c.aborted() => "maint",
+            _ if st.failures() > 0 => "going-down",
+            _ => "up",
         };
         row(out, class, &p.name, &cells, None);
     }
     out.push_str("</table>\n");
+}
+
+/// A candidate's mode and how it fares: agreements for a shadow, its share for a canary.
+fn candidate_cell(c: &crate::plugin::Candidate) -> String {
+    let state = match c.taken() {
+        Some(crate::plugin::Taken::ByHand) => " · taken out",
+        Some(crate::plugin::Taken::ByFailures) => " · taken out by failures",
+        None => "",
+    };
+    match c.mode {
+        crate::config::CandidateMode::Shadow => {
+            let all = c.stats.request.all();
+            let compared: u64 = all.iter().map(|(_, n)| n).sum();
+            format!(
+                "shadow: {} of {compared} disagree{state}",
+                compared - all[0].1
+            )
+        }
+        crate::config::CandidateMode::Canary { percent, .. } => {
+            format!("canary {percent}%{state}")
+        }
+    }
 }
 
 /// The whole page.

@@ -90,15 +90,81 @@ fn set_table(t: &mut Table, change: Change) {
 
 /// Makes `change` in the file at `path`, when the file stays valid.
 pub fn write_back(path: &Path, backend: &str, server: &str, change: Change) -> Result<(), String> {
+    edit_file(path, |text| edited(text, backend, server, change)).map(|_| ())
+}
+
+/// What a plugin's candidate becomes in the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CandidateChange {
+    /// The candidate's component and the keys it sets replace the plugin's.
+    Promote,
+    /// The candidate goes.
+    Abort,
+}
+
+/// The config text with `plugin`'s candidate promoted or removed.
+pub fn candidate_edited(
+    text: &str,
+    plugin: &str,
+    change: CandidateChange,
+) -> Result<String, String> {
+    let mut doc: DocumentMut = text
+        .parse()
+        .map_err(|e| format!("the config file no longer parses: {e}"))?;
+    let table = doc
+        .get_mut("plugin")
+        .and_then(|p| p.get_mut(plugin))
+        .and_then(Item::as_table_like_mut)
+        .ok_or_else(|| format!("the config file has no plugin.{plugin}"))?;
+    let candidate = table
+        .remove("candidate")
+        .ok_or_else(|| format!("the config file has no plugin.{plugin}.candidate"))?;
+    if change == CandidateChange::Abort {
+        return Ok(doc.to_string());
+    }
+    let candidate = candidate
+        .as_table_like()
+        .ok_or_else(|| format!("plugin.{plugin}.candidate is not a table"))?;
+    for key in ["wasm", "stock", "sha256"] {
+        table.remove(key);
+    }
+    for key in ["wasm", "stock", "sha256", "config", "timeout", "memory"] {
+        if let Some(item) = candidate.get(key) {
+            let value = match item {
+                Item::Value(v) => v.clone(),
+                Item::Table(t) => Value::InlineTable(t.clone().into_inline_table()),
+                _ => return Err(format!("plugin.{plugin}.candidate.{key} is not a value")),
+            };
+            let mut value = value;
+            value.decor_mut().clear();
+            table.insert(key, Item::Value(value));
+        }
+    }
+    Ok(doc.to_string())
+}
+
+/// Edits the file at `path` with `edit`, when what it makes is a valid config, writing it
+/// atomically; returns the text it had before.
+pub fn edit_file(
+    path: &Path,
+    edit: impl FnOnce(&str) -> Result<String, String>,
+) -> Result<String, String> {
     // One change at a time: each reads what the one before wrote.
     static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one = ONE.lock().unwrap_or_else(|p| p.into_inner());
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let new = edited(&text, backend, server, change)?;
+    let new = edit(&text)?;
     let base = path.parent().unwrap_or(Path::new("."));
     Config::from_toml(&new, base)
         .map_err(|e| format!("the change would make the file invalid: {e}"))?;
+    write_atomically(path, &new)?;
+    Ok(text)
+}
+
+/// Writes `text` to a file beside `path`, syncs it, and renames it over `path`.
+pub fn write_atomically(path: &Path, text: &str) -> Result<(), String> {
+    let base = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -106,7 +172,7 @@ pub fn write_back(path: &Path, backend: &str, server: &str, change: Change) -> R
     let temp = base.join(format!(".{name}.weir-persist"));
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&temp)?;
-        f.write_all(new.as_bytes())?;
+        f.write_all(text.as_bytes())?;
         f.sync_all()?;
         if let Ok(meta) = std::fs::metadata(path) {
             std::fs::set_permissions(&temp, meta.permissions())?;
@@ -156,5 +222,40 @@ addr = "127.0.0.1:3"
                 .contains("nope")
         );
         assert!(edited(&t, "none", "a", Change::Weight(1)).is_err());
+    }
+
+    const PLUGIN: &str = r#"# Routing.
+[plugin.routes]
+wasm = "router-v1.wasm"   # the one serving
+sha256 = "aa"
+timeout = "5ms"
+config = { rules = [] }
+candidate = { wasm = "router-v2.wasm", mode = "canary", percent = 5, config = { rules = [1] } }
+
+[plugin.other]
+stock = "router"
+"#;
+
+    #[test]
+    fn a_promoted_candidate_takes_the_plugins_place_and_an_aborted_one_goes() {
+        let t = candidate_edited(PLUGIN, "routes", CandidateChange::Promote).unwrap();
+        let doc: toml::Table = toml::from_str(&t).unwrap();
+        let routes = &doc["plugin"]["routes"];
+        assert_eq!(routes["wasm"].as_str(), Some("router-v2.wasm"));
+        assert!(routes.get("sha256").is_none(), "{t}");
+        assert!(routes.get("candidate").is_none(), "{t}");
+        assert_eq!(routes["timeout"].as_str(), Some("5ms"));
+        assert_eq!(routes["config"]["rules"][0].as_integer(), Some(1));
+        assert!(t.starts_with("# Routing.\n"), "{t}");
+        assert!(t.contains("[plugin.other]\nstock = \"router\""), "{t}");
+
+        let t = candidate_edited(PLUGIN, "routes", CandidateChange::Abort).unwrap();
+        assert!(
+            t.contains("wasm = \"router-v1.wasm\"   # the one serving"),
+            "{t}"
+        );
+        assert!(!t.contains("candidate"), "{t}");
+        assert!(candidate_edited(&t, "routes", CandidateChange::Abort).is_err());
+        assert!(candidate_edited(PLUGIN, "nope", CandidateChange::Abort).is_err());
     }
 }

@@ -84,6 +84,11 @@ pub struct CandidateFile {
     pub wasm: Option<String>,
     pub stock: Option<String>,
     pub mode: Option<String>,
+    /// For `canary`: the share of clients it decides for, 0–100.
+    pub percent: Option<f64>,
+    /// For `canary`: the share of its calls that may fail (`"1%"`) within `window`.
+    pub max_failures: Option<String>,
+    pub window: Option<Dur>,
     pub sha256: Option<String>,
     pub timeout: Option<Dur>,
     pub memory: Option<Size>,

@@ -420,17 +420,26 @@ pub struct Candidate {
 }
 
 /// How a candidate runs beside the plugin's current version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum CandidateMode {
     /// On the same inputs, after the current version decided, off the request's path: its
     /// decision compared with the current one's and thrown away.
     Shadow,
+    /// It decides for `percent` of clients (the same client always on the same side), and
+    /// is taken out by itself when more than `max_failures` (a share, 0–1) of its calls
+    /// fail within `window`.
+    Canary {
+        percent: f64,
+        max_failures: f64,
+        window: Duration,
+    },
 }
 
 impl CandidateMode {
     pub fn name(self) -> &'static str {
         match self {
             CandidateMode::Shadow => "shadow",
+            CandidateMode::Canary { .. } => "canary",
         }
     }
 }

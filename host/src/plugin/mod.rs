@@ -10,12 +10,12 @@
 //! instance whose call failed in any way is dropped, never reused. WASI grants nothing:
 //! no files, environment, arguments or sockets.
 
+mod candidate;
 mod cpu_timer;
 mod engine;
 mod host;
 mod inspect;
 mod instances;
-mod shadow;
 pub mod validate;
 mod wire;
 
@@ -26,13 +26,13 @@ use std::time::Duration;
 use crate::config::{FailPolicy, PluginConfig, PluginSource};
 use crate::state::PluginState;
 use crate::upstream::BackendRt;
+pub use candidate::{Candidate, Counts, Disagreement, ShadowStats, Taken};
 pub use engine::{
     LONG_CALL_SLICE, TICK, calls_running_long, epoch_thread_asleep, stall_epoch_thread,
 };
 use engine::{StoreState, advance_epoch_from_signal, arm_for_load, compile, linker};
 pub use inspect::{Inspection, inspect};
 use instances::Instance;
-pub use shadow::{Candidate, Counts, Disagreement, ShadowStats};
 pub use wire::{
     Answer, ConnectDecision, ConnectInfo, Fields, HealthProbe, HealthVerdict, Hook, Proceed,
     RequestDecision, RequestInfo, ResponseDecision, ResponseInfo, header_list, headers_of,

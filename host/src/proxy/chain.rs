@@ -50,23 +50,67 @@ impl<'a> Client<'a> {
     }
 }
 
-/// A plugin in a frontend's chain, with the edits it declared fixed for that frontend.
+/// A plugin in a frontend's chain, with the edits it (and its candidate version)
+/// declared fixed for that frontend.
 pub struct Link {
     pub plugin: Arc<Plugin>,
     pub fixed: FixedEdits,
+    pub candidate_fixed: FixedEdits,
 }
 
-/// A plugin whose `on-response` must see the answer, and the note its `on-request` left.
+impl Link {
+    /// The version that decides for `client_ip`: a canary candidate for its share of
+    /// clients, else the plugin; with its fixed edits.
+    fn version(&self, client_ip: &str) -> Version<'_> {
+        match &self.plugin.candidate {
+            Some(c) if c.decides(client_ip) => Version {
+                plugin: &c.plugin,
+                fixed: &self.candidate_fixed,
+                canary: Some(c),
+            },
+            _ => Version {
+                plugin: &self.plugin,
+                fixed: &self.fixed,
+                canary: None,
+            },
+        }
+    }
+}
+
+/// The version of a link's plugin that runs for a request.
+struct Version<'a> {
+    plugin: &'a Arc<Plugin>,
+    fixed: &'a FixedEdits,
+    /// Set when it is the canary candidate, whose calls count toward taking it out.
+    canary: Option<&'a crate::plugin::Candidate>,
+}
+
+impl Version<'_> {
+    /// Counts a call of the canary: `ok` when it gave a usable answer.
+    fn note(&self, ok: bool, link: &Link) {
+        if let Some(c) = self.canary {
+            c.note_call(ok, &link.plugin.name);
+        }
+    }
+}
+
+/// A plugin whose `on-response` must see the answer, the note its `on-request` left, and
+/// whether its canary candidate answered the request (and so answers the response).
 pub struct Ran {
     index: usize,
     note: Option<String>,
+    candidate: bool,
 }
 
 /// Every plugin of a chain, as if all had run and left no note: for a response weir made
 /// before the chain ran.
 pub fn every(plugins: &[Link]) -> Vec<Ran> {
     (0..plugins.len())
-        .map(|index| Ran { index, note: None })
+        .map(|index| Ran {
+            index,
+            note: None,
+            candidate: false,
+        })
         .collect()
 }
 
@@ -118,20 +162,24 @@ pub async fn on_request(
 ) -> Result<Decision, Failed> {
     let mut backend: Option<Arc<BackendRt>> = None;
     let mut prefer = None;
-    for (i, Link { plugin, fixed }) in plugins.iter().enumerate() {
+    for (i, link) in plugins.iter().enumerate() {
+        let version = link.version(client.conn.peer_ip_text());
+        let (plugin, candidate) = (version.plugin, version.canary.is_some());
         if !plugin.has(Hook::Request) {
             ran.push(Ran {
                 index: i,
                 note: None,
+                candidate,
             });
             continue;
         }
-        if let Some(edits) = &fixed.request {
+        if let Some(edits) = &version.fixed.request {
             // The same for every request: made here, without a call.
             validate::apply(edits.iter().cloned(), &mut parts.headers);
             ran.push(Ran {
                 index: i,
                 note: None,
+                candidate,
             });
             continue;
         }
@@ -147,27 +195,36 @@ pub async fn on_request(
         };
         let decision = match plugin.on_request(&info, &parts.headers, client.id).await {
             Ok(d) => {
-                if let Some(candidate) = &plugin.candidate {
+                if let Some(shadow) = link.plugin.candidate.as_ref().filter(|_| !candidate) {
                     // On the same request, in a task of its own: compared, thrown away.
-                    candidate.shadow_request(&info, &parts.headers, client.id, &d);
+                    shadow.shadow_request(&info, &parts.headers, client.id, &d);
                 }
                 d
             }
             Err(e) => {
+                version.note(false, link);
                 on_failure(plugin, "on-request", &e)?;
                 continue;
             }
         };
         let applied = match decision {
-            RequestDecision::Respond(answer) => return Ok(Decision::Respond(answer)),
+            RequestDecision::Respond(answer) => {
+                version.note(true, link);
+                return Ok(Decision::Respond(answer));
+            }
             RequestDecision::Unchanged => Ok(None),
             RequestDecision::Proceed(mut p) => {
                 let note = p.note.take();
                 apply(p, parts, backends, default, &mut backend, &mut prefer).map(|()| note)
             }
         };
+        version.note(applied.is_ok(), link);
         match applied {
-            Ok(note) => ran.push(Ran { index: i, note }),
+            Ok(note) => ran.push(Ran {
+                index: i,
+                note,
+                candidate,
+            }),
             Err(why) => {
                 plugin.note_invalid();
                 on_failure(plugin, "on-request", &HookError::Invalid(why))?;
@@ -272,7 +329,18 @@ pub async fn on_response(
 ) -> Result<ResponseChange, Failed> {
     let mut change = ResponseChange::Keep;
     for at in (0..ran.len()).rev() {
-        let Link { plugin, fixed } = &plugins[ran[at].index];
+        let link = &plugins[ran[at].index];
+        // The version that answered the request answers its response (a canary taken
+        // out meanwhile too: the note is its own).
+        let (plugin, fixed, canary) = match (&link.plugin.candidate, ran[at].candidate) {
+            (Some(c), true) => (&c.plugin, &link.candidate_fixed, Some(c)),
+            _ => (&link.plugin, &link.fixed, None),
+        };
+        let version = Version {
+            plugin,
+            fixed,
+            canary,
+        };
         if !plugin.has(Hook::Response) {
             continue;
         }
@@ -291,10 +359,11 @@ pub async fn on_response(
             frontend: answered.client.frontend,
         };
         let id = answered.client.id;
-        match plugin
+        let decided = plugin
             .on_response(&info, *status, headers, id, note.as_deref())
-            .await
-        {
+            .await;
+        version.note(decided.is_ok(), link);
+        match decided {
             Ok(ResponseDecision::Unchanged) => {}
             Ok(ResponseDecision::Edit(edits)) => validate::apply(edits, headers),
             Ok(ResponseDecision::Replace(answer)) => {

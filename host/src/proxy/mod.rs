@@ -129,21 +129,31 @@ impl Proxy {
                     });
                 }
                 // Fixed header edits are HTTP's.
-                let fixed = match tcp {
-                    true => plugin::FixedEdits::default(),
-                    false => {
-                        plugin
-                            .fixed_edits(&f.name)
-                            .await
-                            .map_err(|error| PluginLoadError {
-                                name: name.clone(),
-                                error,
-                            })?
+                let fixed_edits = |version: &Arc<Plugin>| {
+                    let version = Arc::clone(version);
+                    let frontend = f.name.clone();
+                    async move {
+                        match tcp {
+                            true => Ok(plugin::FixedEdits::default()),
+                            false => version.fixed_edits(&frontend).await,
+                        }
                     }
+                };
+                let failed = |error| PluginLoadError {
+                    name: name.clone(),
+                    error,
+                };
+                let fixed = fixed_edits(plugin).await.map_err(failed)?;
+                let candidate_fixed = match &plugin.candidate {
+                    Some(c) => fixed_edits(&c.plugin)
+                        .await
+                        .map_err(|e| failed(LoadError::Candidate(Box::new(e))))?,
+                    None => plugin::FixedEdits::default(),
                 };
                 chain.push(chain::Link {
                     plugin: Arc::clone(plugin),
                     fixed,
+                    candidate_fixed,
                 });
             }
             frontends.push(Arc::new(FrontendRt {

@@ -35,6 +35,8 @@ pub struct Control {
     pub(super) global: super::global::RunningGlobal,
     /// The config file weir was started from, which the admin API's reload reads again.
     pub(super) source: Option<std::path::PathBuf>,
+    /// The config of the generation serving now.
+    pub(super) config: std::sync::Mutex<Arc<Config>>,
     /// Client connections per frontend name; kept across reloads.
     pub(super) gauges: std::sync::Mutex<HashMap<String, Arc<Gauge>>>,
     pub(super) connections: Arc<Connections>,
@@ -197,6 +199,7 @@ impl Control {
         self.global.apply(config, log);
         spawn_generation(&proxy, &stop);
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = proxy;
+        *self.config.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(config.clone());
         self.timeout_shutdown_ms
             .store(millis(config.global.timeout_shutdown), Ordering::Relaxed);
         self.grace_ms
@@ -313,6 +316,11 @@ impl Control {
     }
 
     /// The config file weir was started from, if any.
+    /// The config of the generation serving now (runtime changes to servers aside).
+    pub fn config(&self) -> Arc<Config> {
+        Arc::clone(&self.config.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
     pub fn source(&self) -> Option<&std::path::Path> {
         self.source.as_deref()
     }

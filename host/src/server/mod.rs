@@ -258,6 +258,7 @@ where
         bound: Default::default(),
         global: global::RunningGlobal::new(config, log),
         source: config.source.clone(),
+        config: std::sync::Mutex::new(Arc::new(config.clone())),
         gauges: Default::default(),
         connections: Arc::clone(&connections),
         admin: config.admin.clone(),

@@ -54,24 +54,62 @@ fn candidate(
     let mode = match c.mode.as_deref() {
         Some("shadow") => CandidateMode::Shadow,
         Some("canary") => {
-            cx.err(
-                &path.key("mode"),
-                "\"canary\" is not built yet: a candidate runs as \"shadow\"",
+            let percent = match c.percent {
+                Some(p) if (0.0..=100.0).contains(&p) => p,
+                Some(_) => {
+                    cx.err(&path.key("percent"), "must be between 0 and 100");
+                    0.0
+                }
+                None => {
+                    cx.err(&path.key("percent"), "is required for a canary: 0–100");
+                    0.0
+                }
+            };
+            let max_failures = match c.max_failures.as_deref().map(share) {
+                None => 0.01,
+                Some(Some(share)) => share,
+                Some(None) => {
+                    cx.err(
+                        &path.key("max_failures"),
+                        "must be a share of calls, \"0%\" to \"100%\" (like \"1%\" or \"0.5%\")",
+                    );
+                    0.01
+                }
+            };
+            let window = cx.positive(
+                &path.key("window"),
+                c.window.as_ref(),
+                Duration::from_secs(60),
             );
-            CandidateMode::Shadow
+            CandidateMode::Canary {
+                percent,
+                max_failures,
+                window,
+            }
         }
         Some(other) => {
             cx.err(
                 &path.key("mode"),
-                format!("unknown mode \"{other}\" (expected \"shadow\")"),
+                format!("unknown mode \"{other}\" (expected \"shadow\" or \"canary\")"),
             );
             CandidateMode::Shadow
         }
         None => {
-            cx.err(&path.key("mode"), "is required: \"shadow\"");
+            cx.err(&path.key("mode"), "is required: \"shadow\" or \"canary\"");
             CandidateMode::Shadow
         }
     };
+    if mode == CandidateMode::Shadow {
+        for (key, set) in [
+            ("percent", c.percent.is_some()),
+            ("max_failures", c.max_failures.is_some()),
+            ("window", c.window.is_some()),
+        ] {
+            if set {
+                cx.err(&path.key(key), "is for a canary (mode = \"canary\")");
+            }
+        }
+    }
     let config_json = match &c.config {
         Some(config) => serde_json::to_string(config).unwrap_or_else(|_| "{}".into()),
         None => plugin.config_json.clone(),
@@ -91,6 +129,12 @@ fn candidate(
             candidate: None,
         },
     }
+}
+
+/// `"1%"`, `"0.5%"` → 0.01, 0.005.
+fn share(text: &str) -> Option<f64> {
+    let n: f64 = text.trim().strip_suffix('%')?.trim().parse().ok()?;
+    (0.0..=100.0).contains(&n).then_some(n / 100.0)
 }
 
 fn sha256(cx: &mut Ctx<'_>, path: &KeyPath, given: Option<&str>) -> Option<String> {

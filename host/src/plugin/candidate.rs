@@ -1,12 +1,17 @@
-//! A plugin's candidate version in shadow (`candidate = { ..., mode = "shadow" }`): after
-//! the current version's `on-request` decided, the candidate gets the same request, in a
-//! task of its own, so that the request never waits for it; its decision is compared with
-//! the current one's and thrown away. It is a plugin of its own ("<name> (candidate)"):
-//! its own instances, limits, call statistics, counters and kv.
+//! A plugin's candidate version (`candidate = { ..., mode = ... }`), a plugin of its own
+//! ("<name> (candidate)": its own instances, limits, call statistics, counters and kv).
+//!
+//! - In shadow, after the current version's `on-request` decided, the candidate gets the
+//!   same request in a task of its own, so that the request never waits for it; its
+//!   decision is compared with the current one's and thrown away.
+//! - As a canary, it decides instead of the current version for a share of clients (by a
+//!   hash of the client's address, so a client stays on one side), and is taken out by
+//!   itself when too many of its calls fail.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use http::HeaderMap;
 
@@ -19,6 +24,8 @@ const SAMPLE: usize = 32;
 /// Shadow calls running at once past which new ones are skipped (and counted): a slow
 /// candidate never piles up work.
 const MAX_IN_FLIGHT: usize = 64;
+/// A canary is judged on a window with at least this many calls.
+pub const MIN_CALLS: u64 = 20;
 
 /// A plugin's candidate version, loaded.
 pub struct Candidate {
@@ -26,8 +33,25 @@ pub struct Candidate {
     pub mode: CandidateMode,
     pub stats: Arc<ShadowStats>,
     in_flight: Arc<AtomicUsize>,
-    /// Taken out by hand (`abort`): it runs no more.
-    aborted: AtomicBool,
+    /// Whether it was taken out, and how ([`Taken`]): it then runs no more.
+    taken: AtomicU8,
+    /// A canary's calls and failures in the window now running.
+    window: Mutex<Window>,
+}
+
+/// How a candidate was taken out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    /// Through the runtime API (`abort`).
+    ByHand,
+    /// A canary whose calls failed more than `max_failures` allows.
+    ByFailures,
+}
+
+struct Window {
+    started: Instant,
+    calls: u64,
+    failures: u64,
 }
 
 /// What the shadow saw: agreements and disagreements by kind, and the latest disagreeing
@@ -153,17 +177,90 @@ impl Candidate {
             mode,
             stats,
             in_flight: Arc::default(),
-            aborted: AtomicBool::new(false),
+            taken: AtomicU8::new(0),
+            window: Mutex::new(Window {
+                started: Instant::now(),
+                calls: 0,
+                failures: 0,
+            }),
         }
     }
 
-    /// Stops it for good (until a reload loads it again).
-    pub fn abort(&self) {
-        self.aborted.store(true, Ordering::Relaxed);
+    /// Takes it out (until a reload loads it again): the current version decides for
+    /// every request. False when it was out already.
+    pub fn take_out(&self, how: Taken) -> bool {
+        let code = match how {
+            Taken::ByHand => 1,
+            Taken::ByFailures => 2,
+        };
+        self.taken
+            .compare_exchange(0, code, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// Whether it was taken out, and how.
+    pub fn taken(&self) -> Option<Taken> {
+        match self.taken.load(Ordering::Relaxed) {
+            0 => None,
+            1 => Some(Taken::ByHand),
+            _ => Some(Taken::ByFailures),
+        }
     }
 
     pub fn aborted(&self) -> bool {
-        self.aborted.load(Ordering::Relaxed)
+        self.taken().is_some()
+    }
+
+    /// Whether this canary decides for the client at `client_ip` (a stable share of
+    /// addresses: the same client always gets the same answer).
+    pub fn decides(&self, client_ip: &str) -> bool {
+        let CandidateMode::Canary { percent, .. } = self.mode else {
+            return false;
+        };
+        if self.aborted() {
+            return false;
+        }
+        // FNV-1a: stable for an address whatever the process.
+        let hash = client_ip.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        ((hash % 10_000) as f64) < percent * 100.0
+    }
+
+    /// Counts one of a canary's calls; takes it out when, in the window now running, at
+    /// least [`MIN_CALLS`] calls were made and more than `max_failures` of them failed.
+    pub fn note_call(&self, ok: bool, plugin: &str) {
+        let CandidateMode::Canary {
+            max_failures,
+            window,
+            ..
+        } = self.mode
+        else {
+            return;
+        };
+        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        if w.started.elapsed() >= window {
+            *w = Window {
+                started: Instant::now(),
+                calls: 0,
+                failures: 0,
+            };
+        }
+        w.calls += 1;
+        w.failures += u64::from(!ok);
+        let (calls, failures) = (w.calls, w.failures);
+        drop(w);
+        if calls >= MIN_CALLS
+            && failures as f64 > max_failures * calls as f64
+            && self.take_out(Taken::ByFailures)
+        {
+            tracing::warn!(
+                "plugin {plugin}: candidate taken out: {failures} of its last {calls} calls failed \
+                 (max_failures {}% within {})",
+                max_failures * 100.0,
+                humantime(window),
+            );
+        }
     }
 
     /// Runs the candidate's `on-request` on what the current version was given, in a task
@@ -175,7 +272,7 @@ impl Candidate {
         id: u64,
         current: &RequestDecision,
     ) {
-        if self.aborted() {
+        if self.mode != CandidateMode::Shadow || self.aborted() {
             return;
         }
         if self.in_flight.fetch_add(1, Ordering::Relaxed) >= MAX_IN_FLIGHT {
@@ -343,5 +440,13 @@ fn edit_parts(edit: &Edit) -> (&'static str, String, Vec<u8>) {
         Edit::Set(name, value) => ("set", name.to_string(), value.as_bytes().to_vec()),
         Edit::Append(name, value) => ("append", name.to_string(), value.as_bytes().to_vec()),
         Edit::Remove(name) => ("remove", name.to_string(), Vec::new()),
+    }
+}
+
+fn humantime(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
     }
 }
