@@ -39,6 +39,11 @@ fn the_tcp_script_parses_and_explains_itself() {
 }
 
 #[test]
+fn the_shadow_script_parses_and_explains_itself() {
+    parses_and_explains_itself("shadow", &["ROUNDS", "shadow_cpu_seconds", "request"]);
+}
+
+#[test]
 fn the_store_script_parses_and_explains_itself() {
     parses_and_explains_itself("store", &["ROUNDS", "redis-server", "exact"]);
 }

@@ -605,6 +605,10 @@ async fn a_shadow_candidate_is_compared_on_every_request_and_decides_none() {
     assert_eq!(report["on_request"]["outcomes"]["backend"], 1);
     assert_eq!(report["on_request"]["disagreement_share"], 0.25);
     assert_eq!(report["candidate"]["calls"], 4);
+    assert!(
+        report["shadow_cpu_seconds"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
     let sample = report["sample"].as_array().unwrap();
     assert_eq!(sample.len(), 1, "{report}");
     assert_eq!(sample[0]["path"], "/v2/users");

@@ -423,6 +423,20 @@ pub fn render(control: &Control) -> String {
         }
     }
     out.family(
+        "plugin_candidate_shadow_cpu_seconds_total",
+        "counter",
+        "CPU time a shadow candidate's calls used, apart from the requests they shadowed.",
+    );
+    for p in &proxy.plugins {
+        if let Some(c) = p.candidate.as_ref() {
+            out.sample(
+                "plugin_candidate_shadow_cpu_seconds_total",
+                &[("plugin", &p.name)],
+                get(&c.stats.cpu_ns) as f64 / 1e9,
+            );
+        }
+    }
+    out.family(
         "plugin_candidate_running",
         "gauge",
         "1 while a plugin's candidate version runs, 0 once it was taken out.",

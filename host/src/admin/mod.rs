@@ -372,6 +372,7 @@ fn candidate(control: &Control, name: &str) -> Reply {
                 },
             },
             "skipped": load(&c.stats.skipped),
+            "shadow_cpu_seconds": load(&c.stats.cpu_ns) as f64 / 1e9,
             "sample": c.stats.sample(),
         }),
     )

@@ -61,6 +61,9 @@ pub struct ShadowStats {
     pub request: Counts,
     /// Requests not shadowed because `MAX_IN_FLIGHT` calls were running.
     pub skipped: AtomicU64,
+    /// The CPU time the shadow calls used (their tasks' polls, the comparison included):
+    /// what shadowing costs apart from the requests.
+    pub cpu_ns: AtomicU64,
     sample: Mutex<VecDeque<Disagreement>>,
 }
 
@@ -286,15 +289,33 @@ impl Candidate {
         let plugin = Arc::clone(&self.plugin);
         let stats = Arc::clone(&self.stats);
         let in_flight = Arc::clone(&self.in_flight);
-        tokio::spawn(async move {
+        let cpu = Arc::clone(&self.stats);
+        tokio::spawn(cpu_counted(cpu, async move {
             let got = plugin
                 .on_request(&owned.view(), &headers, id)
                 .await
                 .map(|d| Outcome::of(&d));
             stats.record(&owned.method, &owned.path, &current, &got);
             in_flight.fetch_sub(1, Ordering::Relaxed);
-        });
+        }));
     }
+}
+
+/// `task`, adding the CPU time of each of its polls (on whichever thread) to the stats'.
+fn cpu_counted<F: std::future::Future + Send>(
+    stats: Arc<ShadowStats>,
+    task: F,
+) -> impl std::future::Future<Output = F::Output> + Send {
+    let mut task = Box::pin(task);
+    std::future::poll_fn(move |cx| {
+        let start = super::cpu_timer::thread_cpu_ns();
+        let polled = task.as_mut().poll(cx);
+        stats.cpu_ns.fetch_add(
+            super::cpu_timer::thread_cpu_ns().saturating_sub(start),
+            Ordering::Relaxed,
+        );
+        polled
+    })
 }
 
 /// A request's fields, owned, for the candidate's task.
