@@ -879,3 +879,52 @@ async fn with_persist_a_promotion_is_written_to_the_config_file() {
     assert!(again.plugins[0].candidate.is_none());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_compares_responses_too_and_shows_values_when_asked() {
+    let server = MockServer::start("s1").await;
+    let wasm = weir_tests::FIXTURE_WASM;
+    let section = format!(
+        "[plugin.tags]\nwasm = \"{wasm}\"\nconfig = {{ mode = \"tag\", tag = \"v1\" }}\n\
+         candidate = {{ wasm = \"{wasm}\", mode = \"shadow\", sample_values = true, config = {{ mode = \"tag\", tag = \"v2\" }} }}\n"
+    );
+    let mut toml = with_plugins(
+        config("roundrobin", &[("s1", server.addr, "")], ""),
+        &["tags"],
+        &[section],
+    );
+    toml.push_str("\n[admin]\nbind = \"127.0.0.1:0\"\n");
+    let proxy = TestProxy::start(&toml).await;
+    let mut c = Client::connect(proxy.addr()).await;
+    for _ in 0..2 {
+        let r = c.get("/a").await;
+        assert_eq!(
+            r.json()["headers"]["x-chain"],
+            "v1",
+            "the current version's edit"
+        );
+        assert_eq!(r.headers["x-chain-back"], "v1");
+    }
+    let admin = proxy.running.admin_addr().unwrap();
+    let mut report = serde_json::Value::Null;
+    for _ in 0..200 {
+        report = Client::connect(admin)
+            .await
+            .get("/api/plugins/tags/candidate")
+            .await
+            .json();
+        if report["on_response"]["compared"] == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(report["on_request"]["outcomes"]["edits"], 2, "{report}");
+    assert_eq!(report["on_response"]["outcomes"]["edits"], 2, "{report}");
+    assert_eq!(report["on_response"]["disagreement_share"], 1.0);
+    let sample = report["sample"].as_array().unwrap();
+    let response = sample.iter().find(|d| d["hook"] == "on-response").unwrap();
+    assert_eq!(response["current"], "proceed; append x-chain-back: v1");
+    assert_eq!(response["candidate"], "proceed; append x-chain-back: v2");
+    let request = sample.iter().find(|d| d["hook"] == "on-request").unwrap();
+    assert_eq!(request["candidate"], "proceed; append x-chain: v2");
+}

@@ -409,16 +409,21 @@ pub fn render(control: &Control) -> String {
     out.family(
         "plugin_candidate_comparisons_total",
         "counter",
-        "A shadow candidate's on-request decisions compared with its plugin's, by outcome.",
+        "A shadow candidate's decisions compared with its plugin's, by hook and outcome.",
     );
     for p in &proxy.plugins {
         if let Some(c) = p.candidate.as_ref() {
-            for (outcome, n) in c.stats.request.all() {
-                out.sample(
-                    "plugin_candidate_comparisons_total",
-                    &[("plugin", &p.name), ("outcome", outcome)],
-                    n,
-                );
+            for (hook, counts) in [
+                ("on-request", &c.stats.request),
+                ("on-response", &c.stats.response),
+            ] {
+                for (outcome, n) in counts.all() {
+                    out.sample(
+                        "plugin_candidate_comparisons_total",
+                        &[("plugin", &p.name), ("hook", hook), ("outcome", outcome)],
+                        n,
+                    );
+                }
             }
         }
     }

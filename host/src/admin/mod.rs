@@ -322,14 +322,23 @@ fn candidate(control: &Control, name: &str) -> Reply {
             format!("plugin {name:?} has no candidate"),
         );
     };
-    let counts: serde_json::Map<String, Value> = c
-        .stats
-        .request
-        .all()
-        .into_iter()
-        .map(|(kind, n)| (kind.to_owned(), json!(n)))
-        .collect();
-    let compared: u64 = c.stats.request.all().iter().map(|(_, n)| n).sum();
+    let hook = |counts: &crate::plugin::Counts| {
+        let all = counts.all();
+        let compared: u64 = all.iter().map(|(_, n)| n).sum();
+        let outcomes: serde_json::Map<String, Value> = all
+            .iter()
+            .map(|(kind, n)| ((*kind).to_owned(), json!(n)))
+            .collect();
+        json!({
+            "compared": compared,
+            "outcomes": outcomes,
+            "disagreement_share": if compared == 0 {
+                0.0
+            } else {
+                (compared - all[0].1) as f64 / compared as f64
+            },
+        })
+    };
     let stats = &c.plugin.stats;
     let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     let (percent, taken) = match c.mode {
@@ -362,15 +371,8 @@ fn candidate(control: &Control, name: &str) -> Reply {
                 "timeouts": load(&stats.timeouts),
                 "invalid": load(&stats.invalid),
             },
-            "on_request": {
-                "compared": compared,
-                "outcomes": counts,
-                "disagreement_share": if compared == 0 {
-                    0.0
-                } else {
-                    (compared - c.stats.request.all()[0].1) as f64 / compared as f64
-                },
-            },
+            "on_request": hook(&c.stats.request),
+            "on_response": hook(&c.stats.response),
             "skipped": load(&c.stats.skipped),
             "shadow_cpu_seconds": load(&c.stats.cpu_ns) as f64 / 1e9,
             "sample": c.stats.sample(),

@@ -372,11 +372,15 @@ fn candidate_cell(c: &crate::plugin::Candidate) -> String {
     };
     match c.mode {
         crate::config::CandidateMode::Shadow => {
-            let all = c.stats.request.all();
-            let compared: u64 = all.iter().map(|(_, n)| n).sum();
+            let (mut compared, mut agreed) = (0, 0);
+            for counts in [&c.stats.request, &c.stats.response] {
+                let all = counts.all();
+                compared += all.iter().map(|(_, n)| n).sum::<u64>();
+                agreed += all[0].1;
+            }
             format!(
                 "shadow: {} of {compared} disagree{state}",
-                compared - all[0].1
+                compared - agreed
             )
         }
         crate::config::CandidateMode::Canary { percent, .. } => {

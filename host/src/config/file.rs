@@ -84,6 +84,8 @@ pub struct CandidateFile {
     pub wasm: Option<String>,
     pub stock: Option<String>,
     pub mode: Option<String>,
+    /// For `shadow`: the sample of disagreements shows header values.
+    pub sample_values: Option<bool>,
     /// For `canary`: the share of clients it decides for, 0–100.
     pub percent: Option<f64>,
     /// For `canary`: the share of its calls that may fail (`"1%"`) within `window`.

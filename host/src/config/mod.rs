@@ -415,6 +415,8 @@ pub struct PluginConfig {
 #[derive(Debug, Clone)]
 pub struct Candidate {
     pub mode: CandidateMode,
+    /// A shadow's sample of disagreements shows header values (`sample_values = true`).
+    pub sample_values: bool,
     /// The candidate as a plugin of its own, named "<plugin> (candidate)".
     pub plugin: PluginConfig,
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use http::HeaderMap;
 
 use super::validate::Edit;
-use super::{HookError, Plugin, RequestDecision, RequestInfo};
+use super::{HookError, Plugin, RequestDecision, RequestInfo, ResponseDecision, ResponseInfo};
 use crate::config::CandidateMode;
 
 /// Disagreeing requests kept for the runtime API: the latest ones.
@@ -31,6 +31,8 @@ pub const MIN_CALLS: u64 = 20;
 pub struct Candidate {
     pub plugin: Arc<Plugin>,
     pub mode: CandidateMode,
+    /// The sample shows header values (`sample_values = true`).
+    sample_values: bool,
     pub stats: Arc<ShadowStats>,
     in_flight: Arc<AtomicUsize>,
     /// Whether it was taken out, and how ([`Taken`]): it then runs no more.
@@ -59,6 +61,7 @@ struct Window {
 #[derive(Default)]
 pub struct ShadowStats {
     pub request: Counts,
+    pub response: Counts,
     /// Requests not shadowed because `MAX_IN_FLIGHT` calls were running.
     pub skipped: AtomicU64,
     /// The CPU time the shadow calls used (their tasks' polls, the comparison included):
@@ -129,15 +132,18 @@ impl ShadowStats {
         sample.iter().cloned().collect()
     }
 
+    /// Counts one comparison of `hook` and keeps a disagreement in the sample. `values`:
+    /// whether the sample shows header values.
     fn record(
         &self,
-        method: &str,
-        path: &str,
+        hook: Hook,
+        (method, path): (&str, &str),
         current: &Outcome,
         got: &Result<Outcome, HookError>,
+        values: bool,
     ) {
         let (kind, candidate) = match got {
-            Ok(outcome) => (current.differs(outcome), outcome.to_string()),
+            Ok(outcome) => (current.differs(outcome), outcome.text(values)),
             Err(e) => {
                 let kind = match e {
                     HookError::Timeout(_) => "timeout",
@@ -147,7 +153,11 @@ impl ShadowStats {
                 (Some(kind), format!("failed: {e}"))
             }
         };
-        self.request
+        let counts = match hook {
+            Hook::Request => &self.request,
+            Hook::Response => &self.response,
+        };
+        counts
             .counter(kind.unwrap_or("agree"))
             .fetch_add(1, Ordering::Relaxed);
         let Some(kind) = kind else {
@@ -158,26 +168,52 @@ impl ShadowStats {
             sample.pop_front();
         }
         sample.push_back(Disagreement {
-            hook: "on-request",
+            hook: hook.name(),
             kind,
             method: method.to_owned(),
             path: path.to_owned(),
-            current: current.to_string(),
+            current: current.text(values),
             candidate,
         });
     }
 }
 
+/// The hooks a shadow compares.
+#[derive(Clone, Copy)]
+enum Hook {
+    Request,
+    Response,
+}
+
+impl Hook {
+    fn name(self) -> &'static str {
+        match self {
+            Hook::Request => "on-request",
+            Hook::Response => "on-response",
+        }
+    }
+}
+
+/// What a shadowed request leaves for its response: the candidate's own note, once its
+/// `on-request` returned (nothing when it failed).
+pub type ShadowNote = tokio::sync::oneshot::Receiver<Option<String>>;
+
 impl Candidate {
     /// `previous`: the same plugin's candidate in the generation before, whose statistics
     /// go on when its component is the same.
-    pub fn new(plugin: Plugin, mode: CandidateMode, previous: Option<&Candidate>) -> Candidate {
+    pub fn new(
+        plugin: Plugin,
+        cfg: &crate::config::Candidate,
+        previous: Option<&Candidate>,
+    ) -> Candidate {
+        let mode = cfg.mode;
         let stats = previous
             .filter(|p| p.plugin.sha256 == plugin.sha256)
             .map_or_else(Arc::default, |p| Arc::clone(&p.stats));
         Candidate {
             plugin: Arc::new(plugin),
             mode,
+            sample_values: cfg.sample_values,
             stats,
             in_flight: Arc::default(),
             taken: AtomicU8::new(0),
@@ -266,36 +302,90 @@ impl Candidate {
         }
     }
 
+    /// Whether a shadow call may start now: a shadow that runs, with room for one more
+    /// call (else the request is counted as skipped).
+    fn may_shadow(&self) -> bool {
+        if self.mode != CandidateMode::Shadow || self.aborted() {
+            return false;
+        }
+        if self.in_flight.fetch_add(1, Ordering::Relaxed) >= MAX_IN_FLIGHT {
+            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+            self.stats.skipped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
     /// Runs the candidate's `on-request` on what the current version was given, in a task
-    /// of its own, and counts how its decision compares with `current`'s.
+    /// of its own, and counts how its decision compares with `current`'s. The note its
+    /// `on-request` leaves comes back for [`Self::shadow_response`].
     pub fn shadow_request(
         &self,
         request: &RequestInfo<'_>,
         headers: &HeaderMap,
         id: u64,
         current: &RequestDecision,
-    ) {
-        if self.mode != CandidateMode::Shadow || self.aborted() {
-            return;
+    ) -> Option<ShadowNote> {
+        if !self.may_shadow() {
+            return None;
         }
-        if self.in_flight.fetch_add(1, Ordering::Relaxed) >= MAX_IN_FLIGHT {
-            self.in_flight.fetch_sub(1, Ordering::Relaxed);
-            self.stats.skipped.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        let current = Outcome::of(current);
+        let current = Outcome::of_request(current);
         let owned = OwnedRequest::of(request);
         let headers = headers.clone();
         let plugin = Arc::clone(&self.plugin);
         let stats = Arc::clone(&self.stats);
         let in_flight = Arc::clone(&self.in_flight);
-        let cpu = Arc::clone(&self.stats);
-        tokio::spawn(cpu_counted(cpu, async move {
-            let got = plugin
-                .on_request(&owned.view(), &headers, id)
-                .await
-                .map(|d| Outcome::of(&d));
-            stats.record(&owned.method, &owned.path, &current, &got);
+        let values = self.sample_values;
+        let (note, noted) = tokio::sync::oneshot::channel();
+        tokio::spawn(cpu_counted(Arc::clone(&stats), async move {
+            let got = plugin.on_request(&owned.view(), &headers, id).await;
+            let outcome = got.map(|mut d| {
+                if let RequestDecision::Proceed(p) = &mut d {
+                    let _ = note.send(p.note.take());
+                } else {
+                    let _ = note.send(None);
+                }
+                Outcome::of_request(&d)
+            });
+            let at = (owned.method.as_str(), owned.path.as_str());
+            stats.record(Hook::Request, at, &current, &outcome, values);
+            in_flight.fetch_sub(1, Ordering::Relaxed);
+        }));
+        Some(noted)
+    }
+
+    /// Runs the candidate's `on-response` on what the current version was given (with the
+    /// note the candidate's own `on-request` left, once it is there), in a task of its
+    /// own, and counts how its decision compares with `current`'s.
+    pub fn shadow_response(
+        &self,
+        response: &ResponseInfo<'_>,
+        (status, headers): (http::StatusCode, &HeaderMap),
+        id: u64,
+        noted: ShadowNote,
+        current: &ResponseDecision,
+    ) {
+        if !self.may_shadow() {
+            return;
+        }
+        let current = Outcome::of_response(current);
+        let owned = OwnedResponse::of(response);
+        let headers = headers.clone();
+        let plugin = Arc::clone(&self.plugin);
+        let stats = Arc::clone(&self.stats);
+        let in_flight = Arc::clone(&self.in_flight);
+        let values = self.sample_values;
+        tokio::spawn(cpu_counted(Arc::clone(&stats), async move {
+            // No note: the candidate's on-request failed (and was counted), so its
+            // on-response is not compared.
+            if let Ok(note) = noted.await {
+                let got = plugin
+                    .on_response(&owned.view(), status, &headers, id, note.as_deref())
+                    .await
+                    .map(|d| Outcome::of_response(&d));
+                let at = (owned.method.as_str(), owned.path.as_str());
+                stats.record(Hook::Response, at, &current, &got, values);
+            }
             in_flight.fetch_sub(1, Ordering::Relaxed);
         }));
     }
@@ -358,6 +448,43 @@ impl OwnedRequest {
     }
 }
 
+/// A response's fields, owned, for the candidate's task.
+struct OwnedResponse {
+    backend: Option<String>,
+    server: Option<String>,
+    method: String,
+    path: String,
+    client_ip: String,
+    scheme: String,
+    frontend: String,
+}
+
+impl OwnedResponse {
+    fn of(r: &ResponseInfo<'_>) -> Self {
+        OwnedResponse {
+            backend: r.backend.map(str::to_owned),
+            server: r.server.map(str::to_owned),
+            method: r.method.to_owned(),
+            path: r.path.to_owned(),
+            client_ip: r.client_ip.to_owned(),
+            scheme: r.scheme.to_owned(),
+            frontend: r.frontend.to_owned(),
+        }
+    }
+
+    fn view(&self) -> ResponseInfo<'_> {
+        ResponseInfo {
+            backend: self.backend.as_deref(),
+            server: self.server.as_deref(),
+            method: &self.method,
+            path: &self.path,
+            client_ip: &self.client_ip,
+            scheme: &self.scheme,
+            frontend: &self.frontend,
+        }
+    }
+}
+
 /// A request decision, as the shadow compares it: `unchanged` is a `proceed` that changes
 /// nothing; a note (the plugin's own memo for its `on-response`) is left out.
 #[derive(Debug, PartialEq)]
@@ -377,29 +504,51 @@ enum Outcome {
 }
 
 impl Outcome {
-    fn of(decision: &RequestDecision) -> Outcome {
+    fn unchanged() -> Outcome {
+        Outcome::Proceed {
+            backend: None,
+            server: None,
+            path: None,
+            edits: Vec::new(),
+        }
+    }
+
+    fn answer(a: &super::Answer) -> Outcome {
+        Outcome::Respond {
+            status: a.status.as_u16(),
+            headers: a
+                .headers
+                .iter()
+                .map(|(n, v)| format!("{n}: {}", String::from_utf8_lossy(v.as_bytes())))
+                .collect(),
+            body: a.body.clone(),
+        }
+    }
+
+    /// An `on-response` decision: edits are a `proceed`'s, a replacement a local answer.
+    fn of_response(decision: &ResponseDecision) -> Outcome {
         match decision {
-            RequestDecision::Unchanged => Outcome::Proceed {
+            ResponseDecision::Unchanged => Outcome::unchanged(),
+            ResponseDecision::Edit(edits) => Outcome::Proceed {
                 backend: None,
                 server: None,
                 path: None,
-                edits: Vec::new(),
+                edits: edits.iter().map(edit_parts).collect(),
             },
+            ResponseDecision::Replace(a) => Outcome::answer(a),
+        }
+    }
+
+    fn of_request(decision: &RequestDecision) -> Outcome {
+        match decision {
+            RequestDecision::Unchanged => Outcome::unchanged(),
             RequestDecision::Proceed(p) => Outcome::Proceed {
                 backend: p.backend.clone(),
                 server: p.server.clone(),
                 path: p.set_path.clone(),
                 edits: p.edits.iter().map(edit_parts).collect(),
             },
-            RequestDecision::Respond(a) => Outcome::Respond {
-                status: a.status.as_u16(),
-                headers: a
-                    .headers
-                    .iter()
-                    .map(|(n, v)| format!("{n}: {}", String::from_utf8_lossy(v.as_bytes())))
-                    .collect(),
-                body: a.body.clone(),
-            },
+            RequestDecision::Respond(a) => Outcome::answer(a),
         }
     }
 
@@ -426,33 +575,47 @@ impl Outcome {
     }
 }
 
-impl std::fmt::Display for Outcome {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl Outcome {
+    /// The decision in words: header names, and their values when `values`.
+    fn text(&self, values: bool) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
         match self {
-            Outcome::Respond { status, .. } => write!(f, "respond {status}"),
+            Outcome::Respond {
+                status, headers, ..
+            } => {
+                let _ = write!(out, "respond {status}");
+                if values {
+                    for h in headers {
+                        let _ = write!(out, "; {h}");
+                    }
+                }
+            }
             Outcome::Proceed {
                 backend,
                 server,
                 path,
                 edits,
             } => {
-                write!(f, "proceed")?;
+                out.push_str("proceed");
                 if let Some(b) = backend {
-                    write!(f, " backend {b}")?;
+                    let _ = write!(out, " backend {b}");
                 }
                 if let Some(s) = server {
-                    write!(f, " server {s}")?;
+                    let _ = write!(out, " server {s}");
                 }
                 if let Some(p) = path {
-                    write!(f, " path {p}")?;
+                    let _ = write!(out, " path {p}");
                 }
-                // Header names only: values may be private.
-                for (op, name, _) in edits {
-                    write!(f, "; {op} {name}")?;
+                for (op, name, value) in edits {
+                    let _ = write!(out, "; {op} {name}");
+                    if values && *op != "remove" {
+                        let _ = write!(out, ": {}", String::from_utf8_lossy(value));
+                    }
                 }
-                Ok(())
             }
         }
+        out
     }
 }
 

@@ -26,7 +26,7 @@ use std::time::Duration;
 use crate::config::{FailPolicy, PluginConfig, PluginSource};
 use crate::state::PluginState;
 use crate::upstream::BackendRt;
-pub use candidate::{Candidate, Counts, Disagreement, ShadowStats, Taken};
+pub use candidate::{Candidate, Counts, Disagreement, ShadowNote, ShadowStats, Taken};
 pub use engine::{
     LONG_CALL_SLICE, TICK, calls_running_long, epoch_thread_asleep, stall_epoch_thread,
 };
@@ -559,7 +559,7 @@ pub async fn load_all(
                 .await
                 .map_err(|e| (cfg.name.clone(), LoadError::Candidate(Box::new(e))))?;
             let previous = old.and_then(|o| o.candidate.as_ref());
-            plugin.candidate = Some(Candidate::new(candidate, c.mode, previous));
+            plugin.candidate = Some(Candidate::new(candidate, c, previous));
         }
         plugins.push(Arc::new(plugin));
     }

@@ -100,6 +100,8 @@ pub struct Ran {
     index: usize,
     note: Option<String>,
     candidate: bool,
+    /// A shadow candidate ran on the request: its note is to come, for its `on-response`.
+    shadow: Option<crate::plugin::ShadowNote>,
 }
 
 /// Every plugin of a chain, as if all had run and left no note: for a response weir made
@@ -110,6 +112,7 @@ pub fn every(plugins: &[Link]) -> Vec<Ran> {
             index,
             note: None,
             candidate: false,
+            shadow: None,
         })
         .collect()
 }
@@ -170,6 +173,7 @@ pub async fn on_request(
                 index: i,
                 note: None,
                 candidate,
+                shadow: None,
             });
             continue;
         }
@@ -180,6 +184,7 @@ pub async fn on_request(
                 index: i,
                 note: None,
                 candidate,
+                shadow: None,
             });
             continue;
         }
@@ -193,11 +198,12 @@ pub async fn on_request(
             scheme: client.scheme,
             backend: &backend.as_ref().unwrap_or(default).name,
         };
+        let mut shadow = None;
         let decision = match plugin.on_request(&info, &parts.headers, client.id).await {
             Ok(d) => {
-                if let Some(shadow) = link.plugin.candidate.as_ref().filter(|_| !candidate) {
+                if let Some(c) = link.plugin.candidate.as_ref().filter(|_| !candidate) {
                     // On the same request, in a task of its own: compared, thrown away.
-                    shadow.shadow_request(&info, &parts.headers, client.id, &d);
+                    shadow = c.shadow_request(&info, &parts.headers, client.id, &d);
                 }
                 d
             }
@@ -224,6 +230,7 @@ pub async fn on_request(
                 index: i,
                 note,
                 candidate,
+                shadow,
             }),
             Err(why) => {
                 plugin.note_invalid();
@@ -363,6 +370,14 @@ pub async fn on_response(
             .on_response(&info, *status, headers, id, note.as_deref())
             .await;
         version.note(decided.is_ok(), link);
+        if let (Ok(d), Some(noted), Some(c)) = (
+            &decided,
+            ran[at].shadow.take(),
+            link.plugin.candidate.as_ref(),
+        ) {
+            // The same response, before this plugin's edits: compared, thrown away.
+            c.shadow_response(&info, (*status, headers), id, noted, d);
+        }
         match decided {
             Ok(ResponseDecision::Unchanged) => {}
             Ok(ResponseDecision::Edit(edits)) => validate::apply(edits, headers),

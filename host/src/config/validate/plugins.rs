@@ -114,8 +114,15 @@ fn candidate(
         Some(config) => serde_json::to_string(config).unwrap_or_else(|_| "{}".into()),
         None => plugin.config_json.clone(),
     };
+    if c.sample_values.is_some() && mode != CandidateMode::Shadow {
+        cx.err(
+            &path.key("sample_values"),
+            "is for a shadow (mode = \"shadow\")",
+        );
+    }
     Candidate {
         mode,
+        sample_values: c.sample_values.unwrap_or(false),
         plugin: PluginConfig {
             // Its own name: its counters and kv are apart from the plugin's, and the log
             // tells the two apart.
