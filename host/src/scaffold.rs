@@ -4,7 +4,6 @@
 //! small working example per hook and a unit test for each against the SDK's fake host, a
 //! `weir.toml` that loads the built component, and a README with the commands that matter.
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 /// The hooks a plugin project can start with.
@@ -205,21 +204,9 @@ serde = {{ version = "1", features = ["derive"] }}
     )
 }
 
-/// A TOML basic string.
+/// A TOML string holding `text`.
 fn toml_string(text: &str) -> String {
-    let mut out = String::from("\"");
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => {
-                let _ = write!(out, "\\u{:04X}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+    toml::Value::String(text.to_owned()).to_string()
 }
 
 fn lib_rs(p: &Project<'_>) -> String {

@@ -616,11 +616,7 @@ async fn a_shadow_candidate_is_compared_on_every_request_and_decides_none() {
     assert_eq!(sample[0]["kind"], "backend");
     assert_eq!(sample[0]["current"], "proceed");
     assert_eq!(sample[0]["candidate"], "proceed backend static");
-    let info = Client::connect(proxy.running.admin_addr().unwrap())
-        .await
-        .get("/api/info")
-        .await
-        .json();
+    let info = admin_get(&proxy, "/api/info").await;
     assert_eq!(info["plugins"][0]["candidate"]["mode"], "shadow");
 }
 
@@ -684,6 +680,12 @@ async fn a_reload_without_the_candidate_removes_it_and_a_broken_one_is_refused()
     assert!(gone.text().contains("has no candidate"), "{}", gone.text());
 }
 
+/// GET `path` on the admin listener, as JSON.
+async fn admin_get(proxy: &TestProxy, path: &str) -> serde_json::Value {
+    let admin = proxy.running.admin_addr().unwrap();
+    Client::connect(admin).await.get(path).await.json()
+}
+
 /// POST `path` on the admin listener with an empty body.
 async fn admin_post(proxy: &TestProxy, path: &str) -> weir_tests::Reply {
     let admin = proxy.running.admin_addr().unwrap();
@@ -721,11 +723,7 @@ async fn a_canary_decides_for_its_share_of_clients_each_staying_on_its_side() {
     );
     assert_eq!(st.requests(), on_candidate * 3);
     assert_eq!(s1.requests(), (40 - on_candidate) * 3);
-    let report = Client::connect(proxy.running.admin_addr().unwrap())
-        .await
-        .get("/api/plugins/routes/candidate")
-        .await
-        .json();
+    let report = admin_get(&proxy, "/api/plugins/routes/candidate").await;
     assert_eq!(report["mode"], "canary");
     assert_eq!(report["percent"], 50.0);
     assert_eq!(report["candidate"]["calls"], on_candidate as u64 * 3);
@@ -769,11 +767,7 @@ async fn a_failing_canary_is_taken_out_by_itself() {
         "fail-closed: the candidate's failures cost their requests a 503"
     );
     assert_eq!(s1.requests(), 10);
-    let report = Client::connect(proxy.running.admin_addr().unwrap())
-        .await
-        .get("/api/plugins/routes/candidate")
-        .await
-        .json();
+    let report = admin_get(&proxy, "/api/plugins/routes/candidate").await;
     assert_eq!(report["taken_out"], "by failures");
     assert_eq!(report["candidate"]["calls"], 20);
     assert_eq!(report["candidate"]["traps"], 20);
@@ -806,11 +800,7 @@ async fn abort_and_promote_through_the_api() {
         "s1",
         "taken out: the current version decides"
     );
-    let report = Client::connect(proxy.running.admin_addr().unwrap())
-        .await
-        .get("/api/plugins/routes/candidate")
-        .await
-        .json();
+    let report = admin_get(&proxy, "/api/plugins/routes/candidate").await;
     assert_eq!(report["taken_out"], "by hand");
 
     let r = admin_post(&proxy, "/api/plugins/routes/promote").await;
@@ -821,11 +811,7 @@ async fn abort_and_promote_through_the_api() {
         "st",
         "promoted: the candidate's rules decide"
     );
-    let info = Client::connect(proxy.running.admin_addr().unwrap())
-        .await
-        .get("/api/info")
-        .await
-        .json();
+    let info = admin_get(&proxy, "/api/info").await;
     assert!(info["plugins"][0]["candidate"].is_null(), "{info}");
     let r = admin_post(&proxy, "/api/plugins/routes/promote").await;
     assert_eq!(r.status, 404);
