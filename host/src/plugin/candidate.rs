@@ -330,20 +330,40 @@ impl Candidate {
             return None;
         }
         let current = Outcome::of_request(current);
-        let owned = OwnedRequest::of(request);
-        let headers = headers.clone();
+        let owned = OwnedRequest::of(request, self.plugin.request_fields);
+        // Only the headers the candidate reads: copying them is on the request's path.
+        let headers = match &self.plugin.request_headers {
+            Some(read) => {
+                let mut only = HeaderMap::with_capacity(read.len());
+                for name in read {
+                    for value in headers.get_all(name) {
+                        only.append(name.clone(), value.clone());
+                    }
+                }
+                only
+            }
+            None => headers.clone(),
+        };
         let plugin = Arc::clone(&self.plugin);
         let stats = Arc::clone(&self.stats);
         let in_flight = Arc::clone(&self.in_flight);
         let values = self.sample_values;
-        let (note, noted) = tokio::sync::oneshot::channel();
+        // Its note, for its on-response: only when it has one.
+        let (note, noted) = match self.plugin.has(super::Hook::Response) {
+            true => {
+                let (note, noted) = tokio::sync::oneshot::channel();
+                (Some(note), Some(noted))
+            }
+            false => (None, None),
+        };
         tokio::spawn(cpu_counted(Arc::clone(&stats), async move {
             let got = plugin.on_request(&owned.view(), &headers, id).await;
             let outcome = got.map(|mut d| {
-                if let RequestDecision::Proceed(p) = &mut d {
-                    let _ = note.send(p.note.take());
-                } else {
-                    let _ = note.send(None);
+                if let Some(note) = note {
+                    let _ = note.send(match &mut d {
+                        RequestDecision::Proceed(p) => p.note.take(),
+                        _ => None,
+                    });
                 }
                 Outcome::of_request(&d)
             });
@@ -351,7 +371,7 @@ impl Candidate {
             stats.record(Hook::Request, at, &current, &outcome, values);
             in_flight.fetch_sub(1, Ordering::Relaxed);
         }));
-        Some(noted)
+        noted
     }
 
     /// Runs the candidate's `on-response` on what the current version was given (with the
@@ -421,16 +441,26 @@ struct OwnedRequest {
 }
 
 impl OwnedRequest {
-    fn of(r: &RequestInfo<'_>) -> Self {
+    /// The fields of `r` in `read` (the ones the candidate declared), and its method and
+    /// path (for the sample); the others stay empty, as the candidate would see them.
+    fn of(r: &RequestInfo<'_>, read: super::types::RequestFields) -> Self {
+        use super::types::RequestFields as F;
+        let field = |flag: F, value: &str| {
+            if read.contains(flag) {
+                value.to_owned()
+            } else {
+                String::new()
+            }
+        };
         OwnedRequest {
             method: r.method.to_owned(),
             path: r.path.to_owned(),
-            query: r.query.map(str::to_owned),
-            host: r.host.map(str::to_owned),
-            client_ip: r.client_ip.to_owned(),
-            frontend: r.frontend.to_owned(),
-            scheme: r.scheme.to_owned(),
-            backend: r.backend.to_owned(),
+            query: r.query.filter(|_| read.contains(F::QUERY)).map(str::to_owned),
+            host: r.host.filter(|_| read.contains(F::HOST)).map(str::to_owned),
+            client_ip: field(F::CLIENT_IP, r.client_ip),
+            frontend: field(F::FRONTEND, r.frontend),
+            scheme: field(F::SCHEME, r.scheme),
+            backend: field(F::BACKEND, r.backend),
         }
     }
 
