@@ -455,7 +455,10 @@ impl OwnedRequest {
         OwnedRequest {
             method: r.method.to_owned(),
             path: r.path.to_owned(),
-            query: r.query.filter(|_| read.contains(F::QUERY)).map(str::to_owned),
+            query: r
+                .query
+                .filter(|_| read.contains(F::QUERY))
+                .map(str::to_owned),
             host: r.host.filter(|_| read.contains(F::HOST)).map(str::to_owned),
             client_ip: field(F::CLIENT_IP, r.client_ip),
             frontend: field(F::FRONTEND, r.frontend),
