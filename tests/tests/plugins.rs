@@ -616,6 +616,17 @@ async fn a_shadow_candidate_is_compared_on_every_request_and_decides_none() {
     assert_eq!(sample[0]["kind"], "backend");
     assert_eq!(sample[0]["current"], "proceed");
     assert_eq!(sample[0]["candidate"], "proceed backend static");
+    let admin = proxy.running.admin_addr().unwrap();
+    let page = Client::connect(admin).await.get("/").await.text();
+    assert!(
+        page.contains("routes (candidate): latest disagreements"),
+        "{page}"
+    );
+    assert!(
+        page.contains("GET /v2/users</td><td>proceed</td><td>proceed backend static</td>"),
+        "{page}"
+    );
+    assert!(page.contains("shadow: 1 of 4 disagree"), "{page}");
     let info = admin_get(&proxy, "/api/info").await;
     assert_eq!(info["plugins"][0]["candidate"]["mode"], "shadow");
 }

@@ -363,6 +363,36 @@ fn plugin_table(out: &mut String, plugins: &[std::sync::Arc<crate::plugin::Plugi
     out.push_str("</table>\n");
 }
 
+/// The latest disagreements of each shadow candidate (none: no table).
+fn disagreements(out: &mut String, plugins: &[std::sync::Arc<crate::plugin::Plugin>]) {
+    for p in plugins {
+        let Some(c) = &p.candidate else { continue };
+        let sample = c.stats.sample();
+        if sample.is_empty() {
+            continue;
+        }
+        let _ = write!(
+            out,
+            "<h2>{} (candidate): latest disagreements</h2>\n<table>\n<tr><th>Hook</th>\
+             <th>Kind</th><th>Request</th><th>Current</th><th>Candidate</th></tr>\n",
+            esc(&p.name)
+        );
+        for d in sample.iter().rev() {
+            let _ = writeln!(
+                out,
+                "<tr><td>{}</td><td>{}</td><td class=\"name\">{} {}</td><td>{}</td><td>{}</td></tr>",
+                d.hook,
+                d.kind,
+                esc(&d.method),
+                esc(&d.path),
+                esc(&d.current),
+                esc(&d.candidate)
+            );
+        }
+        out.push_str("</table>\n");
+    }
+}
+
 /// A candidate's mode and how it fares: agreements for a shadow, its share for a canary.
 fn candidate_cell(c: &crate::plugin::Candidate) -> String {
     let state = match c.taken() {
@@ -427,6 +457,7 @@ pub fn render(control: &Control, refresh: Duration, admin: bool) -> String {
         backend_table(&mut out, b, admin);
     }
     plugin_table(&mut out, &proxy.plugins);
+    disagreements(&mut out, &proxy.plugins);
     if admin {
         let _ = write!(out, "<script>{SCRIPT}</script>");
     }
