@@ -421,26 +421,25 @@ const CPU_SAMPLED: u64 = 8;
 
 /// `task`; for one task in [`CPU_SAMPLED`], the CPU time of each of its polls (on
 /// whichever thread), times `CPU_SAMPLED`, is added to the stats'.
-fn cpu_counted<F: std::future::Future + Send>(
-    stats: Arc<ShadowStats>,
-    task: F,
-) -> impl std::future::Future<Output = F::Output> + Send {
-    async move {
-        if stats.tasks.fetch_add(1, Ordering::Relaxed) % CPU_SAMPLED != 0 {
-            return task.await;
-        }
-        let mut task = std::pin::pin!(task);
-        std::future::poll_fn(|cx| {
-            let start = super::cpu_timer::thread_cpu_ns();
-            let polled = task.as_mut().poll(cx);
-            let used = super::cpu_timer::thread_cpu_ns().saturating_sub(start);
-            stats
-                .cpu_ns
-                .fetch_add(used * CPU_SAMPLED, Ordering::Relaxed);
-            polled
-        })
-        .await
+async fn cpu_counted<F: std::future::Future>(stats: Arc<ShadowStats>, task: F) -> F::Output {
+    if !stats
+        .tasks
+        .fetch_add(1, Ordering::Relaxed)
+        .is_multiple_of(CPU_SAMPLED)
+    {
+        return task.await;
     }
+    let mut task = std::pin::pin!(task);
+    std::future::poll_fn(|cx| {
+        let start = super::cpu_timer::thread_cpu_ns();
+        let polled = task.as_mut().poll(cx);
+        let used = super::cpu_timer::thread_cpu_ns().saturating_sub(start);
+        stats
+            .cpu_ns
+            .fetch_add(used * CPU_SAMPLED, Ordering::Relaxed);
+        polled
+    })
+    .await
 }
 
 /// A request's fields, owned, for the candidate's task.
