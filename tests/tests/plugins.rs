@@ -563,7 +563,7 @@ async fn shadowed(candidate: &str) -> (MockServer, MockServer, TestProxy, String
 /// shadow runs after the answer, so it may lag a little).
 async fn candidate_report(proxy: &TestProxy, n: u64) -> serde_json::Value {
     let admin = proxy.running.admin_addr().unwrap();
-    for _ in 0..200 {
+    for _ in 0..500 {
         let report = Client::connect(admin)
             .await
             .get("/api/plugins/routes/candidate")
@@ -652,6 +652,42 @@ async fn a_trapping_candidate_never_touches_a_response() {
             .as_str()
             .unwrap()
             .starts_with("failed: trapped")
+    );
+}
+
+/// CPU time the calling thread has used (user and system, in the kernel's ticks).
+fn thread_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+    // After the name in parentheses: state is field 3, utime and stime fields 14 and 15.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SC_CLK_TCK is 100 on Linux.
+    Duration::from_millis(ticks * 10)
+}
+
+/// The shadow's calls run on a thread of their own: a candidate that spins to its
+/// deadline on every request spends none of the CPU of the thread that serves requests
+/// (here the test's only thread, as with `threads = 1`).
+#[tokio::test(flavor = "current_thread")]
+async fn a_shadow_call_never_runs_on_the_thread_that_serves_requests() {
+    let candidate = format!(
+        r#"{{ wasm = "{}", mode = "shadow", timeout = "200ms", config = {{ mode = "loop" }} }}"#,
+        weir_tests::FIXTURE_WASM
+    );
+    let (_s1, _st, proxy, _) = shadowed(&candidate).await;
+    let mut c = Client::connect(proxy.addr()).await;
+    let before = thread_cpu();
+    for _ in 0..10 {
+        assert_eq!(c.get("/").await.status, 200);
+    }
+    let report = candidate_report(&proxy, 10).await;
+    let used = thread_cpu() - before;
+    assert_eq!(report["on_request"]["outcomes"]["timeout"], 10, "{report}");
+    // The ten calls spun for 2 s of CPU in all, on another thread.
+    assert!(used < Duration::from_millis(700), "{used:?}");
+    assert!(
+        report["shadow_cpu_seconds"].as_f64().unwrap() >= 1.9,
+        "{report}"
     );
 }
 

@@ -2,8 +2,9 @@
 //! ("<name> (candidate)": its own instances, limits, call statistics, counters and kv).
 //!
 //! - In shadow, after the current version's `on-request` decided, the candidate gets the
-//!   same request in a task of its own, so that the request never waits for it; its
-//!   decision is compared with the current one's and thrown away.
+//!   same request on the shadow thread ([`super::shadow_thread`]), so that the request
+//!   never waits for it and its thread never runs it; its decision is compared with the
+//!   current one's and thrown away.
 //! - As a canary, it decides instead of the current version for a share of clients (by a
 //!   hash of the client's address, so a client stays on one side), and is taken out by
 //!   itself when too many of its calls fail.
@@ -21,9 +22,10 @@ use crate::config::CandidateMode;
 
 /// Disagreeing requests kept for the runtime API: the latest ones.
 const SAMPLE: usize = 32;
-/// Shadow calls running at once past which new ones are skipped (and counted): a slow
-/// candidate never piles up work.
-const MAX_IN_FLIGHT: usize = 64;
+/// Shadow calls queued or running at once past which new ones are skipped (and counted):
+/// a slow candidate never piles up work. Room for what a busy frontend queues between two
+/// of the shadow thread's turns (every millisecond while jobs keep coming).
+const MAX_IN_FLIGHT: usize = 1024;
 /// A canary is judged on a window with at least this many calls.
 pub const MIN_CALLS: u64 = 20;
 
@@ -64,12 +66,9 @@ pub struct ShadowStats {
     pub response: Counts,
     /// Requests not shadowed because `MAX_IN_FLIGHT` calls were running.
     pub skipped: AtomicU64,
-    /// The CPU time the shadow calls used (their tasks' polls, the comparison included),
-    /// estimated from one task in [`CPU_SAMPLED`]: what shadowing costs apart from the
-    /// requests.
+    /// The CPU time the shadow calls used (their tasks' polls on the shadow thread, the
+    /// comparison included): what shadowing costs apart from the requests.
     pub cpu_ns: AtomicU64,
-    /// Shadow tasks started, for choosing the ones measured.
-    tasks: AtomicU64,
     sample: Mutex<VecDeque<Disagreement>>,
 }
 
@@ -319,8 +318,8 @@ impl Candidate {
         true
     }
 
-    /// Runs the candidate's `on-request` on what the current version was given, in a task
-    /// of its own, and counts how its decision compares with `current`'s. The note its
+    /// Runs the candidate's `on-request` on what the current version was given, on the shadow
+    /// thread, and counts how its decision compares with `current`'s. The note its
     /// `on-request` leaves comes back for [`Self::shadow_response`].
     pub fn shadow_request(
         &self,
@@ -359,7 +358,7 @@ impl Candidate {
             }
             false => (None, None),
         };
-        tokio::spawn(cpu_counted(Arc::clone(&stats), async move {
+        super::shadow_thread::push(cpu_counted(Arc::clone(&stats), async move {
             let got = plugin.on_request(&owned.view(), &headers, id).await;
             let outcome = got.map(|mut d| {
                 if let Some(note) = note {
@@ -378,8 +377,8 @@ impl Candidate {
     }
 
     /// Runs the candidate's `on-response` on what the current version was given (with the
-    /// note the candidate's own `on-request` left, once it is there), in a task of its
-    /// own, and counts how its decision compares with `current`'s.
+    /// note the candidate's own `on-request` left, once it is there), on the shadow
+    /// thread, and counts how its decision compares with `current`'s.
     pub fn shadow_response(
         &self,
         response: &ResponseInfo<'_>,
@@ -398,7 +397,7 @@ impl Candidate {
         let stats = Arc::clone(&self.stats);
         let in_flight = Arc::clone(&self.in_flight);
         let values = self.sample_values;
-        tokio::spawn(cpu_counted(Arc::clone(&stats), async move {
+        super::shadow_thread::push(cpu_counted(Arc::clone(&stats), async move {
             // No note: the candidate's on-request failed (and was counted), so its
             // on-response is not compared.
             if let Ok(note) = noted.await {
@@ -414,29 +413,16 @@ impl Candidate {
     }
 }
 
-/// One shadow call in this many has its CPU time measured, which counts for all of them:
-/// reading a thread's CPU clock is a system call (it has no vDSO path), so measuring every
-/// call would cost as much as some calls.
-const CPU_SAMPLED: u64 = 8;
-
-/// `task`; for one task in [`CPU_SAMPLED`], the CPU time of each of its polls (on
-/// whichever thread), times `CPU_SAMPLED`, is added to the stats'.
+/// `task`, with the CPU time of each of its polls added to the stats'. It runs on the
+/// shadow thread, so reading the thread's CPU clock (a system call) costs the requests
+/// nothing.
 async fn cpu_counted<F: std::future::Future>(stats: Arc<ShadowStats>, task: F) -> F::Output {
-    if !stats
-        .tasks
-        .fetch_add(1, Ordering::Relaxed)
-        .is_multiple_of(CPU_SAMPLED)
-    {
-        return task.await;
-    }
     let mut task = std::pin::pin!(task);
     std::future::poll_fn(|cx| {
         let start = super::cpu_timer::thread_cpu_ns();
         let polled = task.as_mut().poll(cx);
         let used = super::cpu_timer::thread_cpu_ns().saturating_sub(start);
-        stats
-            .cpu_ns
-            .fetch_add(used * CPU_SAMPLED, Ordering::Relaxed);
+        stats.cpu_ns.fetch_add(used, Ordering::Relaxed);
         polled
     })
     .await

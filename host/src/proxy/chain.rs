@@ -202,7 +202,7 @@ pub async fn on_request(
         let decision = match plugin.on_request(&info, &parts.headers, client.id).await {
             Ok(d) => {
                 if let Some(c) = link.plugin.candidate.as_ref().filter(|_| !candidate) {
-                    // On the same request, in a task of its own: compared, thrown away.
+                    // On the same request, on the shadow thread: compared, thrown away.
                     shadow = c.shadow_request(&info, &parts.headers, client.id, &d);
                 }
                 d
