@@ -10,7 +10,17 @@
 //!                                        prints {"bytes": n, "seconds": s}
 //! tcpload relay LISTEN TARGET copy|splice   a one-thread relay: tokio's copy_bidirectional,
 //!                                           or splice(2) through a pipe, no user-space copy
+//! tcpload rate ADDR RATE SECONDS CONNECTIONS   HTTP/1.1 keep-alive GETs of / at a fixed
+//!                                              RATE per second over CONNECTIONS; prints
+//!                                              {"requests": n, "seconds": s, "errors": e}
 //! ```
+//!
+//! `rate` holds the offered load the same whatever answers, where a closed-loop client
+//! such as wrk sends as fast as the proxy answers: two proxies then see the same arrivals,
+//! so their CPU per request compares work with work (a slower proxy otherwise gets its
+//! requests in bigger batches, which makes each one cheaper). Connection k sends request
+//! k, k + C, k + 2C... at its scheduled time (tokio's timer: to the millisecond), or at
+//! once when it fell behind.
 
 #![allow(unsafe_code)]
 
@@ -36,13 +46,14 @@ fn main() {
         "conns" => runtime.block_on(conns(addr(1), number(2), number(3))),
         "stream" => runtime.block_on(stream(addr(1), number(2))),
         "relay" => runtime.block_on(relay(addr(1), addr(2), arg(3) == "splice")),
+        "rate" => runtime.block_on(rate(addr(1), number(2), number(3), number(4))),
         _ => usage(),
     }
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: tcpload serve ECHO SOURCE | conns ADDR SECONDS CONCURRENCY | stream ADDR BYTES | relay LISTEN TARGET copy|splice"
+        "usage: tcpload serve ECHO SOURCE | conns ADDR SECONDS CONCURRENCY | stream ADDR BYTES | relay LISTEN TARGET copy|splice | rate ADDR RATE SECONDS CONNECTIONS"
     );
     std::process::exit(2)
 }
@@ -225,4 +236,88 @@ async fn splice_one(from: &TcpStream, to: &TcpStream) -> std::io::Result<()> {
         libc::close(pw);
     }
     result
+}
+
+async fn rate(addr: SocketAddr, rate: u64, seconds: u64, connections: u64) {
+    if rate == 0 || connections == 0 {
+        usage();
+    }
+    let start = tokio::time::Instant::now() + Duration::from_millis(100);
+    let end = start + Duration::from_secs(seconds);
+    let every = Duration::from_secs_f64(connections as f64 / rate as f64);
+    let mut tasks = Vec::new();
+    for k in 0..connections {
+        let first = start + Duration::from_secs_f64(k as f64 / rate as f64);
+        tasks.push(tokio::spawn(async move {
+            let mut done = 0u64;
+            let mut errors = 0u64;
+            let mut conn = None;
+            let mut next = first;
+            while next < end {
+                tokio::time::sleep_until(next).await;
+                next += every;
+                if conn.is_none() {
+                    conn = TcpStream::connect(addr).await.ok();
+                }
+                let Some(stream) = conn.as_mut() else {
+                    errors += 1;
+                    continue;
+                };
+                match get(stream).await {
+                    Ok(true) => done += 1,
+                    Ok(false) => {
+                        errors += 1;
+                        conn = None;
+                    }
+                    Err(_) => {
+                        errors += 1;
+                        conn = None;
+                    }
+                }
+            }
+            (done, errors)
+        }));
+    }
+    let (mut requests, mut errors) = (0, 0);
+    for t in tasks {
+        let (d, e) = t.await.expect("a connection's task");
+        requests += d;
+        errors += e;
+    }
+    println!(
+        "{{\"requests\": {requests}, \"seconds\": {}, \"errors\": {errors}}}",
+        (tokio::time::Instant::now() - start).as_secs_f64()
+    );
+}
+
+/// One `GET /` on a keep-alive connection; true for a 2xx answer read whole (by its
+/// Content-Length).
+async fn get(stream: &mut TcpStream) -> std::io::Result<bool> {
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
+        .await?;
+    let mut buf = Vec::with_capacity(512);
+    let head_end = loop {
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        if stream.read_buf(&mut buf).await? == 0 || buf.len() > 64 * 1024 {
+            return Ok(false);
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let ok = head.starts_with("http/1.1 2");
+    let Some(length) = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+    else {
+        return Ok(false);
+    };
+    while buf.len() < head_end + length {
+        if stream.read_buf(&mut buf).await? == 0 {
+            return Ok(false);
+        }
+    }
+    Ok(ok)
 }
