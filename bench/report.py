@@ -11,7 +11,7 @@ from datetime import date
 
 BEGIN = "<!-- bench/run: begin (generated, do not edit) -->"
 END = "<!-- bench/run: end -->"
-TARGETS = ["direct", "weir", "weir-plugins", "haproxy", "haproxy-rules", "nginx"]
+TARGETS = ["direct", "weir", "weir-plugins", "haproxy", "haproxy-rules", "nginx", "pingora", "sozu"]
 LABELS = {
     "direct": "direct to a server",
     "weir": "weir, no plugins",
@@ -19,6 +19,8 @@ LABELS = {
     "haproxy": "HAProxy",
     "haproxy-rules": "HAProxy, the same 3 rules",
     "nginx": "nginx",
+    "pingora": "Pingora",
+    "sozu": "Sozu",
 }
 
 
@@ -127,12 +129,14 @@ def main():
 
     section = [
         BEGIN,
-        "## Side by side with HAProxy and nginx",
+        "## Side by side with HAProxy, nginx, Pingora and Sozu",
         "",
         f"One run on {results['date']}: {machine}; {versions}.",
         "",
         "The proxy under test on core 0 with one worker thread; two nginx servers returning a",
-        "16-byte 200 and the load generator (wrk, one thread) on core 1. Rounds interleave the",
+        "16-byte 200 and the load generator (wrk, one thread) on core 1. Pingora is its load",
+        "balancer quick start (bench/peers/pingora, one thread), Sozu its crates.io release with",
+        "one worker. Rounds interleave the",
         "targets; each figure is the median over the rounds. CPU is the proxy's utime + stime",
         "over the run divided by the requests. Ratios are to HAProxy in the same run.",
         "",
@@ -151,7 +155,7 @@ def main():
         "| target | idle KiB | with 1,000 keep-alive connections KiB |",
         "|---|---|---|",
     ]
-    for target in ["weir", "weir-plugins", "haproxy", "haproxy-rules", "nginx"]:
+    for target in TARGETS:
         m = memory.get(target)
         if m:
             section.append(f"| {LABELS[target]} | {m['idle_kib']} | {m['with_1000_connections_kib']} |")

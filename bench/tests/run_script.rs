@@ -30,7 +30,7 @@ fn parses_and_explains_itself(name: &str, words: &[&str]) {
 
 #[test]
 fn the_script_parses_and_explains_itself() {
-    parses_and_explains_itself("run", &["ROUNDS", "HAProxy"]);
+    parses_and_explains_itself("run", &["ROUNDS", "HAProxy", "PINGORA=", "SOZU="]);
 }
 
 #[test]
@@ -65,6 +65,7 @@ fn the_report_takes_medians_and_ratios_to_haproxy() {
         ("haproxy", [100.0, 90.0, 110.0], Some(10.0), 2.0),
         ("weir", [50.0, 60.0, 40.0], Some(20.0), 1.0),
         ("direct", [300.0, 300.0, 300.0], None, 0.5),
+        ("sozu", [80.0, 70.0, 75.0], Some(12.5), 4.0),
     ] {
         for (round, r) in rps.iter().enumerate() {
             for conns in [50, 1] {
@@ -115,6 +116,10 @@ fn the_report_takes_medians_and_ratios_to_haproxy() {
     );
     assert!(
         md.contains("p99 at 1 connection against HAProxy: 0.50× (at most 1.00×) — met"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| Sozu | 75 | 0.75 | 1.000 | 4.000 | 2.00 | 12.5 | 1.25 | 0 |"),
         "{md}"
     );
     assert!(md.contains("| weir, no plugins | 1000 | 5000 |"), "{md}");
