@@ -64,7 +64,7 @@ struct Window {
 pub struct ShadowStats {
     pub request: Counts,
     pub response: Counts,
-    /// Requests not shadowed because `MAX_IN_FLIGHT` calls were running.
+    /// Requests not shadowed because `MAX_IN_FLIGHT` calls were queued or running.
     pub skipped: AtomicU64,
     /// The CPU time the shadow calls used (their tasks' polls on the shadow thread, the
     /// comparison included): what shadowing costs apart from the requests.

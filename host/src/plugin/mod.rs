@@ -16,7 +16,7 @@ mod engine;
 mod host;
 mod inspect;
 mod instances;
-pub mod shadow_thread;
+mod shadow_thread;
 pub mod validate;
 mod wire;
 
