@@ -341,9 +341,9 @@ fn candidate(control: &Control, name: &str) -> Reply {
     };
     let stats = &c.plugin.stats;
     let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-    let (percent, taken) = match c.mode {
-        crate::config::CandidateMode::Canary { percent, .. } => (Some(percent), c.taken()),
-        crate::config::CandidateMode::Shadow => (None, c.taken()),
+    let percent = match c.mode {
+        crate::config::CandidateMode::Canary { percent, .. } => Some(percent),
+        crate::config::CandidateMode::Shadow => None,
     };
     reply(
         StatusCode::OK,
@@ -352,7 +352,7 @@ fn candidate(control: &Control, name: &str) -> Reply {
             "mode": c.mode.name(),
             "percent": percent,
             "aborted": c.aborted(),
-            "taken_out": taken.map(|t| match t {
+            "taken_out": c.taken().map(|t| match t {
                 crate::plugin::Taken::ByHand => "by hand",
                 crate::plugin::Taken::ByFailures => "by failures",
             }),

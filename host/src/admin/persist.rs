@@ -20,9 +20,7 @@ pub enum Change {
 
 /// The config text with `change` made to `server` of `backend`.
 pub fn edited(text: &str, backend: &str, server: &str, change: Change) -> Result<String, String> {
-    let mut doc: DocumentMut = text
-        .parse()
-        .map_err(|e| format!("the config file no longer parses: {e}"))?;
+    let mut doc = parse(text)?;
     let servers = doc
         .get_mut("backend")
         .and_then(|b| b.get_mut(backend))
@@ -108,9 +106,7 @@ pub fn candidate_edited(
     plugin: &str,
     change: CandidateChange,
 ) -> Result<String, String> {
-    let mut doc: DocumentMut = text
-        .parse()
-        .map_err(|e| format!("the config file no longer parses: {e}"))?;
+    let mut doc = parse(text)?;
     let table = doc
         .get_mut("plugin")
         .and_then(|p| p.get_mut(plugin))
@@ -130,17 +126,22 @@ pub fn candidate_edited(
     }
     for key in ["wasm", "stock", "sha256", "config", "timeout", "memory"] {
         if let Some(item) = candidate.get(key) {
-            let value = match item {
+            let mut value = match item {
                 Item::Value(v) => v.clone(),
                 Item::Table(t) => Value::InlineTable(t.clone().into_inline_table()),
                 _ => return Err(format!("plugin.{plugin}.candidate.{key} is not a value")),
             };
-            let mut value = value;
             value.decor_mut().clear();
             table.insert(key, Item::Value(value));
         }
     }
     Ok(doc.to_string())
+}
+
+/// The config file's text as a document that keeps its comments and layout.
+fn parse(text: &str) -> Result<DocumentMut, String> {
+    text.parse()
+        .map_err(|e| format!("the config file no longer parses: {e}"))
 }
 
 /// Edits the file at `path` with `edit`, when what it makes is a valid config, writing it

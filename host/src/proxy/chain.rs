@@ -62,8 +62,18 @@ impl Link {
     /// The version that decides for `client_ip`: a canary candidate for its share of
     /// clients, else the plugin; with its fixed edits.
     fn version(&self, client_ip: &str) -> Version<'_> {
+        let canary = self
+            .plugin
+            .candidate
+            .as_ref()
+            .is_some_and(|c| c.decides(client_ip));
+        self.pick(canary)
+    }
+
+    /// The canary candidate (when `canary` and the plugin has one) or the plugin.
+    fn pick(&self, canary: bool) -> Version<'_> {
         match &self.plugin.candidate {
-            Some(c) if c.decides(client_ip) => Version {
+            Some(c) if canary => Version {
                 plugin: &c.plugin,
                 fixed: &self.candidate_fixed,
                 canary: Some(c),
@@ -339,15 +349,8 @@ pub async fn on_response(
         let link = &plugins[ran[at].index];
         // The version that answered the request answers its response (a canary taken
         // out meanwhile too: the note is its own).
-        let (plugin, fixed, canary) = match (&link.plugin.candidate, ran[at].candidate) {
-            (Some(c), true) => (&c.plugin, &link.candidate_fixed, Some(c)),
-            _ => (&link.plugin, &link.fixed, None),
-        };
-        let version = Version {
-            plugin,
-            fixed,
-            canary,
-        };
+        let version = link.pick(ran[at].candidate);
+        let (plugin, fixed) = (version.plugin, version.fixed);
         if !plugin.has(Hook::Response) {
             continue;
         }

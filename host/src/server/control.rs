@@ -315,12 +315,12 @@ impl Control {
         self.global.info()
     }
 
-    /// The config file weir was started from, if any.
     /// The config of the generation serving now (runtime changes to servers aside).
     pub fn config(&self) -> Arc<Config> {
         Arc::clone(&self.config.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
+    /// The config file weir was started from, if any.
     pub fn source(&self) -> Option<&std::path::Path> {
         self.source.as_deref()
     }
