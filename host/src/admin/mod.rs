@@ -323,9 +323,9 @@ fn candidate(control: &Control, name: &str) -> Reply {
         );
     };
     let hook = |counts: &crate::plugin::Counts| {
-        let all = counts.all();
-        let compared: u64 = all.iter().map(|(_, n)| n).sum();
-        let outcomes: serde_json::Map<String, Value> = all
+        let (compared, disagreed) = counts.compared();
+        let outcomes: serde_json::Map<String, Value> = counts
+            .all()
             .iter()
             .map(|(kind, n)| ((*kind).to_owned(), json!(n)))
             .collect();
@@ -335,7 +335,7 @@ fn candidate(control: &Control, name: &str) -> Reply {
             "disagreement_share": if compared == 0 {
                 0.0
             } else {
-                (compared - all[0].1) as f64 / compared as f64
+                disagreed as f64 / compared as f64
             },
         })
     };

@@ -402,16 +402,9 @@ fn candidate_cell(c: &crate::plugin::Candidate) -> String {
     };
     match c.mode {
         crate::config::CandidateMode::Shadow => {
-            let (mut compared, mut agreed) = (0, 0);
-            for counts in [&c.stats.request, &c.stats.response] {
-                let all = counts.all();
-                compared += all.iter().map(|(_, n)| n).sum::<u64>();
-                agreed += all[0].1;
-            }
-            format!(
-                "shadow: {} of {compared} disagree{state}",
-                compared - agreed
-            )
+            let (request, response) = (c.stats.request.compared(), c.stats.response.compared());
+            let (compared, disagreed) = (request.0 + response.0, request.1 + response.1);
+            format!("shadow: {disagreed} of {compared} disagree{state}")
         }
         crate::config::CandidateMode::Canary { percent, .. } => {
             format!("canary {percent}%{state}")

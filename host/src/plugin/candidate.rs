@@ -103,6 +103,13 @@ impl Counts {
         ]
     }
 
+    /// Comparisons made, and how many of them disagreed.
+    pub fn compared(&self) -> (u64, u64) {
+        let all = self.all();
+        let compared = all.iter().map(|(_, n)| n).sum();
+        (compared, compared - all[0].1)
+    }
+
     fn counter(&self, kind: &str) -> &AtomicU64 {
         match kind {
             "status" => &self.status,
