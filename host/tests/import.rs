@@ -343,8 +343,14 @@ mod differential {
         }
     }
 
-    fn wait_for(addr: &str, what: &str, log: &Path) {
+    fn wait_for(child: &mut Child, addr: &str, what: &str, log: &Path) {
         for _ in 0..200 {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!(
+                    "{what} exited ({status}) before listening on {addr}: {}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+            }
             if TcpStream::connect(addr).is_ok() {
                 return;
             }
@@ -421,9 +427,9 @@ mod differential {
             .stderr(std::fs::File::create(&wlog).unwrap())
             .spawn()
             .unwrap();
-        let procs = vec![Proc(haproxy, PathBuf::new()), Proc(weir, procs_dir)];
-        wait_for(&h, "HAProxy", &hlog);
-        wait_for(&w, "weir", &wlog);
+        let mut procs = vec![Proc(haproxy, PathBuf::new()), Proc(weir, procs_dir)];
+        wait_for(&mut procs[0].0, &h, "HAProxy", &hlog);
+        wait_for(&mut procs[1].0, &w, "weir", &wlog);
         (h, w, procs)
     }
 
