@@ -153,12 +153,9 @@ pub(super) async fn serve(
     let peer = conn.peer;
     if let Some(acceptor) = &server.tls {
         let tracked = Tracked::new(stream, bytes::Bytes::from(early), activity);
-        let Some(tls) = handshake(acceptor, tracked, (limit, "timeout.http_request"), peer).await
-        else {
-            return;
-        };
-        let is_h2 = tls.get_ref().1.alpn_protocol() == Some(tls::ALPN_H2);
-        return run(tls, is_h2, &server, conn, shutdown).await;
+        // Boxed: a TLS connection's state (the handshake, then rustls's) is large, and a
+        // plain connection's task need not hold room for it.
+        return Box::pin(serve_tls(acceptor, tracked, &server, conn, shutdown)).await;
     }
     let (prefix, is_h2) = match tokio::time::timeout(limit, io::sniff_h2(&mut stream, early)).await
     {
@@ -175,6 +172,23 @@ pub(super) async fn serve(
     };
     let io = Tracked::new(stream, prefix, activity);
     run(io, is_h2, &server, conn, shutdown).await;
+}
+
+/// Serves a frontend with `tls`: the handshake (within timeout.http_request), then
+/// HTTP/2 or HTTP/1.x as ALPN chose.
+async fn serve_tls(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    io: Tracked<TcpStream>,
+    server: &Arc<FrontendServer>,
+    conn: ConnInfo,
+    shutdown: watch::Receiver<bool>,
+) {
+    let limit = (server.cfg.timeout_http_request, "timeout.http_request");
+    let Some(tls) = handshake(acceptor, io, limit, conn.peer).await else {
+        return;
+    };
+    let is_h2 = tls.get_ref().1.alpn_protocol() == Some(tls::ALPN_H2);
+    run(tls, is_h2, server, conn, shutdown).await;
 }
 
 /// The TLS handshake of a frontend with `tls`, within `limit` (and the name of its
@@ -301,7 +315,9 @@ pub(super) async fn run<I>(
         let flood = Arc::new(Notify::new());
         let io = TokioIo::new(io::FrameWatch::new(io, Arc::clone(&flood)));
         let connection = server.h2.serve_connection(io, service);
-        drive(
+        // Boxed, as is the HTTP/1 connection below: the connection's task then holds only
+        // the protocol it speaks, and nothing of it before the client's first bytes.
+        Box::pin(drive(
             connection,
             |c| c.graceful_shutdown(),
             &activity,
@@ -309,7 +325,7 @@ pub(super) async fn run<I>(
             shutdown,
             Signals::Flood(flood),
             peer,
-        )
+        ))
         .await;
     } else {
         let guard = framing::FramingGuard::new(
@@ -326,7 +342,7 @@ pub(super) async fn run<I>(
             .serve_connection(TokioIo::new(guard), service)
             .with_upgrades();
         activity.await_heads();
-        drive(
+        Box::pin(drive(
             connection,
             |c| c.graceful_shutdown(),
             &activity,
@@ -334,7 +350,7 @@ pub(super) async fn run<I>(
             shutdown,
             Signals::Refused(Arc::clone(&verdict), Arc::clone(server), Arc::clone(&conn)),
             peer,
-        )
+        ))
         .await;
         if let Some(rejection) = verdict.rejection()
             && let Some(fe) = current(&server.live).frontend(&server.cfg.name)
@@ -513,5 +529,22 @@ impl std::task::Wake for Others {
     fn wake_by_ref(self: &Arc<Self>) {
         self.woken.store(true, Ordering::Release);
         self.task.wake();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The size of the future an async fn of five arguments returns.
+    fn future_size<A, B, C, D, E, F>(_: impl Fn(A, B, C, D, E) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Every client connection's task is a `serve` future, from its accept to its end, so
+    /// its size is memory per connection (with TLS, HTTP/2 and HTTP/1 state inline it was
+    /// 10 KiB). What only some connections need is boxed when they need it.
+    #[test]
+    fn a_connection_task_holds_no_room_for_what_it_does_not_speak() {
+        let serve = future_size(super::serve);
+        assert!(serve < 2048, "serve's future takes {serve} bytes");
     }
 }

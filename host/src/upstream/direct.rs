@@ -47,7 +47,8 @@ const READ_SIZE: usize = 8192;
 /// An HTTP/1.1 connection to a server, idle between exchanges.
 pub struct Conn {
     io: TcpStream,
-    /// Read from the server and not yet used; empty while the connection is idle.
+    /// Read from the server and not yet used; empty, and holding no room, while the
+    /// connection is idle.
     buf: BytesMut,
     /// The request head being written (kept for its room).
     out: Vec<u8>,
@@ -147,12 +148,19 @@ fn ack_now(io: &TcpStream) {
     let _ = socket2::SockRef::from(io).set_tcp_quickack(true);
 }
 
-/// Reads what the socket has into `buf`, making room first. `Ok(0)`: the server closed.
+/// Reads what the socket has into `buf`. `Ok(0)`: the server closed. Room is made only
+/// once the socket is readable: a connection waiting for its server holds no buffer.
 fn fill(io: &mut TcpStream, buf: &mut BytesMut, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-    if buf.capacity() - buf.len() < READ_SIZE / 8 {
-        buf.reserve(READ_SIZE);
+    loop {
+        ready!(io.poll_read_ready(cx))?;
+        if buf.capacity() - buf.len() < READ_SIZE / 8 {
+            buf.reserve(READ_SIZE);
+        }
+        match io.try_read_buf(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            done => return Poll::Ready(done),
+        }
     }
-    tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
 }
 
 /// The request head as HTTP/1.1 writes it. Transfer-Encoding is left out: the request
@@ -376,7 +384,11 @@ impl Body {
         if !(done && self.state.keep_alive) {
             return None;
         }
-        self.conn.take().filter(|c| c.buf.is_empty())
+        let mut conn = self.conn.take().filter(|c| c.buf.is_empty())?;
+        // An idle connection holds no room for reading: the buffer's block is freed once
+        // the body's last bytes have been written to the client.
+        conn.buf = BytesMut::new();
+        Some(conn)
     }
 
     /// Closes the connection now (the body will not be read to its end).

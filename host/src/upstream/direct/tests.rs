@@ -414,3 +414,33 @@ async fn responses_are_read_as_hyper_reads_them() {
         "{answered} of {agreed} answered"
     );
 }
+
+/// A connection back from its body holds no read buffer, and takes the next exchange.
+#[tokio::test]
+async fn an_idle_connection_holds_no_buffer_and_serves_again() {
+    use http_body_util::BodyExt;
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut chunk = [0u8; 1024];
+        while let Ok(n) = stream.read(&mut chunk).await {
+            if n == 0 {
+                break;
+            }
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello")
+                .await;
+        }
+    });
+    let mut conn = Conn::new(TcpStream::connect(addr).await.unwrap());
+    let req = Request::get("/").header("host", "a").body(()).unwrap();
+    for _ in 0..2 {
+        let mut body = conn.exchange(&req).await.unwrap().into_body();
+        let data = (&mut body).collect().await.unwrap().to_bytes();
+        assert_eq!(&data[..], b"hello");
+        conn = body.take_idle().expect("the connection is idle again");
+        assert_eq!(conn.buf.capacity(), 0);
+    }
+}
