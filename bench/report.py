@@ -153,13 +153,19 @@ def main():
     section += [
         "Memory (RSS of the proxy's processes):",
         "",
-        "| target | idle KiB | with 1,000 keep-alive connections KiB |",
-        "|---|---|---|",
+        "| target | idle KiB | with 1,000 connections under load KiB | with 10,000 idle keep-alive connections KiB |",
+        "|---|---|---|---|",
     ]
     for target in TARGETS:
         m = memory.get(target)
         if m:
-            section.append(f"| {LABELS[target]} | {m['idle_kib']} | {m['with_1000_connections_kib']} |")
+            held = m.get("with_10000_idle_kib")
+            held = "–" if held is None else held
+            if m.get("hold_errors"):
+                held = f"{held} ({m['hold_errors']} not held)"
+            section.append(
+                f"| {LABELS[target]} | {m['idle_kib']} | {m['with_1000_connections_kib']} | {held} |"
+            )
     section.append("")
     if soak:
         samples = soak["rss_samples_kib"] or [soak["rss_start_kib"]]

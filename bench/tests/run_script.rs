@@ -77,7 +77,8 @@ fn the_report_takes_medians_and_ratios_to_haproxy() {
     std::fs::write(dir.join("runs.jsonl"), runs).unwrap();
     std::fs::write(
         dir.join("memory.json"),
-        r#"{"weir": {"idle_kib": 1000, "with_1000_connections_kib": 5000}}"#,
+        r#"{"weir": {"idle_kib": 1000, "with_1000_connections_kib": 5000, "with_10000_idle_kib": 9000, "hold_errors": 0},
+            "haproxy": {"idle_kib": 800, "with_1000_connections_kib": 4000, "with_10000_idle_kib": 6000, "hold_errors": 12}}"#,
     )
     .unwrap();
     std::fs::write(
@@ -122,7 +123,14 @@ fn the_report_takes_medians_and_ratios_to_haproxy() {
         md.contains("| Sozu | 75 | 0.75 | 1.000 | 4.000 | 2.00 | 12.5 | 1.25 | 0 |"),
         "{md}"
     );
-    assert!(md.contains("| weir, no plugins | 1000 | 5000 |"), "{md}");
+    assert!(
+        md.contains("| weir, no plugins | 1000 | 5000 | 9000 |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| HAProxy | 800 | 4000 | 6000 (12 not held) |"),
+        "{md}"
+    );
     // The soak's growth counts from its first sample under load.
     assert!(
         md.contains("RSS 900 KiB before the load, 1000 KiB at the first sample (10 s in), 1050 KiB at most (5.0% growth from the first sample"),

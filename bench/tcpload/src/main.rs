@@ -13,6 +13,12 @@
 //! tcpload rate ADDR RATE SECONDS CONNECTIONS   HTTP/1.1 keep-alive GETs of / at a fixed
 //!                                              RATE per second over CONNECTIONS; prints
 //!                                              {"requests": n, "seconds": s, "errors": e}
+//! tcpload hold ADDR CONNECTIONS SECONDS   opens CONNECTIONS keep-alive connections (at
+//!                                         most 100 connecting at once), one GET / on
+//!                                         each (5 s at most: then it counts as an
+//!                                         error), then holds them all idle; prints
+//!                                         {"held": n, "errors": e} once all are in and
+//!                                         answered, and exits SECONDS later
 //! ```
 //!
 //! `rate` holds the offered load the same whatever answers, where a closed-loop client
@@ -47,13 +53,14 @@ fn main() {
         "stream" => runtime.block_on(stream(addr(1), number(2))),
         "relay" => runtime.block_on(relay(addr(1), addr(2), arg(3) == "splice")),
         "rate" => runtime.block_on(rate(addr(1), number(2), number(3), number(4))),
+        "hold" => runtime.block_on(hold(addr(1), number(2), number(3))),
         _ => usage(),
     }
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: tcpload serve ECHO SOURCE | conns ADDR SECONDS CONCURRENCY | stream ADDR BYTES | relay LISTEN TARGET copy|splice | rate ADDR RATE SECONDS CONNECTIONS"
+        "usage: tcpload serve ECHO SOURCE | conns ADDR SECONDS CONCURRENCY | stream ADDR BYTES | relay LISTEN TARGET copy|splice | rate ADDR RATE SECONDS CONNECTIONS | hold ADDR CONNECTIONS SECONDS"
     );
     std::process::exit(2)
 }
@@ -263,7 +270,7 @@ async fn rate(addr: SocketAddr, rate: u64, seconds: u64, connections: u64) {
                     errors += 1;
                     continue;
                 };
-                match get(stream).await {
+                match get(stream, "bench").await {
                     Ok(true) => done += 1,
                     Ok(false) => {
                         errors += 1;
@@ -290,11 +297,46 @@ async fn rate(addr: SocketAddr, rate: u64, seconds: u64, connections: u64) {
     );
 }
 
-/// One `GET /` on a keep-alive connection; true for a 2xx answer read whole (by its
+async fn hold(addr: SocketAddr, connections: u64, seconds: u64) {
+    use std::io::Write;
+    let gate = Arc::new(tokio::sync::Semaphore::new(100));
+    let tasks: Vec<_> = (0..connections)
+        .map(|_| {
+            let gate = Arc::clone(&gate);
+            tokio::spawn(async move {
+                let _turn = gate.acquire_owned().await.expect("the gate stays open");
+                let opened = async {
+                    let mut stream = TcpStream::connect(addr).await.ok()?;
+                    get(&mut stream, &addr.to_string())
+                        .await
+                        .ok()?
+                        .then_some(stream)
+                };
+                tokio::time::timeout(Duration::from_secs(5), opened)
+                    .await
+                    .ok()
+                    .flatten()
+            })
+        })
+        .collect();
+    let mut held = Vec::with_capacity(tasks.len());
+    let mut errors = 0u64;
+    for t in tasks {
+        match t.await.expect("a connection's task") {
+            Some(stream) => held.push(stream),
+            None => errors += 1,
+        }
+    }
+    println!("{{\"held\": {}, \"errors\": {errors}}}", held.len());
+    let _ = std::io::stdout().flush();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+}
+
+/// One `GET /` with this Host on a keep-alive connection; true for a 2xx answer read whole (by its
 /// Content-Length).
-async fn get(stream: &mut TcpStream) -> std::io::Result<bool> {
+async fn get(stream: &mut TcpStream, host: &str) -> std::io::Result<bool> {
     stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
+        .write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
         .await?;
     let mut buf = Vec::with_capacity(512);
     let head_end = loop {
