@@ -1,7 +1,7 @@
 """Turns bench/run's measurements into bench/results.json and the "Side by side" section of
 BENCHMARKS.md (between its markers; the rest of the file is left as it is).
 
-Usage: report.py RUNS.jsonl MEMORY.json SOAK.json MACHINE VERSIONS COMMAND RESULTS.json BENCHMARKS.md
+Usage: report.py RUNS.jsonl MEMORY.json SOAK.json LATENCY.jsonl MACHINE VERSIONS COMMAND RESULTS.json BENCHMARKS.md
 """
 
 import json
@@ -80,7 +80,73 @@ def table(summary, connections):
     return lines
 
 
-def targets(many, one):
+def latency_summary(rounds):
+    """Per target: medians of the fixed-rate rounds, and its p99 over HAProxy's round by
+    round (median and range of those ratios)."""
+    hap = {r["round"]: r["result"]["p99_ms"] for r in rounds if r["target"] == "haproxy"}
+    rules = {r["round"]: r["result"]["p99_ms"] for r in rounds if r["target"] == "haproxy-rules"}
+    out = {}
+    for target in TARGETS:
+        mine = [r for r in rounds if r["target"] == target]
+        if not mine:
+            continue
+        # weir with plugins is held against HAProxy doing the same work.
+        base = rules if target == "weir-plugins" and rules else hap
+        ratios = sorted(
+            r["result"]["p99_ms"] / base[r["round"]]
+            for r in mine
+            if base.get(r["round"])
+        )
+        out[target] = {
+            "rounds": len(mine),
+            "rate": mine[0]["rate"],
+            "p50_ms": statistics.median(r["result"]["p50_ms"] for r in mine),
+            "p99_ms": statistics.median(r["result"]["p99_ms"] for r in mine),
+            "p999_ms": statistics.median(r["result"]["p999_ms"] for r in mine),
+            "p99_ratio": statistics.median(ratios) if ratios else None,
+            "p99_ratio_range": [ratios[0], ratios[-1]] if ratios else None,
+            "base": "haproxy-rules" if base is rules else "haproxy",
+            "late": sum(r["result"]["late"] for r in mine),
+            "errors": sum(r["result"]["errors"] for r in mine),
+        }
+    return out
+
+
+def latency_table(summary):
+    if not summary:
+        return ["Fixed-rate latency: not run this time (`LATENCY_ROUNDS=15 bench/run`)."]
+    any_target = next(iter(summary.values()))
+    lines = [
+        f"At a fixed rate on 1 connection ({any_target['rate']} requests/s, half HAProxy's "
+        f"throughput there; {any_target['rounds']} rounds; each request timed from its "
+        "scheduled moment, so a stall counts for every request it delays):",
+        "",
+        "| target | p50 ms | p99 ms | p99.9 ms | p99 ×HAProxy, median of rounds | range of rounds | late | errors |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for target in TARGETS:
+        s = summary.get(target)
+        if s is None:
+            continue
+        span = s["p99_ratio_range"]
+        against = " (×HAProxy, same 3 rules)" if s["base"] == "haproxy-rules" else ""
+        lines.append(
+            "| {} | {} | {} | {} | {}{} | {} | {} | {} |".format(
+                LABELS[target],
+                fmt(s["p50_ms"], 3),
+                fmt(s["p99_ms"], 3),
+                fmt(s["p999_ms"], 3),
+                fmt(s["p99_ratio"]),
+                against,
+                "–" if span is None else f"{span[0]:.2f}–{span[1]:.2f}",
+                s["late"],
+                s["errors"],
+            )
+        )
+    return lines
+
+
+def targets(many, one, latency=None):
     def check(name, value, limit, better):
         if value is None:
             return f"- {name}: not measured"
@@ -102,15 +168,22 @@ def targets(many, one):
         + fmt(ratio(plug.get("cpu_us_per_request"), hap.get("cpu_us_per_request"))) + "×",
         check("weir, no plugins: p99 at 1 connection against HAProxy",
               ratio(weir1.get("p99_ms"), hap1.get("p99_ms")), 1.0, "lower"),
+        check("weir, no plugins: p99 at a fixed rate against HAProxy (median of rounds)",
+              (latency or {}).get("weir", {}).get("p99_ratio"), 1.0, "lower"),
+        check("weir, 3 plugins: p99 at a fixed rate against HAProxy with the same 3 rules "
+              "(median of rounds)",
+              (latency or {}).get("weir-plugins", {}).get("p99_ratio"), 1.0, "lower"),
     ]
 
 
 def main():
-    (runs_path, memory_path, soak_path, machine, versions, command,
-     results_path, benchmarks_path) = sys.argv[1:9]
+    (runs_path, memory_path, soak_path, latency_path, machine, versions, command,
+     results_path, benchmarks_path) = sys.argv[1:10]
     runs = [json.loads(line) for line in open(runs_path) if line.strip()]
     memory = json.load(open(memory_path))
     soak = json.load(open(soak_path))
+    latency_rounds = [json.loads(line) for line in open(latency_path) if line.strip()]
+    latency = latency_summary(latency_rounds)
     connections = max(r["connections"] for r in runs)
     many, one = summarize(runs, connections), summarize(runs, 1)
     results = {
@@ -119,9 +192,11 @@ def main():
         "versions": versions,
         "command": command,
         "summary": {str(connections): many, "1": one},
+        "fixed_rate_latency": latency,
         "memory_kib": memory,
         "soak": soak,
         "runs": runs,
+        "latency_rounds": latency_rounds,
     }
     with open(results_path, "w") as f:
         json.dump(results, f, indent=2)
@@ -149,7 +224,8 @@ def main():
         "",
     ]
     section += table(many, connections) + [""] + table(one, 1) + [""]
-    section += ["Targets:", ""] + targets(many, one) + [""]
+    section += latency_table(latency) + [""]
+    section += ["Targets:", ""] + targets(many, one, latency) + [""]
     section += [
         "Memory (RSS of the proxy's processes):",
         "",
@@ -189,7 +265,8 @@ def main():
     with open(benchmarks_path, "w") as f:
         f.write(text)
 
-    print("\n".join(table(many, connections) + [""] + table(one, 1) + [""] + targets(many, one)))
+    print("\n".join(table(many, connections) + [""] + table(one, 1) + [""]
+                    + latency_table(latency) + [""] + targets(many, one, latency)))
 
 
 if __name__ == "__main__":

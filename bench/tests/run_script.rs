@@ -86,6 +86,27 @@ fn the_report_takes_medians_and_ratios_to_haproxy() {
         r#"{"seconds": 600, "rss_start_kib": 900, "rss_samples_kib": [1000, 1050, 1020]}"#,
     )
     .unwrap();
+    // Fixed-rate rounds: weir's p99 over HAProxy's is 0.5, 2.0 and 0.8 round by round
+    // (median 0.8); with plugins, against HAProxy with the rules, 1.0 each round.
+    let mut latency = String::new();
+    for (round, hap, rules, weir, plugins) in [
+        (1, 1.0, 2.0, 0.5, 2.0),
+        (2, 1.0, 1.0, 2.0, 1.0),
+        (3, 2.0, 3.0, 1.6, 3.0),
+    ] {
+        for (target, p99) in [
+            ("haproxy", hap),
+            ("haproxy-rules", rules),
+            ("weir", weir),
+            ("weir-plugins", plugins),
+        ] {
+            latency.push_str(&format!(
+                r#"{{"target": "{target}", "round": {round}, "rate": 5000, "seconds": 10, "result": {{"requests": 50000, "errors": 0, "seconds": 10, "p50_ms": 0.1, "p90_ms": 0.2, "p99_ms": {p99}, "p999_ms": 3.0, "max_ms": 4.0, "late": 1}}}}"#
+            ));
+            latency.push('\n');
+        }
+    }
+    std::fs::write(dir.join("latency.jsonl"), latency).unwrap();
     std::fs::write(dir.join("BENCHMARKS.md"), "# Benchmarks\n\nby hand\n").unwrap();
     let status = Command::new("python3")
         .arg(bench_dir().join("report.py"))
@@ -93,6 +114,7 @@ fn the_report_takes_medians_and_ratios_to_haproxy() {
             dir.join("runs.jsonl"),
             dir.join("memory.json"),
             dir.join("soak.json"),
+            dir.join("latency.jsonl"),
         ])
         .args(["2 cores", "versions", "bench/run"])
         .args([dir.join("results.json"), dir.join("BENCHMARKS.md")])
@@ -129,6 +151,20 @@ fn the_report_takes_medians_and_ratios_to_haproxy() {
     );
     assert!(
         md.contains("| HAProxy | 800 | 4000 | 6000 (12 not held) |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| weir, no plugins | 0.100 | 1.600 | 3.000 | 0.80 | 0.50–2.00 | 3 | 0 |"),
+        "{md}"
+    );
+    assert!(
+        md.contains(
+            "p99 at a fixed rate against HAProxy (median of rounds): 0.80× (at most 1.00×) — met"
+        ),
+        "{md}"
+    );
+    assert!(
+        md.contains("| weir, 3 stock plugins | 0.100 | 2.000 | 3.000 | 1.00 (×HAProxy, same 3 rules) | 1.00–1.00 | 3 | 0 |"),
         "{md}"
     );
     // The soak's growth counts from its first sample under load.

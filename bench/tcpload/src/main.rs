@@ -13,6 +13,12 @@
 //! tcpload rate ADDR RATE SECONDS CONNECTIONS   HTTP/1.1 keep-alive GETs of / at a fixed
 //!                                              RATE per second over CONNECTIONS; prints
 //!                                              {"requests": n, "seconds": s, "errors": e}
+//! tcpload latency ADDR RATE SECONDS CONNECTIONS   the same load as `rate`, paced
+//!                                                 precisely (a thread per connection)
+//!                                                 and timed from each request's
+//!                                                 scheduled moment; prints {"requests",
+//!                                                 "errors", "seconds", "p50_ms", "p90_ms",
+//!                                                 "p99_ms", "p999_ms", "max_ms", "late"}
 //! tcpload hold ADDR CONNECTIONS SECONDS   opens CONNECTIONS keep-alive connections (at
 //!                                         most 100 connecting at once), one GET / on
 //!                                         each (5 s at most: then it counts as an
@@ -20,6 +26,12 @@
 //!                                         {"held": n, "errors": e} once all are in and
 //!                                         answered, and exits SECONDS later
 //! ```
+//!
+//! `latency` does not hide a stall (coordinated omission): a request that could not be
+//! sent on time because the one before it was still waiting is timed from when it should
+//! have been sent, as a user arriving then would have waited. Each connection is a thread
+//! sleeping to its next moment with a timer slack of 1 µs; `late` counts requests sent
+//! more than 1 ms after their moment.
 //!
 //! `rate` holds the offered load the same whatever answers, where a closed-loop client
 //! such as wrk sends as fast as the proxy answers: two proxies then see the same arrivals,
@@ -54,13 +66,14 @@ fn main() {
         "relay" => runtime.block_on(relay(addr(1), addr(2), arg(3) == "splice")),
         "rate" => runtime.block_on(rate(addr(1), number(2), number(3), number(4))),
         "hold" => runtime.block_on(hold(addr(1), number(2), number(3))),
+        "latency" => latency(addr(1), number(2), number(3), number(4)),
         _ => usage(),
     }
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: tcpload serve ECHO SOURCE | conns ADDR SECONDS CONCURRENCY | stream ADDR BYTES | relay LISTEN TARGET copy|splice | rate ADDR RATE SECONDS CONNECTIONS | hold ADDR CONNECTIONS SECONDS"
+        "usage: tcpload serve ECHO SOURCE | conns ADDR SECONDS CONCURRENCY | stream ADDR BYTES | relay LISTEN TARGET copy|splice | rate ADDR RATE SECONDS CONNECTIONS | latency ADDR RATE SECONDS CONNECTIONS | hold ADDR CONNECTIONS SECONDS"
     );
     std::process::exit(2)
 }
@@ -297,6 +310,110 @@ async fn rate(addr: SocketAddr, rate: u64, seconds: u64, connections: u64) {
     );
 }
 
+fn latency(addr: SocketAddr, rate: u64, seconds: u64, connections: u64) {
+    if rate == 0 || connections == 0 {
+        usage();
+    }
+    let start = Instant::now() + Duration::from_millis(200);
+    let end = start + Duration::from_secs(seconds);
+    let every = Duration::from_secs_f64(connections as f64 / rate as f64);
+    let threads: Vec<_> = (0..connections)
+        .map(|k| {
+            let first = start + Duration::from_secs_f64(k as f64 / rate as f64);
+            std::thread::spawn(move || paced(addr, first, every, end))
+        })
+        .collect();
+    let (mut micros, mut errors, mut late) = (Vec::new(), 0u64, 0u64);
+    for t in threads {
+        let got = t.join().expect("a connection's thread");
+        micros.extend(got.micros);
+        errors += got.errors;
+        late += got.late;
+    }
+    micros.sort_unstable();
+    let at = |q: f64| -> f64 {
+        if micros.is_empty() {
+            return 0.0;
+        }
+        let i = ((micros.len() as f64 * q).ceil() as usize).clamp(1, micros.len()) - 1;
+        micros[i] as f64 / 1000.0
+    };
+    println!(
+        "{{\"requests\": {}, \"errors\": {errors}, \"seconds\": {seconds}, \"p50_ms\": {:.3}, \"p90_ms\": {:.3}, \"p99_ms\": {:.3}, \"p999_ms\": {:.3}, \"max_ms\": {:.3}, \"late\": {late}}}",
+        micros.len(),
+        at(0.50),
+        at(0.90),
+        at(0.99),
+        at(0.999),
+        at(1.0),
+    );
+}
+
+/// What one paced connection saw.
+struct Paced {
+    /// Each answered request's time from its scheduled moment to its last byte, in µs.
+    micros: Vec<u64>,
+    errors: u64,
+    /// Requests sent more than 1 ms after their moment.
+    late: u64,
+}
+
+/// One connection's requests at `first`, `first + every`, ... until `end`.
+fn paced(addr: SocketAddr, first: Instant, every: Duration, end: Instant) -> Paced {
+    // SAFETY: prctl with PR_SET_TIMERSLACK takes a value and touches no memory.
+    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000u64) };
+    let mut seen = Paced {
+        micros: Vec::new(),
+        errors: 0,
+        late: 0,
+    };
+    let mut conn: Option<std::net::TcpStream> = None;
+    let mut moment = first;
+    while moment < end {
+        let now = Instant::now();
+        if now < moment {
+            std::thread::sleep(moment - now);
+        } else if now - moment > Duration::from_millis(1) {
+            seen.late += 1;
+        }
+        if conn.is_none() {
+            conn = std::net::TcpStream::connect(addr).ok();
+            if let Some(c) = &conn {
+                let _ = c.set_nodelay(true);
+            }
+        }
+        let answered = conn
+            .as_mut()
+            .is_some_and(|c| get_blocking(c, &addr.to_string()).unwrap_or(false));
+        if answered {
+            seen.micros.push(moment.elapsed().as_micros() as u64);
+        } else {
+            seen.errors += 1;
+            conn = None;
+        }
+        moment += every;
+    }
+    seen
+}
+
+/// [`get`] on a blocking socket.
+fn get_blocking(stream: &mut std::net::TcpStream, host: &str) -> std::io::Result<bool> {
+    use std::io::{Read, Write};
+    stream.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())?;
+    let mut buf = Vec::with_capacity(512);
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(answer) = answer(&buf) {
+            return Ok(answer);
+        }
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(false);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
 async fn hold(addr: SocketAddr, connections: u64, seconds: u64) {
     use std::io::Write;
     let gate = Arc::new(tokio::sync::Semaphore::new(100));
@@ -339,27 +456,30 @@ async fn get(stream: &mut TcpStream, host: &str) -> std::io::Result<bool> {
         .write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
         .await?;
     let mut buf = Vec::with_capacity(512);
-    let head_end = loop {
-        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break at + 4;
+    loop {
+        if let Some(answer) = answer(&buf) {
+            return Ok(answer);
         }
-        if stream.read_buf(&mut buf).await? == 0 || buf.len() > 64 * 1024 {
+        if stream.read_buf(&mut buf).await? == 0 {
             return Ok(false);
         }
+    }
+}
+
+/// Whether `buf` holds a whole response (by its Content-Length): None while more must
+/// come; then true for a 2xx, false for anything else (or a head past 64 KiB, or without
+/// a Content-Length).
+fn answer(buf: &[u8]) -> Option<bool> {
+    let Some(head_end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return (buf.len() > 64 * 1024).then_some(false);
     };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-    let ok = head.starts_with("http/1.1 2");
+    let head = String::from_utf8_lossy(&buf[..head_end + 4]).to_ascii_lowercase();
     let Some(length) = head
         .lines()
         .find_map(|l| l.strip_prefix("content-length:"))
         .and_then(|v| v.trim().parse::<usize>().ok())
     else {
-        return Ok(false);
+        return Some(false);
     };
-    while buf.len() < head_end + length {
-        if stream.read_buf(&mut buf).await? == 0 {
-            return Ok(false);
-        }
-    }
-    Ok(ok)
+    (buf.len() >= head_end + 4 + length).then(|| head.starts_with("http/1.1 2"))
 }
