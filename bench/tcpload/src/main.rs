@@ -367,6 +367,7 @@ fn paced(addr: SocketAddr, first: Instant, every: Duration, end: Instant) -> Pac
         errors: 0,
         late: 0,
     };
+    let host = addr.to_string();
     let mut conn: Option<std::net::TcpStream> = None;
     let mut moment = first;
     while moment < end {
@@ -384,7 +385,7 @@ fn paced(addr: SocketAddr, first: Instant, every: Duration, end: Instant) -> Pac
         }
         let answered = conn
             .as_mut()
-            .is_some_and(|c| get_blocking(c, &addr.to_string()).unwrap_or(false));
+            .is_some_and(|c| get_blocking(c, &host).unwrap_or(false));
         if answered {
             seen.micros.push(moment.elapsed().as_micros() as u64);
         } else {
@@ -449,8 +450,8 @@ async fn hold(addr: SocketAddr, connections: u64, seconds: u64) {
     tokio::time::sleep(Duration::from_secs(seconds)).await;
 }
 
-/// One `GET /` with this Host on a keep-alive connection; true for a 2xx answer read whole (by its
-/// Content-Length).
+/// One `GET /` with this Host on a keep-alive connection; true for a 2xx answer read
+/// whole (by its Content-Length).
 async fn get(stream: &mut TcpStream, host: &str) -> std::io::Result<bool> {
     stream
         .write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())

@@ -513,6 +513,9 @@ where
 
     fn force_io_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         debug_assert!(!self.state.is_read_closed());
+        // weir: no message is being read here (a client's idle check, or a server's check
+        // for the client's close while it answers): nothing buffered holds no room.
+        self.io.release_empty_read_buf();
 
         let result = ready!(self.io.poll_read_from_io(cx));
         Poll::Ready(result.map_err(|e| {

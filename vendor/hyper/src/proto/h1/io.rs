@@ -35,6 +35,9 @@ pub(crate) struct Buffered<T, B> {
     partial_len: Option<usize>,
     read_blocked: bool,
     read_buf: BytesMut,
+    /// weir: nothing is buffered and no room held while the connection waits for the
+    /// head of its next message: the next read goes onto the stack first.
+    read_buf_released: bool,
     read_buf_strategy: ReadStrategy,
     write_buf: WriteBuf<B>,
 }
@@ -69,6 +72,7 @@ where
             partial_len: None,
             read_blocked: false,
             read_buf: BytesMut::with_capacity(0),
+            read_buf_released: true,
             read_buf_strategy: ReadStrategy::default(),
             write_buf,
         }
@@ -228,18 +232,21 @@ where
         }
     }
 
-    /// weir: gives the read buffer's room back when nothing is buffered, so that a
-    /// connection waiting for its next message holds none; the next read makes room for
-    /// what comes ([`Self::poll_read_from_io`]).
+    /// weir: called where no message is being read (waiting for a message head, or
+    /// checking an idle or answering connection for a close). With nothing buffered,
+    /// gives the read buffer's room back, so that a connection waiting for its next
+    /// message holds none; the next read makes room for what comes
+    /// ([`Self::poll_read_from_io_unbuffered`]). Body reads keep hyper's buffer.
     pub(crate) fn release_empty_read_buf(&mut self) {
-        if self.read_buf.is_empty() && self.read_buf.capacity() > 0 {
+        if self.read_buf.is_empty() {
             self.read_buf = BytesMut::new();
+            self.read_buf_released = true;
         }
     }
 
     pub(crate) fn poll_read_from_io(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         self.read_blocked = false;
-        if self.read_buf.capacity() == 0 {
+        if self.read_buf_released {
             return self.poll_read_from_io_unbuffered(cx);
         }
         // Get the next amount to allocate, but make sure we don't go over
@@ -292,6 +299,7 @@ where
                 trace!("received {} bytes", n);
                 if n > 0 {
                     self.read_buf = BytesMut::from(filled);
+                    self.read_buf_released = false;
                 }
                 self.read_buf_strategy.record(n);
                 Poll::Ready(Ok(n))
