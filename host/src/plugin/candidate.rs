@@ -365,21 +365,23 @@ impl Candidate {
             }
             false => (None, None),
         };
-        super::shadow_thread::push(cpu_counted(Arc::clone(&stats), async move {
-            let got = plugin.on_request(&owned.view(), &headers, id).await;
-            let outcome = got.map(|mut d| {
-                if let Some(note) = note {
-                    let _ = note.send(match &mut d {
-                        RequestDecision::Proceed(p) => p.note.take(),
-                        _ => None,
-                    });
-                }
-                Outcome::of_request(&d)
-            });
-            let at = (owned.method.as_str(), owned.path.as_str());
-            stats.record(Hook::Request, at, &current, &outcome, values);
-            in_flight.fetch_sub(1, Ordering::Relaxed);
-        }));
+        super::shadow_thread::push(move || {
+            cpu_counted(Arc::clone(&stats), async move {
+                let got = plugin.on_request(&owned.view(), &headers, id).await;
+                let outcome = got.map(|mut d| {
+                    if let Some(note) = note {
+                        let _ = note.send(match &mut d {
+                            RequestDecision::Proceed(p) => p.note.take(),
+                            _ => None,
+                        });
+                    }
+                    Outcome::of_request(&d)
+                });
+                let at = (owned.method.as_str(), owned.path.as_str());
+                stats.record(Hook::Request, at, &current, &outcome, values);
+                in_flight.fetch_sub(1, Ordering::Relaxed);
+            })
+        });
         noted
     }
 
@@ -404,19 +406,21 @@ impl Candidate {
         let stats = Arc::clone(&self.stats);
         let in_flight = Arc::clone(&self.in_flight);
         let values = self.sample_values;
-        super::shadow_thread::push(cpu_counted(Arc::clone(&stats), async move {
-            // No note: the candidate's on-request failed (and was counted), so its
-            // on-response is not compared.
-            if let Ok(note) = noted.await {
-                let got = plugin
-                    .on_response(&owned.view(), status, &headers, id, note.as_deref())
-                    .await
-                    .map(|d| Outcome::of_response(&d));
-                let at = (owned.method.as_str(), owned.path.as_str());
-                stats.record(Hook::Response, at, &current, &got, values);
-            }
-            in_flight.fetch_sub(1, Ordering::Relaxed);
-        }));
+        super::shadow_thread::push(move || {
+            cpu_counted(Arc::clone(&stats), async move {
+                // No note: the candidate's on-request failed (and was counted), so its
+                // on-response is not compared.
+                if let Ok(note) = noted.await {
+                    let got = plugin
+                        .on_response(&owned.view(), status, &headers, id, note.as_deref())
+                        .await
+                        .map(|d| Outcome::of_response(&d));
+                    let at = (owned.method.as_str(), owned.path.as_str());
+                    stats.record(Hook::Response, at, &current, &got, values);
+                }
+                in_flight.fetch_sub(1, Ordering::Relaxed);
+            })
+        });
     }
 }
 

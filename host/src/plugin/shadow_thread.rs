@@ -2,19 +2,22 @@
 //! what the candidate reads and a push onto a queue, never its calls.
 //!
 //! One thread for the process, started at the first shadowed request, with a runtime of
-//! its own. Requests push their shadow jobs onto a queue under a mutex; the thread takes
-//! the whole queue at once and runs the jobs as tasks. While jobs keep coming it looks
-//! again every [`BATCH`] and nobody wakes it; when it finds the queue empty it sleeps
-//! until the next push wakes it (the only push that makes a system call). Its CPU time
-//! is the shadow's alone: the requests' threads never poll a shadow call.
+//! its own. Requests push their shadow jobs onto a queue under a mutex: a closure holding
+//! the job's inputs, which makes the job's future on the shadow thread (so the future,
+//! larger than its inputs, is neither allocated nor copied on the request's path). The
+//! thread takes the whole queue at once and runs the jobs as tasks. While jobs keep
+//! coming it looks again every [`BATCH`] and nobody wakes it; when it finds the queue
+//! empty it sleeps until the next push wakes it (the only push that makes a system
+//! call). Its CPU time is the shadow's alone: the requests' threads never poll a shadow
+//! call.
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-type Job = Pin<Box<dyn Future<Output = ()> + Send>>;
+/// A job: spawns its task on the shadow thread's runtime.
+type Job = Box<dyn FnOnce() + Send>;
 
 /// How long the thread lets jobs gather while they keep coming.
 const BATCH: Duration = Duration::from_millis(1);
@@ -49,14 +52,20 @@ fn queue() -> &'static Queue {
     })
 }
 
-/// Runs `job` on the shadow thread.
-pub fn push(job: impl Future<Output = ()> + Send + 'static) {
+/// Runs the future `job` makes on the shadow thread (`job` is called there).
+pub fn push<F>(job: impl FnOnce() -> F + Send + 'static)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
     let queue = queue();
+    let job: Job = Box::new(move || {
+        tokio::spawn(job());
+    });
     queue
         .jobs
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .push(Box::pin(job));
+        .push(job);
     if queue.asleep.swap(false, Ordering::SeqCst) {
         queue.wake.notify_one();
     }
@@ -97,7 +106,7 @@ fn run(queue: &'static Queue) {
                 continue;
             }
             for job in batch.drain(..) {
-                tokio::spawn(job);
+                job();
             }
             tokio::time::sleep(BATCH).await;
         }
@@ -116,9 +125,13 @@ mod tests {
         for round in 0..3 {
             for _ in 0..50 {
                 let ran = Arc::clone(&ran);
-                push(async move {
+                push(move || {
+                    // The future is made on the shadow thread, too.
                     assert_eq!(std::thread::current().name(), Some(NAME));
-                    ran.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        assert_eq!(std::thread::current().name(), Some(NAME));
+                        ran.fetch_add(1, Ordering::SeqCst);
+                    }
                 });
             }
             let want = 50 * (round + 1);
