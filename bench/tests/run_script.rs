@@ -52,7 +52,15 @@ fn the_store_script_parses_and_explains_itself() {
 fn the_profile_script_parses_and_explains_itself() {
     parses_and_explains_itself(
         "profile",
-        &["PLUGINS", "perf", "WEIR_B", "COUNT", "CACHE", "callgrind"],
+        &[
+            "PLUGINS",
+            "perf",
+            "WEIR_B",
+            "COUNT",
+            "CACHE",
+            "SHADOW",
+            "callgrind",
+        ],
     );
 }
 

@@ -13,6 +13,10 @@
 //! The timer only counts while its thread runs; a thread busy with requests takes one
 //! signal per `INTERVAL` (a few microseconds: well under 1 % of its time) and an idle
 //! one takes none. Threads that never run a plugin call have no timer.
+//!
+//! `WEIR_PLUGIN_CPU_TIMER=0` in the environment leaves the timers out (the epoch thread
+//! alone keeps deadlines): valgrind's callgrind, which `bench/profile COUNT=1` uses,
+//! fails an assertion when these signals reach two threads.
 
 #![allow(unsafe_code)]
 
@@ -122,9 +126,23 @@ mod imp {
     }
 
     pub fn ensure_timer() {
+        if !wanted() {
+            return;
+        }
         TIMER.with(|t| {
             t.get_or_init(create);
         });
+    }
+
+    /// Whether the environment leaves the timers in (read once).
+    fn wanted() -> bool {
+        static WANTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *WANTED.get_or_init(|| wanted_by(std::env::var_os("WEIR_PLUGIN_CPU_TIMER")))
+    }
+
+    /// Timers unless the variable says `0`.
+    pub(super) fn wanted_by(var: Option<std::ffi::OsString>) -> bool {
+        var.is_none_or(|v| v != "0")
     }
 
     /// A periodic timer on the calling thread's CPU clock that signals the calling
@@ -170,4 +188,15 @@ mod imp {
 mod imp {
     /// Elsewhere, the epoch thread alone keeps deadlines.
     pub fn ensure_timer() {}
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    #[test]
+    fn only_a_zero_leaves_the_timers_out() {
+        assert!(super::imp::wanted_by(None));
+        assert!(super::imp::wanted_by(Some("1".into())));
+        assert!(super::imp::wanted_by(Some("".into())));
+        assert!(!super::imp::wanted_by(Some("0".into())));
+    }
 }
