@@ -396,7 +396,8 @@ async fn weights_change_at_run_time() {
     ));
 }
 
-/// The process's log, captured once for every test of this file.
+/// The process's log, captured once for every test of this binary (other tests' proxies
+/// log there too: this file's servers have names of their own).
 fn captured_log() -> weir_tests::LogLines {
     static LOG: std::sync::OnceLock<weir_tests::LogLines> = std::sync::OnceLock::new();
     LOG.get_or_init(|| {
@@ -416,9 +417,9 @@ fn captured_log() -> weir_tests::LogLines {
 async fn every_transition_is_logged_with_its_reason() {
     let log = captured_log();
     let servers = [
-        MockServer::start("web1").await,
-        MockServer::start("web2").await,
-        MockServer::start("web3").await,
+        MockServer::start("logged1").await,
+        MockServer::start("logged2").await,
+        MockServer::start("logged3").await,
     ];
     let list: Vec<(&str, SocketAddr, &str)> = servers
         .iter()
@@ -438,18 +439,18 @@ async fn every_transition_is_logged_with_its_reason() {
     let lines = log.lines();
     let down = lines
         .iter()
-        .find(|l| l.contains("server app/web2 is DOWN"))
+        .find(|l| l.contains("server app/logged2 is DOWN"))
         .expect("a DOWN line");
     assert!(
         down.contains(
-            "server app/web2 is DOWN, reason: Layer7 wrong status, code: 503, check duration: "
+            "server app/logged2 is DOWN, reason: Layer7 wrong status, code: 503, check duration: "
         ),
         "{down}"
     );
     assert!(down.ends_with("ms, 2 active servers left"), "{down}");
     let up = lines
         .iter()
-        .find(|l| l.contains("server app/web2 is UP"))
+        .find(|l| l.contains("server app/logged2 is UP"))
         .expect("an UP line");
     assert!(
         up.contains("reason: Layer7 check passed, code: 200"),
