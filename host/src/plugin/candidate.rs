@@ -342,9 +342,11 @@ impl Candidate {
         }
         let current = Outcome::of_request(current);
         let owned = OwnedRequest::of(request, self.plugin.request_fields);
-        // Only the headers the candidate reads: copying them is on the request's path.
+        // Only the headers the candidate reads: copying them is on the request's path
+        // (none at all for a candidate that reads none).
         let headers = match &self.plugin.request_headers {
-            Some(read) => {
+            Some(read) if read.is_empty() => None,
+            Some(read) => Some({
                 let mut only = HeaderMap::with_capacity(read.len());
                 for name in read {
                     for value in headers.get_all(name) {
@@ -352,8 +354,8 @@ impl Candidate {
                     }
                 }
                 only
-            }
-            None => headers.clone(),
+            }),
+            None => Some(headers.clone()),
         };
         let plugin = Arc::clone(&self.plugin);
         let stats = Arc::clone(&self.stats);
@@ -369,6 +371,7 @@ impl Candidate {
         };
         super::shadow_thread::push(move || {
             cpu_counted(Arc::clone(&stats), async move {
+                let headers = headers.unwrap_or_default();
                 let got = plugin.on_request(&owned.view(), &headers, id).await;
                 let outcome = got.map(|mut d| {
                     if let Some(note) = note {
@@ -379,8 +382,7 @@ impl Candidate {
                     }
                     Outcome::of_request(&d)
                 });
-                let at = (owned.method.as_str(), owned.path.as_str());
-                stats.record(Hook::Request, at, &current, &outcome, values);
+                stats.record(Hook::Request, owned.at(), &current, &outcome, values);
                 in_flight.fetch_sub(1, Ordering::Relaxed);
             })
         });
@@ -417,8 +419,7 @@ impl Candidate {
                         .on_response(&owned.view(), status, &headers, id, note.as_deref())
                         .await
                         .map(|d| Outcome::of_response(&d));
-                    let at = (owned.method.as_str(), owned.path.as_str());
-                    stats.record(Hook::Response, at, &current, &got, values);
+                    stats.record(Hook::Response, owned.at(), &current, &got, values);
                 }
                 in_flight.fetch_sub(1, Ordering::Relaxed);
             })

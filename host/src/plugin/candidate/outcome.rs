@@ -4,92 +4,122 @@
 use super::super::validate::Edit;
 use super::super::{RequestDecision, RequestInfo, ResponseDecision, ResponseInfo};
 
-/// A request's fields, owned, for the candidate's task.
-pub(super) struct OwnedRequest {
-    pub(super) method: String,
-    pub(super) path: String,
-    query: Option<String>,
-    host: Option<String>,
-    client_ip: String,
-    frontend: String,
-    scheme: String,
-    backend: String,
+/// Strings copied one after another into a single allocation: what the request's path
+/// pays for a shadow call's inputs is one allocation, however many fields it copies.
+struct Packed<const N: usize> {
+    text: String,
+    /// Where each string ends in `text`.
+    ends: [u32; N],
+    /// Bit `i` set: string `i` is there (an absent one reads as None).
+    present: u32,
 }
+
+impl<const N: usize> Packed<N> {
+    fn new(strings: [Option<&str>; N]) -> Self {
+        let mut text = String::with_capacity(strings.iter().flatten().map(|s| s.len()).sum());
+        let mut ends = [0; N];
+        let mut present = 0;
+        for (i, s) in strings.iter().enumerate() {
+            if let Some(s) = s {
+                text.push_str(s);
+                present |= 1 << i;
+            }
+            ends[i] = text.len() as u32;
+        }
+        Packed {
+            text,
+            ends,
+            present,
+        }
+    }
+
+    fn get(&self, i: usize) -> Option<&str> {
+        if self.present & (1 << i) == 0 {
+            return None;
+        }
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        Some(&self.text[start as usize..self.ends[i] as usize])
+    }
+
+    fn str(&self, i: usize) -> &str {
+        self.get(i).unwrap_or("")
+    }
+}
+
+/// A request's fields, owned, for the candidate's task: method, path, query, host, client
+/// address, frontend, scheme and backend, in that order.
+pub(super) struct OwnedRequest(Packed<8>);
 
 impl OwnedRequest {
     /// The fields of `r` in `read` (the ones the candidate declared), and its method and
     /// path (for the sample); the others stay empty, as the candidate would see them.
     pub(super) fn of(r: &RequestInfo<'_>, read: super::super::types::RequestFields) -> Self {
         use super::super::types::RequestFields as F;
-        let field = |flag: F, value: &str| {
-            if read.contains(flag) {
-                value.to_owned()
-            } else {
-                String::new()
-            }
-        };
-        OwnedRequest {
-            method: r.method.to_owned(),
-            path: r.path.to_owned(),
-            query: r
-                .query
-                .filter(|_| read.contains(F::QUERY))
-                .map(str::to_owned),
-            host: r.host.filter(|_| read.contains(F::HOST)).map(str::to_owned),
-            client_ip: field(F::CLIENT_IP, r.client_ip),
-            frontend: field(F::FRONTEND, r.frontend),
-            scheme: field(F::SCHEME, r.scheme),
-            backend: field(F::BACKEND, r.backend),
-        }
+        let read_as = |flag: F| read.contains(flag);
+        OwnedRequest(Packed::new([
+            Some(r.method),
+            Some(r.path),
+            r.query.filter(|_| read_as(F::QUERY)),
+            r.host.filter(|_| read_as(F::HOST)),
+            read_as(F::CLIENT_IP).then_some(r.client_ip),
+            read_as(F::FRONTEND).then_some(r.frontend),
+            read_as(F::SCHEME).then_some(r.scheme),
+            read_as(F::BACKEND).then_some(r.backend),
+        ]))
+    }
+
+    /// Method and path, for the sample of disagreements.
+    pub(super) fn at(&self) -> (&str, &str) {
+        (self.0.str(0), self.0.str(1))
     }
 
     pub(super) fn view(&self) -> RequestInfo<'_> {
+        let p = &self.0;
         RequestInfo {
-            method: &self.method,
-            path: &self.path,
-            query: self.query.as_deref(),
-            host: self.host.as_deref(),
-            client_ip: &self.client_ip,
-            frontend: &self.frontend,
-            scheme: &self.scheme,
-            backend: &self.backend,
+            method: p.str(0),
+            path: p.str(1),
+            query: p.get(2),
+            host: p.get(3),
+            client_ip: p.str(4),
+            frontend: p.str(5),
+            scheme: p.str(6),
+            backend: p.str(7),
         }
     }
 }
 
-/// A response's fields, owned, for the candidate's task.
-pub(super) struct OwnedResponse {
-    backend: Option<String>,
-    server: Option<String>,
-    pub(super) method: String,
-    pub(super) path: String,
-    client_ip: String,
-    scheme: String,
-    frontend: String,
-}
+/// A response's fields, owned, for the candidate's task: backend, server, method, path,
+/// client address, scheme and frontend, in that order.
+pub(super) struct OwnedResponse(Packed<7>);
 
 impl OwnedResponse {
     pub(super) fn of(r: &ResponseInfo<'_>) -> Self {
-        OwnedResponse {
-            backend: r.backend.map(str::to_owned),
-            server: r.server.map(str::to_owned),
-            method: r.method.to_owned(),
-            path: r.path.to_owned(),
-            client_ip: r.client_ip.to_owned(),
-            scheme: r.scheme.to_owned(),
-            frontend: r.frontend.to_owned(),
-        }
+        OwnedResponse(Packed::new([
+            r.backend,
+            r.server,
+            Some(r.method),
+            Some(r.path),
+            Some(r.client_ip),
+            Some(r.scheme),
+            Some(r.frontend),
+        ]))
+    }
+
+    /// Method and path, for the sample of disagreements.
+    pub(super) fn at(&self) -> (&str, &str) {
+        (self.0.str(2), self.0.str(3))
     }
 
     pub(super) fn view(&self) -> ResponseInfo<'_> {
+        let p = &self.0;
         ResponseInfo {
-            backend: self.backend.as_deref(),
-            server: self.server.as_deref(),
-            method: &self.method,
-            path: &self.path,
-            client_ip: &self.client_ip,
-            scheme: &self.scheme,
-            frontend: &self.frontend,
+            backend: p.get(0),
+            server: p.get(1),
+            method: p.str(2),
+            path: p.str(3),
+            client_ip: p.str(4),
+            scheme: p.str(5),
+            frontend: p.str(6),
         }
     }
 }
@@ -233,5 +263,22 @@ fn edit_parts(edit: &Edit) -> (&'static str, String, Vec<u8>) {
         Edit::Set(name, value) => ("set", name.to_string(), value.as_bytes().to_vec()),
         Edit::Append(name, value) => ("append", name.to_string(), value.as_bytes().to_vec()),
         Edit::Remove(name) => ("remove", name.to_string(), Vec::new()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Packed;
+
+    #[test]
+    fn packed_strings_read_back_as_they_went_in() {
+        let p = Packed::new([Some("GET"), None, Some(""), Some("/a/b"), None]);
+        assert_eq!(p.text.capacity(), 7, "one allocation of the exact size");
+        assert_eq!(p.get(0), Some("GET"));
+        assert_eq!(p.get(1), None);
+        assert_eq!(p.str(1), "");
+        assert_eq!(p.get(2), Some(""));
+        assert_eq!(p.get(3), Some("/a/b"));
+        assert_eq!(p.get(4), None);
     }
 }
