@@ -150,17 +150,18 @@ fn ack_now(io: &TcpStream) {
 
 /// Reads what the socket has into `buf`. `Ok(0)`: the server closed. Room is made only
 /// once the socket is readable: a connection waiting for its server holds no buffer.
+///
+/// The read is tokio's `poll_read`, which takes a read that did not fill the room as
+/// proof that the socket is drained and forgets its readiness until the next event: so
+/// [`Conn::is_open`] on a connection back in the pool needs no system call to know that
+/// nothing came since (a `try_read` would keep the readiness, and the next check would
+/// pay a read that fails with EAGAIN on every request).
 fn fill(io: &mut TcpStream, buf: &mut BytesMut, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-    loop {
-        ready!(io.poll_read_ready(cx))?;
-        if buf.capacity() - buf.len() < READ_SIZE / 8 {
-            buf.reserve(READ_SIZE);
-        }
-        match io.try_read_buf(buf) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            done => return Poll::Ready(done),
-        }
+    ready!(io.poll_read_ready(cx))?;
+    if buf.capacity() - buf.len() < READ_SIZE / 8 {
+        buf.reserve(READ_SIZE);
     }
+    tokio_util::io::poll_read_buf(std::pin::Pin::new(io), cx, buf)
 }
 
 /// The request head as HTTP/1.1 writes it. Transfer-Encoding is left out: the request

@@ -444,3 +444,46 @@ async fn an_idle_connection_holds_no_buffer_and_serves_again() {
         assert_eq!(conn.buf.capacity(), 0);
     }
 }
+
+/// A connection back from a response read whole knows without a system call that nothing
+/// came since: its socket's readiness was forgotten at the read that drained it. And a
+/// server closing the idle connection is still seen.
+#[tokio::test]
+async fn an_idle_connection_is_checked_without_a_read_and_a_close_is_seen() {
+    use http_body_util::BodyExt;
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (close, closed) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut chunk = [0u8; 1024];
+        let _ = stream.read(&mut chunk).await;
+        let _ = stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello")
+            .await;
+        let _ = closed.await;
+    });
+    let conn = Conn::new(TcpStream::connect(addr).await.unwrap());
+    let req = Request::get("/").header("host", "a").body(()).unwrap();
+    let mut body = conn.exchange(&req).await.unwrap().into_body();
+    assert_eq!(
+        &(&mut body).collect().await.unwrap().to_bytes()[..],
+        b"hello"
+    );
+    let mut conn = body.take_idle().expect("the connection is idle again");
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    assert!(
+        conn.io.poll_read_ready(&mut cx).is_pending(),
+        "the readiness is forgotten once the response is read whole"
+    );
+    assert!(conn.is_open());
+    close.send(()).unwrap();
+    for _ in 0..200 {
+        if !conn.is_open() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    panic!("the server's close was not seen");
+}
