@@ -357,10 +357,6 @@ impl Candidate {
             }),
             None => Some(headers.clone()),
         };
-        let plugin = Arc::clone(&self.plugin);
-        let stats = Arc::clone(&self.stats);
-        let in_flight = Arc::clone(&self.in_flight);
-        let values = self.sample_values;
         // Its note, for its on-response: only when it has one.
         let (note, noted) = match self.plugin.has(super::Hook::Response) {
             true => {
@@ -369,22 +365,19 @@ impl Candidate {
             }
             false => (None, None),
         };
-        super::shadow_thread::push(move || {
-            cpu_counted(Arc::clone(&stats), async move {
-                let headers = headers.unwrap_or_default();
-                let got = plugin.on_request(&owned.view(), &headers, id).await;
-                let outcome = got.map(|mut d| {
-                    if let Some(note) = note {
-                        let _ = note.send(match &mut d {
-                            RequestDecision::Proceed(p) => p.note.take(),
-                            _ => None,
-                        });
-                    }
-                    Outcome::of_request(&d)
-                });
-                stats.record(Hook::Request, owned.at(), &current, &outcome, values);
-                in_flight.fetch_sub(1, Ordering::Relaxed);
-            })
+        self.run_shadow(move |plugin, stats, values| async move {
+            let headers = headers.unwrap_or_default();
+            let got = plugin.on_request(&owned.view(), &headers, id).await;
+            let outcome = got.map(|mut d| {
+                if let Some(note) = note {
+                    let _ = note.send(match &mut d {
+                        RequestDecision::Proceed(p) => p.note.take(),
+                        _ => None,
+                    });
+                }
+                Outcome::of_request(&d)
+            });
+            stats.record(Hook::Request, owned.at(), &current, &outcome, values);
         });
         noted
     }
@@ -406,21 +399,35 @@ impl Candidate {
         let current = Outcome::of_response(current);
         let owned = OwnedResponse::of(response);
         let headers = headers.clone();
+        self.run_shadow(move |plugin, stats, values| async move {
+            // No note: the candidate's on-request failed (and was counted), so its
+            // on-response is not compared.
+            if let Ok(note) = noted.await {
+                let got = plugin
+                    .on_response(&owned.view(), status, &headers, id, note.as_deref())
+                    .await
+                    .map(|d| Outcome::of_response(&d));
+                stats.record(Hook::Response, owned.at(), &current, &got, values);
+            }
+        });
+    }
+
+    /// Runs the future `call` makes on the shadow thread (given the candidate, its
+    /// statistics and whether samples keep header values), its CPU counted; its place
+    /// among the shadow calls in flight is freed when it ends.
+    fn run_shadow<F>(
+        &self,
+        call: impl FnOnce(Arc<Plugin>, Arc<ShadowStats>, bool) -> F + Send + 'static,
+    ) where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
         let plugin = Arc::clone(&self.plugin);
         let stats = Arc::clone(&self.stats);
         let in_flight = Arc::clone(&self.in_flight);
         let values = self.sample_values;
         super::shadow_thread::push(move || {
             cpu_counted(Arc::clone(&stats), async move {
-                // No note: the candidate's on-request failed (and was counted), so its
-                // on-response is not compared.
-                if let Ok(note) = noted.await {
-                    let got = plugin
-                        .on_response(&owned.view(), status, &headers, id, note.as_deref())
-                        .await
-                        .map(|d| Outcome::of_response(&d));
-                    stats.record(Hook::Response, owned.at(), &current, &got, values);
-                }
+                call(plugin, stats, values).await;
                 in_flight.fetch_sub(1, Ordering::Relaxed);
             })
         });
