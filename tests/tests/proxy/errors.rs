@@ -554,7 +554,7 @@ async fn weirs_own_answers_get_their_page_and_pass_the_on_response_chain() {
     assert!(closed, "the connection closes after a refused head");
     let lines = proxy.log.wait_for(3).await;
     assert!(
-        lines[2].contains(" 400 ") && lines[2].contains(" PR "),
+        lines.iter().any(|l| l.contains(" 400 ") && l.contains(" PR ")),
         "{lines:?}"
     );
 }
