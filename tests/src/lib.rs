@@ -753,9 +753,11 @@ pub async fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) ->
 }
 
 /// A directory of this test process's own under the system's temporary directory
-/// (`weir-<name>-<pid>`), created.
+/// (`weir-<name>-<pid>-<n>`, one per call), created. The test removes it.
 pub fn scratch_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("weir-{name}-{}", std::process::id()));
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("weir-{name}-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }

@@ -520,7 +520,10 @@ async fn answers_pass_the_chain(more: &[String], frontend_keys: &str) -> TestPro
         &format!("default_backend = \"app\"\n{pages}{frontend_keys}"),
         1,
     );
-    TestProxy::start(&toml).await
+    let proxy = TestProxy::start(&toml).await;
+    // The pages are read when the config loads.
+    std::fs::remove_dir_all(&dir).unwrap();
+    proxy
 }
 
 /// The answer passed back through security-headers and the fixture.
@@ -554,7 +557,9 @@ async fn weirs_own_answers_get_their_page_and_pass_the_on_response_chain() {
     assert!(closed, "the connection closes after a refused head");
     let lines = proxy.log.wait_for(3).await;
     assert!(
-        lines.iter().any(|l| l.contains(" 400 ") && l.contains(" PR ")),
+        lines
+            .iter()
+            .any(|l| l.contains(" 400 ") && l.contains(" PR ")),
         "{lines:?}"
     );
 }
