@@ -1,4 +1,7 @@
-//! Two small helpers shared by rooms that may not import each other (ARCHITECTURE.md).
+//! Small helpers shared by rooms that may not import each other (ARCHITECTURE.md).
+
+use std::future::Future;
+use std::pin::Pin;
 
 /// Runs `f` on a thread of tokio's blocking pool and waits for it there, so that the
 /// runtime's threads (with `threads = 1`, the one serving every connection) go on
@@ -8,6 +11,15 @@ pub async fn off_runtime<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'stat
     tokio::task::spawn_blocking(f)
         .await
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
+/// `Box::pin(make())`, with the box allocated first so that `make` can build the future
+/// in it. A future that has not started holds only its arguments (a few hundred bytes),
+/// but it is as large as its largest state, and moving it copies all of that: kilobytes
+/// per request for a request's future, copied by `Box::pin` into the box it was boxed to
+/// keep out of the connection. Built in place, only the arguments are written.
+pub fn boxed<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
+    Box::into_pin(Box::write(Box::new_uninit(), make()))
 }
 
 /// The SHA-256 of `bytes` in lowercase hex: plugin pins (`sha256 = ...`) and the

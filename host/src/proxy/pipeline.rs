@@ -165,15 +165,17 @@ async fn on_request(
     // Boxed, as are the other plugin and connect steps: they are large, and unboxed they
     // would make every request's future (moved and held per request) as large as the
     // largest of them, whether it runs or not.
-    let decision = Box::pin(chain::on_request(
-        &fe.plugins,
-        &fe.backends,
-        &fe.backend,
-        parts,
-        host.map(|h| h.as_str()),
-        client,
-        ran,
-    ))
+    let decision = crate::util::boxed(|| {
+        chain::on_request(
+            &fe.plugins,
+            &fe.backends,
+            &fe.backend,
+            parts,
+            host.map(|h| h.as_str()),
+            client,
+            ran,
+        )
+    })
     .await
     .map_err(|_| ProxyError::PluginFailed)?;
     match decision {
@@ -493,13 +495,15 @@ async fn respond(
     let (mut head, body) = response.into_parts();
     headers::strip_hop_by_hop(&mut head.headers, false);
     if !ran.is_empty() {
-        let change = Box::pin(chain::on_response(
-            &fe.plugins,
-            ran,
-            &mut head.status,
-            &mut head.headers,
-            answered,
-        ))
+        let change = crate::util::boxed(|| {
+            chain::on_response(
+                &fe.plugins,
+                ran,
+                &mut head.status,
+                &mut head.headers,
+                answered,
+            )
+        })
         .await
         .map_err(|_| ProxyError::PluginFailed)?;
         record.status = head.status.as_u16();

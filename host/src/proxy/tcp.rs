@@ -56,7 +56,7 @@ pub async fn relay(fe: Arc<FrontendRt>, conn: ConnInfo, client: Client, opening:
     let route = if fe.plugins.is_empty() {
         Ok((Arc::clone(&fe.backend), None))
     } else {
-        Box::pin(on_connect(&fe, &conn, &opening)).await
+        crate::util::boxed(|| on_connect(&fe, &conn, &opening)).await
     };
     let (backend, prefer) = match route {
         Ok(route) => route,
