@@ -190,8 +190,9 @@ pub struct InRequest {
 }
 
 impl InRequest {
-    /// The request ended at `at`: the wait for the next request head begins then.
-    pub fn end_at(mut self, at: Instant) {
+    /// The request ended at `at`: the wait for the next request head begins then (the
+    /// mark is released when this is dropped).
+    pub fn end_at(&mut self, at: Instant) {
         self.ended = Some(at);
     }
 

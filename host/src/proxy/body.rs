@@ -39,12 +39,32 @@ pub struct ResponseBody {
     in_flight: Option<InFlight>,
 }
 
-/// The request's log record and where its line goes, and the request's mark on its
-/// connection (released when the response ends).
-struct Logged {
-    record: LogRecord,
+/// A request's log record, where its line goes, and the request's mark on its connection
+/// (released when the response ends). Made boxed when the request begins, so that the
+/// record (a few hundred bytes) is not copied from stage to stage on its way to the
+/// response body, which logs it at its end.
+pub struct Logged {
+    pub record: LogRecord,
     log: AccessLog,
     request: InRequest,
+}
+
+impl Logged {
+    /// `make` builds the record in its box.
+    pub fn boxed(
+        make: impl FnOnce() -> LogRecord,
+        log: AccessLog,
+        request: InRequest,
+    ) -> Box<Self> {
+        Box::write(
+            Box::new_uninit(),
+            Logged {
+                record: make(),
+                log,
+                request,
+            },
+        )
+    }
 }
 
 impl ResponseBody {
@@ -73,13 +93,9 @@ impl ResponseBody {
     }
 
     /// The request's record, logged and counted when the body ends, and its mark on the
-    /// connection. Both move here from the request's handler once the response is decided.
-    pub fn attach(&mut self, record: LogRecord, log: AccessLog, request: InRequest) {
-        self.logged = Some(Box::new(Logged {
-            record,
-            log,
-            request,
-        }));
+    /// connection. They move here from the request's handler once the response is decided.
+    pub fn attach(&mut self, logged: Box<Logged>) {
+        self.logged = Some(logged);
     }
 
     /// Releases the server slot and logs, once. `termination` overrides the record's own
@@ -97,17 +113,17 @@ impl ResponseBody {
                 Some(_) => body.close(),
             }
         }
-        if let Some(logged) = self.logged.take() {
+        if let Some(mut logged) = self.logged.take() {
             let Logged {
-                mut record,
+                record,
                 log,
                 request,
-            } = *logged;
+            } = &mut *logged;
             if let Some(t) = termination {
                 record.termination = t;
             }
-            record.tally.count_at(&record, now);
-            log.emit(&record);
+            record.tally.count_at(record, now);
+            log.emit(record);
             request.end_at(now.into());
         }
     }

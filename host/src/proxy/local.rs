@@ -12,11 +12,10 @@
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, Version, header};
 
-use super::body::ResponseBody;
+use super::body::{Logged, ResponseBody};
 use super::chain::{self, Answered, Client, Ran, ResponseChange};
 use super::log::{LogRecord, Target};
 use super::{ConnInfo, FrontendRt, ProxyError};
-use crate::activity::InRequest;
 use crate::http1::Rejection;
 use crate::plugin::Answer;
 
@@ -102,11 +101,11 @@ pub async fn error(
     fe: &FrontendRt,
     client: Client<'_>,
     err: &ProxyError,
-    mut record: LogRecord,
+    mut logged: Box<Logged>,
     version: Version,
-    request: InRequest,
     ran: Option<Vec<Ran>>,
 ) -> Response<ResponseBody> {
+    let record = &mut logged.record;
     let status = err.status();
     if status.is_server_error() {
         let key = format!(
@@ -140,7 +139,7 @@ pub async fn error(
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    response.body_mut().attach(record, fe.log.clone(), request);
+    response.body_mut().attach(logged);
     response
 }
 

@@ -29,7 +29,7 @@ use crate::config::{Config, Frontend};
 use crate::plugin::{self, LoadError, Plugin};
 use crate::stats::Counters;
 use crate::upstream::{BackendRt, Received, ServerRt, TimerSlot};
-use body::ResponseBody;
+use body::{Logged, ResponseBody};
 pub use error::ProxyError;
 use log::{AccessLog, LogRecord, Target};
 
@@ -363,9 +363,10 @@ pub async fn handle(
     let request = conn.activity.request();
     let uri = Target::Uri(req.uri().clone());
     let head = head_size(&req, &uri);
-    let record = new_record(&fe, &conn, req.method().clone(), uri, req.version(), head);
+    let (method, version) = (req.method().clone(), req.version());
+    let record = || new_record(&fe, &conn, method, uri, version, head);
     let mut pending = Unanswered {
-        record: Some(record),
+        logged: Some(Logged::boxed(record, fe.log.clone(), request)),
         fe: &fe,
         conn: &conn,
     };
@@ -376,13 +377,14 @@ pub async fn handle(
     // The plugins that ran, once the chain has: weir's own answers pass back through them.
     let mut ran = None;
     let forwarded = pipeline::forward(&fe, &conn, req, pending.record(), id, &mut ran).await;
-    let mut record = pending.answered();
+    let mut logged = pending.answered();
+    let record = &mut logged.record;
     let response = match forwarded {
         Ok(mut response) => {
             if record.logged {
                 record.head_bytes = response_head_size(&response);
             }
-            response.body_mut().attach(record, fe.log.clone(), request);
+            response.body_mut().attach(logged);
             response
         }
         Err(err) => {
@@ -390,7 +392,7 @@ pub async fn handle(
                 record.load = conn.load(None);
             }
             let client = chain::Client::of(&fe, &conn, id);
-            let answer = local::error(&fe, client, &err, record, version, request, ran);
+            let answer = local::error(&fe, client, &err, logged, version, ran);
             Box::pin(answer).await
         }
     };
@@ -402,36 +404,41 @@ pub async fn handle(
 /// client went away, or timeout.client closed its connection) is logged and counted
 /// here, with a termination state saying who ended it and in which phase, and status -1.
 struct Unanswered<'a> {
-    record: Option<LogRecord>,
+    logged: Option<Box<Logged>>,
     fe: &'a FrontendRt,
     conn: &'a ConnInfo,
 }
 
 impl Unanswered<'_> {
     fn record(&mut self) -> &mut LogRecord {
-        self.record.as_mut().expect("a record until answered")
+        &mut self
+            .logged
+            .as_mut()
+            .expect("a record until answered")
+            .record
     }
 
-    fn answered(mut self) -> LogRecord {
-        self.record.take().expect("a record until answered")
+    fn answered(mut self) -> Box<Logged> {
+        self.logged.take().expect("a record until answered")
     }
 }
 
 impl Drop for Unanswered<'_> {
     fn drop(&mut self) {
-        let Some(mut record) = self.record.take() else {
+        let Some(mut logged) = self.logged.take() else {
             return;
         };
+        let record = &mut logged.record;
         let who = match self.conn.activity.timed_out() {
             true => b'c',
             false => b'C',
         };
-        record.termination = [who, cut_phase(&record)];
+        record.termination = [who, cut_phase(record)];
         if record.logged {
             record.load = self.conn.load(None);
         }
-        record.tally.count(&record);
-        self.fe.log.emit(&record);
+        record.tally.count(record);
+        self.fe.log.emit(record);
     }
 }
 
