@@ -65,6 +65,11 @@ fn the_profile_script_parses_and_explains_itself() {
 }
 
 #[test]
+fn the_pgo_script_parses_and_explains_itself() {
+    parses_and_explains_itself("pgo", &["PGO_DIR", "llvm-profdata", "WEIR_B"]);
+}
+
+#[test]
 fn the_report_takes_medians_and_ratios_to_haproxy() {
     let dir = std::env::temp_dir().join(format!("weir-bench-report-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
