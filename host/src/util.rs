@@ -13,13 +13,19 @@ pub async fn off_runtime<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'stat
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 }
 
-/// `Box::pin(make())`, with the box allocated first so that `make` can build the future
-/// in it. A future that has not started holds only its arguments (a few hundred bytes),
-/// but it is as large as its largest state, and moving it copies all of that: kilobytes
-/// per request for a request's future, copied by `Box::pin` into the box it was boxed to
-/// keep out of the connection. Built in place, only the arguments are written.
+/// `Box::new(make())`, with the box allocated first so that `make` can build the value in
+/// it rather than on the stack, to be copied into the box after.
+pub fn in_box<T>(make: impl FnOnce() -> T) -> Box<T> {
+    Box::write(Box::new_uninit(), make())
+}
+
+/// `Box::pin(make())`, the future built in its box ([`in_box`]). A future that has not
+/// started holds only its arguments (a few hundred bytes), but it is as large as its
+/// largest state, and moving it copies all of that: kilobytes per request for a request's
+/// future, copied by `Box::pin` into the box it was boxed to keep out of the connection.
+/// Built in place, only the arguments are written.
 pub fn boxed<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
-    Box::into_pin(Box::write(Box::new_uninit(), make()))
+    Box::into_pin(in_box(make))
 }
 
 /// The SHA-256 of `bytes` in lowercase hex: plugin pins (`sha256 = ...`) and the

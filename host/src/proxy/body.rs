@@ -56,14 +56,11 @@ impl Logged {
         log: AccessLog,
         request: InRequest,
     ) -> Box<Self> {
-        Box::write(
-            Box::new_uninit(),
-            Logged {
-                record: make(),
-                log,
-                request,
-            },
-        )
+        crate::util::in_box(|| Logged {
+            record: make(),
+            log,
+            request,
+        })
     }
 }
 
