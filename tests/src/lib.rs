@@ -856,13 +856,15 @@ pub async fn servers_seen(
 pub const FIXTURE_WASM: &str = env!("WEIR_FIXTURE_WASM");
 /// The example canary plugin component.
 pub const CANARY_WASM: &str = env!("WEIR_CANARY_WASM");
+/// A plugin that sleeps `config.ms` in every `on-request` call (tests/plugins/sleeper).
+pub const SLEEPER_WASM: &str = env!("WEIR_SLEEPER_WASM");
 
-/// A `[plugin.<name>]` section for the fixture in `mode`, with extra keys.
 /// A `[plugin.<name>]` section for a stock plugin with this config table (inline TOML).
 pub fn stock_plugin(name: &str, stock: &str, config: &str) -> String {
     format!("[plugin.{name}]\nstock = \"{stock}\"\nconfig = {config}\n")
 }
 
+/// A `[plugin.<name>]` section for the fixture in `mode`, with extra keys.
 pub fn fixture_plugin(name: &str, mode: &str, extra: &str) -> String {
     format!(
         "[plugin.{name}]\nwasm = \"{FIXTURE_WASM}\"\n{extra}\nconfig = {{ mode = \"{mode}\", tag = \"{name}\" }}\n"

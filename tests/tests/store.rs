@@ -29,6 +29,8 @@ async fn a_plugins_kv_is_read_from_and_written_to_redis() {
         redis.port
     );
     let proxy = TestProxy::start(&toml).await;
+    // Its kv calls wait for Redis: they run on fibers, never on the caller's stack.
+    assert!(!proxy.running.plugins()[0].calls_on_stack());
     let mut client = Client::connect(proxy.addr()).await;
     let key = format!("{prefix}kv:kv:k");
 

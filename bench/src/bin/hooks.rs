@@ -113,7 +113,7 @@ async fn main() {
         .iter()
         .map(|b| BackendRt::new(b.clone(), None))
         .collect();
-    let plugins = weir::plugin::load_all(&config.plugins, backends, &[])
+    let plugins = weir::plugin::load_all(&config.plugins, backends, &[], false)
         .await
         .map_err(|(name, e)| format!("{name}: {e}"))
         .expect("plugins load");

@@ -130,6 +130,11 @@ pub(super) struct CpuMeter {
     pub(super) limit_ns: AtomicU64,
     /// The CPU time the call had used when the check stopped it.
     pub(super) stopped_at_ns: AtomicU64,
+    /// The current call runs on the caller's stack ([`Self::at_once`]): it cannot yield.
+    pub(super) on_stack: AtomicBool,
+    /// A call on the caller's stack passed its first check: it held its thread for a
+    /// tick or more.
+    pub(super) held_thread: AtomicBool,
 }
 
 impl CpuMeter {
@@ -156,6 +161,15 @@ impl CpuMeter {
             self.stopped_at_ns.store(used, Ordering::Relaxed);
             return wasmtime::UpdateDeadline::Interrupt;
         }
+        if self.on_stack.load(Ordering::Relaxed) {
+            // It cannot yield: it goes on to its end or its deadline, checked every tick.
+            // (A CPU timer's signal can wake the check of a call just begun: only the
+            // CPU it used says whether it held the thread.)
+            if used >= TICK.as_nanos() as u64 {
+                self.held_thread.store(true, Ordering::Relaxed);
+            }
+            return wasmtime::UpdateDeadline::Continue(1);
+        }
         if !self.long.swap(true, Ordering::Relaxed) {
             // From now on the epoch advances every slice, so that this call yields often.
             LONG_CALLS.fetch_add(1, Ordering::AcqRel);
@@ -175,6 +189,22 @@ impl CpuMeter {
         if self.long.swap(false, Ordering::Relaxed) {
             LONG_CALLS.fetch_sub(1, Ordering::AcqRel);
         }
+    }
+
+    /// Runs `call` (a synchronous call into the instance) on this thread's stack, metering
+    /// its CPU time as [`Self::metered`] does; `now` as there. Whether it held the
+    /// thread for a tick or more.
+    pub(super) fn at_once<R>(
+        &self,
+        now: std::time::Instant,
+        call: impl FnOnce() -> R,
+    ) -> (R, bool) {
+        self.poll_start_ns
+            .store(thread_cpu_at_least_ns(now), Ordering::Relaxed);
+        self.on_stack.store(true, Ordering::Relaxed);
+        let r = cpu_timer::in_call(call);
+        self.on_stack.store(false, Ordering::Relaxed);
+        (r, self.held_thread.swap(false, Ordering::Relaxed))
     }
 
     /// Runs `call` (a future driving the instance), metering the CPU time of each poll.
@@ -325,9 +355,16 @@ pub(super) fn engine() -> &'static Engine {
     })
 }
 
-pub(super) fn linker() -> &'static Linker<StoreState> {
-    static LINKER: OnceLock<Linker<StoreState>> = OnceLock::new();
-    LINKER.get_or_init(|| {
+/// The linker of a plugin's instances. `waits`: its calls may wait (for Redis, which
+/// `[state]` names, or for a clock it subscribed to): counters, kv and WASI's waiting
+/// functions are then asynchronous, and every call runs on a fiber of its own. Otherwise
+/// they answer at once (the memory store; every stream and pollable the sandbox hands
+/// out is ready), no import is asynchronous, and calls can run on the caller's stack
+/// (`Plugin::sync_calls`).
+pub(super) fn linker(waits: bool) -> &'static Linker<StoreState> {
+    static WAITING: OnceLock<Linker<StoreState>> = OnceLock::new();
+    static AT_ONCE: OnceLock<Linker<StoreState>> = OnceLock::new();
+    let build = move || {
         let mut linker = Linker::new(engine());
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).expect("WASI links");
         bindings::Plugin::add_to_linker::<StoreState, wasmtime::component::HasSelf<StoreState>>(
@@ -335,8 +372,207 @@ pub(super) fn linker() -> &'static Linker<StoreState> {
             |s| s,
         )
         .expect("weir imports link");
+        if !waits {
+            linker.allow_shadowing(true);
+            at_once::link(&mut linker).expect("the imports that answer at once link");
+            linker.allow_shadowing(false);
+        }
         linker
-    })
+    };
+    if waits {
+        WAITING.get_or_init(build)
+    } else {
+        AT_ONCE.get_or_init(build)
+    }
+}
+
+/// A call on the caller's stack came to a wait (a pollable of a clock the plugin
+/// subscribed to): it stops there, and is made again from the start on a fiber.
+#[derive(Debug, thiserror::Error)]
+#[error("a plugin call on the caller's stack came to a wait")]
+pub(super) struct WouldWait;
+
+/// The imports that answer at once, for instances called on the caller's stack: weir's
+/// counters and kv on the memory store, and WASI's functions that could wait. Of those,
+/// only a clock's pollable ever does in the sandbox (its streams are a sink and a closed
+/// input); a call that comes to one stops with [`WouldWait`].
+mod at_once {
+    use std::future::Future;
+    use std::time::Duration;
+
+    use wasmtime::StoreContextMut;
+    use wasmtime::component::{Linker, Resource, ResourceType, WasmStr};
+    use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, DynPollable, StreamResult};
+    use wasmtime_wasi_io::bindings::wasi::io::poll::{Host as _, HostPollable};
+    use wasmtime_wasi_io::bindings::wasi::io::streams::{
+        self as wit, Host as _, HostInputStream, HostOutputStream,
+    };
+
+    use super::{StoreState, WouldWait};
+    use crate::plugin::bindings::weir::plugin::counters::Sliding;
+
+    /// The interfaces as wasmtime-wasi's linker names them.
+    const STREAMS: &str = "wasi:io/streams@0.2.12";
+    const POLL: &str = "wasi:io/poll@0.2.12";
+    const COUNTERS: &str = "weir:plugin/counters@0.1.0";
+    const KV: &str = "weir:plugin/kv@0.1.0";
+
+    type Cx<'a> = StoreContextMut<'a, StoreState>;
+
+    /// The outcome of a function that could wait, polled once: ready at once, or the
+    /// call stops with [`WouldWait`] rather than hold the thread.
+    fn now<T>(f: impl Future<Output = wasmtime::Result<T>>) -> wasmtime::Result<T> {
+        let mut f = std::pin::pin!(f);
+        match f
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+        {
+            std::task::Poll::Ready(r) => r,
+            std::task::Poll::Pending => Err(WouldWait.into()),
+        }
+    }
+
+    /// A stream function's outcome as the guest takes it.
+    fn stream<T>(
+        cx: &mut Cx<'_>,
+        f: impl FnOnce(&mut wasmtime::component::ResourceTable) -> StreamResult<T>,
+    ) -> wasmtime::Result<(Result<T, wit::StreamError>,)> {
+        let table = &mut cx.data_mut().table;
+        Ok((match f(table) {
+            Ok(v) => Ok(v),
+            Err(e) => Err(table.convert_stream_error(e)?),
+        },))
+    }
+
+    /// A stream function that could wait, polled once.
+    fn stream_now<T>(f: impl Future<Output = StreamResult<T>>) -> StreamResult<T> {
+        now(async { Ok(f.await) }).unwrap_or_else(|e| Err(wasmtime_wasi::p2::StreamError::Trap(e)))
+    }
+
+    pub(super) fn link(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
+        let mut poll = linker.instance(POLL)?;
+        poll.func_wrap(
+            "[method]pollable.block",
+            |mut cx: Cx<'_>, (p,): (Resource<DynPollable>,)| {
+                now(HostPollable::block(&mut cx.data_mut().table, p))
+            },
+        )?;
+        poll.func_wrap(
+            "poll",
+            |mut cx: Cx<'_>, (list,): (Vec<Resource<DynPollable>>,)| {
+                Ok((now(cx.data_mut().table.poll(list))?,))
+            },
+        )?;
+
+        let mut streams = linker.instance(STREAMS)?;
+        streams.resource(
+            "output-stream",
+            ResourceType::host::<DynOutputStream>(),
+            |mut cx, rep| {
+                now(HostOutputStream::drop(
+                    &mut cx.data_mut().table,
+                    Resource::new_own(rep),
+                ))
+            },
+        )?;
+        streams.resource(
+            "input-stream",
+            ResourceType::host::<DynInputStream>(),
+            |mut cx, rep| {
+                now(HostInputStream::drop(
+                    &mut cx.data_mut().table,
+                    Resource::new_own(rep),
+                ))
+            },
+        )?;
+        streams.func_wrap(
+            "[method]output-stream.blocking-flush",
+            |mut cx: Cx<'_>, (s,): (Resource<DynOutputStream>,)| {
+                stream(&mut cx, |t| stream_now(t.blocking_flush(s)))
+            },
+        )?;
+        streams.func_wrap(
+            "[method]output-stream.blocking-write-and-flush",
+            |mut cx: Cx<'_>, (s, bytes): (Resource<DynOutputStream>, Vec<u8>)| {
+                stream(&mut cx, |t| {
+                    stream_now(t.blocking_write_and_flush(s, bytes))
+                })
+            },
+        )?;
+        streams.func_wrap(
+            "[method]output-stream.blocking-write-zeroes-and-flush",
+            |mut cx: Cx<'_>, (s, len): (Resource<DynOutputStream>, u64)| {
+                stream(&mut cx, |t| {
+                    stream_now(t.blocking_write_zeroes_and_flush(s, len))
+                })
+            },
+        )?;
+        streams.func_wrap(
+            "[method]output-stream.blocking-splice",
+            |mut cx: Cx<'_>,
+             (s, from, len): (Resource<DynOutputStream>, Resource<DynInputStream>, u64)| {
+                stream(&mut cx, |t| stream_now(t.blocking_splice(s, from, len)))
+            },
+        )?;
+        streams.func_wrap(
+            "[method]input-stream.blocking-read",
+            |mut cx: Cx<'_>, (s, len): (Resource<DynInputStream>, u64)| {
+                stream(&mut cx, |t| stream_now(t.blocking_read(s, len)))
+            },
+        )?;
+        streams.func_wrap(
+            "[method]input-stream.blocking-skip",
+            |mut cx: Cx<'_>, (s, len): (Resource<DynInputStream>, u64)| {
+                stream(&mut cx, |t| stream_now(t.blocking_skip(s, len)))
+            },
+        )?;
+
+        // The keys are read where the guest left them: no copy of their own.
+        let mut counters = linker.instance(COUNTERS)?;
+        counters.func_wrap(
+            "add",
+            |cx: Cx<'_>, (key, delta, window_ms): (WasmStr, i64, u64)| {
+                let key = key.to_str(&cx)?;
+                let window = Duration::from_millis(window_ms);
+                Ok((cx.data().state.counter_add_now(&key, delta, window)?,))
+            },
+        )?;
+        counters.func_wrap(
+            "add-sliding",
+            |cx: Cx<'_>, (key, delta, window_ms, limit): (WasmStr, i64, u64, Option<i64>)| {
+                let key = key.to_str(&cx)?;
+                let c = cx
+                    .data()
+                    .state
+                    .sliding_add_now(&key, delta, window_ms, limit)?;
+                Ok((Sliding {
+                    previous: c.previous,
+                    current: c.current,
+                    elapsed_ms: c.elapsed_ms,
+                    added: c.added,
+                },))
+            },
+        )?;
+        let mut kv = linker.instance(KV)?;
+        kv.func_wrap("get", |cx: Cx<'_>, (key,): (WasmStr,)| {
+            let key = key.to_str(&cx)?;
+            Ok((cx.data().state.kv_get_now(&key)?,))
+        })?;
+        kv.func_wrap(
+            "set",
+            |cx: Cx<'_>, (key, value, ttl_ms): (WasmStr, Vec<u8>, Option<u64>)| {
+                let key = key.to_str(&cx)?;
+                let ttl = ttl_ms.map(Duration::from_millis);
+                Ok((cx.data().state.kv_set_now(&key, &value, ttl)?,))
+            },
+        )?;
+        kv.func_wrap("delete", |cx: Cx<'_>, (key,): (WasmStr,)| {
+            let key = key.to_str(&cx)?;
+            cx.data().state.kv_delete_now(&key)?;
+            Ok(())
+        })?;
+        Ok(())
+    }
 }
 
 /// Compiles a component, or takes it from the process's cache of compiled components

@@ -41,7 +41,7 @@ pub async fn inspect(name: &str, bytes: &[u8], config_json: &str) -> Result<Insp
         config_json: config_json.to_owned(),
         candidate: None,
     };
-    let plugin = Plugin::from_bytes(&cfg, bytes, Arc::from([])).await?;
+    let plugin = Plugin::from_bytes(&cfg, bytes, Arc::from([]), false).await?;
     let component = engine::compile(bytes, &plugin.sha256).await?;
     let ty = component.component_type();
     let engine = engine::engine();

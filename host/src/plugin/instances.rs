@@ -23,6 +23,8 @@ pub(super) struct Instance {
     pub(super) meter: Arc<CpuMeter>,
     /// `on-connect`, for a component of the world `plugin-l4`.
     pub(super) on_connect: Option<OnConnect>,
+    /// Made for calls on the caller's stack (its imports never wait).
+    pub(super) at_once: bool,
 }
 
 /// `on-connect` as the sandbox takes it.
@@ -49,8 +51,26 @@ impl Plugin {
         store
     }
 
-    /// A fresh instance, described and configured.
+    /// A fresh instance, described and configured: for calls on the caller's stack while
+    /// the plugin's calls run there, else for fibers.
     pub(super) async fn instantiate(&self) -> Result<(Box<Instance>, types::Info), Instantiate> {
+        if let Some(pre) = &self.pre_at_once
+            && self.sync_calls.load(Ordering::Relaxed)
+        {
+            match self.instantiate_with(pre, true).await {
+                // It waited while configured: it is made again, for fibers.
+                Err(Instantiate::Waited) => self.to_fibers("configure came to a wait"),
+                made => return made,
+            }
+        }
+        self.instantiate_with(&self.pre, false).await
+    }
+
+    async fn instantiate_with(
+        &self,
+        pre: &bindings::PluginPre<StoreState>,
+        at_once: bool,
+    ) -> Result<(Box<Instance>, types::Info), Instantiate> {
         let mut store = self.new_store();
         let meter = Arc::clone(&store.data().meter);
         engine::arm_for_load(&mut store, &meter);
@@ -59,8 +79,7 @@ impl Plugin {
                 std::time::Instant::now(),
                 std::pin::pin!(async {
                     let failed = |e: wasmtime::Error| Instantiate::Failed(format!("{e:#}"));
-                    let instance = self
-                        .pre
+                    let instance = pre
                         .instance_pre()
                         .instantiate_async(&mut store)
                         .await
@@ -82,6 +101,7 @@ impl Plugin {
                     match bindings.call_configure(&mut store, &self.config_json).await {
                         Ok(Ok(())) => Ok((bindings, on_connect, info)),
                         Ok(Err(msg)) => Err(Instantiate::Configure(msg)),
+                        Err(e) if e.is::<engine::WouldWait>() => Err(Instantiate::Waited),
                         Err(e) => Err(Instantiate::Configure(format!("trapped: {e:#}"))),
                     }
                 }),
@@ -93,6 +113,7 @@ impl Plugin {
                 bindings,
                 meter,
                 on_connect,
+                at_once,
             }),
             info,
         ))
@@ -106,7 +127,14 @@ impl Plugin {
         now: std::time::Instant,
     ) -> Result<(Box<Instance>, std::time::Instant), HookError> {
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
-        let pooled = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let pooled = loop {
+            let pooled = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            match pooled {
+                // Made for the stack, and the plugin's calls have moved to fibers.
+                Some(i) if i.at_once && !self.sync_calls.load(Ordering::Relaxed) => continue,
+                pooled => break pooled,
+            }
+        };
         let (mut instance, now) = match pooled {
             Some(i) => (i, now),
             None => {
@@ -189,6 +217,9 @@ pub(super) enum Instantiate {
     Failed(String),
     #[error("configure failed: {0}")]
     Configure(String),
+    /// Configure came to a wait on an instance for the caller's stack.
+    #[error("configure came to a wait")]
+    Waited,
 }
 
 impl From<Instantiate> for LoadError {
@@ -196,6 +227,7 @@ impl From<Instantiate> for LoadError {
         match e {
             Instantiate::Configure(msg) => LoadError::Configure(msg),
             Instantiate::Failed(msg) => LoadError::Component(msg),
+            Instantiate::Waited => LoadError::Configure("came to a wait".into()),
         }
     }
 }

@@ -20,7 +20,7 @@ mod shadow_thread;
 pub mod validate;
 mod wire;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,10 +28,10 @@ use crate::config::{FailPolicy, PluginConfig, PluginSource};
 use crate::state::PluginState;
 use crate::upstream::BackendRt;
 pub use candidate::{Candidate, Counts, Disagreement, ShadowNote, ShadowStats, Taken};
+use engine::{CpuMeter, StoreState, advance_epoch_from_signal, arm_for_load, compile, linker};
 pub use engine::{
     LONG_CALL_SLICE, TICK, calls_running_long, epoch_thread_asleep, stall_epoch_thread,
 };
-use engine::{StoreState, advance_epoch_from_signal, arm_for_load, compile, linker};
 pub use inspect::{Inspection, inspect};
 use instances::Instance;
 pub use wire::{
@@ -113,6 +113,9 @@ pub struct PluginStats {
     /// The most CPU time a call stopped at its deadline had used, in nanoseconds: how
     /// closely the deadline holds.
     pub timeout_cpu_max_ns: AtomicU64,
+    /// A call of it held its thread for a tick or more, or came to a wait, on the
+    /// caller's stack: its calls run on fibers from then on, in later generations too.
+    pub on_fibers: AtomicBool,
 }
 
 impl Default for PluginStats {
@@ -123,6 +126,7 @@ impl Default for PluginStats {
             timeouts: AtomicU64::new(0),
             invalid: AtomicU64::new(0),
             timeout_cpu_max_ns: AtomicU64::new(0),
+            on_fibers: AtomicBool::new(false),
             latency: crate::stats::Histogram::new(&crate::stats::HOOK_BUCKETS),
         }
     }
@@ -167,10 +171,18 @@ pub struct Plugin {
     connects: bool,
     /// A candidate version run beside it (`candidate = {...}`).
     pub candidate: Option<Candidate>,
+    /// Its calls run on the caller's stack, with no fiber: its instances can never wait
+    /// ([`engine::linker`]), and no call of it has held its thread for a tick. One that
+    /// does sends the calls after it to fibers, where a long call yields every slice.
+    sync_calls: AtomicBool,
     timeout: Duration,
     memory: usize,
     config_json: String,
+    /// Its instances for fibers, whose imports may wait.
     pre: bindings::PluginPre<StoreState>,
+    /// Its instances for calls on the caller's stack, whose imports answer at once
+    /// (`engine::linker`); none with Redis as the store.
+    pre_at_once: Option<bindings::PluginPre<StoreState>>,
     state: Arc<PluginState>,
     backends: Arc<[Arc<BackendRt>]>,
     // Boxed on purpose: a pooled instance moves through every call (see `Instance`).
@@ -180,9 +192,11 @@ pub struct Plugin {
 
 impl Plugin {
     /// Reads, checks, compiles and configures a plugin: everything that can fail at load.
+    /// `shared_store`: `[state]` names Redis, which a call may wait for.
     pub async fn load(
         cfg: &PluginConfig,
         backends: Arc<[Arc<BackendRt>]>,
+        shared_store: bool,
     ) -> Result<Plugin, LoadError> {
         match &cfg.source {
             PluginSource::File(file) => {
@@ -194,11 +208,11 @@ impl Plugin {
                         path: file.display().to_string(),
                         source,
                     })?;
-                Self::from_bytes(cfg, &bytes, backends).await
+                Self::from_bytes(cfg, &bytes, backends, shared_store).await
             }
             PluginSource::Stock(name) => {
                 let (_, bytes) = crate::stock::find(name).ok_or(LoadError::NoStock(name))?;
-                Self::from_bytes(cfg, bytes, backends).await
+                Self::from_bytes(cfg, bytes, backends, shared_store).await
             }
         }
     }
@@ -207,6 +221,7 @@ impl Plugin {
         cfg: &PluginConfig,
         bytes: &[u8],
         backends: Arc<[Arc<BackendRt>]>,
+        shared_store: bool,
     ) -> Result<Plugin, LoadError> {
         let sha256 = crate::util::sha256_hex(bytes);
         if let Some(expected) = &cfg.sha256
@@ -218,11 +233,18 @@ impl Plugin {
             });
         }
         let component = compile(bytes, &sha256).await?;
-        let pre = linker()
-            .instantiate_pre(&component)
-            .map_err(|e| LoadError::Component(format!("{e:#}")))?;
-        let pre =
-            bindings::PluginPre::new(pre).map_err(|e| LoadError::Component(format!("{e:#}")))?;
+        let pre_of = |waits: bool| {
+            let pre = linker(waits)
+                .instantiate_pre(&component)
+                .map_err(|e| LoadError::Component(format!("{e:#}")))?;
+            bindings::PluginPre::new(pre).map_err(|e| LoadError::Component(format!("{e:#}")))
+        };
+        let pre = pre_of(true)?;
+        let pre_at_once = if shared_store {
+            None
+        } else {
+            Some(pre_of(false)?)
+        };
         let mut plugin = Plugin {
             name: cfg.name.as_str().into(),
             info: types::Info {
@@ -239,10 +261,12 @@ impl Plugin {
             response_fields: types::ResponseFields::all(),
             connects: false,
             candidate: None,
+            sync_calls: AtomicBool::new(pre_at_once.is_some()),
             timeout: cfg.timeout,
             memory: cfg.memory as usize,
             config_json: cfg.config_json.clone(),
             pre,
+            pre_at_once,
             state: PluginState::for_plugin(&cfg.name),
             backends,
             pool: Mutex::new(Vec::new()),
@@ -252,6 +276,15 @@ impl Plugin {
         let (mut instance, info) = plugin.instantiate().await?;
         plugin.info = info;
         plugin.connects = instance.on_connect.is_some();
+        // Whether its instances can be called on the caller's stack: none of the imports
+        // it uses is asynchronous (wasmtime refuses a synchronous call otherwise).
+        if instance.at_once {
+            let Instance {
+                store, bindings, ..
+            } = &mut *instance;
+            let synchronous = bindings.func_describe().call(&mut *store, ()).is_ok();
+            plugin.sync_calls.store(synchronous, Ordering::Relaxed);
+        }
         // What the plugin reads, declared once after configure.
         let Instance {
             store, bindings, ..
@@ -344,30 +377,33 @@ impl Plugin {
         self: &Arc<Self>,
         connection: &ConnectInfo,
     ) -> Result<ConnectDecision, HookError> {
-        let wire = wire::l4::Connection {
-            client_ip: connection.client_ip.clone(),
-            local_addr: connection.local_addr.clone(),
-            frontend: connection.frontend.clone(),
-            sni: connection.sni.clone(),
-            alpn: connection.alpn.clone(),
-            client_connections: connection.client_connections,
-            id: connection.id,
+        let action = loop {
+            let wire = wire::l4::Connection {
+                client_ip: connection.client_ip.clone(),
+                local_addr: connection.local_addr.clone(),
+                frontend: connection.frontend.clone(),
+                sni: connection.sni.clone(),
+                alpn: connection.alpn.clone(),
+                client_connections: connection.client_connections,
+                id: connection.id,
+            };
+            let started = std::time::Instant::now();
+            let (mut i, now) = self.take(started).await?;
+            let Instance {
+                store,
+                meter,
+                on_connect,
+                ..
+            } = &mut *i;
+            let Some(func) = *on_connect else {
+                self.finish(i, started, Ok(()))?;
+                return Err(HookError::Invalid("the plugin has no on-connect".into()));
+            };
+            let result = self.run(store, meter, now, func, (wire,)).await;
+            if !self.waited(&result) {
+                break self.finish(i, started, result)?;
+            }
         };
-        let started = std::time::Instant::now();
-        let (mut i, now) = self.take(started).await?;
-        let Instance {
-            store,
-            meter,
-            on_connect,
-            ..
-        } = &mut *i;
-        let Some(func) = *on_connect else {
-            self.finish(i, started, Ok(()))?;
-            return Err(HookError::Invalid("the plugin has no on-connect".into()));
-        };
-        let call = async { func.call_async(&mut *store, (wire,)).await.map(|(a,)| a) };
-        let result = meter.metered(now, std::pin::pin!(call)).await;
-        let action = self.finish(i, started, result)?;
         self.checked(wire::connect_decision(action))
     }
 
@@ -473,63 +509,141 @@ impl Plugin {
         self: &Arc<Self>,
         request: types::Request<'_>,
     ) -> Result<types::RequestAction, HookError> {
-        let started = std::time::Instant::now();
-        let (mut i, now) = self.take(started).await?;
-        let Instance {
-            store,
-            bindings,
-            meter,
-            ..
-        } = &mut *i;
-        let result = meter
-            .metered(
-                now,
-                std::pin::pin!(bindings.call_on_request(store, request)),
-            )
-            .await;
-        self.finish(i, started, result)
+        loop {
+            let started = std::time::Instant::now();
+            let (mut i, now) = self.take(started).await?;
+            let Instance {
+                store,
+                bindings,
+                meter,
+                ..
+            } = &mut *i;
+            let result = self
+                .run(
+                    store,
+                    meter,
+                    now,
+                    bindings.func_on_request(),
+                    (request.clone(),),
+                )
+                .await;
+            if !self.waited(&result) {
+                return self.finish(i, started, result);
+            }
+        }
     }
 
     async fn call_on_response(
         self: &Arc<Self>,
         response: types::Response<'_>,
     ) -> Result<types::ResponseAction, HookError> {
-        let started = std::time::Instant::now();
-        let (mut i, now) = self.take(started).await?;
-        let Instance {
-            store,
-            bindings,
-            meter,
-            ..
-        } = &mut *i;
-        let result = meter
-            .metered(
-                now,
-                std::pin::pin!(bindings.call_on_response(store, response)),
-            )
-            .await;
-        self.finish(i, started, result)
+        loop {
+            let started = std::time::Instant::now();
+            let (mut i, now) = self.take(started).await?;
+            let Instance {
+                store,
+                bindings,
+                meter,
+                ..
+            } = &mut *i;
+            let result = self
+                .run(
+                    store,
+                    meter,
+                    now,
+                    bindings.func_on_response(),
+                    (response.clone(),),
+                )
+                .await;
+            if !self.waited(&result) {
+                return self.finish(i, started, result);
+            }
+        }
     }
 
     async fn call_on_health_check(
         self: &Arc<Self>,
         probe: types::Probe<'_>,
     ) -> Result<types::Verdict, HookError> {
-        let started = std::time::Instant::now();
-        let (mut i, now) = self.take(started).await?;
-        let Instance {
-            store,
-            bindings,
-            meter,
-            ..
-        } = &mut *i;
-        let result = meter
-            .metered(
-                now,
-                std::pin::pin!(bindings.call_on_health_check(store, probe)),
-            )
-            .await;
-        self.finish(i, started, result)
+        loop {
+            let started = std::time::Instant::now();
+            let (mut i, now) = self.take(started).await?;
+            let Instance {
+                store,
+                bindings,
+                meter,
+                ..
+            } = &mut *i;
+            let result = self
+                .run(
+                    store,
+                    meter,
+                    now,
+                    bindings.func_on_health_check(),
+                    (probe.clone(),),
+                )
+                .await;
+            if !self.waited(&result) {
+                return self.finish(i, started, result);
+            }
+        }
+    }
+
+    /// Runs one hook call on a taken instance: on this thread's stack while the plugin's
+    /// calls are short ([`Self::sync_calls`]), else on a fiber, where a long call yields
+    /// to the thread's other tasks. `now`: as [`CpuMeter::metered`] takes it.
+    async fn run<P, R>(
+        &self,
+        store: &mut wasmtime::Store<StoreState>,
+        meter: &CpuMeter,
+        now: std::time::Instant,
+        func: wasmtime::component::TypedFunc<P, (R,)>,
+        params: P,
+    ) -> wasmtime::Result<R>
+    where
+        P: wasmtime::component::ComponentNamedList + wasmtime::component::Lower + Send + Sync,
+        R: wasmtime::component::ComponentType + wasmtime::component::Lift + Send + Sync + 'static,
+    {
+        if self.sync_calls.load(Ordering::Relaxed) {
+            let (result, held) = meter.at_once(now, || func.call(&mut *store, params));
+            if held {
+                self.to_fibers("a call held its thread for a tick or more");
+            }
+            if matches!(&result, Err(e) if e.is::<engine::WouldWait>()) {
+                self.to_fibers("a call came to a wait");
+            }
+            return result.map(|(r,)| r);
+        }
+        let call = async { func.call_async(&mut *store, params).await.map(|(r,)| r) };
+        meter.metered(now, std::pin::pin!(call)).await
+    }
+
+    /// From now on its calls run on fibers (in later generations too).
+    fn to_fibers(&self, why: &str) {
+        self.stats.on_fibers.store(true, Ordering::Relaxed);
+        if self.sync_calls.swap(false, Ordering::Relaxed) {
+            tracing::info!(
+                plugin = &*self.name,
+                "{why} on the caller's stack: its calls run on fibers from now on, where a long call yields and a wait holds no thread"
+            );
+        }
+    }
+
+    /// Whether a call on the caller's stack stopped at a wait: the caller makes it again,
+    /// on a fiber. Its instance, stopped mid-call, is dropped and replaced, and the call
+    /// is counted once.
+    fn waited<R>(self: &Arc<Self>, result: &wasmtime::Result<R>) -> bool {
+        let waited = matches!(result, Err(e) if e.is::<engine::WouldWait>());
+        if waited {
+            self.stats.calls.fetch_sub(1, Ordering::Relaxed);
+            self.replenish();
+        }
+        waited
+    }
+
+    /// Whether its calls run on the caller's stack now (see [`Self::sync_calls`]).
+    pub fn calls_on_stack(&self) -> bool {
+        self.sync_calls.load(Ordering::Relaxed)
     }
 
     /// Counts invalid output, which the caller found, like a failure of the call.
@@ -541,22 +655,27 @@ impl Plugin {
 /// Every plugin of a config, loaded: what `weir check` proves and what the proxy runs.
 /// `before`: the plugins of the generation these replace, whose counters go on in the
 /// plugins of the same names.
+/// `shared_store`: `[state]` names Redis.
 pub async fn load_all(
     configs: &[PluginConfig],
     backends: Arc<[Arc<BackendRt>]>,
     before: &[Arc<Plugin>],
+    shared_store: bool,
 ) -> Result<Vec<Arc<Plugin>>, (String, LoadError)> {
     let mut plugins = Vec::with_capacity(configs.len());
     for cfg in configs {
-        let mut plugin = Plugin::load(cfg, Arc::clone(&backends))
+        let mut plugin = Plugin::load(cfg, Arc::clone(&backends), shared_store)
             .await
             .map_err(|e| (cfg.name.clone(), e))?;
         let old = before.iter().find(|p| *p.name == *plugin.name);
         if let Some(old) = old {
             plugin.stats = Arc::clone(&old.stats);
+            if plugin.stats.on_fibers.load(Ordering::Relaxed) {
+                plugin.sync_calls.store(false, Ordering::Relaxed);
+            }
         }
         if let Some(c) = &cfg.candidate {
-            let candidate = Plugin::load(&c.plugin, Arc::clone(&backends))
+            let candidate = Plugin::load(&c.plugin, Arc::clone(&backends), shared_store)
                 .await
                 .map_err(|e| (cfg.name.clone(), LoadError::Candidate(Box::new(e))))?;
             let previous = old.and_then(|o| o.candidate.as_ref());

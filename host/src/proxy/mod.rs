@@ -79,7 +79,8 @@ impl Proxy {
             .collect();
         let shared: Arc<[Arc<BackendRt>]> = backends.clone().into();
         let before = old.map_or(&[][..], |o| &o.plugins[..]);
-        let plugins = plugin::load_all(&config.plugins, Arc::clone(&shared), before)
+        let shared_store = matches!(config.store, crate::config::Store::Redis(_));
+        let plugins = plugin::load_all(&config.plugins, Arc::clone(&shared), before, shared_store)
             .await
             .map_err(|(name, error)| PluginLoadError { name, error })?;
         for b in &config.backends {

@@ -232,6 +232,91 @@ impl PluginState {
     }
 }
 
+/// The same operations without waiting, for plugins whose calls run synchronously (loaded
+/// while the store was memory, [`crate::plugin`]): they never wait for Redis. When a
+/// reload has since put Redis in use (this plugin's generation is on its way out), they
+/// go on as `consistency = "eventual"` does: counts are made here and synced, reads are
+/// answered here, and writes are made here and sent to Redis in the background.
+impl PluginState {
+    pub fn counter_add_now(
+        &self,
+        key: &str,
+        delta: i64,
+        window: Duration,
+    ) -> Result<i64, StoreDown> {
+        let track = self.shared_now()?;
+        Ok(self.local.counter_add(key, delta, window, track))
+    }
+
+    pub fn sliding_add_now(
+        &self,
+        key: &str,
+        delta: i64,
+        window_ms: u64,
+        limit: Option<i64>,
+    ) -> Result<SlidingCount, StoreDown> {
+        let track = self.shared_now()?;
+        Ok(self.local.sliding_add(key, delta, window_ms, limit, track))
+    }
+
+    pub fn kv_get_now(&self, key: &str) -> Result<Option<Vec<u8>>, StoreDown> {
+        self.shared_now()?;
+        Ok(self.local.kv_get(key))
+    }
+
+    pub fn kv_set_now(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<Result<(), String>, StoreDown> {
+        if let Err(e) = self.local.kv_set(key, value, ttl) {
+            return Ok(Err(e));
+        }
+        self.write_behind(key, Some(value.to_vec()), ttl)?;
+        Ok(Ok(()))
+    }
+
+    pub fn kv_delete_now(&self, key: &str) -> Result<(), StoreDown> {
+        self.local.kv_delete(key);
+        self.write_behind(key, None, None)
+    }
+
+    /// Whether Redis is in use (counts are then tracked for its sync); Err when it is
+    /// away and `on_error = "deny"`.
+    fn shared_now(&self) -> Result<bool, StoreDown> {
+        let Some(redis) = shared() else {
+            return Ok(false);
+        };
+        if !redis.is_up() {
+            Self::fallback(&redis)?;
+        }
+        Ok(true)
+    }
+
+    /// A kv write sent to Redis, when it is in use, without waiting for it.
+    fn write_behind(
+        &self,
+        key: &str,
+        value: Option<Vec<u8>>,
+        ttl: Option<Duration>,
+    ) -> Result<(), StoreDown> {
+        let Some(redis) = shared() else {
+            return Ok(());
+        };
+        if !redis.is_up() {
+            return Self::fallback(&redis);
+        }
+        let (plugin, key) = (self.name.clone(), key.to_owned());
+        tokio::spawn(async move {
+            if let Err(e) = redis.kv_set(&plugin, &key, value.as_deref(), ttl).await {
+                redis.failed(&e);
+            }
+        });
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

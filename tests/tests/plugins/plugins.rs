@@ -144,6 +144,69 @@ async fn host_counters_outlive_instances() {
     assert_eq!(counts, (1..=8).collect::<Vec<_>>());
 }
 
+/// A plugin whose calls never wait (host counters on the memory store, WASI's sink
+/// streams) is called on the caller's stack; one that waits on a clock is called on
+/// fibers, and its wait holds no thread: ten requests that each sleep 100 ms in it, all
+/// at once on the one thread this test runs everything on, take about 100 ms, not one
+/// second.
+#[tokio::test(flavor = "current_thread")]
+async fn plugins_that_never_wait_run_on_the_stack_and_a_waiting_one_holds_no_thread() {
+    let nap = format!(
+        "[plugin.nap]\nwasm = \"{}\"\nconfig = {{ ms = 100 }}\n",
+        weir_tests::SLEEPER_WASM
+    );
+    let (server, proxy) = proxy_with(
+        &["count-on-stack", "nap"],
+        &[fixture_plugin("count-on-stack", "count", ""), nap],
+    )
+    .await;
+    let addr = proxy.addr();
+    let wave = || async move {
+        let started = std::time::Instant::now();
+        let tasks: Vec<_> = (0..10)
+            .map(|_| tokio::spawn(async move { Client::connect(addr).await.get("/").await }))
+            .collect();
+        let mut counts = Vec::new();
+        for t in tasks {
+            let reply = t.await.unwrap();
+            assert_eq!(reply.status, 200, "{}", reply.text());
+            assert_eq!(reply.json()["headers"]["x-slept"], "100");
+            let count = reply.json()["headers"]["x-count"].clone();
+            counts.push(count.as_str().unwrap().parse::<u32>().unwrap());
+        }
+        counts.sort();
+        (counts, started.elapsed())
+    };
+    // The first wave makes the instances (slow in a debug build) and finds that `nap`
+    // waits: its first call stops there and is made again on a fiber.
+    let (counts, _) = wave().await;
+    assert_eq!(counts, (1..=10).collect::<Vec<_>>());
+    let (counts, took) = wave().await;
+    assert_eq!(
+        counts,
+        (11..=20).collect::<Vec<_>>(),
+        "each request counted once"
+    );
+    assert_eq!(server.requests(), 20);
+    assert!(
+        took < Duration::from_millis(600),
+        "ten 100 ms waits in a plugin took {took:?} together: they held the thread"
+    );
+    let plugins = proxy.running.plugins();
+    let on_stack = |name: &str| {
+        plugins
+            .iter()
+            .find(|p| &*p.name == name)
+            .unwrap()
+            .calls_on_stack()
+    };
+    assert!(
+        on_stack("count-on-stack"),
+        "counts never wait: called on the stack"
+    );
+    assert!(!on_stack("nap"), "a plugin that sleeps is called on fibers");
+}
+
 /// One hostile behaviour under both policies: fail-closed answers a generic 503 without
 /// reaching a server; fail-open serves as if the plugin were absent.
 async fn hostile(mode: &str, extra: &str) {

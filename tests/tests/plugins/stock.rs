@@ -230,6 +230,8 @@ async fn rate_limit_answers_429_past_the_limit_and_keeps_counting_across_reloads
         200,
         "bob has his own count"
     );
+    // With the memory store its counts never wait: its calls ran on the caller's stack.
+    assert!(proxy.running.plugins()[0].calls_on_stack());
 
     // A reload builds new instances; the counts are the host's and carry over.
     proxy.running.reload(&load(&toml)).await.expect("reload");
