@@ -149,6 +149,32 @@ pub struct FixedEdits {
     pub response: Option<Vec<validate::Edit>>,
 }
 
+/// One call of a hook's export (`func_on_request` and the like) on a pooled instance,
+/// made again on a fiber when it came to a wait on the caller's stack
+/// ([`Plugin::waited`]). A macro rather than a function: the export's parameters borrow
+/// for as long as the instance's bindings are borrowed.
+macro_rules! call_hook {
+    ($plugin:expr, $export:ident, $params:expr) => {
+        loop {
+            let started = std::time::Instant::now();
+            let (mut i, now) = $plugin.take(started).await?;
+            let Instance {
+                store,
+                bindings,
+                meter,
+                ..
+            } = &mut *i;
+            let export = bindings.$export();
+            let result = $plugin
+                .run(store, meter, now, export, ($params.clone(),))
+                .await;
+            if !$plugin.waited(&result) {
+                break $plugin.finish(i, started, result);
+            }
+        }
+    };
+}
+
 /// A configured plugin, ready to serve hook calls.
 pub struct Plugin {
     pub name: Arc<str>,
@@ -509,84 +535,21 @@ impl Plugin {
         self: &Arc<Self>,
         request: types::Request<'_>,
     ) -> Result<types::RequestAction, HookError> {
-        loop {
-            let started = std::time::Instant::now();
-            let (mut i, now) = self.take(started).await?;
-            let Instance {
-                store,
-                bindings,
-                meter,
-                ..
-            } = &mut *i;
-            let result = self
-                .run(
-                    store,
-                    meter,
-                    now,
-                    bindings.func_on_request(),
-                    (request.clone(),),
-                )
-                .await;
-            if !self.waited(&result) {
-                return self.finish(i, started, result);
-            }
-        }
+        call_hook!(self, func_on_request, request)
     }
 
     async fn call_on_response(
         self: &Arc<Self>,
         response: types::Response<'_>,
     ) -> Result<types::ResponseAction, HookError> {
-        loop {
-            let started = std::time::Instant::now();
-            let (mut i, now) = self.take(started).await?;
-            let Instance {
-                store,
-                bindings,
-                meter,
-                ..
-            } = &mut *i;
-            let result = self
-                .run(
-                    store,
-                    meter,
-                    now,
-                    bindings.func_on_response(),
-                    (response.clone(),),
-                )
-                .await;
-            if !self.waited(&result) {
-                return self.finish(i, started, result);
-            }
-        }
+        call_hook!(self, func_on_response, response)
     }
 
     async fn call_on_health_check(
         self: &Arc<Self>,
         probe: types::Probe<'_>,
     ) -> Result<types::Verdict, HookError> {
-        loop {
-            let started = std::time::Instant::now();
-            let (mut i, now) = self.take(started).await?;
-            let Instance {
-                store,
-                bindings,
-                meter,
-                ..
-            } = &mut *i;
-            let result = self
-                .run(
-                    store,
-                    meter,
-                    now,
-                    bindings.func_on_health_check(),
-                    (probe.clone(),),
-                )
-                .await;
-            if !self.waited(&result) {
-                return self.finish(i, started, result);
-            }
-        }
+        call_hook!(self, func_on_health_check, probe)
     }
 
     /// Runs one hook call on a taken instance: on this thread's stack while the plugin's
