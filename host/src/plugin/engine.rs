@@ -132,8 +132,7 @@ pub(super) struct CpuMeter {
     pub(super) stopped_at_ns: AtomicU64,
     /// The current call runs on the caller's stack ([`Self::at_once`]): it cannot yield.
     pub(super) on_stack: AtomicBool,
-    /// A call on the caller's stack passed its first check: it held its thread for a
-    /// tick or more.
+    /// A call on the caller's stack used a tick of CPU or more: it held its thread.
     pub(super) held_thread: AtomicBool,
 }
 
@@ -355,12 +354,10 @@ pub(super) fn engine() -> &'static Engine {
     })
 }
 
-/// The linker of a plugin's instances. `waits`: its calls may wait (for Redis, which
-/// `[state]` names, or for a clock it subscribed to): counters, kv and WASI's waiting
-/// functions are then asynchronous, and every call runs on a fiber of its own. Otherwise
-/// they answer at once (the memory store; every stream and pollable the sandbox hands
-/// out is ready), no import is asynchronous, and calls can run on the caller's stack
-/// (`Plugin::sync_calls`).
+/// The linker of a plugin's instances. `waits`: for instances called on fibers, whose
+/// imports may wait (counters and kv for Redis, WASI's functions for a clock): they are
+/// asynchronous. Otherwise: for instances called on the caller's stack
+/// (`Plugin::sync_calls`), whose imports all answer at once ([`at_once`]).
 pub(super) fn linker(waits: bool) -> &'static Linker<StoreState> {
     static WAITING: OnceLock<Linker<StoreState>> = OnceLock::new();
     static AT_ONCE: OnceLock<Linker<StoreState>> = OnceLock::new();
