@@ -572,9 +572,6 @@ impl Plugin {
             if held {
                 self.to_fibers("a call held its thread for a tick or more");
             }
-            if matches!(&result, Err(e) if e.is::<engine::WouldWait>()) {
-                self.to_fibers("a call came to a wait");
-            }
             return result.map(|(r,)| r);
         }
         let call = async { func.call_async(&mut *store, params).await.map(|(r,)| r) };
@@ -592,12 +589,13 @@ impl Plugin {
         }
     }
 
-    /// Whether a call on the caller's stack stopped at a wait: the caller makes it again,
-    /// on a fiber. Its instance, stopped mid-call, is dropped and replaced, and the call
-    /// is counted once.
+    /// Whether a call on the caller's stack stopped at a wait: the plugin's calls move to
+    /// fibers, and the caller makes this one again there. Its instance, stopped mid-call,
+    /// is dropped and replaced, and the call is counted once.
     fn waited<R>(self: &Arc<Self>, result: &wasmtime::Result<R>) -> bool {
         let waited = matches!(result, Err(e) if e.is::<engine::WouldWait>());
         if waited {
+            self.to_fibers("a call came to a wait");
             self.stats.calls.fetch_sub(1, Ordering::Relaxed);
             self.replenish();
         }
