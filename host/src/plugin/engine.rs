@@ -384,15 +384,16 @@ pub(super) fn linker(waits: bool) -> &'static Linker<StoreState> {
 }
 
 /// A call on the caller's stack came to a wait (a pollable of a clock the plugin
-/// subscribed to): it stops there, and is made again from the start on a fiber.
+/// subscribed to, or Redis): it stops there, and is made again from the start on a fiber.
 #[derive(Debug, thiserror::Error)]
 #[error("a plugin call on the caller's stack came to a wait")]
 pub(super) struct WouldWait;
 
 /// The imports that answer at once, for instances called on the caller's stack: weir's
-/// counters and kv on the memory store, and WASI's functions that could wait. Of those,
-/// only a clock's pollable ever does in the sandbox (its streams are a sink and a closed
-/// input); a call that comes to one stops with [`WouldWait`].
+/// counters and kv, and WASI's functions that could wait, each polled once. In the
+/// sandbox only a clock's pollable waits (its streams are a sink and a closed input), and
+/// the store only when a reload has put Redis in use; a call that comes to a wait stops
+/// with [`WouldWait`].
 mod at_once {
     use std::future::Future;
     use std::time::Duration;
@@ -524,24 +525,28 @@ mod at_once {
             },
         )?;
 
-        // The keys are read where the guest left them: no copy of their own.
+        // weir's own store, polled once: the memory store answers at once. One that would
+        // wait for Redis (a reload has put it in use; this generation is on its way out)
+        // stops the call like a clock does, to be made again on a fiber. The keys are
+        // read where the guest left them: no copy of their own.
         let mut counters = linker.instance(COUNTERS)?;
         counters.func_wrap(
             "add",
             |cx: Cx<'_>, (key, delta, window_ms): (WasmStr, i64, u64)| {
                 let key = key.to_str(&cx)?;
                 let window = Duration::from_millis(window_ms);
-                Ok((cx.data().state.counter_add_now(&key, delta, window)?,))
+                let state = &cx.data().state;
+                Ok((now(async {
+                    Ok(state.counter_add(&key, delta, window).await?)
+                })?,))
             },
         )?;
         counters.func_wrap(
             "add-sliding",
             |cx: Cx<'_>, (key, delta, window_ms, limit): (WasmStr, i64, u64, Option<i64>)| {
                 let key = key.to_str(&cx)?;
-                let c = cx
-                    .data()
-                    .state
-                    .sliding_add_now(&key, delta, window_ms, limit)?;
+                let state = &cx.data().state;
+                let c = now(async { Ok(state.sliding_add(&key, delta, window_ms, limit).await?) })?;
                 Ok((Sliding {
                     previous: c.previous,
                     current: c.current,
@@ -553,20 +558,22 @@ mod at_once {
         let mut kv = linker.instance(KV)?;
         kv.func_wrap("get", |cx: Cx<'_>, (key,): (WasmStr,)| {
             let key = key.to_str(&cx)?;
-            Ok((cx.data().state.kv_get_now(&key)?,))
+            let state = &cx.data().state;
+            Ok((now(async { Ok(state.kv_get(&key).await?) })?,))
         })?;
         kv.func_wrap(
             "set",
             |cx: Cx<'_>, (key, value, ttl_ms): (WasmStr, Vec<u8>, Option<u64>)| {
                 let key = key.to_str(&cx)?;
                 let ttl = ttl_ms.map(Duration::from_millis);
-                Ok((cx.data().state.kv_set_now(&key, &value, ttl)?,))
+                let state = &cx.data().state;
+                Ok((now(async { Ok(state.kv_set(&key, &value, ttl).await?) })?,))
             },
         )?;
         kv.func_wrap("delete", |cx: Cx<'_>, (key,): (WasmStr,)| {
             let key = key.to_str(&cx)?;
-            cx.data().state.kv_delete_now(&key)?;
-            Ok(())
+            let state = &cx.data().state;
+            now(async { Ok(state.kv_delete(&key).await?) })
         })?;
         Ok(())
     }
