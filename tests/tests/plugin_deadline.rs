@@ -168,10 +168,14 @@ async fn the_deadline_holds_while_the_epoch_thread_is_not_running() {
 }
 
 /// An idle process does not wake for plugin deadlines: the epoch thread sleeps once no
-/// call has started for a second, the next call wakes it, and deadlines hold after such
-/// a sleep as before it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_epoch_thread_sleeps_while_no_call_starts() {
+/// call that needs it has started for a second, and the next such call wakes it. Calls
+/// on the caller's stack (with a timeout of at least 10 ms) do not need it: their
+/// thread's CPU timer checks them, so while only they run the epoch thread sleeps on,
+/// and a call among them that runs long wakes it to be checked every slice. Deadlines
+/// hold after such a sleep as before it. On one thread, as with `threads = 1`: every
+/// call runs on the thread whose timer the first call made.
+#[tokio::test(flavor = "current_thread")]
+async fn the_epoch_thread_sleeps_while_no_call_needs_it() {
     let _turn = TURN.lock().await;
     let server = MockServer::start("s1").await;
     let tag = fixture_plugin("tag", "tag", "");
@@ -187,20 +191,61 @@ async fn the_epoch_thread_sleeps_while_no_call_starts() {
     asleep(true)
         .await
         .expect("the epoch thread sleeps a second after the last call");
-    assert_eq!(client.get("/").await.status, 200);
-    asleep(false).await.expect("a call wakes the epoch thread");
-    asleep(true).await.expect("and it sleeps again once idle");
-    // A looping call that starts while the epoch thread sleeps is stopped at its
-    // deadline as ever.
+    let plugins = proxy.running.plugins();
+    let find = |name: &str| plugins.iter().find(|p| &*p.name == name).unwrap();
+    assert!(find("tag").calls_on_stack());
+    for _ in 0..50 {
+        assert_eq!(client.get("/").await.status, 200);
+        assert!(
+            weir::plugin::epoch_thread_asleep(),
+            "a call on the caller's stack woke the epoch thread"
+        );
+    }
+    // A looping call that starts on the stack while the epoch thread sleeps: its thread's
+    // CPU timer finds it running long and wakes the epoch thread, which stops it at its
+    // deadline.
+    // (This thread is held by the call: another one watches for it to be counted among
+    // the calls running long, for which the epoch advances every slice.)
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watch = std::thread::spawn({
+        let done = done.clone();
+        move || {
+            let mut seen = 0;
+            while !done.load(Ordering::Acquire) {
+                seen = seen.max(weir::plugin::calls_running_long());
+                std::thread::yield_now();
+            }
+            seen
+        }
+    });
     let mut spin = Client::connect(proxy.addr()).await;
-    for _ in 0..5 {
+    let answer = tokio::time::timeout(Duration::from_secs(5), spin.get("/"))
+        .await
+        .expect("a looping call on the stack is stopped while the epoch thread sleeps");
+    assert_eq!(answer.status, 503);
+    done.store(true, Ordering::Release);
+    assert_eq!(
+        watch.join().unwrap(),
+        1,
+        "the call on the stack was checked every slice once it ran long"
+    );
+    asleep(false).await.expect("which woke the epoch thread");
+    assert!(!find("spin").calls_on_stack());
+    // Its calls now run on fibers, which need the epoch thread's first tick to yield:
+    // each wakes it.
+    asleep(true).await.expect("it sleeps again once idle");
+    for _ in 0..4 {
         let answer = tokio::time::timeout(Duration::from_secs(5), spin.get("/"))
             .await
             .expect("a looping call is stopped after the epoch thread slept");
         assert_eq!(answer.status, 503);
+        assert!(
+            !weir::plugin::epoch_thread_asleep(),
+            "a call on a fiber leaves the epoch thread asleep"
+        );
     }
-    let plugins = proxy.running.plugins();
-    let spin = plugins.iter().find(|p| &*p.name == "spin").unwrap();
+    let spin = find("spin");
+    assert_eq!(spin.stats.timeouts.load(Ordering::Relaxed), 5);
     let cpu = Duration::from_nanos(spin.stats.timeout_cpu_max_ns.load(Ordering::Relaxed));
     assert!(
         cpu >= Duration::from_millis(20) && cpu <= Duration::from_millis(30),

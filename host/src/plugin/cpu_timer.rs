@@ -32,6 +32,14 @@ thread_local! {
     /// This thread has its timer (or was refused one): the cheap check before the
     /// thread-local that owns the timer, which has a destructor to register.
     static TIMED: Cell<bool> = const { Cell::new(false) };
+    /// This thread has a working timer: a call running here is checked within
+    /// [`INTERVAL`] of its CPU (rounded up to the scheduler tick) without the epoch thread.
+    static ARMED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the current thread has a working timer (made at its first call).
+pub fn armed() -> bool {
+    ARMED.get()
 }
 
 /// Marks the current thread as running a call for the duration of `poll`, creating the
@@ -129,9 +137,8 @@ mod imp {
         if !wanted() {
             return;
         }
-        TIMER.with(|t| {
-            t.get_or_init(create);
-        });
+        let armed = TIMER.with(|t| t.get_or_init(create).is_some());
+        super::ARMED.set(armed);
     }
 
     /// Whether the environment leaves the timers in (read once).

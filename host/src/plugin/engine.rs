@@ -1,5 +1,5 @@
 //! The process's wasmtime engine and what bounds every call into it: the epoch ticker
-//! (1 ms, asleep while no call starts), the CPU meter that charges a call for the CPU it
+//! (1 ms, asleep while no call needs it), the CPU meter that charges a call for the CPU it
 //! used (backed by a CPU timer on each thread that runs calls, in `cpu_timer`), the
 //! linker of weir's imports and WASI (which grants nothing), and the compile cache.
 
@@ -33,10 +33,11 @@ pub fn calls_running_long() -> usize {
 }
 
 /// The thread that advances the epoch, woken when a call starts running long, and when
-/// a call starts while it sleeps.
+/// a call that needs it starts while it sleeps ([`call_starting`]).
 static TICKER: OnceLock<std::thread::Thread> = OnceLock::new();
-/// Calls started since the process began: the epoch thread sleeps once this has not
-/// moved for [`TICKER_IDLE`] (and no call runs long), and is woken by the next call.
+/// Calls started since the process began that need the epoch thread (all but quiet ones,
+/// [`call_starting`]): it sleeps once this has not moved for [`TICKER_IDLE`] (and no call
+/// runs long), and is woken by the next such call.
 static CALLS_STARTED: AtomicU64 = AtomicU64::new(0);
 /// The epoch thread is asleep, or about to be, until a call starts.
 static TICKER_ASLEEP: AtomicBool = AtomicBool::new(false);
@@ -44,24 +45,44 @@ static TICKER_ASLEEP: AtomicBool = AtomicBool::new(false);
 /// process wakes for nothing.
 const TICKER_IDLE: Duration = Duration::from_secs(1);
 
+/// The shortest timeout for which a call on the caller's stack leaves the epoch thread
+/// asleep ([`call_starting`]). Such a call is first checked by its thread's CPU timer
+/// instead: at the timer's next signal, or the one after if the call had then used less
+/// than a tick (each comes after [`cpu_timer::INTERVAL`] of the thread's CPU, rounded up
+/// to the scheduler tick: within about 5 ms of the call's CPU at 250 Hz), and every
+/// [`LONG_CALL_SLICE`] after that. A shorter timeout keeps the epoch thread's first check
+/// at one tick.
+pub const QUIET_MIN_TIMEOUT: Duration = Duration::from_millis(10);
+
 /// A call is about to start on a store whose deadline is set from the epoch: wakes the
-/// epoch thread if it sleeps. The count and the flag are sequentially consistent on
-/// both sides, so the epoch thread either sees this call before it sleeps or is woken
-/// by it (a wake-up given before it parks is kept for the park).
-pub(super) fn call_starting() {
+/// epoch thread if it sleeps, and counts the call so that it does not fall asleep.
+/// The count and the flag are sequentially consistent on both sides, so the epoch thread
+/// either sees this call before it sleeps or is woken by it (a wake-up given before it
+/// parks is kept for the park).
+///
+/// Except for a `quiet` call: one on the caller's stack whose timeout is at least
+/// [`QUIET_MIN_TIMEOUT`], on a thread with a CPU timer, which checks it without the
+/// epoch thread. While all calls are quiet, the epoch thread sleeps: its wake-ups every
+/// tick cost a busy core two context switches each, 5-9 % of the CPU per request with
+/// three plugins (BENCHMARKS.md). Whether the call is quiet.
+pub(super) fn call_starting(quiet: bool) -> bool {
+    if quiet && cpu_timer::armed() {
+        return true;
+    }
     CALLS_STARTED.fetch_add(1, Ordering::SeqCst);
     if TICKER_ASLEEP.load(Ordering::SeqCst)
         && let Some(ticker) = TICKER.get()
     {
         ticker.unpark();
     }
+    false
 }
 
 /// Readies a store for a call made while loading a plugin (instantiation, configure, the
 /// declarations), which may take longer than a hook: 1 s of CPU.
 pub(super) fn arm_for_load(store: &mut Store<StoreState>, meter: &CpuMeter) {
     meter.start(Duration::from_secs(1));
-    call_starting();
+    call_starting(false);
     store.set_epoch_deadline(1000);
 }
 
@@ -161,26 +182,32 @@ impl CpuMeter {
             return wasmtime::UpdateDeadline::Interrupt;
         }
         if self.on_stack.load(Ordering::Relaxed) {
-            // It cannot yield: it goes on to its end or its deadline, checked every tick.
-            // (A CPU timer's signal can wake the check of a call just begun: only the
-            // CPU it used says whether it held the thread.)
+            // It cannot yield: it goes on to its end or its deadline, checked every
+            // slice once it has used a tick. (A CPU timer's signal can wake the check of
+            // a call just begun: only the CPU it used says whether it held the thread.)
             if used >= TICK.as_nanos() as u64 {
                 self.held_thread.store(true, Ordering::Relaxed);
+                self.runs_long();
             }
             return wasmtime::UpdateDeadline::Continue(1);
         }
-        if !self.long.swap(true, Ordering::Relaxed) {
-            // From now on the epoch advances every slice, so that this call yields often.
-            LONG_CALLS.fetch_add(1, Ordering::AcqRel);
-            if let Some(ticker) = TICKER.get() {
-                ticker.unpark();
-            }
-        }
+        self.runs_long();
         // tokio's own yield: a task that woke itself would be polled again before the
         // runtime looks for I/O (a single-threaded runtime polls for it only every 61
         // polls, or once nothing is ready), so the requests waiting on a socket would not
         // get the thread after all. A task yielding this way runs again after that poll.
         wasmtime::UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now()))
+    }
+
+    /// From now on the epoch advances every slice, so that this call is checked (and, on
+    /// a fiber, yields) often; wakes the epoch thread if it sleeps.
+    fn runs_long(&self) {
+        if !self.long.swap(true, Ordering::Relaxed) {
+            LONG_CALLS.fetch_add(1, Ordering::AcqRel);
+            if let Some(ticker) = TICKER.get() {
+                ticker.unpark();
+            }
+        }
     }
 
     /// The call is over (done, stopped, or dropped mid-way).
@@ -201,7 +228,10 @@ impl CpuMeter {
         self.poll_start_ns
             .store(thread_cpu_at_least_ns(now), Ordering::Relaxed);
         self.on_stack.store(true, Ordering::Relaxed);
-        let r = cpu_timer::in_call(call);
+        let r = {
+            let _finish = Finish(self);
+            cpu_timer::in_call(call)
+        };
         self.on_stack.store(false, Ordering::Relaxed);
         (r, self.held_thread.swap(false, Ordering::Relaxed))
     }
@@ -216,12 +246,6 @@ impl CpuMeter {
         now: std::time::Instant,
         mut call: std::pin::Pin<&mut F>,
     ) -> F::Output {
-        struct Finish<'a>(&'a CpuMeter);
-        impl Drop for Finish<'_> {
-            fn drop(&mut self) {
-                self.0.finish();
-            }
-        }
         let _finish = Finish(self);
         let mut first = Some(now);
         std::future::poll_fn(|cx| {
@@ -237,6 +261,15 @@ impl CpuMeter {
             r
         })
         .await
+    }
+}
+
+/// Ends the meter's call however the call ends (a panic included).
+struct Finish<'a>(&'a CpuMeter);
+
+impl Drop for Finish<'_> {
+    fn drop(&mut self) {
+        self.0.finish();
     }
 }
 
@@ -648,11 +681,14 @@ pub(super) fn sandbox() -> WasiCtx {
 /// current epoch: one full tick into the call (the current tick is partly over, so
 /// one more; and when the ticker runs late, a busy machine, the epoch lags real time,
 /// so the lag is added). From then on the check runs every tick ([`CpuMeter::check`]);
-/// calls of the usual few microseconds never reach it.
-pub(super) fn deadline_ticks(now: std::time::Instant) -> u64 {
+/// calls of the usual few microseconds never reach it. A `quiet` call
+/// ([`call_starting`]) while the ticker sleeps: the next advance, which only its
+/// thread's CPU timer makes.
+pub(super) fn deadline_ticks(now: std::time::Instant, quiet: bool) -> u64 {
     if TICKER_ASLEEP.load(Ordering::SeqCst) {
-        // The ticker, woken by this call, skips the ticks it slept through.
-        return 2;
+        // The ticker, woken by this call unless it is quiet, skips the ticks it slept
+        // through.
+        return if quiet { 1 } else { 2 };
     }
     let lag = ticks_at(now).saturating_sub(EPOCH.load(Ordering::SeqCst));
     2 + lag

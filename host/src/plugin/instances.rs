@@ -146,10 +146,11 @@ impl Plugin {
             }
         };
         instance.meter.start(self.timeout);
-        engine::call_starting();
+        let quiet =
+            engine::call_starting(instance.at_once && self.timeout >= engine::QUIET_MIN_TIMEOUT);
         instance
             .store
-            .set_epoch_deadline(engine::deadline_ticks(now));
+            .set_epoch_deadline(engine::deadline_ticks(now, quiet));
         Ok((instance, now))
     }
 
