@@ -207,7 +207,7 @@ pub struct Plugin {
     /// Its instances for fibers, whose imports may wait.
     pre: bindings::PluginPre<StoreState>,
     /// Its instances for calls on the caller's stack, whose imports answer at once
-    /// (`engine::linker`); none with Redis as the store.
+    /// (`engine::linker`); none when its calls run on fibers from the start (`load`).
     pre_at_once: Option<bindings::PluginPre<StoreState>>,
     state: Arc<PluginState>,
     backends: Arc<[Arc<BackendRt>]>,
@@ -218,11 +218,13 @@ pub struct Plugin {
 
 impl Plugin {
     /// Reads, checks, compiles and configures a plugin: everything that can fail at load.
-    /// `shared_store`: `[state]` names Redis, which a call may wait for.
+    /// `on_fibers`: its calls run on fibers from the start, never on the caller's stack
+    /// (`[state]` names Redis, which a call may wait for; or the plugin's calls moved to
+    /// fibers in an earlier generation).
     pub async fn load(
         cfg: &PluginConfig,
         backends: Arc<[Arc<BackendRt>]>,
-        shared_store: bool,
+        on_fibers: bool,
     ) -> Result<Plugin, LoadError> {
         match &cfg.source {
             PluginSource::File(file) => {
@@ -234,11 +236,11 @@ impl Plugin {
                         path: file.display().to_string(),
                         source,
                     })?;
-                Self::from_bytes(cfg, &bytes, backends, shared_store).await
+                Self::from_bytes(cfg, &bytes, backends, on_fibers).await
             }
             PluginSource::Stock(name) => {
                 let (_, bytes) = crate::stock::find(name).ok_or(LoadError::NoStock(name))?;
-                Self::from_bytes(cfg, bytes, backends, shared_store).await
+                Self::from_bytes(cfg, bytes, backends, on_fibers).await
             }
         }
     }
@@ -247,7 +249,7 @@ impl Plugin {
         cfg: &PluginConfig,
         bytes: &[u8],
         backends: Arc<[Arc<BackendRt>]>,
-        shared_store: bool,
+        on_fibers: bool,
     ) -> Result<Plugin, LoadError> {
         let sha256 = crate::util::sha256_hex(bytes);
         if let Some(expected) = &cfg.sha256
@@ -266,7 +268,7 @@ impl Plugin {
             bindings::PluginPre::new(pre).map_err(|e| LoadError::Component(format!("{e:#}")))
         };
         let pre = pre_of(true)?;
-        let pre_at_once = if shared_store {
+        let pre_at_once = if on_fibers {
             None
         } else {
             Some(pre_of(false)?)
@@ -615,7 +617,7 @@ impl Plugin {
 
 /// Every plugin of a config, loaded: what `weir check` proves and what the proxy runs.
 /// `before`: the plugins of the generation these replace, whose counters go on in the
-/// plugins of the same names.
+/// plugins of the same names (and one whose calls moved to fibers there starts on them).
 /// `shared_store`: `[state]` names Redis.
 pub async fn load_all(
     configs: &[PluginConfig],
@@ -625,15 +627,14 @@ pub async fn load_all(
 ) -> Result<Vec<Arc<Plugin>>, (String, LoadError)> {
     let mut plugins = Vec::with_capacity(configs.len());
     for cfg in configs {
-        let mut plugin = Plugin::load(cfg, Arc::clone(&backends), shared_store)
+        let old = before.iter().find(|p| *p.name == *cfg.name);
+        let on_fibers =
+            shared_store || old.is_some_and(|o| o.stats.on_fibers.load(Ordering::Relaxed));
+        let mut plugin = Plugin::load(cfg, Arc::clone(&backends), on_fibers)
             .await
             .map_err(|e| (cfg.name.clone(), e))?;
-        let old = before.iter().find(|p| *p.name == *plugin.name);
         if let Some(old) = old {
             plugin.stats = Arc::clone(&old.stats);
-            if plugin.stats.on_fibers.load(Ordering::Relaxed) {
-                plugin.sync_calls.store(false, Ordering::Relaxed);
-            }
         }
         if let Some(c) = &cfg.candidate {
             let candidate = Plugin::load(&c.plugin, Arc::clone(&backends), shared_store)

@@ -205,6 +205,43 @@ async fn plugins_that_never_wait_run_on_the_stack_and_a_waiting_one_holds_no_thr
         "counts never wait: called on the stack"
     );
     assert!(!on_stack("nap"), "a plugin that sleeps is called on fibers");
+
+    // A reload keeps that: the next generation's `nap` is on fibers from its load, and
+    // its first call does not stop at the wait again (counted once, as before).
+    let toml = with_plugins(
+        config("roundrobin", &[("s1", server.addr, "")], ""),
+        &["count-on-stack", "nap"],
+        &[
+            fixture_plugin("count-on-stack", "count", ""),
+            format!(
+                "[plugin.nap]\nwasm = \"{}\"\nconfig = {{ ms = 100 }}\n",
+                weir_tests::SLEEPER_WASM
+            ),
+        ],
+    );
+    let config = weir::Config::from_toml(&toml, std::path::Path::new(".")).unwrap();
+    proxy.running.reload(&config).await.expect("reload");
+    let plugins = proxy.running.plugins();
+    let find = |name: &str| plugins.iter().find(|p| &*p.name == name).unwrap();
+    assert!(
+        !find("nap").calls_on_stack(),
+        "a reload keeps a plugin on fibers"
+    );
+    assert!(find("count-on-stack").calls_on_stack());
+    let calls = find("nap")
+        .stats
+        .calls
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let reply = Client::connect(addr).await.get("/").await;
+    assert_eq!(reply.json()["headers"]["x-slept"], "100");
+    assert_eq!(reply.json()["headers"]["x-count"], "21");
+    assert_eq!(
+        find("nap")
+            .stats
+            .calls
+            .load(std::sync::atomic::Ordering::Relaxed),
+        calls + 1
+    );
 }
 
 /// One hostile behaviour under both policies: fail-closed answers a generic 503 without
