@@ -682,13 +682,15 @@ pub(super) fn sandbox() -> WasiCtx {
 /// one more; and when the ticker runs late, a busy machine, the epoch lags real time,
 /// so the lag is added). From then on the check runs every tick ([`CpuMeter::check`]);
 /// calls of the usual few microseconds never reach it. A `quiet` call
-/// ([`call_starting`]) while the ticker sleeps: the next advance, which only its
-/// thread's CPU timer makes.
+/// ([`call_starting`]): the next advance, whoever makes it (the ticker may sleep, or
+/// fall asleep during the call, leaving the advances to the thread's CPU timer).
 pub(super) fn deadline_ticks(now: std::time::Instant, quiet: bool) -> u64 {
+    if quiet {
+        return 1;
+    }
     if TICKER_ASLEEP.load(Ordering::SeqCst) {
-        // The ticker, woken by this call unless it is quiet, skips the ticks it slept
-        // through.
-        return if quiet { 1 } else { 2 };
+        // The ticker, woken by this call, skips the ticks it slept through.
+        return 2;
     }
     let lag = ticks_at(now).saturating_sub(EPOCH.load(Ordering::SeqCst));
     2 + lag
