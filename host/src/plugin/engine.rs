@@ -580,12 +580,7 @@ mod at_once {
                 let key = key.to_str(&cx)?;
                 let state = &cx.data().state;
                 let c = now(async { Ok(state.sliding_add(&key, delta, window_ms, limit).await?) })?;
-                Ok((Sliding {
-                    previous: c.previous,
-                    current: c.current,
-                    elapsed_ms: c.elapsed_ms,
-                    added: c.added,
-                },))
+                Ok((Sliding::from(c),))
             },
         )?;
         let mut kv = linker.instance(KV)?;

@@ -64,12 +64,20 @@ impl counters::Host for StoreState {
             .state
             .sliding_add(&key, delta, window_ms, limit)
             .await?;
-        Ok(counters::Sliding {
+        Ok(c.into())
+    }
+}
+
+/// A sliding window's count as the plugin takes it (from the asynchronous import here,
+/// and from the one that answers at once in `engine`).
+impl From<crate::state::SlidingCount> for counters::Sliding {
+    fn from(c: crate::state::SlidingCount) -> Self {
+        counters::Sliding {
             previous: c.previous,
             current: c.current,
             elapsed_ms: c.elapsed_ms,
             added: c.added,
-        })
+        }
     }
 }
 
