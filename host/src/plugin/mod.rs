@@ -149,25 +149,25 @@ pub struct FixedEdits {
     pub response: Option<Vec<validate::Edit>>,
 }
 
-/// One call of a hook's export (`func_on_request` and the like) on a pooled instance,
-/// made again on a fiber when it came to a wait on the caller's stack
-/// ([`Plugin::waited`]). A macro rather than a function: the export's parameters borrow
-/// for as long as the instance's bindings are borrowed.
+/// One call of a hook's export on a pooled instance, made again on a fiber when it came
+/// to a wait on the caller's stack ([`Plugin::waited`]). `$export`: the function to
+/// call, from the instance's bindings and `on-connect` (bound by the two patterns);
+/// `$params`, evaluated for each attempt: its argument. A macro rather than a function:
+/// the export's parameters borrow for as long as the instance's bindings are borrowed.
 macro_rules! call_hook {
-    ($plugin:expr, $export:ident, $params:expr) => {
+    ($plugin:expr, |$bindings:pat_param, $on_connect:pat_param| $export:expr, $params:expr) => {
         loop {
             let started = std::time::Instant::now();
             let (mut i, now) = $plugin.take(started).await?;
             let Instance {
                 store,
-                bindings,
                 meter,
-                ..
+                bindings: $bindings,
+                on_connect: $on_connect,
+                at_once: _,
             } = &mut *i;
-            let export = bindings.$export();
-            let result = $plugin
-                .run(store, meter, now, export, ($params.clone(),))
-                .await;
+            let export = $export;
+            let result = $plugin.run(store, meter, now, export, ($params,)).await;
             if !$plugin.waited(&result) {
                 break $plugin.finish(i, started, result);
             }
@@ -405,8 +405,14 @@ impl Plugin {
         self: &Arc<Self>,
         connection: &ConnectInfo,
     ) -> Result<ConnectDecision, HookError> {
-        let action = loop {
-            let wire = wire::l4::Connection {
+        if !self.connects {
+            return Err(HookError::Invalid("the plugin has no on-connect".into()));
+        }
+        let action = call_hook!(
+            self,
+            // Every instance of one component has the same exports.
+            |_, on_connect| on_connect.expect("an instance of a plugin that connects"),
+            wire::l4::Connection {
                 client_ip: connection.client_ip.clone(),
                 local_addr: connection.local_addr.clone(),
                 frontend: connection.frontend.clone(),
@@ -414,24 +420,8 @@ impl Plugin {
                 alpn: connection.alpn.clone(),
                 client_connections: connection.client_connections,
                 id: connection.id,
-            };
-            let started = std::time::Instant::now();
-            let (mut i, now) = self.take(started).await?;
-            let Instance {
-                store,
-                meter,
-                on_connect,
-                ..
-            } = &mut *i;
-            let Some(func) = *on_connect else {
-                self.finish(i, started, Ok(()))?;
-                return Err(HookError::Invalid("the plugin has no on-connect".into()));
-            };
-            let result = self.run(store, meter, now, func, (wire,)).await;
-            if !self.waited(&result) {
-                break self.finish(i, started, result)?;
             }
-        };
+        )?;
         self.checked(wire::connect_decision(action))
     }
 
@@ -537,21 +527,33 @@ impl Plugin {
         self: &Arc<Self>,
         request: types::Request<'_>,
     ) -> Result<types::RequestAction, HookError> {
-        call_hook!(self, func_on_request, request)
+        call_hook!(
+            self,
+            |bindings, _| bindings.func_on_request(),
+            request.clone()
+        )
     }
 
     async fn call_on_response(
         self: &Arc<Self>,
         response: types::Response<'_>,
     ) -> Result<types::ResponseAction, HookError> {
-        call_hook!(self, func_on_response, response)
+        call_hook!(
+            self,
+            |bindings, _| bindings.func_on_response(),
+            response.clone()
+        )
     }
 
     async fn call_on_health_check(
         self: &Arc<Self>,
         probe: types::Probe<'_>,
     ) -> Result<types::Verdict, HookError> {
-        call_hook!(self, func_on_health_check, probe)
+        call_hook!(
+            self,
+            |bindings, _| bindings.func_on_health_check(),
+            probe.clone()
+        )
     }
 
     /// Runs one hook call on a taken instance: on this thread's stack while the plugin's
