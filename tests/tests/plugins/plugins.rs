@@ -157,7 +157,7 @@ async fn plugins_that_never_wait_run_on_the_stack_and_a_waiting_one_holds_no_thr
     );
     let (server, proxy) = proxy_with(
         &["count-on-stack", "nap"],
-        &[fixture_plugin("count-on-stack", "count", ""), nap],
+        &[fixture_plugin("count-on-stack", "count", ""), nap.clone()],
     )
     .await;
     let addr = proxy.addr();
@@ -211,13 +211,7 @@ async fn plugins_that_never_wait_run_on_the_stack_and_a_waiting_one_holds_no_thr
     let toml = with_plugins(
         config("roundrobin", &[("s1", server.addr, "")], ""),
         &["count-on-stack", "nap"],
-        &[
-            fixture_plugin("count-on-stack", "count", ""),
-            format!(
-                "[plugin.nap]\nwasm = \"{}\"\nconfig = {{ ms = 100 }}\n",
-                weir_tests::SLEEPER_WASM
-            ),
-        ],
+        &[fixture_plugin("count-on-stack", "count", ""), nap],
     );
     let config = weir::Config::from_toml(&toml, std::path::Path::new(".")).unwrap();
     proxy.running.reload(&config).await.expect("reload");
