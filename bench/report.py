@@ -11,11 +11,16 @@ from datetime import date
 
 BEGIN = "<!-- bench/run: begin (generated, do not edit) -->"
 END = "<!-- bench/run: end -->"
-TARGETS = ["direct", "weir", "weir-plugins", "haproxy", "haproxy-rules", "nginx", "pingora", "sozu"]
+TARGETS = ["direct", "weir", "weir-plugins", "weir-pgo", "weir-pgo-plugins", "haproxy",
+           "haproxy-rules", "nginx", "pingora", "sozu"]
+# Held against HAProxy doing the same work in the fixed-rate latency rounds.
+WITH_PLUGINS = ("weir-plugins", "weir-pgo-plugins")
 LABELS = {
     "direct": "direct to a server",
     "weir": "weir, no plugins",
     "weir-plugins": "weir, 3 stock plugins",
+    "weir-pgo": "weir, profile-guided build, no plugins",
+    "weir-pgo-plugins": "weir, profile-guided build, 3 stock plugins",
     "haproxy": "HAProxy",
     "haproxy-rules": "HAProxy, the same 3 rules",
     "nginx": "nginx",
@@ -91,7 +96,7 @@ def latency_summary(rounds):
         if not mine:
             continue
         # weir with plugins is held against HAProxy doing the same work.
-        base = rules if target == "weir-plugins" and rules else hap
+        base = rules if target in WITH_PLUGINS and rules else hap
         ratios = sorted(
             r["result"]["p99_ms"] / base[r["round"]]
             for r in mine
@@ -156,24 +161,34 @@ def targets(many, one, latency=None):
 
     hap, hap1 = many.get("haproxy", {}), one.get("haproxy", {})
     rules = many.get("haproxy-rules", {})
-    weir, plug, weir1 = many.get("weir", {}), many.get("weir-plugins", {}), one.get("weir", {})
-    return [
-        check("weir, no plugins: CPU per request against HAProxy",
-              ratio(weir.get("cpu_us_per_request"), hap.get("cpu_us_per_request")), 1.0, "lower"),
-        check("weir, no plugins: requests/s against HAProxy",
-              ratio(weir.get("requests_per_s"), hap.get("requests_per_s")), 1.0, "higher"),
-        check("weir, 3 plugins: CPU per request against HAProxy with the same 3 rules",
-              ratio(plug.get("cpu_us_per_request"), rules.get("cpu_us_per_request")), 1.15, "lower"),
-        "- weir, 3 plugins: CPU per request against plain HAProxy: "
-        + fmt(ratio(plug.get("cpu_us_per_request"), hap.get("cpu_us_per_request"))) + "×",
-        check("weir, no plugins: p99 at 1 connection against HAProxy",
-              ratio(weir1.get("p99_ms"), hap1.get("p99_ms")), 1.0, "lower"),
-        check("weir, no plugins: p99 at a fixed rate against HAProxy (median of rounds)",
-              (latency or {}).get("weir", {}).get("p99_ratio"), 1.0, "lower"),
-        check("weir, 3 plugins: p99 at a fixed rate against HAProxy with the same 3 rules "
-              "(median of rounds)",
-              (latency or {}).get("weir-plugins", {}).get("p99_ratio"), 1.0, "lower"),
-    ]
+    lines = []
+    builds = [("weir", "weir-plugins", "")]
+    if "weir-pgo" in many:
+        builds.append(("weir-pgo", "weir-pgo-plugins", ", profile-guided build"))
+    for bare, with_plugins, build in builds:
+        weir, plug, weir1 = many.get(bare, {}), many.get(with_plugins, {}), one.get(bare, {})
+        lines += [
+            check(f"weir{build}, no plugins: CPU per request against HAProxy",
+                  ratio(weir.get("cpu_us_per_request"), hap.get("cpu_us_per_request")), 1.0, "lower"),
+            check(f"weir{build}, no plugins: CPU per request against the better of HAProxy and nginx",
+                  ratio(weir.get("cpu_us_per_request"),
+                        min((p["cpu_us_per_request"] for p in (hap, many.get("nginx", {}))
+                             if p.get("cpu_us_per_request")), default=None)), 1.0, "lower"),
+            check(f"weir{build}, no plugins: requests/s against HAProxy",
+                  ratio(weir.get("requests_per_s"), hap.get("requests_per_s")), 1.0, "higher"),
+            check(f"weir{build}, 3 plugins: CPU per request against HAProxy with the same 3 rules",
+                  ratio(plug.get("cpu_us_per_request"), rules.get("cpu_us_per_request")), 1.15, "lower"),
+            f"- weir{build}, 3 plugins: CPU per request against plain HAProxy: "
+            + fmt(ratio(plug.get("cpu_us_per_request"), hap.get("cpu_us_per_request"))) + "×",
+            check(f"weir{build}, no plugins: p99 at 1 connection against HAProxy",
+                  ratio(weir1.get("p99_ms"), hap1.get("p99_ms")), 1.0, "lower"),
+            check(f"weir{build}, no plugins: p99 at a fixed rate against HAProxy (median of rounds)",
+                  (latency or {}).get(bare, {}).get("p99_ratio"), 1.0, "lower"),
+            check(f"weir{build}, 3 plugins: p99 at a fixed rate against HAProxy with the same 3 "
+                  "rules (median of rounds)",
+                  (latency or {}).get(with_plugins, {}).get("p99_ratio"), 1.0, "lower"),
+        ]
+    return lines
 
 
 def main():
@@ -215,6 +230,15 @@ def main():
         "CPU is the proxy's utime + stime over the run divided by the requests. Ratios are to",
         "HAProxy in the same run.",
         "",
+    ]
+    if "weir-pgo" in many:
+        section += [
+            "The profile-guided build is bench/pgo's: weir built again with the profile of",
+            "bench/profile's load through an instrumented build, without plugins and with the",
+            "three; it runs the same two configs as the plain build.",
+            "",
+        ]
+    section += [
         "Command (builds weir and Pingora's peer in release and installs Sozu, needs",
         "`apt-get install haproxy nginx wrk cmake protobuf-compiler`):",
         "",

@@ -30,7 +30,17 @@ fn parses_and_explains_itself(name: &str, words: &[&str]) {
 
 #[test]
 fn the_script_parses_and_explains_itself() {
-    parses_and_explains_itself("run", &["ROUNDS", "HAProxy", "PINGORA=", "SOZU="]);
+    parses_and_explains_itself(
+        "run",
+        &[
+            "ROUNDS",
+            "HAProxy",
+            "PINGORA=",
+            "SOZU=",
+            "WEIR_PGO=",
+            "bench/pgo",
+        ],
+    );
 }
 
 #[test]
@@ -79,6 +89,8 @@ fn the_report_takes_medians_and_ratios_to_haproxy() {
         ("weir", [50.0, 60.0, 40.0], Some(20.0), 1.0),
         ("direct", [300.0, 300.0, 300.0], None, 0.5),
         ("sozu", [80.0, 70.0, 75.0], Some(12.5), 4.0),
+        ("nginx", [100.0, 100.0, 100.0], Some(8.0), 2.0),
+        ("weir-pgo", [95.0, 100.0, 105.0], Some(9.0), 1.0),
     ] {
         for (round, r) in rps.iter().enumerate() {
             for conns in [50, 1] {
@@ -100,7 +112,8 @@ fn the_report_takes_medians_and_ratios_to_haproxy() {
     )
     .unwrap();
     // Fixed-rate rounds: weir's p99 over HAProxy's is 0.5, 2.0 and 0.8 round by round
-    // (median 0.8); with plugins, against HAProxy with the rules, 1.0 each round.
+    // (median 0.8); with plugins, against HAProxy with the rules, 1.0 each round; the
+    // profile-guided build with plugins 0.5 each round.
     let mut latency = String::new();
     for (round, hap, rules, weir, plugins) in [
         (1, 1.0, 2.0, 0.5, 2.0),
@@ -112,6 +125,7 @@ fn the_report_takes_medians_and_ratios_to_haproxy() {
             ("haproxy-rules", rules),
             ("weir", weir),
             ("weir-plugins", plugins),
+            ("weir-pgo-plugins", plugins / 2.0),
         ] {
             latency.push_str(&format!(
                 r#"{{"target": "{target}", "round": {round}, "rate": 5000, "seconds": 10, "result": {{"requests": 50000, "errors": 0, "seconds": 10, "p50_ms": 0.1, "p90_ms": 0.2, "p99_ms": {p99}, "p999_ms": 3.0, "max_ms": 4.0, "late": 1}}}}"#
@@ -178,6 +192,32 @@ fn the_report_takes_medians_and_ratios_to_haproxy() {
     );
     assert!(
         md.contains("| weir, 3 stock plugins | 0.100 | 2.000 | 3.000 | 1.00 (×HAProxy, same 3 rules) | 1.00–1.00 | 3 | 0 |"),
+        "{md}"
+    );
+    // Item 0's peer is the better of HAProxy and nginx (nginx here: 8 µs).
+    assert!(
+        md.contains("weir, no plugins: CPU per request against the better of HAProxy and nginx: 2.50× (at most 1.00×) — missed"),
+        "{md}"
+    );
+    // The profile-guided build: a row of its own and its own verdicts.
+    assert!(
+        md.contains("| weir, profile-guided build, no plugins | 100 | 1.00 | 1.000 | 1.000 | 0.50 | 9.0 | 0.90 | 0 |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("weir, profile-guided build, no plugins: CPU per request against HAProxy: 0.90× (at most 1.00×) — met"),
+        "{md}"
+    );
+    assert!(
+        md.contains("weir, profile-guided build, no plugins: CPU per request against the better of HAProxy and nginx: 1.12× (at most 1.00×) — missed"),
+        "{md}"
+    );
+    assert!(
+        md.contains("weir, profile-guided build, 3 plugins: p99 at a fixed rate against HAProxy with the same 3 rules (median of rounds): 0.50× (at most 1.00×) — met"),
+        "{md}"
+    );
+    assert!(
+        md.contains("The profile-guided build is bench/pgo's"),
         "{md}"
     );
     // The soak's growth counts from its first sample under load.
