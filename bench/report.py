@@ -151,13 +151,36 @@ def latency_table(summary):
     return lines
 
 
-def targets(many, one, latency=None):
-    def check(name, value, limit, better):
+def round_ratios(runs, connections, target, bases):
+    """The target's CPU per request over the lowest of the bases' in the same round, round
+    by round (sorted): the spread a verdict from the medians hides."""
+    def cpu(name):
+        return {r["round"]: r["cpu_us_per_request"] for r in runs
+                if r["target"] == name and r["connections"] == connections
+                and r["cpu_us_per_request"]}
+    mine, others = cpu(target), [cpu(b) for b in bases]
+    return sorted(
+        value / min(o[rnd] for o in others if rnd in o)
+        for rnd, value in mine.items()
+        if any(rnd in o for o in others)
+    )
+
+
+def targets(many, one, latency=None, runs=(), connections=None):
+    def check(name, value, limit, better, rounds=None):
         if value is None:
             return f"- {name}: not measured"
         met = value <= limit if better == "lower" else value >= limit
         word = "at most" if better == "lower" else "at least"
-        return f"- {name}: {value:.2f}× ({word} {limit:.2f}×) — {'met' if met else 'missed'}"
+        line = f"- {name}: {value:.2f}× ({word} {limit:.2f}×) — {'met' if met else 'missed'}"
+        if rounds:
+            within = sum(1 for r in rounds if (r <= limit if better == "lower" else r >= limit))
+            line += (f"; round by round {rounds[0]:.2f}–{rounds[-1]:.2f}×, median "
+                     f"{statistics.median(rounds):.2f}×, within in {within} of {len(rounds)}")
+        return line
+
+    def cpu_rounds(target, *bases):
+        return round_ratios(runs, connections, target, bases)
 
     hap, hap1 = many.get("haproxy", {}), one.get("haproxy", {})
     rules = many.get("haproxy-rules", {})
@@ -169,15 +192,18 @@ def targets(many, one, latency=None):
         weir, plug, weir1 = many.get(bare, {}), many.get(with_plugins, {}), one.get(bare, {})
         lines += [
             check(f"weir{build}, no plugins: CPU per request against HAProxy",
-                  ratio(weir.get("cpu_us_per_request"), hap.get("cpu_us_per_request")), 1.0, "lower"),
+                  ratio(weir.get("cpu_us_per_request"), hap.get("cpu_us_per_request")), 1.0, "lower",
+                  cpu_rounds(bare, "haproxy")),
             check(f"weir{build}, no plugins: CPU per request against the better of HAProxy and nginx",
                   ratio(weir.get("cpu_us_per_request"),
                         min((p["cpu_us_per_request"] for p in (hap, many.get("nginx", {}))
-                             if p.get("cpu_us_per_request")), default=None)), 1.0, "lower"),
+                             if p.get("cpu_us_per_request")), default=None)), 1.0, "lower",
+                  cpu_rounds(bare, "haproxy", "nginx")),
             check(f"weir{build}, no plugins: requests/s against HAProxy",
                   ratio(weir.get("requests_per_s"), hap.get("requests_per_s")), 1.0, "higher"),
             check(f"weir{build}, 3 plugins: CPU per request against HAProxy with the same 3 rules",
-                  ratio(plug.get("cpu_us_per_request"), rules.get("cpu_us_per_request")), 1.15, "lower"),
+                  ratio(plug.get("cpu_us_per_request"), rules.get("cpu_us_per_request")), 1.15, "lower",
+                  cpu_rounds(with_plugins, "haproxy-rules")),
             f"- weir{build}, 3 plugins: CPU per request against plain HAProxy: "
             + fmt(ratio(plug.get("cpu_us_per_request"), hap.get("cpu_us_per_request"))) + "×",
             check(f"weir{build}, no plugins: p99 at 1 connection against HAProxy",
@@ -249,7 +275,7 @@ def main():
     ]
     section += table(many, connections) + [""] + table(one, 1) + [""]
     section += latency_table(latency) + [""]
-    section += ["Targets:", ""] + targets(many, one, latency) + [""]
+    section += ["Targets:", ""] + targets(many, one, latency, runs, connections) + [""]
     section += [
         "Memory (RSS of the proxy's processes):",
         "",
@@ -290,7 +316,7 @@ def main():
         f.write(text)
 
     print("\n".join(table(many, connections) + [""] + table(one, 1) + [""]
-                    + latency_table(latency) + [""] + targets(many, one, latency)))
+                    + latency_table(latency) + [""] + targets(many, one, latency, runs, connections)))
 
 
 if __name__ == "__main__":
