@@ -17,6 +17,14 @@ use common::Redis;
 /// One test at a time: the store in use is the process's, swapped by each proxy's start.
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// The `[state]` section that puts this Redis in use, its keys under `prefix`.
+fn redis_state(redis: &Redis, prefix: &str) -> String {
+    format!(
+        "[state]\nstore = {{ redis = \"redis://127.0.0.1:{}/0\", prefix = \"{prefix}\", sync = \"100ms\", timeout = \"500ms\" }}\n",
+        redis.port
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs redis-server: cargo test --workspace --test store -- --ignored"]
 async fn a_plugins_kv_is_read_from_and_written_to_redis() {
@@ -28,10 +36,7 @@ async fn a_plugins_kv_is_read_from_and_written_to_redis() {
         config("roundrobin", &[("s1", server.addr, "")], ""),
         &["kv"],
         &[fixture_plugin("kv", "kv", "")],
-    ) + &format!(
-        "[state]\nstore = {{ redis = \"redis://127.0.0.1:{}/0\", prefix = \"{prefix}\", sync = \"100ms\", timeout = \"500ms\" }}\n",
-        redis.port
-    );
+    ) + &redis_state(&redis, &prefix);
     let proxy = TestProxy::start(&toml).await;
     // Its kv calls wait for Redis: they run on fibers, never on the caller's stack.
     assert!(!proxy.running.plugins()[0].calls_on_stack());
@@ -80,14 +85,9 @@ async fn a_call_on_the_stack_that_comes_to_wait_for_redis_after_a_reload_is_made
         &["back"],
         &[fixture_plugin("back", "kv-back", "")],
     );
-    let shared = memory.clone()
-        + &format!(
-            "[state]\nstore = {{ redis = \"redis://127.0.0.1:{}/0\", prefix = \"{prefix}\", sync = \"100ms\", timeout = \"500ms\" }}\n",
-            redis.port
-        );
-    redis
-        .command(&["SET", &format!("{prefix}back:kv:k"), "in-redis"])
-        .unwrap();
+    let shared = memory.clone() + &redis_state(&redis, &prefix);
+    let key = format!("{prefix}back:kv:k");
+    redis.command(&["SET", &key, "in-redis"]).unwrap();
     let proxy = TestProxy::start(&memory).await;
     let before = proxy.running.plugins()[0].clone();
     assert!(before.calls_on_stack());
@@ -133,7 +133,5 @@ async fn a_call_on_the_stack_that_comes_to_wait_for_redis_after_a_reload_is_made
         4,
         "two requests, each an on-request and an on-response call, counted once"
     );
-    redis
-        .command(&["DEL", &format!("{prefix}back:kv:k")])
-        .unwrap();
+    redis.command(&["DEL", &key]).unwrap();
 }
