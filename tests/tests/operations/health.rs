@@ -436,6 +436,13 @@ async fn every_transition_is_logged_with_its_reason() {
     wait_until(Duration::from_secs(2), || b.servers[1].health.is_up())
         .await
         .unwrap();
+    // The state changes first and the line is written just after it: wait for the line.
+    let logged = |what: &str| log.lines().iter().any(|l| l.contains(what));
+    wait_until(Duration::from_secs(2), || {
+        logged("server app/logged2 is UP")
+    })
+    .await
+    .expect("an UP line within 2 s");
     let lines = log.lines();
     let down = lines
         .iter()
