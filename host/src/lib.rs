@@ -14,6 +14,7 @@ pub mod health;
 pub mod http1;
 pub mod import;
 pub mod logging;
+pub mod net;
 pub mod notify;
 pub mod plugin;
 pub mod proxy;

@@ -280,7 +280,7 @@ pub(super) async fn run<I>(
     conn: ConnInfo,
     shutdown: watch::Receiver<bool>,
 ) where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + io::AckNow + Unpin + Send + 'static,
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + crate::net::AckNow + Unpin + Send + 'static,
 {
     let peer = conn.peer;
     let activity = Arc::clone(&conn.activity);

@@ -451,7 +451,7 @@ fn is_token(s: &[u8]) -> bool {
             .all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
-impl<T: AsyncRead + Unpin + super::io::AckNow> AsyncRead for FramingGuard<T> {
+impl<T: AsyncRead + Unpin + crate::net::AckNow> AsyncRead for FramingGuard<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -523,7 +523,7 @@ impl<T: AsyncRead + Unpin + super::io::AckNow> AsyncRead for FramingGuard<T> {
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for FramingGuard<T> {
-    super::io::write_through!();
+    crate::net::write_through!();
 
     /// Before the connection closes, the refused request gets its answer.
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

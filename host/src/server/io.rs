@@ -12,37 +12,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-/// The writing half of an IO wrapper that only watches what is read: `poll_write`,
-/// `poll_write_vectored`, `is_write_vectored` and `poll_flush` go to `self.inner` as they
-/// are; `poll_shutdown` is the wrapper's own.
-macro_rules! write_through {
-    () => {
-        fn poll_write(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            data: &[u8],
-        ) -> Poll<io::Result<usize>> {
-            Pin::new(&mut self.inner).poll_write(cx, data)
-        }
-
-        fn poll_write_vectored(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            bufs: &[io::IoSlice<'_>],
-        ) -> Poll<io::Result<usize>> {
-            Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-        }
-
-        fn is_write_vectored(&self) -> bool {
-            self.inner.is_write_vectored()
-        }
-
-        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.inner).poll_flush(cx)
-        }
-    };
-}
-pub(crate) use write_through;
+use crate::net::{AckNow, write_through};
 
 /// The client connection preface of HTTP/2 with prior knowledge (RFC 9113 §3.4).
 pub const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -194,35 +164,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for FrameWatch<T> {
     }
 }
 
-/// A client stream whose socket can be told to acknowledge at once what came: a client
-/// that writes a request's head and its body apart with Nagle's algorithm on (many HTTP
-/// libraries' default) sends the body only once the head is acknowledged, and on a
-/// kept-alive connection the kernel delays that ACK by up to 40 ms. The framing guard
-/// asks for it when a head came without all of its body.
-pub trait AckNow {
-    fn ack_now(&self);
-}
-
-impl AckNow for tokio::net::TcpStream {
-    fn ack_now(&self) {
-        let _ = socket2::SockRef::from(self).set_tcp_quickack(true);
-    }
-}
-
 impl<S: AckNow> AckNow for crate::activity::Tracked<S> {
     fn ack_now(&self) {
         self.get_ref().ack_now();
     }
-}
-
-impl<S: AckNow> AckNow for tokio_rustls::server::TlsStream<S> {
-    fn ack_now(&self) {
-        self.get_ref().0.ack_now();
-    }
-}
-
-impl AckNow for () {
-    fn ack_now(&self) {}
 }
 
 #[cfg(test)]

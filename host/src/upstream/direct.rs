@@ -31,6 +31,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::http1::{Chunked, last_token_is, list_has, parse_length};
+use crate::net::AckNow;
 
 /// The most header fields in a response head or trailer section (hyper's default).
 const MAX_HEADERS: usize = 100;
@@ -117,12 +118,12 @@ impl Conn {
             if !self.buf.is_empty() {
                 if let Some((head, state)) = parse_head(&mut self.buf, req.method())? {
                     if state.waits_for_more(&self.buf) {
-                        ack_now(&self.io);
+                        self.io.ack_now();
                     }
                     return Ok(Response::from_parts(head, Body::new(self, state)));
                 }
                 // Part of the head came: the rest may wait on our ACK of it.
-                ack_now(&self.io);
+                self.io.ack_now();
             }
             if self.buf.len() >= MAX_HEAD {
                 return Err(Failure::Response("the response head is too large".into()));
@@ -137,15 +138,6 @@ impl Conn {
             }
         }
     }
-}
-
-/// Asks the kernel to acknowledge at once what the server sent. A server that writes a
-/// response's head and its body apart with Nagle's algorithm on (Python's http.server, and
-/// what is built on it) sends the body only once the head is acknowledged, and on a
-/// kept-alive connection the kernel delays that ACK by up to 40 ms. Called only when a
-/// response is not whole after a read, so servers that send it in one go pay nothing.
-fn ack_now(io: &TcpStream) {
-    let _ = socket2::SockRef::from(io).set_tcp_quickack(true);
 }
 
 /// Reads what the socket has into `buf`. `Ok(0)`: the server closed. Room is made only

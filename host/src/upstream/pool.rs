@@ -6,8 +6,11 @@
 //! connection shared by all requests, opened again when it closes. New connections are
 //! dialed by [`super::connect`].
 
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures_util::future::Either;
@@ -15,7 +18,9 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{TrySendError, http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::net::{AckNow, write_through};
 
 use super::body::ClientBody;
 use super::connect::{self, ConnectError, Dial, Stream};
@@ -238,7 +243,7 @@ impl Pool {
 /// task of its own.
 async fn handshake<I>(io: I, addr: SocketAddr, h2: bool) -> Result<Sender, ConnectError>
 where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + AckNow + Unpin + Send + 'static,
 {
     if h2 {
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
@@ -253,7 +258,7 @@ where
         Ok(Sender::Hyper(Hyper::H2(sender)))
     } else {
         let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(io))
+            .handshake(TokioIo::new(AckAfterHead::new(io)))
             .await
             .map_err(|e| ConnectError::Handshake(addr, e))?;
         tokio::spawn(async move {
@@ -262,5 +267,53 @@ where
             }
         });
         Ok(Sender::Hyper(Hyper::H1(sender)))
+    }
+}
+
+/// What hyper's HTTP/1.1 client reads a server through. When a read ended with the end of
+/// a response head and the next one finds nothing yet, the socket acknowledges at once
+/// ([`AckNow`]): a server that wrote the body apart from the head, with Nagle's algorithm
+/// on, sends it without waiting 40 ms for the delayed ACK. A response that came whole
+/// costs nothing; a bodiless one, a system call.
+struct AckAfterHead<I> {
+    inner: I,
+    /// The last read ended with `\r\n\r\n`.
+    head_ended: bool,
+}
+
+impl<I> AckAfterHead<I> {
+    fn new(inner: I) -> Self {
+        Self {
+            inner,
+            head_ended: false,
+        }
+    }
+}
+
+impl<I: AsyncRead + AckNow + Unpin> AsyncRead for AckAfterHead<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if read.is_pending() {
+            if std::mem::take(&mut this.head_ended) {
+                this.inner.ack_now();
+            }
+        } else {
+            this.head_ended = buf.filled()[before..].ends_with(b"\r\n\r\n");
+        }
+        read
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for AckAfterHead<I> {
+    write_through!();
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
