@@ -27,6 +27,11 @@ pub struct Counters {
     pub retries: AtomicU64,
     /// Retries that went to another server (`wredis`).
     pub redispatches: AtomicU64,
+    /// Transfers the client broke off: it went away while the server was answering
+    /// (`CH`) or while data was moving either way (`CD`) (`cli_abrt`).
+    pub client_aborts: AtomicU64,
+    /// Transfers the server broke off while data was moving (`SD`) (`srv_abrt`).
+    pub server_aborts: AtomicU64,
     /// Responses by class: 1xx, 2xx, 3xx, 4xx, 5xx, other (`hrsp_*`).
     pub responses: [AtomicU64; 6],
     /// Times the balancer (or a plugin) gave a server a request (`lbtot`).
@@ -162,6 +167,16 @@ impl Counters {
         };
         if let Some(error) = error {
             error.fetch_add(1, Ordering::Relaxed);
+        }
+        // As HAProxy counts them: a timeout (`cD`, `sD`) is not an abort, and an error
+        // the server made is an abort too (`SD` counts in both).
+        let abort = match &r.termination {
+            b"CH" | b"CD" => Some(&self.client_aborts),
+            b"SD" => Some(&self.server_aborts),
+            _ => None,
+        };
+        if let Some(abort) = abort {
+            abort.fetch_add(1, Ordering::Relaxed);
         }
         // Most requests have neither: an atomic add of zero costs as much as any other.
         if r.retries > 0 {

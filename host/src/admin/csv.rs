@@ -6,12 +6,13 @@
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
+use crate::config::Mode;
 use crate::server::Control;
 use crate::stats::{Counters, read as get};
 use crate::upstream::health::Detail;
 use crate::upstream::{AdminState, BackendRt, ServerRt};
 
-pub const COLUMNS: [&str; 45] = [
+pub const COLUMNS: [&str; 51] = [
     "pxname",
     "svname",
     "qcur",
@@ -57,6 +58,12 @@ pub const COLUMNS: [&str; 45] = [
     "hrsp_4xx",
     "hrsp_5xx",
     "hrsp_other",
+    "hanafail",
+    "req_rate",
+    "req_rate_max",
+    "req_tot",
+    "cli_abrt",
+    "srv_abrt",
 ];
 
 /// One CSV line being filled in, by column name.
@@ -77,12 +84,17 @@ impl Row {
         self
     }
 
-    /// The traffic counters every row type shares.
-    fn counters(&mut self, c: &Counters) -> &mut Row {
+    /// The traffic counters every row type shares; `req_tot` for an HTTP proxy's rows.
+    fn counters(&mut self, c: &Counters, mode: Mode) -> &mut Row {
         self.set("stot", get(&c.requests))
             .set("bin", get(&c.bytes_in))
             .set("bout", get(&c.bytes_out))
-            .set("dresp", 0);
+            .set("dresp", 0)
+            .set("cli_abrt", get(&c.client_aborts))
+            .set("srv_abrt", get(&c.server_aborts));
+        if mode == Mode::Http {
+            self.set("req_tot", get(&c.requests));
+        }
         let classes = COLUMNS
             .iter()
             .position(|c| *c == "hrsp_1xx")
@@ -145,7 +157,7 @@ fn server_row(out: &mut String, b: &BackendRt, iid: usize, sid: usize, s: &Serve
         .set("sid", sid)
         .set("lbtot", get(&c.selected))
         .set("type", 2)
-        .counters(c);
+        .counters(c, b.cfg.mode);
     if let Some(max) = s.cfg.maxconn {
         row.set("slim", max);
     }
@@ -225,7 +237,7 @@ fn backend_row(out: &mut String, b: &BackendRt, iid: usize) {
         .set("sid", 0)
         .set("lbtot", t.lbtot)
         .set("type", 1)
-        .counters(c);
+        .counters(c, b.cfg.mode);
     row.line(out);
 }
 
@@ -250,7 +262,7 @@ pub fn render(control: &Control) -> String {
             .set("iid", i + 1)
             .set("sid", 0)
             .set("type", 0)
-            .counters(c);
+            .counters(c, fe.cfg.mode);
         row.line(&mut out);
     }
     for (j, b) in proxy.backends.iter().enumerate() {

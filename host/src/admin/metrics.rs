@@ -67,7 +67,7 @@ fn counter_families(
     rows: &[(Vec<(&str, &str)>, &Counters)],
     kinds: &[&str],
 ) {
-    let all: [Family<Counters>; 10] = [
+    let all: [Family<Counters>; 12] = [
         ("requests_total", "Requests that ended.", |c| &c.requests),
         (
             "bytes_in_total",
@@ -111,6 +111,16 @@ fn counter_families(
             "selected_total",
             "Times the server was given a request.",
             |c| &c.selected,
+        ),
+        (
+            "client_aborts_total",
+            "Transfers the client broke off (CH, CD).",
+            |c| &c.client_aborts,
+        ),
+        (
+            "server_aborts_total",
+            "Transfers the server broke off (SD).",
+            |c| &c.server_aborts,
         ),
     ];
     for (name, help, field) in all {
@@ -190,6 +200,8 @@ pub fn render(control: &Control) -> String {
             "bytes_out_total",
             "denied_total",
             "request_errors_total",
+            "client_aborts_total",
+            "server_aborts_total",
         ],
     );
 
@@ -237,6 +249,8 @@ pub fn render(control: &Control) -> String {
             "response_errors_total",
             "retries_total",
             "redispatches_total",
+            "client_aborts_total",
+            "server_aborts_total",
         ],
     );
 
@@ -374,6 +388,8 @@ pub fn render(control: &Control) -> String {
             "retries_total",
             "redispatches_total",
             "selected_total",
+            "client_aborts_total",
+            "server_aborts_total",
         ],
     );
 

@@ -442,7 +442,7 @@ async fn the_csv_reads_as_haproxy_writes_it() {
                  eresp,wretr,wredis,status,weight,act,bck,chkfail,chkdown,lastchg,downtime,\
                  qlimit,pid,iid,sid,throttle,lbtot,tracked,type,rate,rate_lim,rate_max,\
                  check_status,check_code,check_duration,hrsp_1xx,hrsp_2xx,hrsp_3xx,hrsp_4xx,\
-                 hrsp_5xx,hrsp_other"
+                 hrsp_5xx,hrsp_other,hanafail,req_rate,req_rate_max,req_tot,cli_abrt,srv_abrt,\n"
             ),
             "{text}"
         );
@@ -485,6 +485,13 @@ async fn the_csv_reads_as_haproxy_writes_it() {
         assert_eq!(served, 5);
         assert_eq!((be["status"].as_str(), be["type"].as_str()), ("UP", "1"));
         assert_eq!((be["stot"].as_str(), be["lbtot"].as_str()), ("5", "5"));
+        assert_eq!((fe["req_tot"].as_str(), be["req_tot"].as_str()), ("5", "5"));
+        for row in [fe, one, two, be] {
+            assert_eq!(
+                (row["cli_abrt"].as_str(), row["srv_abrt"].as_str()),
+                ("0", "0")
+            );
+        }
         assert_eq!((be["act"].as_str(), be["weight"].as_str()), ("1", "1"));
         // Five request heads of some 40 bytes each, no bodies.
         let bin: u64 = fe["bin"].parse().unwrap();
@@ -497,6 +504,90 @@ async fn the_csv_reads_as_haproxy_writes_it() {
             be["bout"]
         );
     }
+}
+
+/// The FRONTEND, server and BACKEND rows' `cli_abrt` and `srv_abrt`, and the same two
+/// counters in the metrics of the frontend, the backend and the server `s1`.
+async fn aborts(admin: SocketAddr) -> Vec<(u64, u64)> {
+    let csv = parse_csv(&call(admin, Method::GET, "/;csv", "").await.text());
+    let m = scrape(admin).await;
+    let mut seen: Vec<(u64, u64)> = csv
+        .iter()
+        .map(|r| {
+            (
+                r["cli_abrt"].parse().unwrap(),
+                r["srv_abrt"].parse().unwrap(),
+            )
+        })
+        .collect();
+    for (scope, labels) in [
+        ("frontend", &[("frontend", "www")][..]),
+        ("backend", &[("backend", "app")][..]),
+        ("server", &[("backend", "app"), ("server", "s1")][..]),
+    ] {
+        let count = |what: &str| sample(&m, &format!("weir_{scope}_{what}_aborts_total"), labels);
+        seen.push((count("client") as u64, count("server") as u64));
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfers_broken_off_count_as_client_or_server_aborts() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = MockServer::start("s1").await;
+    let toml = config("roundrobin", &[("s1", server.addr, "")], "") + ADMIN;
+    let proxy = TestProxy::start(&toml).await;
+    let admin = proxy.running.admin_addr().unwrap();
+    assert!(aborts(admin).await.iter().all(|&a| a == (0, 0)));
+
+    // The client goes while the server thinks (CH), then in the middle of a body (CD).
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+    stream
+        .write_all(b"GET /hang HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    weir_tests::wait_until(Duration::from_secs(5), || server.requests() == 1)
+        .await
+        .expect("the request reaches the server");
+    drop(stream);
+    proxy.log.wait_for(1).await;
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+    stream
+        .write_all(b"GET /gate HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 256];
+    assert!(
+        stream.read(&mut head).await.unwrap() > 0,
+        "the response began"
+    );
+    drop(stream);
+    let lines = proxy.log.wait_for(2).await;
+    assert!(
+        lines[0].contains(" CH ") && lines[1].contains(" CD "),
+        "{lines:?}"
+    );
+    // FRONTEND, s1, BACKEND in the CSV; frontend, backend, s1 in the metrics.
+    assert_eq!(aborts(admin).await, vec![(2, 0); 6]);
+
+    // A server that closes in the middle of its body (SD); a whole response counts nothing.
+    let (closing, _) = weir_tests::faulty_server(weir_tests::Fault::CloseMidBody).await;
+    let toml = config("roundrobin", &[("s1", closing, "")], "") + ADMIN;
+    let proxy = TestProxy::start(&toml).await;
+    let admin = proxy.running.admin_addr().unwrap();
+    let mut client = Client::connect(proxy.addr()).await;
+    let broken = client
+        .try_send(
+            http::Request::get("/")
+                .header("host", "a")
+                .body(weir_tests::empty())
+                .unwrap(),
+        )
+        .await;
+    assert!(broken.is_err(), "{broken:?}");
+    let lines = proxy.log.wait_for(1).await;
+    assert!(lines[0].contains(" SD "), "{lines:?}");
+    assert_eq!(aborts(admin).await, vec![(0, 1); 6]);
 }
 
 /// The value of the sample `metric` with these labels (among others).
