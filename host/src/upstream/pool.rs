@@ -277,7 +277,7 @@ where
 /// costs nothing; a bodiless one, a system call.
 struct AckAfterHead<I> {
     inner: I,
-    /// The last read ended with `\r\n\r\n`.
+    /// The last read ended with a response head, by [`ends_a_head`].
     head_ended: bool,
 }
 
@@ -304,10 +304,17 @@ impl<I: AsyncRead + AckNow + Unpin> AsyncRead for AckAfterHead<I> {
                 this.inner.ack_now();
             }
         } else {
-            this.head_ended = buf.filled()[before..].ends_with(b"\r\n\r\n");
+            this.head_ended = ends_a_head(&buf.filled()[before..]);
         }
         read
     }
+}
+
+/// Whether `read` ends as a response head does: with an empty line, but not the one that
+/// ends a chunked body (`0\r\n\r\n` after a chunk's `\r\n`), so that a whole chunked
+/// response costs no system call either.
+fn ends_a_head(read: &[u8]) -> bool {
+    read.ends_with(b"\r\n\r\n") && !read.ends_with(b"\n0\r\n\r\n")
 }
 
 impl<I: AsyncWrite + Unpin> AsyncWrite for AckAfterHead<I> {
@@ -315,5 +322,28 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for AckAfterHead<I> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ends_a_head;
+
+    #[test]
+    fn a_read_ends_a_head_at_its_empty_line_and_not_at_a_chunked_body_end() {
+        assert!(ends_a_head(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"));
+        assert!(ends_a_head(b"\r\n\r\n"));
+        assert!(!ends_a_head(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello"
+        ));
+        assert!(!ends_a_head(b"HTTP/1.1 200 OK\r\n"));
+        // A whole chunked response, and a body's last chunks read apart from its head.
+        let chunked =
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+        assert!(!ends_a_head(chunked));
+        assert!(!ends_a_head(b"5\r\nhello\r\n0\r\n\r\n"));
+        assert!(!ends_a_head(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n"
+        ));
     }
 }
