@@ -570,7 +570,7 @@ async fn transfers_broken_off_count_as_client_or_server_aborts() {
     // FRONTEND, s1, BACKEND in the CSV; frontend, backend, s1 in the metrics.
     assert_eq!(aborts(admin).await, vec![(2, 0); 6]);
 
-    // A server that closes in the middle of its body (SD); a whole response counts nothing.
+    // A server that closes in the middle of its body (SD).
     let (closing, _) = weir_tests::faulty_server(weir_tests::Fault::CloseMidBody).await;
     let toml = config("roundrobin", &[("s1", closing, "")], "") + ADMIN;
     let proxy = TestProxy::start(&toml).await;
